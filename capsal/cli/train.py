@@ -1,0 +1,129 @@
+"""``capsal-train``: a thin Hydra app around :func:`train`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from capsal.cli.common import exit_on_user_error
+
+log = logging.getLogger("capsal")
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    nodes = cfg.get("callbacks") or {}
+    return [instantiate(node) for node in nodes.values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def build_logger(cfg: DictConfig):
+    node = cfg.get("logger")
+    return instantiate(node) if node else False
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train a captioner as ``cfg`` says; returns the summary (checkpoint, metrics, example captions)."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(int(cfg.seed), workers=True)
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    datamodule = instantiate(cfg.datamodule)
+    datamodule.setup("fit")
+    model = instantiate(cfg.model, vocab=datamodule.vocab.to_list())
+    callbacks = build_callbacks(cfg)
+    logger = build_logger(cfg)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    finally:
+        _finish_wandb(logger)
+    summary = _summarise(trainer, model, datamodule, output_dir, logger, int(cfg.get("summary_examples", 5)))
+    if trainer.is_global_zero:
+        print(format_summary(summary))
+    return summary
+
+
+def _finish_wandb(logger) -> None:
+    """Close the W&B run so later runs in this process (tests, multiruns) do not merge into it."""
+    if logger and type(logger).__name__ == "WandbLogger":
+        import wandb
+
+        wandb.finish()
+
+
+def _summarise(trainer: L.Trainer, model, datamodule, output_dir: Path, logger, examples: int) -> dict[str, Any]:
+    checkpoint = trainer.checkpoint_callback
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    summary: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "best_checkpoint": getattr(checkpoint, "best_model_path", "") or None,
+        "last_checkpoint": getattr(checkpoint, "last_model_path", "") or None,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "metrics": metrics,
+        "examples": example_captions(model, datamodule, examples) if examples else [],
+    }
+    if logger and type(logger).__name__ == "WandbLogger":
+        summary["wandb_sync"] = f"wandb sync {output_dir / 'wandb' / 'latest-run'}"
+    elif logger:
+        summary["log_dir"] = logger.log_dir
+    return summary
+
+
+@torch.no_grad()
+def example_captions(model, datamodule, count: int) -> list[dict[str, str]]:
+    """The model's captions for the first validation samples, next to a reference."""
+    split = datamodule.get_split("val")
+    samples = [split[i] for i in range(min(count, len(split)))]
+    batch = datamodule.collate(samples)
+    was_training = model.training
+    model.eval()
+    pixels = batch.pixels.to(model.device)
+    tokens = model.generate(model.items(model.features(pixels)))
+    model.train(was_training)
+    return [
+        {"id": s.sample_id, "predicted": model.vocab.decode_text(row), "reference": s.captions[0].text}
+        for s, row in zip(samples, tokens, strict=True)
+    ]
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = ["", "capsal-train summary", "-" * 72]
+    lines.append(f"{'output dir':<18} {summary['output_dir']}")
+    lines.append(f"{'best checkpoint':<18} {summary['best_checkpoint']}")
+    lines.append(f"{'epochs / steps':<18} {summary['epochs']} / {summary['global_step']}")
+    for key in ("wandb_sync", "log_dir"):
+        if key in summary:
+            lines.append(f"{key.replace('_', ' '):<18} {summary[key]}")
+    if summary["metrics"]:
+        lines.append("")
+        lines.append("| metric | value |")
+        lines.append("|---|---|")
+        lines += [f"| {name} | {value:.4f} |" for name, value in sorted(summary["metrics"].items())]
+    if summary["examples"]:
+        lines.append("")
+        lines.append("| sample | predicted | reference |")
+        lines.append("|---|---|---|")
+        lines += [f"| {e['id']} | {e['predicted']} | {e['reference']} |" for e in summary["examples"]]
+    return os.linesep.join(lines)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def _hydra_main(cfg: DictConfig) -> None:
+    with exit_on_user_error("capsal-train"):
+        train(cfg)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

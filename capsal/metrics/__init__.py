@@ -1,0 +1,1 @@
+"""Localisation and captioning metrics."""

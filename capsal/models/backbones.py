@@ -1,0 +1,136 @@
+"""Visual encoders: pixels ``(N, 3, H, W)`` in [0, 1] -> descriptor grids ``(N, d, h, w)``.
+
+A small CNN trained end to end serves the synthetic data; frozen torchvision backbones serve real datasets
+(InceptionV3 ``mixed_10`` as in the paper, ResNet-50 ``layer4``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from capsal.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class SmallCNN(nn.Module):
+    """Conv-BN-ReLU-MaxPool stages; each stage halves the grid (64x64 pixels -> 8x8 grid with three stages)."""
+
+    frozen = False
+
+    def __init__(self, channels: tuple[int, ...] | list[int] = (32, 64, 128), in_channels: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = []
+        previous = in_channels
+        for width in channels:
+            layers += [
+                nn.Conv2d(previous, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(width, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            previous = width
+        self.body = nn.Sequential(*layers)
+        self.out_channels = previous
+        self.stride = 2 ** len(channels)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.body((pixels - 0.5) / 0.25)
+
+
+_TORCHVISION_GRIDS = {
+    # name: (constructor name, node returning the grid, default input size, channels)
+    "inception_v3": ("inception_v3", "Mixed_7c", 299, 2048),
+    "resnet50": ("resnet50", "layer4", 224, 2048),
+}
+
+
+class TorchvisionBackbone(nn.Module):
+    """A frozen torchvision classifier cut at its last convolutional grid.
+
+    ``weights``: ``None`` (random, works offline), a torchvision weights name such as ``"DEFAULT"`` (downloads
+    into the torch hub cache when a network is at hand), or the path of a local ``.pth`` state dict.
+    ``crop``: ``"resize"`` squashes the frame to ``input_size``; ``"center"`` resizes the short side then
+    centre-crops, the protocol of the paper's attention-correctness table.
+    """
+
+    def __init__(
+        self,
+        name: str = "inception_v3",
+        weights: str | None = None,
+        frozen: bool = True,
+        input_size: int | None = None,
+        crop: str = "resize",
+    ):
+        super().__init__()
+        from torchvision import models
+        from torchvision.models.feature_extraction import create_feature_extractor
+
+        if name not in _TORCHVISION_GRIDS:
+            raise UserError(f"unknown backbone '{name}'; choose one of {sorted(_TORCHVISION_GRIDS)}")
+        if crop not in ("resize", "center"):
+            raise UserError(f"backbone crop must be 'resize' or 'center', got '{crop}'")
+        constructor, node, default_size, channels = _TORCHVISION_GRIDS[name]
+        kwargs = {"init_weights": False, "aux_logits": True} if name == "inception_v3" else {}
+        classifier = getattr(models, constructor)(weights=None, **kwargs)
+        if weights is not None:
+            classifier.load_state_dict(_load_weights(name, weights))
+        self.body = create_feature_extractor(classifier, return_nodes={node: "grid"})
+        self.name, self.weights, self.crop = name, weights, crop
+        self.input_size = input_size or default_size
+        self.out_channels = channels
+        self.frozen = frozen
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        if frozen:
+            self.requires_grad_(False)
+            self.eval()
+
+    def train(self, mode: bool = True) -> TorchvisionBackbone:
+        """A frozen backbone stays in eval mode (its BatchNorm statistics are ImageNet's)."""
+        return super().train(mode and not self.frozen)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        pixels = self._resize(pixels)
+        return self.body((pixels - self.mean) / self.std)["grid"]
+
+    def _resize(self, pixels: torch.Tensor) -> torch.Tensor:
+        size = self.input_size
+        if self.crop == "resize":
+            return F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
+        height, width = pixels.shape[-2:]
+        scale = size / min(height, width)
+        new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+        pixels = F.interpolate(pixels, size=(new_h, new_w), mode="bilinear", align_corners=False)
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        return pixels[..., top : top + size, left : left + size]
+
+
+def _load_weights(name: str, weights: str) -> dict:
+    """A state dict from a local file or torchvision's registry; one clear line when neither works."""
+    path = Path(weights).expanduser()
+    if path.suffix in (".pth", ".pt") or path.exists():
+        if not path.exists():
+            raise UserError(f"backbone weights file {path} does not exist; pass an existing .pth file or weights=null")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    from torchvision.models import get_model_weights
+
+    try:
+        enum = get_model_weights(name)
+        return enum[weights].get_state_dict(progress=False) if weights != "DEFAULT" else enum.DEFAULT.get_state_dict()
+    except KeyError as error:
+        raise UserError(f"unknown weights '{weights}' for {name}; use DEFAULT, a local .pth file, or null") from error
+    except Exception as error:  # network or cache failures surface as many different exception types
+        raise UserError(
+            f"could not load ImageNet weights '{weights}' for {name} ({type(error).__name__}); put the file in "
+            f"the torch hub cache ($TORCH_HOME/hub/checkpoints), pass a local file with backbone.weights=/path.pth, "
+            f"or use backbone.weights=null for random weights"
+        ) from error

@@ -1,0 +1,177 @@
+"""``CaptioningModule``: the LightningModule every capsal captioner extends.
+
+It owns what is shared: the visual backbone (``features``), item layout (``items``), vocabulary, teacher-forced
+training with masked cross-entropy, greedy/beam generation and validation captioning metrics. A subclass supplies
+``encode``, ``token_logprobs``, ``init_decoder`` and ``decode_step``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from capsal.models.decoding import beam_decode, greedy_decode
+from capsal.text import Vocabulary
+from capsal.types import Batch
+
+
+def _plain(config: Any) -> Any:
+    """Hydra configs become plain containers so checkpoints hold no OmegaConf objects."""
+    return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
+
+
+class CaptioningModule(L.LightningModule):
+    """Shared training/validation logic. ``vocab`` is a word list (saved in the checkpoint's hyper-parameters).
+
+    ``item_mode``: ``"auto"`` reads one-frame inputs as a grid of items and longer clips as frames;
+    ``"grid"`` or ``"frames"`` force one layout.
+    """
+
+    def __init__(
+        self,
+        vocab: list[str] | Vocabulary,
+        backbone: dict | None = None,
+        optimizer: dict | None = None,
+        item_mode: str = "auto",
+        max_len: int = 20,
+        beam_size: int = 1,
+        caption_metrics: list[str] | tuple[str, ...] = ("bleu", "meteor", "rouge", "cider"),
+        metrics_every_n_epochs: int = 1,
+    ):
+        super().__init__()
+        words = vocab.to_list() if isinstance(vocab, Vocabulary) else list(vocab)
+        backbone = _plain(backbone) or {"_target_": "capsal.models.backbones.SmallCNN"}
+        optimizer = _plain(optimizer) or {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
+        self.save_hyperparameters(
+            {
+                "vocab": words,
+                "backbone": backbone,
+                "optimizer": optimizer,
+                "item_mode": item_mode,
+                "max_len": max_len,
+                "beam_size": beam_size,
+                "caption_metrics": list(caption_metrics or []),
+                "metrics_every_n_epochs": metrics_every_n_epochs,
+            }
+        )
+        if item_mode not in ("auto", "grid", "frames"):
+            raise ValueError(f"item_mode must be auto, grid or frames, got {item_mode!r}")
+        self.vocab = Vocabulary(words)
+        self.backbone = instantiate(backbone)
+        self.feature_size: int = self.backbone.out_channels
+        self._predictions: dict[str, str] = {}
+        self._references: dict[str, list[str]] = {}
+
+    # ---- the encoder-decoder protocol ---------------------------------------------------------------------
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        frames = rearrange(pixels, "b t c h w -> (b t) c h w")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not getattr(self.backbone, "frozen", False)):
+            grid = self.backbone(frames)
+        return rearrange(grid, "(b t) d h w -> b t h w d", b=pixels.shape[0])
+
+    def items(self, grid: torch.Tensor) -> torch.Tensor:
+        if self.item_layout(grid.shape[1]) == "grid":
+            return rearrange(grid, "b 1 h w d -> b (h w) d")
+        return grid.mean(dim=(2, 3))
+
+    def item_layout(self, num_frames: int) -> str:
+        """``"grid"`` (image cells are the items) or ``"frames"`` (one pooled descriptor per frame)."""
+        if self.hparams.item_mode != "auto":
+            return self.hparams.item_mode
+        return "grid" if num_frames == 1 else "frames"
+
+    def encode(self, items: torch.Tensor, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None):
+        raise NotImplementedError
+
+    def token_logprobs(self, state: Any, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def init_decoder(self, state: Any) -> Any:
+        raise NotImplementedError
+
+    def decode_step(self, state: Any, cache: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Log-probabilities ``(B, V)`` of the next token given ``tokens`` so far ``(B, t)``, and the new cache."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def generate(
+        self,
+        items: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        beam_size: int | None = None,
+        max_len: int | None = None,
+    ) -> torch.Tensor:
+        beam_size = beam_size or self.hparams.beam_size
+        max_len = max_len or self.hparams.max_len
+        state = self.encode(items, mask)
+        if beam_size == 1:
+            return greedy_decode(self, state, items.shape[0], max_len, items.device)
+        return beam_decode(self, state, items.shape[0], beam_size, max_len, items.device)
+
+    # ---- data -> items ------------------------------------------------------------------------------------
+    def batch_grid(self, batch: Batch) -> torch.Tensor:
+        """The descriptor grid of a batch: cached features when the datamodule gives them, else the backbone's."""
+        return batch.grid if batch.grid is not None else self.features(batch.pixels)
+
+    def caption_loss(self, items: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        logprobs = self.token_logprobs(self.encode(items, mask), tokens[:, :-1])
+        return F.nll_loss(
+            rearrange(logprobs, "b n v -> (b n) v"),
+            rearrange(tokens[:, 1:], "b n -> (b n)"),
+            ignore_index=self.vocab.pad_id,
+        )
+
+    # ---- Lightning hooks ----------------------------------------------------------------------------------
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss = self.caption_loss(self.items(self.batch_grid(batch)), batch.tokens)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        items = self.items(self.batch_grid(batch))
+        loss = self.caption_loss(items, batch.tokens)
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=True)
+        if self._metrics_due():
+            generated = self.generate(items)
+            for sample_id, row, refs in zip(batch.sample_ids, generated, batch.references, strict=True):
+                self._predictions[sample_id] = self.vocab.decode_text(row)
+                self._references[sample_id] = refs
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._predictions:
+            return
+        predictions, references = _gather_dicts(self._predictions), _gather_dicts(self._references)
+        self._predictions, self._references = {}, {}
+        if self.trainer.sanity_checking or not self.hparams.caption_metrics:
+            return
+        from capsal.metrics.captioning import caption_scores
+
+        scores = caption_scores(predictions, references, self.hparams.caption_metrics)
+        for name, value in scores.items():
+            self.log(f"val/{name}", value, rank_zero_only=True)
+        self.last_predictions = predictions
+
+    def _metrics_due(self) -> bool:
+        every = max(1, int(self.hparams.metrics_every_n_epochs))
+        return bool(self.hparams.caption_metrics) and (self.current_epoch + 1) % every == 0
+
+    def configure_optimizers(self):
+        return instantiate(self.hparams.optimizer)(params=[p for p in self.parameters() if p.requires_grad])
+
+
+def _gather_dicts(local: dict) -> dict:
+    """Merge per-rank dicts under DDP (strings cannot travel through ``all_gather``)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return dict(local)
+    gathered: list[dict] = [{} for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather_object(gathered, local)
+    merged: dict = {}
+    for part in gathered:
+        merged.update(part)
+    return merged

@@ -1,0 +1,81 @@
+"""S2VT-style encoder-decoder captioner (paper section 3).
+
+The encoder LSTM reads the items ``v_1..v_m``; its last state is ``z`` (Eq. 2), or ``z`` is the mean of the
+items (``encoder="mean"``, the mean-pool variant of [23]). The decoder LSTM starts from ``z`` and sees ``z`` next
+to every word embedding (Eq. 3). Teacher forcing runs ``nn.LSTM`` over the whole sentence in one call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from einops import rearrange, repeat
+from torch import nn
+
+from capsal.models.base import CaptioningModule
+
+
+class S2VT(CaptioningModule):
+    def __init__(
+        self,
+        vocab,
+        encoder: str = "lstm",
+        hidden_size: int = 256,
+        embed_size: int = 64,
+        dropout: float = 0.1,
+        **kwargs,
+    ):
+        super().__init__(vocab, **kwargs)
+        if encoder not in ("lstm", "mean"):
+            raise ValueError(f"S2VT encoder must be 'lstm' or 'mean', got {encoder!r}")
+        self.save_hyperparameters(
+            {"encoder": encoder, "hidden_size": hidden_size, "embed_size": embed_size, "dropout": dropout}
+        )
+        self.item_projection = nn.Sequential(nn.Linear(self.feature_size, hidden_size), nn.ReLU(), nn.Dropout(dropout))
+        if encoder == "lstm":
+            self.encoder = nn.LSTM(hidden_size, hidden_size, batch_first=True)
+        else:
+            self.initial_state = nn.Linear(hidden_size, 2 * hidden_size)
+        self.embedding = nn.Embedding(len(self.vocab), embed_size, padding_idx=self.vocab.pad_id)
+        self.decoder = nn.LSTM(embed_size + hidden_size, hidden_size, batch_first=True)
+        self.output = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, len(self.vocab)))
+
+    def encode(
+        self, items: torch.Tensor, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``z`` and the decoder's initial ``(h, c)``, batch-first. S2VT has no positional input: ``positions``
+        is accepted and ignored (the order of items is all it knows)."""
+        projected = self.item_projection(items)
+        if mask is None:
+            mask = torch.ones(items.shape[:2], dtype=torch.bool, device=items.device)
+        if self.hparams.encoder == "lstm":
+            lengths = mask.sum(1).clamp(min=1).cpu()
+            packed = nn.utils.rnn.pack_padded_sequence(projected, lengths, batch_first=True, enforce_sorted=False)
+            _, (h, c) = self.encoder(packed)
+            h, c = h[-1], c[-1]
+            z = h
+        else:
+            weights = mask.to(projected.dtype)[..., None]
+            z = (projected * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+            h, c = torch.tanh(self.initial_state(z)).chunk(2, dim=-1)
+        return {"z": z, "h": h, "c": c}
+
+    def _decode(self, state: dict[str, torch.Tensor], tokens: torch.Tensor, hc: tuple[torch.Tensor, torch.Tensor]):
+        words = self.embedding(tokens)
+        inputs = torch.cat([words, repeat(state["z"], "b d -> b n d", n=tokens.shape[1])], dim=-1)
+        hidden, (h, c) = self.decoder(inputs, hc)
+        return torch.log_softmax(self.output(hidden), dim=-1), (h, c)
+
+    def token_logprobs(self, state: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+        hc = (rearrange(state["h"], "b d -> 1 b d").contiguous(), rearrange(state["c"], "b d -> 1 b d").contiguous())
+        logprobs, _ = self._decode(state, tokens, hc)
+        return logprobs
+
+    def init_decoder(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"h": state["h"], "c": state["c"]}
+
+    def decode_step(self, state: dict[str, torch.Tensor], cache: Any, tokens: torch.Tensor):
+        hc = (rearrange(cache["h"], "b d -> 1 b d").contiguous(), rearrange(cache["c"], "b d -> 1 b d").contiguous())
+        logprobs, (h, c) = self._decode(state, tokens[:, -1:], hc)
+        return logprobs[:, -1], {"h": h[0], "c": c[0]}

@@ -1,0 +1,142 @@
+"""S2VT: the protocol, teacher forcing vs step decoding, greedy vs beam search, backbones."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from capsal import check_protocol
+from capsal.errors import UserError
+from capsal.models.backbones import SmallCNN, TorchvisionBackbone
+from capsal.models.s2vt import S2VT
+
+WORDS = ["a", "red", "circle"]
+TINY = {
+    "hidden_size": 16,
+    "embed_size": 8,
+    "dropout": 0.0,
+    "backbone": {"_target_": "capsal.models.backbones.SmallCNN", "channels": [4, 8]},
+}
+
+
+def _model(encoder: str = "lstm", **kwargs) -> S2VT:
+    torch.manual_seed(0)
+    return S2VT(WORDS, encoder=encoder, **{**TINY, **kwargs}).eval()
+
+
+def test_s2vt_implements_the_protocol_and_a_plain_object_does_not():
+    assert check_protocol(_model()) == []
+    problems = check_protocol(object())
+    assert "missing method features(pixels) -> grid" in problems
+    assert any("vocab" in p for p in problems)
+
+
+def test_image_items_are_the_grid_read_row_major_and_video_items_are_frame_means():
+    model = _model()
+    grid = torch.randn(2, 1, 3, 4, 5)
+    items = model.items(grid)
+    assert items.shape == (2, 12, 5)
+    assert torch.equal(items[1, 4 + 2], grid[1, 0, 1, 2])  # row 1, column 2
+    video = torch.randn(2, 6, 3, 4, 5)
+    assert torch.allclose(model.items(video), video.mean(dim=(2, 3)))
+    assert model.features(torch.rand(2, 6, 3, 16, 16)).shape == (2, 6, 4, 4, 8)
+
+
+@pytest.mark.parametrize("encoder", ["lstm", "mean"])
+def test_teacher_forcing_equals_step_by_step_decoding(encoder):
+    model = _model(encoder)
+    items = torch.randn(3, 5, model.feature_size)
+    tokens = torch.tensor([[1, 4, 5, 6, 2], [1, 5, 5, 2, 0], [1, 6, 2, 0, 0]])
+    state = model.encode(items)
+    forced = model.token_logprobs(state, tokens)
+    cache = model.init_decoder(state)
+    for t in range(tokens.shape[1]):
+        step, cache = model.decode_step(state, cache, tokens[:, : t + 1])
+        torch.testing.assert_close(step, forced[:, t], atol=1e-5, rtol=1e-5)
+
+
+def test_lstm_encoder_ignores_padded_items_and_mean_encoder_is_order_free():
+    model = _model("lstm")
+    items = torch.randn(1, 4, model.feature_size)
+    padded = torch.cat([items, torch.randn(1, 3, model.feature_size)], dim=1)
+    mask = torch.tensor([[True] * 4 + [False] * 3])
+    torch.testing.assert_close(model.encode(padded, mask)["z"], model.encode(items)["z"])
+    mean = _model("mean")
+    shuffled = items[:, torch.tensor([2, 0, 3, 1])]
+    torch.testing.assert_close(mean.encode(shuffled)["z"], mean.encode(items)["z"])
+
+
+def _sequence_logprob(model: S2VT, items: torch.Tensor, tokens: torch.Tensor) -> float:
+    """log p(tokens[1:] | items), stopping after eos."""
+    logprobs = model.token_logprobs(model.encode(items), tokens[:, :-1])[0]
+    total = 0.0
+    for t, token in enumerate(tokens[0, 1:].tolist()):
+        if token == model.vocab.pad_id:
+            break
+        total += float(logprobs[t, token])
+    return total
+
+
+def test_beam_search_with_a_wide_beam_finds_the_most_likely_sentence():
+    model = _model()
+    items = torch.randn(1, 3, model.feature_size)
+    max_len, vocab = 3, model.vocab
+    best, best_score = None, float("-inf")
+    for length in range(1, max_len + 1):  # every sentence of up to max_len tokens, ending in eos or cut at max_len
+        for body in itertools.product(range(len(vocab)), repeat=length):
+            if any(t == vocab.eos_id for t in body[:-1]) or any(t in (vocab.pad_id, vocab.bos_id) for t in body):
+                continue
+            if length < max_len and body[-1] != vocab.eos_id:
+                continue
+            tokens = torch.tensor([[vocab.bos_id, *body]])
+            score = _sequence_logprob(model, items, tokens)
+            if score > best_score:
+                best, best_score = tokens, score
+    found = model.generate(items, beam_size=len(vocab) ** 2, max_len=max_len)
+    assert found[0, : best.shape[1]].tolist() == best[0].tolist()
+    greedy = model.generate(items, beam_size=1, max_len=max_len)
+    assert _sequence_logprob(model, items, greedy) <= best_score + 1e-6
+
+
+def test_generation_stops_at_eos_and_pads_finished_rows():
+    model = _model()
+    tokens = model.generate(torch.randn(4, 3, model.feature_size), beam_size=1, max_len=6)
+    assert (tokens[:, 0] == model.vocab.bos_id).all()
+    for row in tokens.tolist():
+        if model.vocab.eos_id in row:
+            after = row[row.index(model.vocab.eos_id) + 1 :]
+            assert all(t == model.vocab.pad_id for t in after)
+
+
+def test_small_cnn_grid_has_one_cell_per_stride():
+    cnn = SmallCNN(channels=[4, 8, 8])
+    assert cnn(torch.rand(2, 3, 64, 64)).shape == (2, 8, 8, 8)
+
+
+@pytest.mark.parametrize(("name", "size", "grid"), [("inception_v3", 299, 8), ("resnet50", 224, 7)])
+def test_frozen_torchvision_backbones_give_the_papers_grids_offline(name, size, grid):
+    backbone = TorchvisionBackbone(name=name, weights=None)
+    assert not any(p.requires_grad for p in backbone.parameters())
+    backbone.train()
+    assert not backbone.training  # frozen backbones keep ImageNet statistics
+    with torch.no_grad():
+        out = backbone(torch.rand(1, 3, 50, 80))  # any size: resized to the backbone's input
+    assert out.shape == (1, 2048, grid, grid)
+
+
+def test_backbone_weights_from_a_local_file_and_a_clear_error_for_a_missing_one(tmp_path):
+    source = TorchvisionBackbone(name="resnet50", weights=None)
+    from torchvision.models import resnet50
+
+    classifier = resnet50(weights=None)
+    path = tmp_path / "resnet50.pth"
+    torch.save(classifier.state_dict(), path)
+    loaded = TorchvisionBackbone(name="resnet50", weights=str(path))
+    torch.testing.assert_close(loaded.body.conv1.weight, classifier.conv1.weight)
+    assert not torch.equal(source.body.conv1.weight, classifier.conv1.weight)
+    with pytest.raises(UserError, match="does not exist"):
+        TorchvisionBackbone(name="resnet50", weights=str(tmp_path / "missing.pth"))
+    with pytest.raises(UserError, match="unknown backbone"):
+        TorchvisionBackbone(name="vgg0")
