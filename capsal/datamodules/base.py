@@ -1,0 +1,168 @@
+"""The datamodule base every captioning dataset (synthetic shapes, Flickr30k Entities, MSVD...) builds on.
+
+A subclass only says how to build one split (``build_split``); the base caches splits, builds the vocabulary from the
+training captions, collates ``Sample``s into a ``Batch`` and makes the dataloaders, so every dataset feeds models,
+explainers and metrics the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from capsal.errors import UserError
+from capsal.text import Vocabulary
+from capsal.types import Batch, Caption, Sample
+
+SPLITS = ("train", "val", "test")
+CaptionChoice = Literal["random", "first"]
+
+
+def check_positive(**options: int) -> None:
+    """Raise the one-sentence ``ValueError`` a user sees for an option that must be >= 1."""
+    for name, value in options.items():
+        if value < 1:
+            raise UserError(f"{name}={value} must be at least 1; set {name} to a positive integer.")
+
+
+def collate_samples(samples: Sequence[Sample], vocab: Vocabulary, caption_choice: CaptionChoice = "first") -> Batch:
+    """Stack ``samples`` into a ``Batch``, encoding one caption per sample.
+
+    ``caption_choice="random"`` draws the caption from torch's global generator, so it changes every epoch (caption
+    augmentation) yet is reproducible under ``lightning.seed_everything`` (DataLoader workers are seeded from it too);
+    ``"first"`` keeps evaluation deterministic. A module-level function, not a method, so worker processes receive the
+    vocabulary but not the whole datamodule.
+    """
+    if not samples:
+        raise UserError("cannot collate an empty list of samples")
+    if caption_choice not in ("random", "first"):
+        raise UserError(f"caption_choice={caption_choice!r} must be 'random' or 'first'")
+    shapes = {tuple(s.pixels.shape) for s in samples}
+    if len(shapes) > 1:
+        raise UserError(
+            f"samples of one batch must share their (T, 3, H, W) size, got {sorted(shapes)}; resize them in the dataset"
+        )
+    chosen: list[Caption] = []
+    for sample in samples:
+        if not sample.captions:
+            raise UserError(f"sample {sample.sample_id!r} has no caption")
+        index = int(torch.randint(len(sample.captions), ())) if caption_choice == "random" else 0
+        chosen.append(sample.captions[index])
+    pixels = torch.stack([s.pixels for s in samples]).to(torch.float32) / 255.0
+    tokens = vocab.pad_batch([vocab.encode(c.text) for c in chosen])
+    return Batch(
+        tokens=tokens,
+        captions=chosen,
+        references=[[c.text for c in s.captions] for s in samples],
+        sample_ids=[s.sample_id for s in samples],
+        pixels=pixels,
+    )
+
+
+class CaptionDataModule(L.LightningDataModule):
+    """Base of all captioning datamodules: cached splits, a train-built vocabulary and ``Batch`` collation.
+
+    Subclasses implement ``build_split`` and set ``item_kind`` ("image" or "video"); those whose samples are expensive
+    to load (decoding files) should also override ``caption_texts`` so building the vocabulary reads only text.
+    """
+
+    item_kind: str = "image"
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        min_vocab_count: int = 1,
+        seed: int = 0,
+        eval_batch_size: int | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)  # the subclass's options too; checkpoints record what data was used
+        check_positive(batch_size=batch_size, min_vocab_count=min_vocab_count)
+        if eval_batch_size is not None:
+            check_positive(eval_batch_size=eval_batch_size)
+        if num_workers < 0:
+            raise UserError(f"num_workers={num_workers} must be 0 (load in the main process) or more.")
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else self.batch_size
+        self.num_workers = int(num_workers)
+        self.min_vocab_count = int(min_vocab_count)
+        self.seed = int(seed)
+        self._splits: dict[str, Sequence[Sample]] = {}
+        self._vocab: Vocabulary | None = None
+
+    # -- what subclasses provide ---------------------------------------------------------------------------------
+    def build_split(self, split: str) -> Sequence[Sample]:
+        """Return the samples of ``split`` ("train", "val" or "test") as a list or map-style Dataset."""
+        raise NotImplementedError
+
+    def caption_texts(self, split: str) -> list[str]:
+        """Every caption text of ``split``; loads each sample, so override it where that is slow."""
+        data = self.get_split(split)
+        return [c.text for i in range(len(data)) for c in data[i].captions]
+
+    # -- splits and vocabulary -----------------------------------------------------------------------------------
+    def get_split(self, split: str) -> Sequence[Sample]:
+        """The samples of ``split``, built once and cached."""
+        if split not in SPLITS:
+            raise UserError(f"split {split!r} is unknown; use one of {', '.join(SPLITS)}.")
+        if split not in self._splits:
+            self._splits[split] = self.build_split(split)
+        return self._splits[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the splits ``stage`` needs (all when ``stage`` is None) and the vocabulary from the train split."""
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}.get(stage, SPLITS)
+        for split in needed:
+            self.get_split(split)
+        if self._vocab is None:
+            self._vocab = Vocabulary.build(self.caption_texts("train"), min_count=self.min_vocab_count)
+
+    @property
+    def vocab(self) -> Vocabulary:
+        """The vocabulary of the training captions (built on first use)."""
+        if self._vocab is None:
+            self.setup(None)
+        assert self._vocab is not None
+        return self._vocab
+
+    @vocab.setter
+    def vocab(self, vocab: Vocabulary) -> None:
+        """Encode with another vocabulary, e.g. the one stored in a checkpoint being explained."""
+        self._vocab = vocab
+
+    def sample(self, split: str, index: int) -> Sample:
+        """One sample, for ``capsal-explain sample=<split>:<index>``."""
+        data = self.get_split(split)
+        if not -len(data) <= index < len(data):
+            raise IndexError(f"split {split!r} has {len(data)} samples; index {index} is out of range")
+        return data[index % len(data)]
+
+    # -- batches ---------------------------------------------------------------------------------------------------
+    def collate(self, samples: Sequence[Sample], caption_choice: CaptionChoice = "first") -> Batch:
+        """A ``Batch`` of ``samples`` encoded with this datamodule's vocabulary (see ``collate_samples``)."""
+        return collate_samples(samples, self.vocab, caption_choice)
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int, caption_choice: CaptionChoice) -> DataLoader:
+        return DataLoader(
+            self.get_split(split),  # type: ignore[arg-type]
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=functools.partial(collate_samples, vocab=self.vocab, caption_choice=caption_choice),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, self.batch_size, "random")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False, self.eval_batch_size, "first")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.eval_batch_size, "first")
