@@ -1,0 +1,113 @@
+"""What every explainer shares: one ``explain`` method and turning a sentence (or none) into tokens."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+
+from capsal.errors import UserError
+from capsal.explainers.saliency import ItemLayout, Saliency
+from capsal.text import Vocabulary, tokenize
+
+log = logging.getLogger("capsal")
+
+Sentence = str | list[str] | torch.Tensor | None
+
+
+class Explainer:
+    """Base class. Subclasses implement :meth:`explain` and are registered with ``@register_explainer``.
+
+    ``needs_grad``: the explainer back-propagates (inside Lightning validation it turns gradients on locally,
+    which needs ``Trainer(inference_mode=False)``).
+    """
+
+    name = "explainer"
+    needs_grad = False
+
+    def explain(
+        self,
+        model: Any,
+        items: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        grid: torch.Tensor | None = None,
+        tokens: Sentence = None,
+    ) -> Saliency:
+        """Per-word saliency of ``tokens`` (the model's own caption when None) over the ``(B, m, d)`` items."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({options})"
+
+
+def encode_query(vocab: Vocabulary, text: str, max_len: int | None = None) -> list[int]:
+    """Token ids of a query sentence; unknown words are reported by name and become unk."""
+    words = tokenize(text)
+    if not words:
+        raise UserError(f"the query {text!r} has no words; give a sentence such as 'a red circle'")
+    unknown = vocab.unknown_words(text)
+    if len(unknown) == len(words):
+        raise UserError(f"every word of the query {text!r} is unknown to the model's vocabulary; use its words")
+    if unknown:
+        log.warning("query words not in the vocabulary, explained as <unk>: %s", ", ".join(unknown))
+    if max_len is not None and len(words) + 1 > max_len:
+        raise UserError(f"the query has {len(words)} words; the model generates at most {max_len - 1}: shorten it")
+    return vocab.encode(text)
+
+
+def resolve_tokens(
+    model: Any, items: torch.Tensor, mask: torch.Tensor | None, tokens: Sentence, beam_size: int | None = None
+) -> torch.Tensor:
+    """``(B, L)`` bos ... eos tokens: the model's caption (None), a query string (for every sample), one string
+    per sample, or given ids (``(L,)`` is used for every sample)."""
+    batch = items.shape[0]
+    vocab: Vocabulary = model.vocab
+    max_len = getattr(model, "hparams", {}).get("max_len")
+    if tokens is None:
+        with torch.no_grad():
+            kwargs = {"beam_size": beam_size} if beam_size else {}
+            return model.generate(items, mask, **kwargs)
+    if isinstance(tokens, str):
+        tokens = [tokens] * batch
+    if isinstance(tokens, list):
+        if len(tokens) != batch:
+            raise ValueError(f"got {len(tokens)} sentences for {batch} samples")
+        ids = [encode_query(vocab, text, max_len + 1 if max_len else None) for text in tokens]
+        return vocab.pad_batch(ids).to(items.device)
+    tokens = tokens.to(items.device)
+    if tokens.dim() == 1:
+        tokens = tokens.expand(batch, -1)
+    return tokens
+
+
+def word_table(vocab: Vocabulary, tokens: torch.Tensor) -> tuple[list[list[str]], torch.Tensor]:
+    """Words of each token row (after bos, before eos) and the ``(B, n)`` word mask, n = tokens' length - 1."""
+    words = [vocab.decode(row) for row in tokens.tolist()]
+    width = tokens.shape[1] - 1
+    mask = torch.zeros(tokens.shape[0], width, dtype=torch.bool, device=tokens.device)
+    for row, sentence in enumerate(words):
+        mask[row, : len(sentence)] = True
+    return words, mask
+
+
+def item_layout(model: Any, items: torch.Tensor, grid: torch.Tensor | None) -> ItemLayout:
+    """Grid or frames, from the model's own rule when it has one (capsal models), else from the grid's shape."""
+    m = items.shape[1]
+    if grid is not None:
+        frames, h, w = grid.shape[1:4]
+        layout_of = getattr(model, "item_layout", None)
+        kind = layout_of(frames) if callable(layout_of) else ("grid" if frames == 1 else "frames")
+        return ItemLayout(kind, (h, w), m)
+    side = math.isqrt(m)
+    if side * side == m:
+        return ItemLayout("grid", (side, side), m)
+    return ItemLayout("frames", (1, 1), m)
+
+
+def default_mask(items: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return torch.ones(items.shape[:2], dtype=torch.bool, device=items.device)
+    return mask.to(device=items.device, dtype=torch.bool)

@@ -1,0 +1,3 @@
+"""Importing this module registers every built-in explainer."""
+
+from capsal.explainers import caption_guided  # noqa: F401

@@ -1,0 +1,122 @@
+"""``Saliency``: one padded batch of per-word saliency, whatever explainer made it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+
+@dataclass(frozen=True)
+class ItemLayout:
+    """How items map back to the input: ``"grid"`` (image cells, row-major ``h x w``) or ``"frames"`` (video)."""
+
+    kind: str
+    grid_size: tuple[int, int]  # (h, w) of the descriptor grid; for frames, the grid inside each frame
+    num_items: int
+
+    @property
+    def is_video(self) -> bool:
+        return self.kind == "frames"
+
+
+def scale_per_word(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Linearly map each word's values over the real items to [0, 1] (paper Eq. 8's ``scale``).
+
+    ``values`` ``(..., m[, r])`` with item ``mask`` broadcastable to ``values.shape[:-k]``; masked items become 0.
+    A word whose values are all equal gets 1 everywhere (every item is equally, fully salient).
+    """
+    extra = values.dim() - mask.dim()
+    mask = mask.reshape(*mask.shape, *([1] * extra)).expand_as(values)
+    dims = tuple(range(mask.dim() - 1 - extra, values.dim()))
+    low = values.masked_fill(~mask, float("inf")).amin(dim=dims, keepdim=True)
+    high = values.masked_fill(~mask, float("-inf")).amax(dim=dims, keepdim=True)
+    span = high - low
+    scaled = torch.where(span > 0, (values - low) / span.clamp(min=torch.finfo(values.dtype).tiny), 1.0)
+    return scaled.masked_fill(~mask, 0.0)
+
+
+@dataclass
+class Saliency:
+    """Per-word saliency for a batch of sentences (B samples, n words padded, m items, r regions per frame).
+
+    - ``words``: each sample's words (no bos/eos); ``word_mask`` ``(B, n)`` True for real words.
+    - ``scores`` ``(B, n, m)``: higher = more salient. ``losses`` ``(B, n, m)``: the raw ``Loss(t, i, w)``
+      (Eq. 6/7) for explainers that have them (``scores = -losses``).
+    - ``region_scores``/``region_losses`` ``(B, n, m, r)``: video only, saliency of grid region r inside frame i
+      (Eq. 13), with ``r = h*w`` of ``layout.grid_size``.
+    - ``item_mask`` ``(B, m)`` True for real items.
+    """
+
+    words: list[list[str]]
+    word_mask: torch.Tensor
+    scores: torch.Tensor
+    item_mask: torch.Tensor
+    layout: ItemLayout
+    losses: torch.Tensor | None = None
+    region_scores: torch.Tensor | None = None
+    region_losses: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    explainer: str = ""
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    @property
+    def e(self) -> torch.Tensor:
+        """Eq. 8: each word's scores scaled to [0, 1] over the items, ``(B, n, m)``."""
+        return scale_per_word(self.scores, self._word_item_mask())
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        """``alpha_t = e_t / sum_i e_ti``: a distribution over items per real word (zeros for padded words)."""
+        e = self.e
+        return e / e.sum(-1, keepdim=True).clamp(min=torch.finfo(e.dtype).tiny)
+
+    @property
+    def region_e(self) -> torch.Tensor | None:
+        """Spatial saliency inside each frame scaled to [0, 1] per word and frame, ``(B, n, m, r)``."""
+        if self.region_scores is None:
+            return None
+        mask = self._word_item_mask()[..., None].expand_as(self.region_scores)
+        return scale_per_word(self.region_scores, mask)
+
+    def phrase(self, start: int, end: int) -> torch.Tensor:
+        """Eq. 9: saliency of the half-open word span, ``(B, m)`` scaled to [0, 1].
+
+        Sums the raw losses over the span where the explainer has them (then negates), else sums the scores.
+        """
+        return scale_per_word(self._span_sum(self.losses, self.scores, start, end), self.item_mask)
+
+    def phrase_regions(self, start: int, end: int) -> torch.Tensor | None:
+        """Eq. 9 for regions inside frames, ``(B, m, r)`` scaled to [0, 1] per frame."""
+        if self.region_scores is None:
+            return None
+        summed = self._span_sum(self.region_losses, self.region_scores, start, end)
+        return scale_per_word(summed, self.item_mask[..., None].expand_as(summed))
+
+    def _span_sum(self, losses, scores, start: int, end: int) -> torch.Tensor:
+        if not 0 <= start < end <= self.word_mask.shape[1]:
+            raise ValueError(f"phrase span [{start}, {end}) is outside the {self.word_mask.shape[1]} words")
+        if losses is not None:
+            return -losses[:, start:end].sum(1)
+        return scores[:, start:end].sum(1)
+
+    def to_image_size(self, height: int, width: int, values: torch.Tensor | None = None) -> torch.Tensor:
+        """Grid values ``(..., h*w)`` at receptive-field centres, bilinearly upsampled to ``(..., height, width)``.
+
+        ``align_corners=False`` puts value (a, b) exactly at the centre of its cell, ``((b+.5) W/w, (a+.5) H/h)``.
+        Defaults to ``e`` for images and to ``region_e`` for videos.
+        """
+        if values is None:
+            values = self.e if not self.layout.is_video else self.region_e
+        h, w = self.layout.grid_size
+        lead = values.shape[:-1]
+        grids = rearrange(values.reshape(-1, h * w), "n (h w) -> n 1 h w", h=h, w=w)
+        image = F.interpolate(grids.float(), size=(height, width), mode="bilinear", align_corners=False)
+        return image.reshape(*lead, height, width).to(values.dtype)
+
+    def _word_item_mask(self) -> torch.Tensor:
+        return self.word_mask[:, :, None] & self.item_mask[:, None, :]

@@ -1,0 +1,150 @@
+"""The maths of caption-guided saliency (paper Eq. 6-9, 13) on tiny models, in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from capsal.explainers import build_explainer
+from capsal.explainers.saliency import scale_per_word
+from capsal.models.s2vt import S2VT
+
+WORDS = ["a", "red", "blue", "circle", "square", "and"]
+TINY = {
+    "hidden_size": 12,
+    "embed_size": 6,
+    "dropout": 0.0,
+    "backbone": {"_target_": "capsal.models.backbones.SmallCNN", "channels": [4, 5]},
+}
+
+
+def tiny_model(encoder: str = "lstm") -> S2VT:
+    torch.manual_seed(0)
+    return S2VT(WORDS, encoder=encoder, **TINY).double().eval()
+
+
+@pytest.fixture
+def model():
+    return tiny_model()
+
+
+@pytest.fixture
+def items(model):
+    torch.manual_seed(1)
+    return torch.randn(2, 6, model.feature_size, dtype=torch.float64)
+
+
+QUERIES = ["a red circle and a blue square", "a blue square"]
+
+
+@torch.no_grad()
+def naive_losses(model, items, tokens, mode):
+    """Definition, one item and one word at a time: Loss[b, t, i]."""
+    batch, m = items.shape[:2]
+    n = tokens.shape[1] - 1
+    out = torch.zeros(batch, n, m, dtype=torch.float64)
+    for b in range(batch):
+        full = model.token_logprobs(model.encode(items[b : b + 1]), tokens[b : b + 1, :-1])[0]
+        for i in range(m):
+            state = model.encode(items[b : b + 1, i : i + 1], None, torch.tensor([[i]]))
+            for t in range(n):
+                logq = model.token_logprobs(state, tokens[b : b + 1, : t + 1])[0, t]
+                if mode == "information_gain":
+                    out[b, t, i] = -logq[tokens[b, t + 1]]
+                else:
+                    p = full[t].exp()
+                    out[b, t, i] = sum(float(p[k] * (full[t, k] - logq[k])) for k in range(p.shape[0]))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["information_gain", "kl"])
+def test_batched_losses_equal_the_definition_item_by_item_and_word_by_word(model, items, mode):
+    saliency = build_explainer("caption_guided", mode=mode).explain(model, items, tokens=QUERIES)
+    expected = naive_losses(model, items, saliency.tokens, mode)
+    mask = saliency.word_mask
+    torch.testing.assert_close(saliency.losses[mask], expected[mask], atol=1e-6, rtol=0)
+    torch.testing.assert_close(saliency.scores, -saliency.losses)
+    assert saliency.words == [q.split() for q in QUERIES]
+
+
+def test_chunking_under_a_tiny_memory_budget_changes_nothing(model, items):
+    big = build_explainer("caption_guided").explain(model, items, tokens=QUERIES)
+    small = build_explainer("caption_guided", memory_budget_mb=1e-4).explain(model, items, tokens=QUERIES)
+    torch.testing.assert_close(small.losses, big.losses)
+
+
+def test_e_lies_in_unit_interval_and_alpha_sums_to_one_per_real_word(model, items):
+    saliency = build_explainer("caption_guided").explain(model, items, tokens=QUERIES)
+    e, alpha, mask = saliency.e, saliency.alpha, saliency.word_mask
+    assert e.min() >= 0 and e.max() <= 1
+    assert torch.allclose(e[mask].amax(-1), torch.ones(1, dtype=e.dtype))  # scaled per word: max 1, min 0
+    assert torch.allclose(e[mask].amin(-1), torch.zeros(1, dtype=e.dtype))
+    torch.testing.assert_close(alpha[mask].sum(-1), torch.ones(int(mask.sum()), dtype=alpha.dtype))
+    assert (alpha[~mask] == 0).all()
+    # Eq. 8: e is -loss scaled linearly, so the most salient item has the lowest loss
+    assert torch.equal(e[mask].argmax(-1), saliency.losses[mask].argmin(-1))
+
+
+def test_phrase_saliency_sums_word_losses_before_scaling(model, items):
+    saliency = build_explainer("caption_guided").explain(model, items, tokens=QUERIES)
+    phrase = saliency.phrase(0, 3)  # "a red circle" / "a blue square"
+    expected = scale_per_word(-saliency.losses[:, 0:3].sum(1), saliency.item_mask)
+    torch.testing.assert_close(phrase, expected)
+    assert not torch.allclose(phrase, saliency.e[:, 0:3].mean(1))  # not an average of scaled maps
+    with pytest.raises(ValueError, match="outside"):
+        saliency.phrase(2, 99)
+
+
+def test_with_a_mean_pool_encoder_permuting_items_permutes_saliency(items):
+    model = tiny_model("mean")
+    explainer = build_explainer("caption_guided")
+    order = torch.tensor([3, 0, 5, 1, 4, 2])
+    original = explainer.explain(model, items, tokens=QUERIES)
+    permuted = explainer.explain(model, items[:, order], tokens=QUERIES)
+    torch.testing.assert_close(permuted.losses, original.losses[:, :, order])
+
+
+def test_explaining_the_own_caption_equals_explaining_it_as_a_query(model, items):
+    explainer = build_explainer("caption_guided")
+    own = explainer.explain(model, items)
+    captions = [" ".join(words) for words in own.words]
+    if not all(captions):
+        pytest.skip("the untrained tiny model produced an empty caption")
+    as_query = explainer.explain(model, items, tokens=captions)
+    assert as_query.words == own.words
+    n = own.word_mask.sum(1).max()
+    torch.testing.assert_close(as_query.losses[:, :n], own.losses[:, :n])
+    torch.testing.assert_close(explainer.explain(model, items, tokens=own.tokens).losses, own.losses)
+
+
+def test_video_regions_are_single_grid_features_on_the_frame_scale(model):
+    torch.manual_seed(2)
+    grid = torch.randn(1, 4, 2, 3, model.feature_size, dtype=torch.float64)
+    items = model.items(grid)
+    saliency = build_explainer("caption_guided").explain(model, items, grid=grid, tokens="a red circle")
+    assert saliency.layout.is_video and saliency.layout.grid_size == (2, 3)
+    assert saliency.region_losses.shape == (1, 4, 4, 6)  # words+eos slot, frames, regions
+    # a frame whose every region equals its mean: region saliency equals the frame's temporal saliency
+    flat = items[:, :, None, None, :].expand(1, 4, 2, 3, model.feature_size).contiguous()
+    same = build_explainer("caption_guided").explain(model, items, grid=flat, tokens="a red circle")
+    torch.testing.assert_close(same.region_losses, same.losses[..., None].expand_as(same.region_losses))
+    # region (frame 2, row 1, col 0) is the grid feature f_2(1, 0) alone
+    state = model.encode(grid[:, 2, 1, 0][:, None], None, torch.tensor([[2]]))
+    logq = model.token_logprobs(state, saliency.tokens[:, :-1])
+    expected = -logq[0, 1, saliency.tokens[0, 2]]
+    torch.testing.assert_close(saliency.region_losses[0, 1, 2, 3], expected)
+    regions = saliency.to_image_size(30, 45)
+    assert regions.shape == (1, 4, 4, 30, 45)
+
+
+def test_spatial_maps_put_grid_values_at_receptive_field_centres(model, items):
+    torch.manual_seed(3)
+    grid = torch.randn(1, 1, 4, 4, model.feature_size, dtype=torch.float64)
+    saliency = build_explainer("caption_guided").explain(model, model.items(grid), grid=grid, tokens="a red circle")
+    assert saliency.layout.kind == "grid" and saliency.layout.grid_size == (4, 4)
+    image = saliency.to_image_size(64, 64)
+    assert image.shape == (1, 4, 64, 64)
+    e = saliency.e[0, 1].reshape(4, 4)
+    row, col = divmod(int(e.argmax()), 4)
+    peak = divmod(int(image[0, 1].argmax()), 64)
+    assert abs(peak[0] - (row * 16 + 7.5)) <= 0.5 and abs(peak[1] - (col * 16 + 7.5)) <= 0.5
