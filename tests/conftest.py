@@ -75,3 +75,27 @@ def _quiet_wandb(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / ".wandb-config"))
     monkeypatch.setenv("WANDB_SILENT", "true")
     os.environ.pop("WANDB_MODE", None)
+
+
+def _train_tiny(compose_train, output_dir: Path, *overrides: str) -> Path:
+    from capsal.cli.train import train
+
+    extra = TINY_VIDEO_OVERRIDES if "datamodule=shapes_video" in overrides else []
+    cfg = compose_train(*TINY_OVERRIDES, *extra, *overrides)
+    with open_dict(cfg):
+        cfg.output_dir = str(output_dir)
+    OmegaConf.resolve(cfg)
+    summary = train(cfg)
+    return Path(summary["last_checkpoint"])
+
+
+@pytest.fixture(scope="session")
+def image_checkpoint(compose_train, tmp_path_factory) -> Path:
+    """A tiny S2VT trained one short epoch on shapes_image (shared by the tests that only need a checkpoint)."""
+    return _train_tiny(compose_train, tmp_path_factory.mktemp("image_ckpt"))
+
+
+@pytest.fixture(scope="session")
+def video_checkpoint(compose_train, tmp_path_factory) -> Path:
+    """A tiny S2VT trained one short epoch on shapes_video (8 frames of 32x32)."""
+    return _train_tiny(compose_train, tmp_path_factory.mktemp("video_ckpt"), "datamodule=shapes_video")

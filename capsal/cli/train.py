@@ -11,7 +11,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from capsal.cli.common import exit_on_user_error
 
@@ -37,6 +37,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.datamodule)
     datamodule.setup("fit")
     model = instantiate(cfg.model, vocab=datamodule.vocab.to_list())
+    model.datamodule_config = OmegaConf.to_container(cfg.datamodule, resolve=True)
+    frames, _, height, width = datamodule.sample("train", 0).pixels.shape
+    model.input_shape = (frames, height, width)
     callbacks = build_callbacks(cfg)
     logger = build_logger(cfg)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)

@@ -1,3 +1,3 @@
 """Importing this module registers every built-in explainer."""
 
-from capsal.explainers import caption_guided  # noqa: F401
+from capsal.explainers import baselines, caption_guided, gradient, soft_attention  # noqa: F401

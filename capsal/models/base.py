@@ -67,6 +67,9 @@ class CaptioningModule(L.LightningModule):
         self.feature_size: int = self.backbone.out_channels
         self._predictions: dict[str, str] = {}
         self._references: dict[str, list[str]] = {}
+        # Set by capsal-train, saved in checkpoints so a checkpoint alone can rebuild its data and inputs.
+        self.datamodule_config: dict | None = None
+        self.input_shape: tuple[int, int, int] | None = None  # (frames, height, width) the model was trained on
 
     # ---- the encoder-decoder protocol ---------------------------------------------------------------------
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -160,6 +163,21 @@ class CaptioningModule(L.LightningModule):
     def _metrics_due(self) -> bool:
         every = max(1, int(self.hparams.metrics_every_n_epochs))
         return bool(self.hparams.caption_metrics) and (self.current_epoch + 1) % every == 0
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from capsal import __version__
+
+        checkpoint["capsal"] = {
+            "version": __version__,
+            "model_class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "datamodule": self.datamodule_config,
+            "input_shape": list(self.input_shape) if self.input_shape else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get("capsal", {})
+        self.datamodule_config = meta.get("datamodule")
+        self.input_shape = tuple(meta["input_shape"]) if meta.get("input_shape") else None
 
     def configure_optimizers(self):
         return instantiate(self.hparams.optimizer)(params=[p for p in self.parameters() if p.requires_grad])

@@ -1,0 +1,218 @@
+"""``capsal-explain``: per-word saliency for one image, video or dataset sample; writes figures, arrays, JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from capsal.checkpoints import load_captioner, resolve_device
+from capsal.cli.common import exit_on_user_error
+from capsal.errors import UserError
+from capsal.explainers.saliency import Saliency
+from capsal.types import Box, Caption, Sample
+from capsal.viz import overlay_figure, peak, save_figure, to_numpy_image, video_figure
+
+log = logging.getLogger("capsal")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+@dataclass
+class ExplainInput:
+    """What to explain: original pixels (for display) and, for dataset samples, the ground truth."""
+
+    pixels: torch.Tensor  # uint8 (T, 3, H, W) at the original size
+    source: str
+    sample: Sample | None = None
+
+
+def load_input(cfg: DictConfig, model) -> ExplainInput:
+    if (cfg.input is None) == (cfg.sample is None):
+        raise UserError("give exactly one of input=<image or video file> or sample=<split>:<index>")
+    if cfg.input is not None:
+        return ExplainInput(read_media(Path(cfg.input), model), str(cfg.input))
+    split, _, index = str(cfg.sample).partition(":")
+    if not index.lstrip("-").isdigit():
+        raise UserError(f"sample={cfg.sample} must look like <split>:<index>, e.g. sample=val:3")
+    datamodule = build_datamodule(cfg, model)
+    try:
+        sample = datamodule.sample(split, int(index))
+    except (IndexError, ValueError) as error:
+        raise UserError(str(error)) from error
+    return ExplainInput(sample.pixels, f"{split}:{index} ({sample.sample_id})", sample)
+
+
+def read_media(path: Path, model) -> torch.Tensor:
+    from capsal.datamodules.video import decode_video, read_image
+
+    if not path.is_file():
+        raise UserError(f"input file {path} does not exist")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return read_image(path)
+    frames = model.input_shape[0] if model.input_shape else 26
+    return decode_video(path, num_frames=frames)
+
+
+def build_datamodule(cfg: DictConfig, model):
+    config = cfg.datamodule if cfg.datamodule is not None else model.datamodule_config
+    if config is None:
+        raise UserError("this checkpoint records no datamodule; pass datamodule=... or use input=<file>")
+    datamodule = instantiate(OmegaConf.create(config) if isinstance(config, dict) else config)
+    datamodule.vocab = model.vocab
+    return datamodule
+
+
+def model_pixels(pixels: torch.Tensor, model) -> torch.Tensor:
+    """Float ``(1, T, 3, H, W)`` at the size the model was trained on (any input size and aspect ratio)."""
+    frames = pixels.float() / 255.0
+    if model.input_shape:
+        _, height, width = model.input_shape
+        if frames.shape[-2:] != (height, width):
+            frames = F.interpolate(frames, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return frames[None]
+
+
+def choose_sentence(cfg: DictConfig, given: ExplainInput) -> tuple[str | None, Caption | None]:
+    if cfg.reference:
+        if given.sample is None:
+            raise UserError("reference=true needs sample=<split>:<index>")
+        return given.sample.captions[0].text, given.sample.captions[0]
+    if cfg.query is not None and not str(cfg.query).strip():
+        raise UserError("the query is empty; give a sentence such as query='a red circle' or leave it out")
+    return cfg.query, None
+
+
+def explain(cfg: DictConfig) -> dict[str, Any]:
+    """Run ``capsal-explain`` as ``cfg`` says; returns the JSON summary it writes."""
+    device = resolve_device(cfg.device)
+    model = load_captioner(cfg.ckpt_path, device)
+    explainer = instantiate(cfg.explainer)
+    given = load_input(cfg, model)
+    query, caption = choose_sentence(cfg, given)
+    pixels = model_pixels(given.pixels, model).to(device)
+    with torch.set_grad_enabled(getattr(explainer, "needs_grad", False)):
+        grid = model.features(pixels)
+        items = model.items(grid)
+        saliency = explainer.explain(model, items, grid=grid, tokens=query)
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    spans = phrase_spans(cfg.phrases, caption, saliency.words[0])
+    if saliency.layout.is_video:
+        summary = _write_video(saliency, given, spans, output_dir)
+    else:
+        summary = _write_image(saliency, given, spans, caption, output_dir)
+    summary.update(
+        {
+            "checkpoint": str(cfg.ckpt_path),
+            "input": given.source,
+            "explainer": saliency.explainer,
+            "sentence": " ".join(saliency.words[0]),
+            "unknown_words": model.vocab.unknown_words(query) if query else [],
+        }
+    )
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"capsal-explain: '{summary['sentence']}' -> {output_dir / 'saliency.png'}")
+    print(f"capsal-explain: arrays {output_dir / 'saliency.npz'}, summary {output_dir / 'summary.json'}")
+    return summary
+
+
+def phrase_spans(phrases, caption: Caption | None, words: list[str]) -> list[tuple[int, int, str]]:
+    """``(start, end, label)`` of each panel: the given spans, the reference's phrases, or every word."""
+    if phrases:
+        spans = [(int(s), int(e)) for s, e in phrases]
+    elif caption is not None and caption.phrases:
+        spans = [(p.start, p.end) for p in caption.phrases]
+    else:
+        spans = [(k, k + 1) for k in range(len(words))]
+    for start, end in spans:
+        if not 0 <= start < end <= len(words):
+            raise UserError(f"phrase span [{start}, {end}) is outside the sentence's {len(words)} words")
+    return [(s, e, " ".join(words[s:e])) for s, e in spans]
+
+
+def _boxes_for(caption: Caption | None, spans) -> list[list[Box]] | None:
+    if caption is None:
+        return None
+    by_span = {(p.start, p.end): p.boxes for p in caption.phrases}
+    return [list(by_span.get((s, e), [])) for s, e, _ in spans]
+
+
+def _write_image(saliency: Saliency, given: ExplainInput, spans, caption, output_dir: Path) -> dict[str, Any]:
+    height, width = given.pixels.shape[-2:]
+    scaled = torch.stack([saliency.phrase(s, e)[0] for s, e, _ in spans])
+    heats = saliency.to_image_size(height, width, scaled).cpu().numpy()
+    image = to_numpy_image(given.pixels[0])
+    labels = [label for _, _, label in spans]
+    fig = overlay_figure(image, list(heats), labels, " ".join(saliency.words[0]), _boxes_for(caption, spans))
+    save_figure(fig, output_dir / "saliency.png")
+    np.savez_compressed(
+        output_dir / "saliency.npz",
+        words=np.array(saliency.words[0]),
+        scores=saliency.scores[0].cpu().numpy(),
+        e=saliency.e[0].cpu().numpy(),
+        losses=saliency.losses[0].cpu().numpy() if saliency.losses is not None else np.array([]),
+        spans=np.array([(s, e) for s, e, _ in spans]),
+        maps=heats,
+    )
+    return {
+        "kind": "image",
+        "grid": list(saliency.layout.grid_size),
+        "panels": [
+            {"span": [s, e], "text": label, "max_xy": list(peak(h))}
+            for (s, e, label), h in zip(spans, heats, strict=True)
+        ],
+    }
+
+
+def _write_video(saliency: Saliency, given: ExplainInput, spans, output_dir: Path) -> dict[str, Any]:
+    frames = given.pixels
+    height, width = frames.shape[-2:]
+    temporal = torch.stack([saliency.phrase(s, e)[0] for s, e, _ in spans]).cpu().numpy()  # (P, T)
+    spatial = None
+    if saliency.region_scores is not None:
+        regions = torch.stack([saliency.phrase_regions(s, e)[0] for s, e, _ in spans])  # (P, T, r)
+        spatial = saliency.to_image_size(height, width, regions).cpu().numpy()
+    images = np.stack([to_numpy_image(f) for f in frames])
+    labels = [label for _, _, label in spans]
+    save_figure(
+        video_figure(images, temporal, labels, spatial, " ".join(saliency.words[0])), output_dir / "saliency.png"
+    )
+    arrays = {
+        "words": np.array(saliency.words[0]),
+        "temporal": temporal,
+        "spans": np.array([(s, e) for s, e, _ in spans]),
+    }
+    if spatial is not None:
+        arrays["spatial"] = spatial
+    np.savez_compressed(output_dir / "saliency.npz", **arrays)
+    best = temporal.argmax(1)
+    panels = []
+    for k, (s, e, label) in enumerate(spans):
+        panel = {"span": [s, e], "text": label, "best_frame": int(best[k])}
+        if spatial is not None:
+            panel["max_xy"] = list(peak(spatial[k, best[k]]))
+        panels.append(panel)
+    return {"kind": "video", "frames": int(temporal.shape[1]), "panels": panels}
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="explain")
+def _hydra_main(cfg: DictConfig) -> None:
+    with exit_on_user_error("capsal-explain"):
+        explain(cfg)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Gradient x input: a standard gradient baseline for the word's log-probability."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from einops import rearrange
+
+from capsal.explainers.base import Explainer, Sentence, default_mask, item_layout, resolve_tokens, word_table
+from capsal.explainers.registry import register_explainer
+from capsal.explainers.saliency import Saliency
+
+
+@register_explainer("gradient")
+class GradientTimesInput(Explainer):
+    """``score[t, i] = <d log p(y_t) / d v_i, v_i>``; for video also per region of the grid the frames pool.
+
+    Gradients are turned on locally (``torch.enable_grad``) and the model's train/eval mode is restored, so it
+    runs inside Lightning validation, which computes under ``no_grad``. Lightning's default inference mode
+    forbids autograd altogether: validate/test with ``Trainer(inference_mode=False)`` to use this explainer.
+    """
+
+    needs_grad = True
+
+    def __init__(self, beam_size: int = 1):
+        self.beam_size = beam_size
+
+    def explain(
+        self,
+        model: Any,
+        items: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        grid: torch.Tensor | None = None,
+        tokens: Sentence = None,
+    ) -> Saliency:
+        mask = default_mask(items, mask)
+        tokens = resolve_tokens(model, items, mask, tokens, self.beam_size)
+        words, word_mask = word_table(model.vocab, tokens)
+        layout = item_layout(model, items, grid)
+        was_training = getattr(model, "training", False)
+        if hasattr(model, "eval"):
+            model.eval()
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                scores, regions = self._attributions(model, items, mask, grid, tokens, layout.is_video)
+        finally:
+            if hasattr(model, "train"):
+                model.train(was_training)
+        return Saliency(
+            words, word_mask, scores, mask, layout, region_scores=regions, tokens=tokens, explainer=self.name
+        )
+
+    @staticmethod
+    def _attributions(model, items, mask, grid, tokens, is_video):
+        use_grid = is_video and grid is not None
+        source = (grid if use_grid else items).detach().clone().requires_grad_(True)
+        inputs = model.items(source) if use_grid else source
+        logprobs = model.token_logprobs(model.encode(inputs, mask), tokens[:, :-1])
+        targets = logprobs.gather(-1, tokens[:, 1:, None])[..., 0]  # (B, n)
+        per_word = []
+        for t in range(targets.shape[1]):
+            (gradient,) = torch.autograd.grad(targets[:, t].sum(), source, retain_graph=t + 1 < targets.shape[1])
+            per_word.append((gradient * source).sum(-1).detach())
+        attributions = torch.stack(per_word, dim=1)  # (B, n, m) or (B, n, T, h, w)
+        if not use_grid:
+            return attributions, None
+        regions = rearrange(attributions, "b n t h w -> b n t (h w)")
+        return regions.sum(-1), regions

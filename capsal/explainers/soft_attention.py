@@ -1,0 +1,43 @@
+"""The soft-attention model's own attention weights ``alpha_ti`` (paper Eq. 5), as a ``Saliency``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from capsal.errors import UserError
+from capsal.explainers.base import Explainer, Sentence, default_mask, item_layout, resolve_tokens, word_table
+from capsal.explainers.registry import register_explainer
+from capsal.explainers.saliency import Saliency
+from capsal.models.protocol import has_attention
+
+
+@register_explainer("soft_attention")
+class SoftAttentionWeights(Explainer):
+    """Reads ``model.attention(state, tokens)`` under teacher forcing: ``scores`` are the softmax weights."""
+
+    def __init__(self, beam_size: int = 1):
+        self.beam_size = beam_size
+
+    @torch.no_grad()
+    def explain(
+        self,
+        model: Any,
+        items: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        grid: torch.Tensor | None = None,
+        tokens: Sentence = None,
+    ) -> Saliency:
+        if not has_attention(model):
+            raise UserError(
+                f"explainer soft_attention needs a model with attention weights (model=soft_attention); "
+                f"{type(model).__name__} has none: use explainer=caption_guided"
+            )
+        mask = default_mask(items, mask)
+        tokens = resolve_tokens(model, items, mask, tokens, self.beam_size)
+        words, word_mask = word_table(model.vocab, tokens)
+        weights = model.attention(model.encode(items, mask), tokens[:, :-1])
+        return Saliency(
+            words, word_mask, weights, mask, item_layout(model, items, grid), tokens=tokens, explainer=self.name
+        )
