@@ -27,7 +27,7 @@ TINY_OVERRIDES = [
     "trainer.num_sanity_val_steps=0",
     "summary_examples=2",
 ]
-TINY_VIDEO_OVERRIDES = ["datamodule.num_frames=8", "datamodule.frame_size=32"]
+TINY_VIDEO_OVERRIDES = ["datamodule.num_frames=8", "datamodule.frame_size=32", "datamodule.min_event_frames=3"]
 
 
 def pytest_collection_modifyitems(config, items):

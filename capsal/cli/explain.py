@@ -66,7 +66,7 @@ def build_datamodule(cfg: DictConfig, model):
     config = cfg.datamodule if cfg.datamodule is not None else model.datamodule_config
     if config is None:
         raise UserError("this checkpoint records no datamodule; pass datamodule=... or use input=<file>")
-    datamodule = instantiate(OmegaConf.create(config) if isinstance(config, dict) else config)
+    datamodule = instantiate(OmegaConf.create(config) if isinstance(config, dict) else config, _convert_="all")
     datamodule.vocab = model.vocab
     return datamodule
 

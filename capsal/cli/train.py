@@ -34,7 +34,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(int(cfg.seed), workers=True)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    datamodule = instantiate(cfg.datamodule)
+    datamodule = instantiate(cfg.datamodule, _convert_="all")
     datamodule.setup("fit")
     model = instantiate(cfg.model, vocab=datamodule.vocab.to_list())
     model.datamodule_config = OmegaConf.to_container(cfg.datamodule, resolve=True)

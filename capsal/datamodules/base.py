@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import lightning as L
@@ -21,6 +22,14 @@ from capsal.types import Batch, Caption, Sample
 
 SPLITS = ("train", "val", "test")
 CaptionChoice = Literal["random", "first"]
+
+
+@dataclass
+class FeatureSample(Sample):
+    """A sample whose visual input is a cached descriptor grid ``(T, h, w, d)``; ``pixels`` then only has the shape
+    of the pixels the grid came from (a zero, stride-0 placeholder)."""
+
+    grid: torch.Tensor | None = None
 
 
 def check_positive(**options: int) -> None:
@@ -42,10 +51,16 @@ def collate_samples(samples: Sequence[Sample], vocab: Vocabulary, caption_choice
         raise UserError("cannot collate an empty list of samples")
     if caption_choice not in ("random", "first"):
         raise UserError(f"caption_choice={caption_choice!r} must be 'random' or 'first'")
-    shapes = {tuple(s.pixels.shape) for s in samples}
+    grids = [getattr(s, "grid", None) for s in samples]
+    cached = grids[0] is not None
+    if any((g is not None) != cached for g in grids):
+        raise UserError("a batch mixes samples with cached features and samples with pixels; use one source")
+    inputs = grids if cached else [s.pixels for s in samples]
+    shapes = {tuple(x.shape) for x in inputs}
     if len(shapes) > 1:
+        what = "(T, h, w, d) feature grid" if cached else "(T, 3, H, W) size"
         raise UserError(
-            f"samples of one batch must share their (T, 3, H, W) size, got {sorted(shapes)}; resize them in the dataset"
+            f"samples of one batch must share their {what}, got {sorted(shapes)}; resize them in the dataset"
         )
     chosen: list[Caption] = []
     for sample in samples:
@@ -53,7 +68,8 @@ def collate_samples(samples: Sequence[Sample], vocab: Vocabulary, caption_choice
             raise UserError(f"sample {sample.sample_id!r} has no caption")
         index = int(torch.randint(len(sample.captions), ())) if caption_choice == "random" else 0
         chosen.append(sample.captions[index])
-    pixels = torch.stack([s.pixels for s in samples]).to(torch.float32) / 255.0
+    pixels = None if cached else torch.stack(inputs).to(torch.float32) / 255.0
+    grid = torch.stack(inputs).to(torch.float32) if cached else None
     tokens = vocab.pad_batch([vocab.encode(c.text) for c in chosen])
     return Batch(
         tokens=tokens,
@@ -61,6 +77,7 @@ def collate_samples(samples: Sequence[Sample], vocab: Vocabulary, caption_choice
         references=[[c.text for c in s.captions] for s in samples],
         sample_ids=[s.sample_id for s in samples],
         pixels=pixels,
+        grid=grid,
     )
 
 
@@ -69,9 +86,14 @@ class CaptionDataModule(L.LightningDataModule):
 
     Subclasses implement ``build_split`` and set ``item_kind`` ("image" or "video"); those whose samples are expensive
     to load (decoding files) should also override ``caption_texts`` so building the vocabulary reads only text.
+
+    ``features_dir``: a cache written by ``capsal-extract`` (see ``capsal.datamodules.features``); each split then
+    yields ``FeatureSample``s whose batches carry ``Batch.grid`` instead of pixels.
     """
 
     item_kind: str = "image"
+    # phrase categories in the order the localisation tables show them (empty: captioning-only data)
+    categories: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -80,6 +102,7 @@ class CaptionDataModule(L.LightningDataModule):
         min_vocab_count: int = 1,
         seed: int = 0,
         eval_batch_size: int | None = None,
+        features_dir: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # the subclass's options too; checkpoints record what data was used
@@ -93,6 +116,7 @@ class CaptionDataModule(L.LightningDataModule):
         self.num_workers = int(num_workers)
         self.min_vocab_count = int(min_vocab_count)
         self.seed = int(seed)
+        self.features_dir = str(features_dir) if features_dir else None
         self._splits: dict[str, Sequence[Sample]] = {}
         self._vocab: Vocabulary | None = None
 
@@ -112,7 +136,12 @@ class CaptionDataModule(L.LightningDataModule):
         if split not in SPLITS:
             raise UserError(f"split {split!r} is unknown; use one of {', '.join(SPLITS)}.")
         if split not in self._splits:
-            self._splits[split] = self.build_split(split)
+            data = self.build_split(split)
+            if self.features_dir is not None:
+                from capsal.datamodules.features import CachedFeatures
+
+                data = CachedFeatures.open(self.features_dir, split, data, self)
+            self._splits[split] = data
         return self._splits[split]
 
     def setup(self, stage: str | None = None) -> None:

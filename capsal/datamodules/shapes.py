@@ -80,6 +80,7 @@ class _ShapesModule(CaptionDataModule):
         self.sizes = {"train": int(num_train), "val": int(num_val), "test": int(num_test)}
         self.noise = float(noise)
         self.shapes = _names(shapes, draw.SHAPES, "shapes")
+        self.categories = tuple(self.shapes)  # a phrase's category is its shape
         self.colors = _names(colors, list(draw.PALETTE), "colors")
 
     def _check_count(self, option: str, low: int, high: int) -> None:

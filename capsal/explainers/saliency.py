@@ -84,25 +84,36 @@ class Saliency:
         return scale_per_word(self.region_scores, mask)
 
     def phrase(self, start: int, end: int) -> torch.Tensor:
-        """Eq. 9: saliency of the half-open word span, ``(B, m)`` scaled to [0, 1].
-
-        Sums the raw losses over the span where the explainer has them (then negates), else sums the scores.
-        """
-        return scale_per_word(self._span_sum(self.losses, self.scores, start, end), self.item_mask)
+        """Eq. 9: saliency of the same half-open word span in every sample, ``(B, m)`` scaled to [0, 1]."""
+        return self.phrase_maps([(b, start, end) for b in range(len(self))])
 
     def phrase_regions(self, start: int, end: int) -> torch.Tensor | None:
-        """Eq. 9 for regions inside frames, ``(B, m, r)`` scaled to [0, 1] per frame."""
+        """Eq. 9 for the regions inside frames, ``(B, m, r)`` scaled to [0, 1] per frame."""
+        return self.phrase_region_maps([(b, start, end) for b in range(len(self))])
+
+    def phrase_maps(self, spans: list[tuple[int, int, int]]) -> torch.Tensor:
+        """Eq. 9 for ``(sample, start, end)`` spans, ``(P, m)``: the span's raw losses are summed (then negated)
+        where the explainer has them, else its scores, and the sum is scaled to [0, 1] over the items."""
+        summed = self._span_sums(self.losses, self.scores, spans)
+        owners = torch.tensor([b for b, _, _ in spans], device=self.item_mask.device, dtype=torch.long)
+        return scale_per_word(summed, self.item_mask[owners])
+
+    def phrase_region_maps(self, spans: list[tuple[int, int, int]]) -> torch.Tensor | None:
+        """Eq. 9 for regions inside frames, ``(P, m, r)``, scaled to [0, 1] per frame."""
         if self.region_scores is None:
             return None
-        summed = self._span_sum(self.region_losses, self.region_scores, start, end)
-        return scale_per_word(summed, self.item_mask[..., None].expand_as(summed))
+        summed = self._span_sums(self.region_losses, self.region_scores, spans)
+        owners = torch.tensor([b for b, _, _ in spans], device=self.item_mask.device, dtype=torch.long)
+        return scale_per_word(summed, self.item_mask[owners][..., None].expand_as(summed))
 
-    def _span_sum(self, losses, scores, start: int, end: int) -> torch.Tensor:
-        if not 0 <= start < end <= self.word_mask.shape[1]:
-            raise ValueError(f"phrase span [{start}, {end}) is outside the {self.word_mask.shape[1]} words")
-        if losses is not None:
-            return -losses[:, start:end].sum(1)
-        return scores[:, start:end].sum(1)
+    def _span_sums(self, losses, scores, spans) -> torch.Tensor:
+        width = self.word_mask.shape[1]
+        rows = []
+        for sample, start, end in spans:
+            if not 0 <= start < end <= width:
+                raise ValueError(f"phrase span [{start}, {end}) is outside the {width} words")
+            rows.append(-losses[sample, start:end].sum(0) if losses is not None else scores[sample, start:end].sum(0))
+        return torch.stack(rows)
 
     def to_image_size(self, height: int, width: int, values: torch.Tensor | None = None) -> torch.Tensor:
         """Grid values ``(..., h*w)`` at receptive-field centres, bilinearly upsampled to ``(..., height, width)``.

@@ -16,6 +16,7 @@ import capsal.explainers.registry as registry
 from capsal.errors import UserError
 from capsal.explainers import Explainer, Saliency, available_explainers, get_explainer, register_explainer
 from capsal.models.s2vt import S2VT
+from capsal.models.soft_attention import SoftAttention
 
 TINY = {
     "hidden_size": 12,
@@ -27,15 +28,17 @@ CONF = Path(__file__).parents[2] / "capsal" / "conf" / "explainer"
 
 @pytest.fixture(scope="module")
 def tiny():
+    """An S2VT and a soft-attention model (the only kind the soft_attention explainer applies to)."""
     torch.manual_seed(0)
-    model = S2VT(["a", "red", "circle"], **TINY).eval()
-    grid = model.features(torch.rand(2, 1, 3, 16, 16))
-    return model, grid
+    models = {cls: cls(["a", "red", "circle"], **TINY).eval() for cls in (S2VT, SoftAttention)}
+    grid = models[S2VT].features(torch.rand(2, 1, 3, 16, 16))
+    return models, grid
 
 
 @pytest.mark.parametrize("name", available_explainers())
 def test_every_builtin_explainer_has_its_yaml_and_explains_a_tiny_model(name, tiny):
-    model, grid = tiny
+    models, grid = tiny
+    model = models[SoftAttention if name == "soft_attention" else S2VT]
     assert (CONF / f"{name}.yaml").is_file(), f"conf/explainer/{name}.yaml is missing"
     with initialize_config_module(config_module="capsal.conf", version_base="1.3"):
         cfg = compose(config_name="explain", overrides=[f"explainer={name}", "ckpt_path=x"])

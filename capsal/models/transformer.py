@@ -1,0 +1,133 @@
+"""A small encoder-decoder Transformer captioner over the items.
+
+The encoder reads the projected items plus LEARNED positional embeddings of their original indices (``encode``'s
+``positions``, default ``0..m-1``), so an item kept alone by a saliency explainer is still seen where it was. The
+decoder is causal over the words (with learned word positions) and cross-attends to the real items only (key padding
+mask from ``mask``). Teacher forcing is one call; ``decode_step`` recomputes over the whole prefix (no cache).
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import repeat
+from torch import nn
+
+from capsal.models.base import CaptioningModule
+
+State = dict[str, torch.Tensor]
+
+
+class TransformerCaptioner(CaptioningModule):
+    """``hidden_size`` is ``d_model``; words are embedded in ``embed_size`` dimensions (``None``: ``hidden_size``)
+    and projected to ``d_model`` when the sizes differ. ``max_items`` sizes the item position table (positions must
+    lie in ``[0, max_items)``), ``max_words`` the word position table (longest token prefix, bos included).
+    ``feedforward_size`` ``None`` means ``4 * hidden_size``."""
+
+    def __init__(
+        self,
+        vocab,
+        hidden_size: int = 128,
+        embed_size: int | None = None,
+        num_heads: int = 4,
+        num_encoder_layers: int = 2,
+        num_decoder_layers: int = 2,
+        feedforward_size: int | None = None,
+        dropout: float = 0.1,
+        max_items: int = 256,
+        max_words: int = 64,
+        **kwargs,
+    ):
+        super().__init__(vocab, **kwargs)
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
+        embed_size = embed_size or hidden_size
+        feedforward_size = feedforward_size or 4 * hidden_size
+        self.save_hyperparameters(
+            {
+                "hidden_size": hidden_size,
+                "embed_size": embed_size,
+                "num_heads": num_heads,
+                "num_encoder_layers": num_encoder_layers,
+                "num_decoder_layers": num_decoder_layers,
+                "feedforward_size": feedforward_size,
+                "dropout": dropout,
+                "max_items": max_items,
+                "max_words": max_words,
+            }
+        )
+        if self.hparams.max_len > max_words:
+            raise ValueError(f"max_words ({max_words}) must be at least max_len ({self.hparams.max_len})")
+        self.item_projection = nn.Linear(self.feature_size, hidden_size)
+        self.item_positions = nn.Embedding(max_items, hidden_size)
+        self.embedding = nn.Embedding(len(self.vocab), embed_size, padding_idx=self.vocab.pad_id)
+        self.word_projection = nn.Identity() if embed_size == hidden_size else nn.Linear(embed_size, hidden_size)
+        self.word_positions = nn.Embedding(max_words, hidden_size)
+        for table in (self.item_positions, self.word_positions):
+            nn.init.normal_(table.weight, std=0.02)
+        self.dropout = nn.Dropout(dropout)
+        layer = {
+            "d_model": hidden_size,
+            "nhead": num_heads,
+            "dim_feedforward": feedforward_size,
+            "dropout": dropout,
+            "batch_first": True,
+            "norm_first": True,
+        }
+        self.encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(**layer),
+            num_encoder_layers,
+            norm=nn.LayerNorm(hidden_size),
+            enable_nested_tensor=False,
+        )
+        self.decoder = nn.TransformerDecoder(
+            nn.TransformerDecoderLayer(**layer), num_decoder_layers, norm=nn.LayerNorm(hidden_size)
+        )
+        self.output = nn.Linear(hidden_size, len(self.vocab))
+
+    # ---- protocol -------------------------------------------------------------------------------------------
+    def encode(
+        self, items: torch.Tensor, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None
+    ) -> State:
+        """Batch-first state: the encoder's ``memory`` ``(B, m, H)`` and ``mask`` ``(B, m)``. ``positions``
+        ``(B, m)`` long (default ``arange(m)``) are the items' original indices."""
+        batch, count = items.shape[:2]
+        if mask is None:
+            mask = torch.ones(batch, count, dtype=torch.bool, device=items.device)
+        if positions is None:
+            positions = repeat(torch.arange(count, device=items.device), "m -> b m", b=batch)
+        positions = positions.to(device=items.device, dtype=torch.long)
+        if positions.shape != (batch, count):
+            raise ValueError(f"positions must have shape {(batch, count)} (batch, items), got {tuple(positions.shape)}")
+        limit = self.hparams.max_items
+        if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= limit):
+            raise ValueError(
+                f"item positions must lie in [0, {limit}), got [{int(positions.min())}, {int(positions.max())}]; "
+                f"raise model.max_items (a new model) or use fewer items"
+            )
+        mask = mask.bool()
+        hidden = self.dropout(self.item_projection(items) + self.item_positions(positions))
+        memory = self.encoder(hidden, src_key_padding_mask=~mask)
+        return {"memory": memory, "mask": mask}
+
+    def token_logprobs(self, state: State, tokens: torch.Tensor) -> torch.Tensor:
+        length, limit = tokens.shape[1], self.hparams.max_words
+        if length > limit:
+            raise ValueError(f"{length} tokens exceed the word position table (max_words={limit}); raise max_words")
+        words = self.word_projection(self.embedding(tokens))
+        words = self.dropout(words + self.word_positions(torch.arange(length, device=tokens.device)))
+        causal = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device, dtype=words.dtype)
+        hidden = self.decoder(
+            words,
+            state["memory"],
+            tgt_mask=causal,
+            tgt_is_causal=True,
+            memory_key_padding_mask=~state["mask"],
+        )
+        return torch.log_softmax(self.output(hidden), dim=-1)
+
+    def init_decoder(self, state: State) -> dict:
+        return {}
+
+    def decode_step(self, state: State, cache: dict, tokens: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Recomputes the whole prefix: causal masking makes the last row the next-token distribution."""
+        return self.token_logprobs(state, tokens)[:, -1], cache

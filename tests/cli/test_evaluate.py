@@ -1,0 +1,86 @@
+"""capsal-eval: the paper's tables from one command, on both synthetic datasets."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import open_dict
+
+from capsal.cli.evaluate import evaluate
+from capsal.datamodules import ShapesImageDataModule
+
+
+def eval_cfg(tmp_path, *overrides):
+    with initialize_config_module(config_module="capsal.conf", version_base="1.3"):
+        cfg = compose(config_name="eval", overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.output_dir = str(tmp_path)
+        cfg.progress = False
+    return cfg
+
+
+def test_image_tables_for_every_default_explainer(image_checkpoint, tmp_path):
+    results = evaluate(eval_cfg(tmp_path, f"ckpt_path={image_checkpoint}", "max_samples=12", "caption_metrics=[bleu]"))
+    localisation = results["localisation"]
+    assert list(localisation) == ["caption_guided", "gradient", "uniform", "center", "random"]  # no attention in S2VT
+    for values in localisation.values():
+        for metric in ("pointing_game", "attention_correctness"):
+            assert 0.0 <= values[metric]["avg"] <= 1.0
+            assert values[metric]["skipped"] == 0
+    # uniform and centre maps both point at the image centre: the same hits, and exactly the phrases whose box
+    # holds the centre pixel (ties go to the centroid: (31.5, 31.5) rounds to pixel 32)
+    dm = ShapesImageDataModule(num_train=64, num_val=16, num_test=16, batch_size=16)
+    phrases = [p for i in range(12) for c in dm.sample("test", i).captions for p in c.phrases]
+    expected = sum(any(x0 <= 32 <= x1 and y0 <= 32 <= y1 for x0, y0, x1, y1 in p.boxes) for p in phrases) / len(phrases)
+    assert results["phrases"] == len(phrases)
+    assert localisation["uniform"]["pointing_game"]["avg"] == pytest.approx(expected)
+    assert localisation["center"]["pointing_game"]["avg"] == pytest.approx(expected)
+    # uniform attention correctness is the mean box area share
+    area = sum((p.boxes[0][2] - p.boxes[0][0] + 1) * (p.boxes[0][3] - p.boxes[0][1] + 1) / 64**2 for p in phrases)
+    assert localisation["uniform"]["attention_correctness"]["avg"] == pytest.approx(area / len(phrases))
+    tables = (tmp_path / "tables.md").read_text()
+    assert "Table 1: pointing game" in tables and "Table 2: attention correctness" in tables
+    assert "Avg per NP" in tables and "Table 3: captioning" in tables
+    with (tmp_path / "pointing_game.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["explainer"] for r in rows] == list(localisation)
+    assert {"circle", "square", "triangle", "diamond", "avg"} <= set(rows[0])
+    assert json.loads((tmp_path / "results.json").read_text())["captioning"]["bleu1"] > 0
+
+
+def test_sanity_check_separates_model_based_explainers_from_baselines(image_checkpoint, tmp_path):
+    results = evaluate(
+        eval_cfg(
+            tmp_path,
+            f"ckpt_path={image_checkpoint}",
+            "max_samples=6",
+            "caption_metrics=[]",
+            "explainers=[caption_guided,center]",
+            "sanity=true",
+        )
+    )
+    sanity = results["sanity"]
+    stages = list(sanity["center"])
+    assert stages[0] == "output" and stages[-1].endswith("backbone")
+    assert all(value == pytest.approx(1.0) for value in sanity["center"].values())
+    assert sanity["caption_guided"][stages[-1]] < 0.9
+    assert "Sanity check" in (tmp_path / "tables.md").read_text()
+
+
+def test_video_tables_report_temporal_and_spatial_pointing(video_checkpoint, tmp_path):
+    results = evaluate(
+        eval_cfg(
+            tmp_path,
+            f"ckpt_path={video_checkpoint}",
+            "max_samples=6",
+            "caption_metrics=[]",
+            "explainers=[caption_guided,random,center]",
+        )
+    )
+    for values in results["localisation"].values():
+        assert set(values) == {"temporal_pointing", "spatial_pointing"}
+        assert 0.0 <= values["temporal_pointing"]["avg"] <= 1.0
+    assert "Temporal pointing" in (tmp_path / "tables.md").read_text()
