@@ -23,9 +23,10 @@ DEFAULT_EXPLAINERS = ("caption_guided", "soft_attention", "gradient", "uniform",
 class CaptionedInput:
     """A batch of (sample, one of its captions) pairs: ground-truth captions become the queries."""
 
-    pixels: torch.Tensor  # float (B, T, 3, H, W) in [0, 1]
+    pixels: torch.Tensor  # float (B, T, 3, H, W) in [0, 1] (zeros of the right shape for cached features)
     captions: list[Caption]
     sample_ids: list[str]
+    grid: torch.Tensor | None = None  # cached descriptor grids (B, T, h, w, d), when the samples carry them
 
 
 def caption_pairs(samples: Iterable[Sample], all_captions: bool = True) -> Iterator[tuple[Sample, Caption]]:
@@ -46,8 +47,25 @@ def batched_pairs(pairs: Iterable[tuple[Sample, Caption]], batch_size: int) -> I
 
 
 def _collate_pairs(chunk: Sequence[tuple[Sample, Caption]]) -> CaptionedInput:
-    pixels = torch.stack([sample.pixels for sample, _ in chunk]).float() / 255.0
-    return CaptionedInput(pixels, [caption for _, caption in chunk], [sample.sample_id for sample, _ in chunk])
+    samples = [sample for sample, _ in chunk]
+    pixels = torch.stack([sample.pixels for sample in samples]).float() / 255.0
+    grid = stacked_grids(samples)
+    return CaptionedInput(pixels, [caption for _, caption in chunk], [s.sample_id for s in samples], grid)
+
+
+def stacked_grids(samples: Sequence[Sample]) -> torch.Tensor | None:
+    """The cached grids of samples read from a feature cache, else None."""
+    grids = [getattr(sample, "grid", None) for sample in samples]
+    return torch.stack(grids).float() if all(g is not None for g in grids) else None
+
+
+def visual_grid(model: Any, samples: Sequence[Sample]) -> torch.Tensor:
+    """Descriptor grids of samples on the model's device: cached when they carry them, else from the backbone."""
+    cached = stacked_grids(samples)
+    if cached is not None:
+        return cached.to(model.device)
+    pixels = torch.stack([s.pixels for s in samples]).float().div(255.0).to(model.device)
+    return model.features(pixels)
 
 
 def grounded_phrases(captions: Sequence[Caption]) -> tuple[list[tuple[int, int, int]], list[Phrase]]:
@@ -94,9 +112,11 @@ class LocalisationEvaluator:
 
     def update(self, model: Any, batch: CaptionedInput, grid: torch.Tensor | None = None) -> dict[str, Saliency]:
         """Explain the batch's captions with every explainer and score their phrases; returns the saliencies."""
-        pixels = batch.pixels.to(model.device)
+        pixels = batch.pixels
+        if grid is None and batch.grid is not None:
+            grid = batch.grid.to(model.device)
         with torch.no_grad():
-            grid = model.features(pixels) if grid is None else grid
+            grid = model.features(pixels.to(model.device)) if grid is None else grid
             items = model.items(grid)
         tokens = [caption.text for caption in batch.captions]
         spans, phrases = grounded_phrases(batch.captions)
@@ -156,8 +176,7 @@ def generate_captions(model: Any, samples: Sequence[Sample], batch_size: int = 3
     predictions: dict[str, str] = {}
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
-        pixels = torch.stack([s.pixels for s in chunk]).float().div(255.0).to(model.device)
-        tokens = model.generate(model.items(model.features(pixels)))
+        tokens = model.generate(model.items(visual_grid(model, chunk)))
         predictions.update({s.sample_id: model.vocab.decode_text(row) for s, row in zip(chunk, tokens, strict=True)})
     return predictions
 

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from capsal.cli.common import exit_on_user_error
+from capsal.evaluation import generate_captions
 
 log = logging.getLogger("capsal")
 
@@ -85,15 +86,12 @@ def example_captions(model, datamodule, count: int) -> list[dict[str, str]]:
     """The model's captions for the first validation samples, next to a reference."""
     split = datamodule.get_split("val")
     samples = [split[i] for i in range(min(count, len(split)))]
-    batch = datamodule.collate(samples)
     was_training = model.training
     model.eval()
-    pixels = batch.pixels.to(model.device)
-    tokens = model.generate(model.items(model.features(pixels)))
+    predictions = generate_captions(model, samples, batch_size=len(samples))
     model.train(was_training)
     return [
-        {"id": s.sample_id, "predicted": model.vocab.decode_text(row), "reference": s.captions[0].text}
-        for s, row in zip(samples, tokens, strict=True)
+        {"id": s.sample_id, "predicted": predictions[s.sample_id], "reference": s.captions[0].text} for s in samples
     ]
 
 

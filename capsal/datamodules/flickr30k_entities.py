@@ -1,0 +1,259 @@
+"""Flickr30k Entities: Flickr30k images, five captions each, noun phrases linked to boxes (Plummer et al., 2015).
+
+Layout under ``root`` (the official release, github.com/BryanPlummer/flickr30k_entities, plus the Flickr30k images)::
+
+    flickr30k-images/<id>.jpg   Sentences/<id>.txt   Annotations/<id>.xml   train.txt  val.txt  test.txt
+
+``Sentences/<id>.txt`` holds one caption per line with phrases marked ``[/EN#<chain id>/<type>/<type>... words]``;
+the phrase's ``category`` is its first type, its word span counts ``capsal.text.tokenize`` words of the plain caption
+(the caption with the markup removed; stray brackets inside a phrase are dropped, nested markup is parsed too).
+``Annotations/<id>.xml`` is PASCAL-VOC-like: each ``<object>`` names one or more chain ids and has either a
+``<bndbox>`` or ``<nobndbox>``/``<scene>`` flags. A phrase's ``boxes`` are all the boxes of its chain (several
+objects may share a chain id, one object may carry several ids); chain ``0`` (type ``notvisual``), scene and
+no-box chains have none. The XML coordinates are 1-based inclusive pixels; they are converted to 0-based inclusive
+(as the official ``flickr30k_entities_utils.py`` does), then scaled to the resized image: ``Sample.pixels`` is
+resized to ``image_size`` x ``image_size`` and a box ``(x0, y0, x1, y1)`` becomes ``(x0 * sx, y0 * sy,
+(x1 + 1) * sx - 1, (y1 + 1) * sy - 1)`` with ``sx = image_size / width`` (the same pixels, covered in the resized
+frame; the original size is the XML's ``<size>``, else the image header), so boxes and pixels always agree.
+``image_size=null`` keeps the stored size and the original boxes (then use ``batch_size=1``).
+
+Ids listed in a split file whose image, sentences or annotation file is missing or empty are skipped and reported.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from capsal.datamodules.base import check_positive
+from capsal.datamodules.video import (
+    FileDataModule,
+    ImageDataset,
+    MediaRecord,
+    image_size_of,
+    report_skipped,
+)
+from capsal.errors import UserError
+from capsal.text import tokenize
+from capsal.types import Box, Caption, Phrase
+
+# the phrase types of the release; the first eight (the columns of the paper's Table 1) are the ones with boxes
+CATEGORIES = ("people", "clothing", "bodyparts", "animals", "vehicles", "instruments", "scene", "other", "notvisual")
+NOT_VISUAL = "0"
+_MARK = re.compile(r"\[/EN#(\d+)((?:/[^\s/\]]+)*)\s*")
+
+
+@dataclass
+class ParsedPhrase:
+    """A phrase of a Sentences line: its characters in the plain text, chain id and types."""
+
+    start_char: int
+    end_char: int
+    entity: str
+    types: list[str]
+
+
+def _plain(piece: str) -> str:
+    return piece.replace("[", "").replace("]", "")
+
+
+def _closing(line: str, start: int) -> int:
+    """Index of the ``]`` closing a phrase whose words start at ``start`` (inner brackets nest)."""
+    depth = 0
+    for index in range(start, len(line)):
+        if line[index] == "[":
+            depth += 1
+        elif line[index] == "]":
+            if depth == 0:
+                return index
+            depth -= 1
+    return len(line)  # unclosed: the phrase runs to the end of the line
+
+
+def parse_markup(line: str) -> tuple[str, list[ParsedPhrase]]:
+    """Plain text of a Sentences line and its phrases (character spans in that text), in order of their start."""
+    pieces: list[str] = []
+    phrases: list[ParsedPhrase] = []
+    length, position = 0, 0
+    while (match := _MARK.search(line, position)) is not None:
+        before = _plain(line[position : match.start()])
+        pieces.append(before)
+        length += len(before)
+        close = _closing(line, match.end())
+        inner_text, inner_phrases = parse_markup(line[match.end() : close])
+        types = [t for t in match.group(2).split("/") if t]
+        phrases.append(ParsedPhrase(length, length + len(inner_text), match.group(1), types))
+        phrases += [replace(p, start_char=p.start_char + length, end_char=p.end_char + length) for p in inner_phrases]
+        pieces.append(inner_text)
+        length += len(inner_text)
+        position = close + 1
+    pieces.append(_plain(line[position:]))
+    return "".join(pieces), phrases
+
+
+def parse_sentence(line: str) -> tuple[Caption, list[str]]:
+    """A ``Caption`` (phrases without boxes yet) and the chain id of each of its phrases.
+
+    Phrases with no words (after ``tokenize``) are dropped.
+    """
+    text, parsed = _collapse(line)
+    phrases, entities = [], []
+    for p in parsed:
+        start = len(tokenize(text[: p.start_char]))
+        end = start + len(tokenize(text[p.start_char : p.end_char]))
+        if end > start:
+            category = p.types[0] if p.types else ("notvisual" if p.entity == NOT_VISUAL else "other")
+            phrases.append(Phrase(start, end, category))
+            entities.append(p.entity)
+    return Caption(text, phrases), entities
+
+
+def _collapse(line: str) -> tuple[str, list[ParsedPhrase]]:
+    """``parse_markup`` with runs of whitespace collapsed to one space, character spans kept consistent."""
+    text, parsed = parse_markup(line)
+    keep: list[int] = []  # index in the collapsed text of each character of ``text``
+    out: list[str] = []
+    for char in text:
+        keep.append(len(out))
+        if not char.isspace():
+            out.append(char)
+        elif out and out[-1] != " ":
+            out.append(" ")
+    keep.append(len(out))
+    collapsed = "".join(out)
+    stripped = collapsed.rstrip(" ")
+    parsed = [
+        replace(p, start_char=min(keep[p.start_char], len(stripped)), end_char=min(keep[p.end_char], len(stripped)))
+        for p in parsed
+    ]
+    return stripped, parsed
+
+
+def read_sentences(path: Path) -> list[tuple[Caption, list[str]]]:
+    """Every non-empty line of a ``Sentences/<id>.txt`` file, parsed."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return [parse_sentence(line) for line in lines if line.strip()]
+
+
+def read_annotation(path: Path) -> tuple[dict[str, list[Box]], tuple[int, int] | None]:
+    """Chain id -> its boxes, 0-based inclusive ``(x0, y0, x1, y1)`` in original pixels (boxless chains absent), and
+    the image ``(width, height)`` the file records (None when it has no ``<size>``)."""
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as error:
+        raise UserError(f"cannot parse annotation {path} ({error}); re-download Flickr30k Entities") from error
+    boxes: dict[str, list[Box]] = {}
+    for obj in root.iter("object"):
+        box = obj.find("bndbox")
+        if box is None:
+            continue
+        try:
+            x0, y0, x1, y1 = (float(box.findtext(tag, "")) - 1 for tag in ("xmin", "ymin", "xmax", "ymax"))
+        except ValueError as error:
+            raise UserError(f"annotation {path} has a box with a missing or non-numeric coordinate") from error
+        for name in obj.iter("name"):
+            if name.text and name.text.strip():
+                boxes.setdefault(name.text.strip(), []).append((x0, y0, x1, y1))
+    width, height = root.findtext("size/width"), root.findtext("size/height")
+    try:
+        size = (int(width), int(height)) if width and height else None
+    except ValueError:
+        size = None
+    return boxes, size
+
+
+def scale_box(box: Box, sx: float, sy: float) -> Box:
+    """An inclusive pixel box in a frame scaled by ``(sx, sy)``: the same pixels, covered in the new frame."""
+    x0, y0, x1, y1 = box
+    nx0, ny0 = x0 * sx, y0 * sy
+    return (nx0, ny0, max(nx0, (x1 + 1) * sx - 1), max(ny0, (y1 + 1) * sy - 1))
+
+
+@dataclass
+class Flickr30kRecord(MediaRecord):
+    """A Flickr30k Entities image: ``entities[c][p]`` is the chain id of phrase ``p`` of caption ``c``."""
+
+    entities: list[list[str]] = field(default_factory=list)
+
+
+class Flickr30kEntitiesDataset(ImageDataset):
+    """Images resized to ``image_size`` with captions whose phrases carry boxes in the resized frame."""
+
+    def captions_at(self, index: int) -> list[Caption]:
+        record = self.records[index]
+        assert isinstance(record, Flickr30kRecord) and record.annotation is not None
+        chains, recorded = read_annotation(record.annotation)
+        sx = sy = 1.0
+        if self.image_size is not None:
+            width, height = recorded or image_size_of(record.path)  # the XML size: no image needed (cached features)
+            size = self.image_size
+            new_h, new_w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+            sx, sy = new_w / width, new_h / height
+        captions = []
+        for caption, entities in zip(record.captions, record.entities, strict=True):
+            phrases = [
+                replace(p, boxes=[scale_box(b, sx, sy) for b in chains.get(e, [])] if e != NOT_VISUAL else [])
+                for p, e in zip(caption.phrases, entities, strict=True)
+            ]
+            captions.append(Caption(caption.text, phrases))
+        return captions
+
+
+class Flickr30kEntitiesDataModule(FileDataModule):
+    """Flickr30k Entities images, captions and grounded noun phrases (see the module doc for the layout)."""
+
+    item_kind = "image"
+    categories = CATEGORIES[:-1]  # per-category columns of the localisation metrics (notvisual phrases have no box)
+    name = "flickr30k_entities"
+    layout = "flickr30k-images/<id>.jpg, Sentences/<id>.txt, Annotations/<id>.xml and train.txt/val.txt/test.txt"
+    readme = "Datasets > Flickr30k Entities"
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int | None = 299,
+        features_dir: str | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        min_vocab_count: int = 1,
+        seed: int = 0,
+        eval_batch_size: int | None = None,
+    ):
+        super().__init__(root, features_dir, batch_size, num_workers, min_vocab_count, seed, eval_batch_size)
+        if image_size is not None:
+            check_positive(image_size=image_size)
+        self.image_size = int(image_size) if image_size is not None else None
+        self.require("flickr30k-images", "folder", media=True)
+        for folder in ("Sentences", "Annotations"):
+            self.require(folder, "folder")
+
+    def split_ids(self, split: str) -> list[str]:
+        path = self.require(f"{split}.txt")
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+    def build_split(self, split: str) -> Flickr30kEntitiesDataset:
+        ids = self.split_ids(split)
+        records, missing = [], []
+        for image_id in ids:
+            sentences = self.root / "Sentences" / f"{image_id}.txt"
+            annotation = self.root / "Annotations" / f"{image_id}.xml"
+            absent = [p for p in (sentences, annotation) if not p.is_file() or p.stat().st_size == 0]
+            if absent:
+                missing += absent
+                continue
+            parsed = read_sentences(sentences)
+            records.append(
+                Flickr30kRecord(
+                    sample_id=image_id,
+                    path=self.root / "flickr30k-images" / f"{image_id}.jpg",
+                    captions=[caption for caption, _ in parsed],
+                    annotation=annotation,
+                    entities=[entities for _, entities in parsed],
+                )
+            )
+        report_skipped(self.name, split, missing, len(ids), "annotation")
+        records = self.usable(records, split)
+        records = [r for r in records if r.captions]
+        return Flickr30kEntitiesDataset(records, self.name, split, self.image_size)

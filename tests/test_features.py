@@ -1,0 +1,276 @@
+"""Feature caches: extraction, resumption after a real kill, refusal of other settings, training from the cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+from PIL import Image
+
+import capsal
+from capsal.cli.extract import extract
+from capsal.cli.train import train
+from capsal.datamodules.base import FeatureSample
+from capsal.datamodules.features import CachedFeatures, extract_split, read_manifest
+from capsal.datamodules.flickr30k_entities import Flickr30kEntitiesDataModule
+from capsal.errors import UserError
+
+TINY_CNN = {"_target_": "capsal.models.backbones.SmallCNN", "channels": [4, 8, 8]}
+RESNET = {
+    "_target_": "capsal.models.backbones.TorchvisionBackbone",
+    "name": "resnet50",
+    "weights": None,
+    "input_size": 64,
+    "crop": "resize",
+}
+
+
+def write_flickr(root: Path, counts: dict[str, int]) -> Path:
+    """A Flickr30k Entities copy with one caption per image: "[/EN#1/people a person] holds [/EN#2/other thing k]"."""
+    for folder in ("Sentences", "Annotations", "flickr30k-images"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    k = 0
+    for split, count in counts.items():
+        ids = []
+        for _ in range(count):
+            image_id = str(1000 + k)
+            level = 40 + 25 * k
+            Image.new("RGB", (24 + 2 * k, 20), (level, 255 - level, level // 2)).save(
+                root / "flickr30k-images" / f"{image_id}.jpg"
+            )
+            (root / "Sentences" / f"{image_id}.txt").write_text(
+                f"[/EN#1/people A person] holds [/EN#2/other thing {k}] .\n[/EN#1/people Someone] waits .\n"
+            )
+            (root / "Annotations" / f"{image_id}.xml").write_text(
+                f"<annotation>\n\t<size>\n\t\t<width>{24 + 2 * k}</width>\n\t\t<height>20</height>\n\t</size>\n"
+                "\t<object>\n\t\t<name>1</name>\n\t\t<bndbox>\n\t\t\t<xmin>1</xmin>\n\t\t\t<ymin>1</ymin>\n"
+                "\t\t\t<xmax>8</xmax>\n\t\t\t<ymax>8</ymax>\n\t\t</bndbox>\n\t</object>\n</annotation>\n"
+            )
+            ids.append(image_id)
+            k += 1
+        (root / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+@pytest.fixture
+def flickr(tmp_path) -> Path:
+    return write_flickr(tmp_path / "f30k", {"train": 4, "val": 2, "test": 1})
+
+
+def module(root: Path, **options) -> Flickr30kEntitiesDataModule:
+    return Flickr30kEntitiesDataModule(root=str(root), **{"image_size": 32, "batch_size": 2, **options})
+
+
+def test_extraction_writes_float16_shards_a_manifest_and_the_backbone_grids(flickr, tmp_path):
+    dm = module(flickr)
+    out = extract_split(dm, "train", TINY_CNN, tmp_path / "cache", shard_size=3, batch_size=2, progress=False)
+    assert out == tmp_path / "cache" / "train"
+    manifest = read_manifest(out)
+    assert manifest["complete"] and manifest["num_samples"] == 4 and manifest["grid_shape"] == [1, 4, 4, 8]
+    assert [(s["file"], s["start"], s["count"]) for s in manifest["shards"]] == [
+        ("shard_00000.npy", 0, 3),
+        ("shard_00001.npy", 3, 1),
+    ]
+    assert manifest["settings"]["backbone"]["_target_"] == TINY_CNN["_target_"]
+    assert manifest["settings"]["datamodule"]["image_size"] == 32 and "root" not in manifest["settings"]["datamodule"]
+    assert manifest["settings"]["split"] == "train" and manifest["capsal_version"] == capsal.__version__
+    assert manifest["dataset_root"] == str(flickr.resolve())
+    shard = np.load(out / "shard_00000.npy", mmap_mode="r")
+    assert isinstance(shard, np.memmap) and shard.dtype == np.float16 and shard.shape == (3, 1, 4, 4, 8)
+    # the cached grids are the seeded backbone's output on the dataset's pixels
+    torch.manual_seed(0)
+    backbone = instantiate(TINY_CNN).eval()
+    sample = dm.get_split("train")[1]
+    with torch.no_grad():
+        expected = backbone(sample.pixels.float() / 255).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(shard[1].astype(np.float32), expected, rtol=2e-3, atol=2e-3)
+
+
+def test_killed_extraction_resumes_with_the_missing_shards_only(flickr, tmp_path):
+    cache = tmp_path / "cache"
+    script = (
+        "import sys, time\n"
+        "from capsal.datamodules.flickr30k_entities import Flickr30kEntitiesDataModule\n"
+        "from capsal.datamodules.features import extract_split\n"
+        "dm = Flickr30kEntitiesDataModule(root=sys.argv[1], image_size=32, batch_size=2)\n"
+        f"extract_split(dm, 'train', {TINY_CNN!r}, sys.argv[2], shard_size=1, progress=False,\n"
+        "              on_shard=lambda i: time.sleep(120) if i == 1 else None)\n"
+    )
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    process = subprocess.Popen([sys.executable, "-c", script, str(flickr), str(cache)], env=env)
+    manifest_path = cache / "train" / "manifest.json"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and process.poll() is None:
+            if manifest_path.exists() and len(json.loads(manifest_path.read_text())["shards"]) == 2:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, "the extraction ended before it could be killed"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    manifest = read_manifest(cache / "train")
+    assert not manifest["complete"] and [s["index"] for s in manifest["shards"]] == [0, 1]
+    (cache / "train" / "shard_00002.npy.tmp").write_bytes(b"half a shard")  # as if killed while writing
+    with pytest.raises(UserError, match=r"incomplete \(2 of 4 shards\).*capsal-extract"):
+        module(flickr, features_dir=str(cache)).get_split("train")
+
+    computed: list[int] = []
+    extract_split(module(flickr), "train", TINY_CNN, cache, shard_size=1, progress=False, on_shard=computed.append)
+    assert computed == [2, 3]
+    assert read_manifest(cache / "train")["complete"]
+    extract_split(module(flickr), "train", TINY_CNN, tmp_path / "fresh", shard_size=1, progress=False)
+    for index in range(4):
+        resumed = np.load(cache / "train" / f"shard_{index:05d}.npy")
+        fresh = np.load(tmp_path / "fresh" / "train" / f"shard_{index:05d}.npy")
+        np.testing.assert_allclose(resumed.astype(np.float32), fresh.astype(np.float32), rtol=1e-3, atol=1e-3)
+
+
+def test_a_cache_made_with_other_settings_is_refused(flickr, tmp_path):
+    cache = tmp_path / "cache"
+    extract_split(module(flickr), "val", RESNET, cache, shard_size=1, progress=False)
+    manifest = read_manifest(cache / "val")
+    backbone = manifest["settings"]["backbone"]
+    assert (backbone["name"], backbone["weights"], backbone["crop"], backbone["input_size"]) == (
+        "resnet50",
+        None,
+        "resize",
+        64,
+    )
+    assert manifest["grid_shape"] == [1, 2, 2, 2048]
+    with pytest.raises(UserError, match=r"backbone\.crop='resize' but this run has backbone\.crop='center'"):
+        extract_split(module(flickr), "val", {**RESNET, "crop": "center"}, cache, shard_size=1, progress=False)
+    with pytest.raises(UserError, match=r"datamodule\.image_size=32 but this run has datamodule\.image_size=48"):
+        extract_split(module(flickr, image_size=48), "val", RESNET, cache, shard_size=1, progress=False)
+    with pytest.raises(UserError, match=r"shard_size=1 but this run has shard_size=2"):
+        extract_split(module(flickr), "val", RESNET, cache, shard_size=2, progress=False)
+    computed: list[int] = []
+    extract_split(module(flickr), "val", RESNET, cache, shard_size=1, progress=False, on_shard=computed.append)
+    assert computed == []  # same settings: nothing to redo
+    with pytest.raises(UserError, match=r"datamodule\.image_size=32 but the datamodule has 48"):
+        module(flickr, image_size=48, features_dir=str(cache)).get_split("val")
+
+
+def test_training_reads_the_cached_grids(flickr, tmp_path):
+    cache = tmp_path / "cache"
+    with initialize_config_module(config_module="capsal.conf", version_base="1.3"):
+        extract_cfg = compose(
+            config_name="extract",
+            overrides=[
+                f"datamodule.root={flickr}",
+                "datamodule.image_size=32",
+                "datamodule.num_workers=0",
+                f"features_dir={cache}",
+                "splits=[train,val]",
+                "shard_size=3",
+                "progress=false",
+                # swap the default inception_v3 for a tiny random CNN: delete the node, add another
+                "~backbone",
+                "+backbone={_target_:capsal.models.backbones.SmallCNN,channels:[4,8,8]}",
+            ],
+        )
+        train_cfg = compose(
+            config_name="train",
+            overrides=[
+                "logger=csv",
+                "datamodule=flickr30k_entities",
+                f"datamodule.root={flickr}",
+                "datamodule.image_size=32",
+                f"datamodule.features_dir={cache}",
+                "datamodule.batch_size=2",
+                "datamodule.num_workers=0",
+                "datamodule.min_vocab_count=1",
+                "model.hidden_size=16",
+                "model.embed_size=8",
+                "~model.backbone",  # the model's backbone is the extraction backbone (it gives the grid size)
+                "+model.backbone={_target_:capsal.models.backbones.SmallCNN,channels:[4,8,8]}",
+                "model.caption_metrics=[]",
+                "trainer.max_epochs=2",
+                "trainer.enable_model_summary=false",
+                "trainer.enable_progress_bar=false",
+                "trainer.num_sanity_val_steps=0",
+                "callbacks=none",
+                
+            ],
+        )
+    written = extract(extract_cfg)
+    assert set(written) == {"train", "val"} and read_manifest(written["val"])["grid_shape"] == [1, 4, 4, 8]
+
+    for image in (flickr / "flickr30k-images").iterdir():  # training from the cache needs no image
+        image.unlink()
+    (flickr / "flickr30k-images").rmdir()
+    dm = instantiate(train_cfg.datamodule)
+    dm.setup("fit")
+    split = dm.get_split("train")
+    assert isinstance(split, CachedFeatures) and isinstance(split[0], FeatureSample)
+    assert split[0].captions[0].text == "A person holds thing 0 ." and split[0].captions[0].phrases[0].boxes
+    assert split[0].pixels.shape == (1, 3, 32, 32)  # a placeholder with the shape the grids were extracted from
+    batch = next(iter(dm.val_dataloader()))
+    assert batch.pixels is None and batch.grid.shape == (2, 1, 4, 4, 8) and batch.grid.dtype == torch.float32
+    assert batch.sample_ids == ["1004", "1005"]
+
+    with open_dict(train_cfg):
+        train_cfg.output_dir = str(tmp_path / "run")
+    OmegaConf.resolve(train_cfg)
+    summary = train(train_cfg)
+    assert summary["global_step"] == 4 and np.isfinite(summary["metrics"]["val/loss"])
+
+
+def test_video_grids_keep_the_frame_axis(tmp_path):
+    root = tmp_path / "msvd"
+    (root / "YouTubeClips").mkdir(parents=True)
+    lines = []
+    for c in range(3):
+        with av.open(str(root / "YouTubeClips" / f"clip{c}.avi"), "w") as container:
+            stream = container.add_stream("mpeg4", rate=10)
+            stream.height, stream.width, stream.pix_fmt = 16, 16, "yuv420p"
+            for t in range(5):
+                image = np.full((16, 16, 3), 20 * t + 60 * c, np.uint8)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        lines.append(f"clip{c} a clip number {c}")
+    (root / "AllVideoDescriptions.txt").write_text("\n".join(lines) + "\n")
+    from capsal.datamodules.msvd import MSVDDataModule
+
+    dm = MSVDDataModule(root=str(root), num_frames=3, frame_size=16)
+    out = extract_split(dm, "train", TINY_CNN, tmp_path / "cache", progress=False)
+    assert read_manifest(out)["grid_shape"] == [3, 2, 2, 8]
+    cached = MSVDDataModule(root=str(root), num_frames=3, frame_size=16, features_dir=str(tmp_path / "cache"))
+    sample = cached.get_split("train")[0]
+    assert sample.grid.shape == (3, 2, 2, 8) and sample.captions[0].text == "a clip number 0"
+    assert not torch.equal(sample.grid[0], sample.grid[2])  # frames differ, so do their grids
+
+
+def test_capsal_extract_reports_a_missing_root_in_one_line(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "capsal.cli.extract",
+            "datamodule=msvd",
+            f"datamodule.root={tmp_path / 'absent'}",
+            f"features_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("capsal-extract: error: msvd root ")
+    assert "YouTubeClips" in result.stderr and "Traceback" not in result.stderr
