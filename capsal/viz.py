@@ -103,3 +103,262 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     return path
+
+
+# ---- galleries: per-word overlay mosaics drawn as arrays (one matplotlib pass for the text) -------------------------
+CELL = 128  # pixels of the longer side of one gallery cell
+LEFT = 118  # row labels (explainer names)
+HEADER = 18  # cell titles (the word) above each row of cells
+GAP = 4
+FOOTER = 44  # two lines of sentence under the mosaic
+DPI = 100
+HIT_COLORS = {True: "#1a7f37", False: "#cf222e", None: "black"}
+
+
+def cell_shape(height: int, width: int, cell: int = CELL) -> tuple[int, int]:
+    """``(h, w)`` of a gallery cell for an image of ``height x width``: the longer side is ``cell`` pixels."""
+    scale = cell / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def mosaic_size(rows: int, columns: int, cell_hw: tuple[int, int]) -> tuple[int, int]:
+    """``(width, height)`` in pixels of :func:`mosaic_figure` with ``rows x columns`` cells of ``cell_hw``."""
+    cell_h, cell_w = cell_hw
+    return LEFT + columns * (cell_w + GAP) + GAP, rows * (HEADER + cell_h + GAP) + FOOTER
+
+
+def resize(array: np.ndarray, height: int, width: int, mode: str = "bilinear") -> np.ndarray:
+    """``(H, W)`` or ``(H, W, C)`` float array resized to ``height x width`` (``"bilinear"`` or ``"nearest"``)."""
+    if array.shape[:2] == (height, width):
+        return array
+    tensor = torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32)
+    planar = tensor[None, None] if tensor.dim() == 2 else rearrange(tensor, "h w c -> 1 c h w")
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    out = torch.nn.functional.interpolate(planar, size=(height, width), mode=mode, **kwargs)[0]
+    return (out[0] if tensor.dim() == 2 else rearrange(out, "c h w -> h w c")).numpy()
+
+
+def heat_colors(heat: np.ndarray) -> np.ndarray:
+    """``(H, W)`` values in [0, 1] -> ``(H, W, 3)`` colours of :data:`COLORMAP` (red = high)."""
+    from matplotlib import colormaps
+
+    return colormaps[COLORMAP](np.clip(heat, 0.0, 1.0))[..., :3]
+
+
+def _rectangle(canvas: np.ndarray, x0: int, y0: int, x1: int, y1: int, color, width: int = 1) -> None:
+    """Outline of the inclusive pixel box ``(x0, y0, x1, y1)``, ``width`` pixels thick, clipped to the canvas."""
+    h, w = canvas.shape[:2]
+    x0, x1 = sorted((max(0, min(x0, w - 1)), max(0, min(x1, w - 1))))
+    y0, y1 = sorted((max(0, min(y0, h - 1)), max(0, min(y1, h - 1))))
+    canvas[y0 : y0 + width, x0 : x1 + 1] = color
+    canvas[max(y0, y1 - width + 1) : y1 + 1, x0 : x1 + 1] = color
+    canvas[y0 : y1 + 1, x0 : x0 + width] = color
+    canvas[y0 : y1 + 1, max(x0, x1 - width + 1) : x1 + 1] = color
+
+
+def _marker(canvas: np.ndarray, x: float, y: float, arm: int) -> None:
+    """A white plus with a black outline centred on pixel ``(x, y)`` (the maximum)."""
+    h, w = canvas.shape[:2]
+    cx, cy = round(x), round(y)
+    for color, grow in (((0.0, 0.0, 0.0), 1), ((1.0, 1.0, 1.0), 0)):
+        ys = slice(max(0, cy - arm - grow), min(h, cy + arm + grow + 1))
+        xs = slice(max(0, cx - arm - grow), min(w, cx + arm + grow + 1))
+        canvas[ys, max(0, cx - grow) : min(w, cx + grow + 1)] = color
+        canvas[max(0, cy - grow) : min(h, cy + grow + 1), xs] = color
+
+
+def overlay_cell(
+    image: np.ndarray,
+    heat: np.ndarray | None = None,
+    shape: tuple[int, int] | None = None,
+    point: tuple[float, float] | None = None,
+    boxes: Sequence[Box] = (),
+    alpha: float = 0.5,
+) -> np.ndarray:
+    """One gallery cell, ``(h, w, 3)`` float: the image (``(H, W, 3)`` in [0, 1]) with the heatmap (``(H, W)`` in
+    [0, 1], same size) blended over it, ground-truth ``boxes`` in white and the maximum ``point`` marked, all in the
+    image's pixel coordinates; resized to ``shape`` (default :func:`cell_shape`)."""
+    height, width = image.shape[:2]
+    cell_h, cell_w = shape or cell_shape(height, width)
+    canvas = resize(image, cell_h, cell_w, "nearest" if cell_h >= height else "bilinear").copy()
+    if heat is not None:
+        canvas = (1 - alpha) * canvas + alpha * heat_colors(resize(heat, cell_h, cell_w))
+    sx, sy = cell_w / width, cell_h / height
+    thick = max(1, round(min(sx, sy) / 2))
+    for x0, y0, x1, y1 in boxes:
+        _rectangle(canvas, int(x0 * sx), int(y0 * sy), int((x1 + 1) * sx) - 1, int((y1 + 1) * sy) - 1, 1.0, thick)
+    if point is not None:
+        _marker(canvas, (point[0] + 0.5) * sx - 0.5, (point[1] + 0.5) * sy - 0.5, max(3, min(cell_h, cell_w) // 20))
+    return np.clip(canvas, 0.0, 1.0)
+
+
+def strip_cell(temporal: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Word x frame saliency ``(n, T)`` in [0, 1] as a grey cell (darker = more salient, as in Fig. 5)."""
+    if temporal.size == 0:
+        return np.ones((*shape, 3))
+    grey = resize(1.0 - temporal, *shape, mode="nearest")
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def figure_to_array(fig: Figure) -> np.ndarray:
+    """Render a matplotlib figure to an ``(H, W, 3)`` uint8 array (no pyplot, no window)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _fit_text(text: str, width_px: float, lines: int = 2, fontsize: float = 10) -> str:
+    """``text`` wrapped to ``width_px`` at ``fontsize`` points (DejaVu Sans), cut with "[...]" after ``lines``."""
+    import textwrap
+
+    chars = max(8, int(width_px / (0.72 * fontsize * DPI / 100)))
+    wrapped = textwrap.wrap(text, chars) or [""]
+    if len(wrapped) > lines:
+        wrapped = [*wrapped[: lines - 1], textwrap.shorten(" ".join(wrapped[lines - 1 :]), chars)]
+    return "\n".join(wrapped)
+
+
+def mosaic_figure(
+    cells: Sequence[Sequence[np.ndarray]],
+    titles: Sequence[Sequence[str]],
+    row_labels: Sequence[str],
+    sentence: str = "",
+    columns: int | None = None,
+    title_colors: Sequence[Sequence[str]] | None = None,
+) -> np.ndarray:
+    """A gallery figure as an ``(H, W, 3)`` uint8 array of :func:`mosaic_size`: one row of equally sized cells per
+    explainer (``row_labels`` on the left), each cell titled (``titles``, coloured by ``title_colors``), the sentence
+    underneath. ``columns`` (default: the longest row) fixes the width, so figures of one sample line up."""
+    rows = len(cells)
+    columns = columns or max((len(r) for r in cells), default=1)
+    cell_h, cell_w = next((c.shape[:2] for r in cells for c in r), (CELL, CELL))
+    width, height = mosaic_size(rows, columns, (cell_h, cell_w))
+    canvas = np.ones((height, width, 3))
+    for r, row in enumerate(cells):
+        top = r * (HEADER + cell_h + GAP) + HEADER
+        for c, cell in enumerate(row[:columns]):
+            left = LEFT + GAP + c * (cell_w + GAP)
+            canvas[top : top + cell_h, left : left + cell_w] = cell
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(canvas, interpolation="nearest", aspect="auto")
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
+    ax.axis("off")
+    for r, label in enumerate(row_labels):
+        top = r * (HEADER + cell_h + GAP) + HEADER
+        ax.text(GAP, top + cell_h / 2, label, fontsize=9, va="center", ha="left", fontweight="bold")
+        for c, title in enumerate(titles[r][:columns]):
+            left = LEFT + GAP + c * (cell_w + GAP)
+            color = title_colors[r][c] if title_colors else "black"
+            ax.text(
+                left + cell_w / 2,
+                top - 3,
+                _fit_text(title, cell_w, 1, 8),
+                fontsize=8,
+                ha="center",
+                va="bottom",
+                color=color,
+                clip_on=True,
+            )
+    ax.text(GAP, height - FOOTER / 2, _fit_text(sentence, width - 2 * GAP), fontsize=10, va="center", ha="left")
+    return figure_to_array(fig)
+
+
+def strip_figure(temporals: Sequence[np.ndarray], words: Sequence[str], row_labels: Sequence[str], sentence: str = ""):
+    """Video: per explainer the word x frame temporal saliency as grey levels (darker = more salient), as an
+    ``(H, W, 3)`` uint8 array."""
+    n = max(1, len(words))
+    frames = temporals[0].shape[1] if temporals and temporals[0].ndim == 2 else 1
+    panel = 0.22 * n + 0.7
+    fig = Figure(figsize=(max(6.0, 0.25 * frames + 2.0), panel * len(temporals) + 0.6), dpi=DPI)
+    axes = fig.subplots(len(temporals), 1, squeeze=False)[:, 0]
+    for ax, temporal, label in zip(axes, temporals, row_labels, strict=True):
+        ax.imshow(
+            1.0 - temporal if temporal.size else np.ones((1, 1)),
+            cmap="gray",
+            vmin=0.0,
+            vmax=1.0,
+            aspect="auto",
+            interpolation="nearest",
+        )
+        ax.set_yticks(range(len(words)), list(words), fontsize=8)
+        ax.set_xticks(range(0, frames, max(1, frames // 13)))
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_title(label, fontsize=9, loc="left")
+    axes[-1].set_xlabel("frame", fontsize=8)
+    fig.suptitle(_fit_text(sentence, fig.get_figwidth() * DPI, 1), fontsize=10)
+    fig.tight_layout()
+    return figure_to_array(fig)
+
+
+def save_png(array: np.ndarray, path: str | Path) -> Path:
+    """Write an ``(H, W, 3)`` uint8 array as a PNG (parent folders created)."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def gallery_html(epochs: Sequence[dict], title: str = "capsal saliency gallery") -> str:
+    """A self-contained HTML page (relative image paths, inline CSS, no scripts) showing gallery figures.
+
+    ``epochs``: records ``{"epoch", "step", "metrics": {name: value}, "figures": [{"sample", "sample_id", "kind",
+    "sentence", "png", "strip" (or None)}]}``, shown newest epoch first, one card per sample.
+    """
+    from html import escape
+
+    css = (
+        "body{font-family:sans-serif;margin:1.5em;color:#222}"
+        "h2{border-bottom:1px solid #ccc;padding-bottom:.2em}"
+        ".samples{display:grid;grid-template-columns:repeat(auto-fill,minmax(600px,1fr));gap:14px}"
+        ".sample{border:1px solid #ddd;border-radius:6px;padding:8px}"
+        "figure{margin:0 0 10px 0}img{max-width:100%;height:auto;display:block}"
+        "figcaption{font-size:.9em;margin-top:3px}.kind{font-weight:bold}"
+        "table.metrics{border-collapse:collapse;margin-bottom:1em}"
+        "table.metrics td,table.metrics th{border:1px solid #ccc;padding:2px 8px;font-size:.9em}"
+    )
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{escape(title)}</title><style>{css}</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
+    ]
+    for record in sorted(epochs, key=lambda r: r["epoch"], reverse=True):
+        parts.append(f'<section class="epoch" id="epoch-{record["epoch"]}">')
+        parts.append(f"<h2>Epoch {record['epoch']} (step {record['step']})</h2>")
+        metrics = record.get("metrics") or {}
+        if metrics:
+            parts.append('<table class="metrics"><tr><th>metric</th><th>value</th></tr>')
+            parts += [f"<tr><td>{escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in sorted(metrics.items())]
+            parts.append("</table>")
+        parts.append('<div class="samples">')
+        by_sample: dict[int, list[dict]] = {}
+        for figure in record["figures"]:
+            by_sample.setdefault(figure["sample"], []).append(figure)
+        for sample, figures in sorted(by_sample.items()):
+            parts.append(f'<div class="sample"><h3>sample {sample}: {escape(str(figures[0]["sample_id"]))}</h3>')
+            for figure in figures:
+                sentence = escape(figure["sentence"])
+                for key in ("png", "strip"):
+                    if figure.get(key):
+                        alt = f"{figure['kind']} {'saliency' if key == 'png' else 'temporal strip'}: {sentence}"
+                        parts.append(
+                            f'<figure><img src="{escape(figure[key])}" alt="{alt}">'
+                            f'<figcaption><span class="kind">{escape(figure["kind"])}</span>: {sentence}'
+                            "</figcaption></figure>"
+                        )
+            parts.append("</div>")
+        parts.append("</div></section>")
+    if not epochs:
+        parts.append("<p>No validation epoch has been explained yet.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

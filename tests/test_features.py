@@ -202,7 +202,6 @@ def test_training_reads_the_cached_grids(flickr, tmp_path):
                 "trainer.enable_progress_bar=false",
                 "trainer.num_sanity_val_steps=0",
                 "callbacks=none",
-                
             ],
         )
     written = extract(extract_cfg)

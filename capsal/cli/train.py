@@ -78,6 +78,9 @@ def _summarise(trainer: L.Trainer, model, datamodule, output_dir: Path, logger, 
         summary["wandb_sync"] = f"wandb sync {output_dir / 'wandb' / 'latest-run'}"
     elif logger:
         summary["log_dir"] = logger.log_dir
+    gallery = next((cb.gallery_index for cb in trainer.callbacks if getattr(cb, "gallery_index", None)), None)
+    if gallery is not None and Path(gallery).is_file():
+        summary["gallery"] = str(gallery)
     return summary
 
 
@@ -100,7 +103,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"{'output dir':<18} {summary['output_dir']}")
     lines.append(f"{'best checkpoint':<18} {summary['best_checkpoint']}")
     lines.append(f"{'epochs / steps':<18} {summary['epochs']} / {summary['global_step']}")
-    for key in ("wandb_sync", "log_dir"):
+    for key in ("wandb_sync", "log_dir", "gallery"):
         if key in summary:
             lines.append(f"{key.replace('_', ' '):<18} {summary[key]}")
     if summary["metrics"]:

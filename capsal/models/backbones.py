@@ -19,25 +19,22 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class SmallCNN(nn.Module):
-    """Conv-BN-ReLU-MaxPool stages; each stage halves the grid (64x64 pixels -> 8x8 grid with three stages)."""
+    """(Conv-BN-ReLU) x ``convs_per_stage`` then MaxPool per stage; each stage halves the grid (64x64 pixels ->
+    8x8 grid with three stages). Fewer convolutions keep each cell's receptive field close to its own cell."""
 
     frozen = False
 
-    def __init__(self, channels: tuple[int, ...] | list[int] = (32, 64, 128), in_channels: int = 3):
+    def __init__(
+        self, channels: tuple[int, ...] | list[int] = (32, 64, 128), in_channels: int = 3, convs_per_stage: int = 1
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         previous = in_channels
         for width in channels:
-            layers += [
-                nn.Conv2d(previous, width, 3, padding=1, bias=False),
-                nn.BatchNorm2d(width),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(width, width, 3, padding=1, bias=False),
-                nn.BatchNorm2d(width),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(2),
-            ]
-            previous = width
+            for _ in range(convs_per_stage):
+                layers += [nn.Conv2d(previous, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+                previous = width
+            layers.append(nn.MaxPool2d(2))
         self.body = nn.Sequential(*layers)
         self.out_channels = previous
         self.stride = 2 ** len(channels)

@@ -50,6 +50,9 @@ class S2VT(CaptioningModule):
         if mask is None:
             mask = torch.ones(items.shape[:2], dtype=torch.bool, device=items.device)
         if self.hparams.encoder == "lstm":
+            # real items first, in their order, so any mask (not only right padding) packs correctly
+            order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices
+            projected = projected.gather(1, order[..., None].expand_as(projected))
             lengths = mask.sum(1).clamp(min=1).cpu()
             packed = nn.utils.rnn.pack_padded_sequence(projected, lengths, batch_first=True, enforce_sorted=False)
             _, (h, c) = self.encoder(packed)

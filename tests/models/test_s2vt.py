@@ -63,6 +63,9 @@ def test_lstm_encoder_ignores_padded_items_and_mean_encoder_is_order_free():
     padded = torch.cat([items, torch.randn(1, 3, model.feature_size)], dim=1)
     mask = torch.tensor([[True] * 4 + [False] * 3])
     torch.testing.assert_close(model.encode(padded, mask)["z"], model.encode(items)["z"])
+    holes = torch.cat([items[:, :2], torch.randn(1, 1, model.feature_size), items[:, 2:]], dim=1)
+    hole_mask = torch.tensor([[True, True, False, True, True]])  # an item left out in the middle
+    torch.testing.assert_close(model.encode(holes, hole_mask)["z"], model.encode(items)["z"])
     mean = _model("mean")
     shuffled = items[:, torch.tensor([2, 0, 3, 1])]
     torch.testing.assert_close(mean.encode(shuffled)["z"], mean.encode(items)["z"])

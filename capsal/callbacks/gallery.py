@@ -1,0 +1,214 @@
+"""Gallery figures for the saliency callback: a fixed set of validation samples, each explained for the model's own
+caption (``prediction``) and its ground-truth caption (``reference``) by every explainer in one batched call each.
+
+Everything here is plain computation on one batch (no Lightning): :func:`explain_gallery` returns one
+:class:`GalleryFigure` per (sample, sentence) with the rendered mosaic, the video strip and the per-word table rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from capsal import viz
+from capsal.evaluation import explain_batch
+from capsal.explainers.base import Explainer
+from capsal.explainers.saliency import Saliency
+from capsal.metrics.pointing_game import pointing_locations, points_in_boxes
+from capsal.metrics.temporal import pointing_frames
+from capsal.types import Box, Caption, Phrase, Sample
+
+KINDS = ("prediction", "reference")
+TABLE_COLUMNS = [
+    "epoch",
+    "step",
+    "sample",
+    "sample_id",
+    "sentence",
+    "word_index",
+    "word",
+    "explainer",
+    "overlay",
+    "max_x",
+    "max_y",
+    "frame",
+    "hit",
+]
+
+
+@dataclass
+class WordResult:
+    """One word of one sentence under one explainer: the overlay cell and where its maximum is.
+
+    ``x, y``: the maximum in original image pixels (in the most salient frame for video, None when the explainer has
+    no spatial maps there); ``frame``: the most salient frame (video); ``hit``: the maximum lies in the boxes of the
+    ground-truth phrase containing the word (images) or the most salient frame in its interval (video), None without
+    ground truth.
+    """
+
+    explainer: str
+    word_index: int
+    word: str
+    cell: np.ndarray  # uint8 (h, w, 3)
+    x: int | None
+    y: int | None
+    frame: int | None
+    hit: bool | None
+
+
+@dataclass
+class GalleryFigure:
+    sample: int  # position in the callback's fixed sample list
+    sample_id: str
+    kind: str  # "prediction" or "reference"
+    sentence: str
+    words: list[str]  # the words shown (at most max_words)
+    image: np.ndarray  # uint8 (H, W, 3) mosaic: one row per explainer
+    strip: np.ndarray | None = None  # video: word x frame temporal saliency, one panel per explainer
+    results: list[WordResult] = field(default_factory=list)
+
+
+def _phrase_of(caption: Caption | None, word: int) -> Phrase | None:
+    if caption is None:
+        return None
+    return next((p for p in caption.phrases if p.start <= word < p.end), None)
+
+
+def sentence_tokens(model: Any, items: torch.Tensor, captions: Sequence[Caption], kinds: Sequence[str]) -> torch.Tensor:
+    """``(K*B, L)`` bos ... eos tokens: for each kind in order, the model's captions or the reference captions."""
+    vocab = model.vocab
+    rows: list[list[int]] = []
+    for kind in kinds:
+        if kind == "prediction":
+            generated = model.generate(items)
+            rows += [[t for t in row if t != vocab.pad_id] for row in generated.tolist()]
+        else:
+            rows += [vocab.encode(caption.text) for caption in captions]
+    return vocab.pad_batch(rows).to(items.device)
+
+
+@torch.no_grad()
+def _maps(saliency: Saliency, words: int, height: int, width: int):
+    """Per row and word: spatial maps at image size (or None), the most salient frame (video) and the maxima."""
+    if not saliency.layout.is_video:
+        maps = saliency.to_image_size(height, width, saliency.e[:, :words]).float()  # (R, n, H, W)
+        points = pointing_locations(maps.flatten(0, 1)).view(*maps.shape[:2], 2)
+        return maps.cpu().numpy(), None, points.cpu().numpy(), None
+    temporal = saliency.e[:, :words].float()  # (R, n, T)
+    frames = pointing_frames(temporal.flatten(0, 1)).view(temporal.shape[:2])
+    region_e = saliency.region_e
+    if region_e is None:
+        return None, temporal.cpu().numpy(), None, frames.cpu().numpy()
+    index = frames[..., None, None].expand(-1, -1, 1, region_e.shape[-1])
+    best = region_e[:, :words].gather(2, index)[:, :, 0]  # (R, n, r): the region maps of each word's best frame
+    maps = saliency.to_image_size(height, width, best).float()
+    points = pointing_locations(maps.flatten(0, 1)).view(*maps.shape[:2], 2)
+    return maps.cpu().numpy(), temporal.cpu().numpy(), points.cpu().numpy(), frames.cpu().numpy()
+
+
+def _hit(phrase: Phrase | None, point, frame: int | None, video: bool, tolerance: float) -> bool | None:
+    if phrase is None:
+        return None
+    if video:
+        if phrase.interval is None or frame is None:
+            return None
+        return bool(phrase.interval[0] <= frame < phrase.interval[1])
+    if not phrase.boxes or point is None:
+        return None
+    points = torch.tensor([[int(point[0]), int(point[1])]])
+    return bool(points_in_boxes(points, [list(phrase.boxes)], tolerance)[0])
+
+
+def _boxes(phrase: Phrase | None, frame: int | None, video: bool) -> list[Box]:
+    if phrase is None:
+        return []
+    if video:
+        return list(phrase.frame_boxes.get(int(frame), [])) if frame is not None else []
+    return list(phrase.boxes)
+
+
+def explain_gallery(
+    model: Any,
+    explainers: dict[str, Explainer],
+    samples: Sequence[Sample],
+    items: torch.Tensor,
+    grid: torch.Tensor,
+    kinds: Sequence[str] = KINDS,
+    max_words: int = 12,
+    tolerance: float = 0.0,
+) -> list[GalleryFigure]:
+    """Explain ``samples`` (their ``items``/``grid`` on the model's device) for each sentence kind with every explainer
+    (one call per explainer for all samples and sentences) and render one figure per (sample, kind)."""
+    batch = len(samples)
+    captions = [sample.captions[0] for sample in samples]
+    tokens = sentence_tokens(model, items, captions, kinds)
+    repeat = len(kinds)
+    items_all = items.repeat(repeat, *([1] * (items.dim() - 1)))
+    grid_all = grid.repeat(repeat, *([1] * (grid.dim() - 1)))
+    saliencies = {name: explain_batch(e, model, items_all, grid_all, tokens) for name, e in explainers.items()}
+    first = next(iter(saliencies.values()))
+    video = first.layout.is_video
+    frames_np = [np.stack([viz.to_numpy_image(f) for f in sample.pixels]) for sample in samples]  # (T, H, W, 3)
+    height, width = frames_np[0].shape[1:3]
+    shape = viz.cell_shape(height, width)
+    words_shown = min(max_words, first.word_mask.shape[1])
+    computed = {name: _maps(s, words_shown, height, width) for name, s in saliencies.items()}
+
+    figures: list[GalleryFigure] = []
+    for b, sample in enumerate(samples):
+        rows_of_sample = [k * batch + b for k in range(repeat)]
+        columns = 1 + max(min(len(first.words[r]), max_words) for r in rows_of_sample)
+        for k, kind in enumerate(kinds):
+            row = k * batch + b
+            all_words = first.words[row]
+            words = all_words[:max_words]
+            truth = captions[b] if kind == "reference" else None
+            cells, titles, colors, results, strips = [], [], [], [], []
+            for name in saliencies:
+                maps, temporal, points, best = computed[name]
+                if video:
+                    first_cell = viz.strip_cell(temporal[row, : len(words)], shape)
+                    first_title = "word x frame"
+                else:
+                    every_box = [box for p in truth.phrases for box in p.boxes] if truth else []
+                    first_cell = viz.overlay_cell(frames_np[b][0], None, shape, boxes=every_box)
+                    first_title = "input"
+                row_cells, row_titles, row_colors = [first_cell], [first_title], ["black"]
+                for t, word in enumerate(words):
+                    frame = int(best[row, t]) if best is not None else None
+                    point = tuple(int(v) for v in points[row, t]) if points is not None else None
+                    phrase = _phrase_of(truth, t)
+                    hit = _hit(phrase, point, frame, video, tolerance)
+                    image = frames_np[b][frame if video else 0]
+                    heat = maps[row, t] if maps is not None else None
+                    cell = viz.overlay_cell(image, heat, shape, point, _boxes(phrase, frame, video))
+                    row_cells.append(cell)
+                    row_titles.append(f"{word} @{frame}" if video else word)
+                    row_colors.append(viz.HIT_COLORS[hit])
+                    results.append(
+                        WordResult(
+                            name,
+                            t,
+                            word,
+                            viz.to_uint8(cell),
+                            point[0] if point else None,
+                            point[1] if point else None,
+                            frame,
+                            hit,
+                        )
+                    )
+                cells.append(row_cells)
+                titles.append(row_titles)
+                colors.append(row_colors)
+                if video:
+                    strips.append(temporal[row, : len(words)])
+            sentence = " ".join(all_words) if all_words else "(empty caption)"
+            shown = sentence + (f" [+{len(all_words) - len(words)} more words]" if len(all_words) > len(words) else "")
+            image = viz.mosaic_figure(cells, titles, list(saliencies), f"{kind}: {shown}", columns, colors)
+            strip = viz.strip_figure(strips, words, list(saliencies), f"{kind}: {sentence}") if video else None
+            figures.append(GalleryFigure(b, sample.sample_id, kind, sentence, list(words), image, strip, results))
+    return figures

@@ -1,0 +1,322 @@
+"""``SaliencyCallback``: caption-guided saliency during validation.
+
+Each due validation epoch (every ``every_n_epochs``, never the sanity check):
+
+- localisation: every validation batch's ground-truth captions are explained by every explainer on the rank that
+  holds the batch, and the pointing game / attention correctness (images) or temporal / spatial pointing (video)
+  are updated; at epoch end the torchmetrics states are reduced across ranks and ``val/<metric>/<explainer>`` (the
+  ``avg`` over phrases) is logged with ``pl_module.log``, so every logger (CSV too) gets it;
+- gallery (global rank zero only): a fixed, seeded set of validation samples is explained for the model's own
+  caption and for the reference, one batched call per explainer; the figures go to W&B (images and a per-word
+  table), TensorBoard (images) and always to a local folder with an ``index.html`` readable offline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
+
+from capsal import viz
+from capsal.callbacks.gallery import KINDS, TABLE_COLUMNS, GalleryFigure, explain_gallery
+from capsal.errors import UserError
+from capsal.evaluation import CaptionedInput, LocalisationEvaluator, visual_grid
+from capsal.explainers import build_explainer
+from capsal.explainers.base import Explainer
+from capsal.models.protocol import has_attention
+from capsal.types import Batch, Sample
+
+log = logging.getLogger("capsal")
+SENTENCES = {"prediction": ("prediction",), "reference": ("reference",), "both": KINDS}
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """Evaluation mode inside the block; every submodule's own train/eval flag is restored after it."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+class SaliencyCallback(L.Callback):
+    """Explain the model while it trains. Options (``conf/callbacks/saliency.yaml``):
+
+    - ``explainers``: registry names; None: ``caption_guided``, plus ``soft_attention`` for models with attention.
+    - ``explainer_options``: ``{name: {option: value}}`` passed to each explainer.
+    - ``num_samples``: gallery samples, a fixed seeded choice of validation indices (0: no gallery).
+    - ``sentences``: ``prediction``, ``reference`` or ``both`` (the gallery's sentences).
+    - ``every_n_epochs``: explain every n-th validation epoch (gallery and localisation).
+    - ``localisation``: update the localisation metrics over the whole validation set on due epochs.
+    - ``tolerance``: pointing-game tolerance in pixels (0: the paper's protocol).
+    - ``gallery_dir``: local gallery folder; None: ``<trainer.default_root_dir>/gallery``.
+    - ``seed``: chooses the gallery samples.
+    - ``max_words``: words shown per sentence in a figure (and rows in the table).
+    """
+
+    def __init__(
+        self,
+        explainers: Sequence[str] | None = None,
+        explainer_options: dict[str, dict[str, Any]] | None = None,
+        num_samples: int = 4,
+        sentences: str = "both",
+        every_n_epochs: int = 1,
+        localisation: bool = True,
+        tolerance: float = 0.0,
+        gallery_dir: str | None = None,
+        seed: int = 0,
+        max_words: int = 12,
+    ):
+        if sentences not in SENTENCES:
+            raise UserError(f"callbacks.saliency.sentences={sentences!r} must be prediction, reference or both")
+        for name, value in (("num_samples", num_samples), ("every_n_epochs", every_n_epochs - 1)):
+            if value < 0:
+                raise UserError(f"callbacks.saliency.{name} must be at least {1 if name == 'every_n_epochs' else 0}")
+        if max_words < 1:
+            raise UserError("callbacks.saliency.max_words must be at least 1")
+        if tolerance < 0:
+            raise UserError(f"callbacks.saliency.tolerance={tolerance} must be >= 0 pixels")
+        self.explainer_names = list(explainers) if explainers else None
+        self.explainer_options = {k: dict(v or {}) for k, v in (explainer_options or {}).items()}
+        self.num_samples = int(num_samples)
+        self.kinds = SENTENCES[sentences]
+        self.every_n_epochs = int(every_n_epochs)
+        self.localisation = bool(localisation)
+        self.tolerance = float(tolerance)
+        self.gallery_dir = Path(gallery_dir) if gallery_dir else None
+        self.seed = int(seed)
+        self.max_words = int(max_words)
+        self.gallery_index: Path | None = None
+        self.sample_indices: list[int] | None = None
+        self.explainers: dict[str, Explainer] = {}
+        self.evaluator: LocalisationEvaluator | None = None
+        self._records: list[dict[str, Any]] = []
+        self._active = False
+
+    # ---- set-up -------------------------------------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        names = self.explainer_names or ["caption_guided", *(["soft_attention"] if has_attention(pl_module) else [])]
+        unknown = sorted(set(self.explainer_options) - set(names))
+        if unknown:
+            raise UserError(f"callbacks.saliency.explainer_options names {unknown}, which are not among {names}")
+        self.explainers = {name: build_explainer(name, **self.explainer_options.get(name, {})) for name in names}
+        needs_grad = [name for name, e in self.explainers.items() if getattr(e, "needs_grad", False)]
+        if needs_grad and trainer.validate_loop.inference_mode:
+            raise UserError(
+                f"explainer {needs_grad[0]} needs gradients but the trainer validates in inference mode; "
+                "set trainer.inference_mode=false"
+            )
+        if self.gallery_dir is None:
+            root = trainer.default_root_dir or trainer.log_dir or "."
+            self.gallery_dir = Path(root) / "gallery"
+        self.gallery_index = self.gallery_dir / "index.html"
+        manifest = self.gallery_dir / "gallery.json"
+        if trainer.is_global_zero and manifest.is_file() and not self._records:
+            self._records = json.loads(manifest.read_text()).get("epochs", [])
+
+    def _due(self, trainer: L.Trainer) -> bool:
+        if trainer.sanity_checking:
+            return False
+        if trainer.state.fn != TrainerFn.FITTING:
+            return True
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    # ---- localisation on every rank -----------------------------------------------------------------------------
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._active = self._due(trainer)
+        if self._active and self.evaluator is not None:
+            self.evaluator.reset()
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not (self._active and self.localisation and isinstance(batch, Batch)):
+            return
+        with eval_mode(pl_module):
+            with torch.no_grad():
+                grid = _batch_grid(pl_module, batch)
+            evaluator = self._evaluator(trainer, pl_module, grid)
+            pixels = batch.pixels if batch.pixels is not None else self._placeholder_pixels(trainer, pl_module, grid)
+            evaluator.update(pl_module, CaptionedInput(pixels, batch.captions, batch.sample_ids, batch.grid), grid)
+
+    def _evaluator(self, trainer: L.Trainer, pl_module: L.LightningModule, grid: torch.Tensor):
+        if self.evaluator is None:
+            frames = grid.shape[1]
+            layout = getattr(pl_module, "item_layout", None)
+            video = (layout(frames) if callable(layout) else ("grid" if frames == 1 else "frames")) == "frames"
+            categories = list(getattr(trainer.datamodule, "categories", None) or [])
+            with torch.inference_mode(False):  # metric states must outlive this validation's inference mode
+                self.evaluator = LocalisationEvaluator(
+                    self.explainers, categories, video, self.tolerance, device=pl_module.device
+                )
+        return self.evaluator
+
+    @staticmethod
+    def _placeholder_pixels(trainer: L.Trainer, pl_module: L.LightningModule, grid: torch.Tensor) -> torch.Tensor:
+        """Cached-feature batches carry no pixels: a zero, stride-0 tensor of the original pixel shape."""
+        shape = getattr(pl_module, "input_shape", None)
+        if shape is None:
+            frames, _, height, width = _val_dataset(trainer)[0].pixels.shape
+        else:
+            frames, height, width = shape
+        return torch.zeros((), device=grid.device).expand(grid.shape[0], frames, 3, height, width)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._active:
+            return
+        self._active = False
+        metrics = self._log_localisation(pl_module) if self.localisation and self.evaluator is not None else {}
+        if trainer.is_global_zero and self.num_samples > 0:
+            with eval_mode(pl_module):
+                self._gallery(trainer, pl_module, metrics)
+
+    def _log_localisation(self, pl_module: L.LightningModule) -> dict[str, float]:
+        """Reduce the metric states across ranks (a collective: every rank calls it) and log the averages."""
+        assert self.evaluator is not None
+        logged: dict[str, float] = {}
+        for explainer, metrics in self.evaluator.compute().items():
+            for metric, values in metrics.items():
+                value = values.get("avg", math.nan)
+                if math.isnan(value):  # nothing scored: no ground-truth phrases
+                    continue
+                key = f"val/{metric}/{explainer}"
+                pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
+                logged[key] = value
+        return logged
+
+    # ---- gallery on global rank zero ----------------------------------------------------------------------------
+    def _gallery(self, trainer: L.Trainer, pl_module: L.LightningModule, metrics: dict[str, float]) -> None:
+        dataset = _val_dataset(trainer)
+        if self.sample_indices is None:
+            generator = torch.Generator().manual_seed(self.seed)
+            count = min(self.num_samples, len(dataset))
+            self.sample_indices = sorted(torch.randperm(len(dataset), generator=generator)[:count].tolist())
+        samples: list[Sample] = [dataset[i] for i in self.sample_indices]
+        with torch.no_grad():
+            grid = visual_grid(pl_module, samples)
+            items = pl_module.items(grid)
+        figures = explain_gallery(
+            pl_module, self.explainers, samples, items, grid, self.kinds, self.max_words, self.tolerance
+        )
+        epoch, step = trainer.current_epoch, trainer.global_step
+        record = self._write_local(figures, epoch, step, metrics)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                _log_wandb(logger, figures, epoch, step)
+            elif isinstance(logger, TensorBoardLogger):
+                _log_tensorboard(logger, figures, step)
+        log.info("saliency gallery: epoch %d, %d figures -> %s", epoch, len(record["figures"]), self.gallery_index)
+
+    def _write_local(self, figures: list[GalleryFigure], epoch: int, step: int, metrics: dict[str, float]) -> dict:
+        assert self.gallery_dir is not None and self.gallery_index is not None
+        folder = f"epoch_{epoch:03d}"
+        entries = []
+        for figure in figures:
+            name = f"sample_{figure.sample}_{figure.kind}"
+            viz.save_png(figure.image, self.gallery_dir / folder / f"{name}.png")
+            strip = None
+            if figure.strip is not None:
+                strip = f"{folder}/{name}_strip.png"
+                viz.save_png(figure.strip, self.gallery_dir / strip)
+            entries.append(
+                {
+                    "sample": figure.sample,
+                    "sample_id": figure.sample_id,
+                    "index": self.sample_indices[figure.sample] if self.sample_indices else None,
+                    "kind": figure.kind,
+                    "sentence": figure.sentence,
+                    "words": figure.words,
+                    "explainers": list(self.explainers),
+                    "png": f"{folder}/{name}.png",
+                    "strip": strip,
+                    "size": [int(figure.image.shape[1]), int(figure.image.shape[0])],
+                }
+            )
+        record = {"epoch": epoch, "step": step, "metrics": metrics, "figures": entries}
+        # A validation of epoch E replaces what a previous run (resumed or restarted) wrote from E on.
+        self._records = [r for r in self._records if r["epoch"] < epoch] + [record]
+        (self.gallery_dir / "gallery.json").write_text(json.dumps({"epochs": self._records}, indent=1))
+        self.gallery_index.write_text(viz.gallery_html(self._records))
+        return record
+
+
+def _batch_grid(pl_module: Any, batch: Batch) -> torch.Tensor:
+    if callable(getattr(pl_module, "batch_grid", None)):
+        return pl_module.batch_grid(batch)
+    return batch.grid if batch.grid is not None else pl_module.features(batch.pixels)
+
+
+def _val_dataset(trainer: L.Trainer):
+    """The (whole, unsharded) validation dataset: the datamodule's split, else the first validation loader's."""
+    datamodule = trainer.datamodule
+    if datamodule is not None and callable(getattr(datamodule, "get_split", None)):
+        return datamodule.get_split("val")
+    loaders = trainer.val_dataloaders
+    loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
+    return loader.dataset
+
+
+def _log_wandb(logger: WandbLogger, figures: list[GalleryFigure], epoch: int, step: int) -> None:
+    import wandb
+
+    by_sample: dict[int, list[GalleryFigure]] = {}
+    for figure in figures:
+        by_sample.setdefault(figure.sample, []).append(figure)
+    for sample, group in by_sample.items():
+        captions = [f"{f.kind}: {f.sentence}" for f in group]
+        logger.log_image(f"val/saliency/sample_{sample}", [f.image for f in group], step=step, caption=captions)
+        strips = [f for f in group if f.strip is not None]
+        if strips:
+            logger.log_image(
+                f"val/saliency_strip/sample_{sample}",
+                [f.strip for f in strips],
+                step=step,
+                caption=[f"{f.kind}: {f.sentence}" for f in strips],
+            )
+    rows = [
+        [
+            epoch,
+            step,
+            f.sample,
+            f.sample_id,
+            f.kind,
+            r.word_index,
+            r.word,
+            r.explainer,
+            wandb.Image(r.cell),
+            r.x,
+            r.y,
+            r.frame,
+            r.hit,
+        ]
+        for f in figures
+        for r in f.results
+    ]
+    logger.log_table("val/saliency/table", columns=TABLE_COLUMNS, data=rows, step=step)
+
+
+def _log_tensorboard(logger: TensorBoardLogger, figures: list[GalleryFigure], step: int) -> None:
+    writer = logger.experiment
+    for figure in figures:
+        tag = f"val/saliency/sample_{figure.sample}/{figure.kind}"
+        writer.add_image(tag, figure.image, step, dataformats="HWC")
+        if figure.strip is not None:
+            writer.add_image(f"{tag}_strip", figure.strip, step, dataformats="HWC")
