@@ -16,11 +16,16 @@ $(STAMP): pyproject.toml
 java:
 	@command -v java >/dev/null 2>&1 || { echo "capsal: Java is missing; METEOR and the PTB tokenizer need it. Install a JRE (e.g. 'apt-get install default-jre-headless') and re-run." >&2; exit 2; }
 
+# Train (at most 10 minutes on a 2-core CPU), then the paper's tables for the trained model (a few minutes more).
+DEMO_DIR := outputs/demo
+
 demo: $(STAMP) java
-	$(BIN)/capsal-train experiment=demo_image
+	$(BIN)/capsal-train experiment=demo_image hydra.run.dir=$(DEMO_DIR)/image
+	$(BIN)/capsal-eval ckpt_path=$(DEMO_DIR)/image/checkpoints/last.ckpt hydra.run.dir=$(DEMO_DIR)/image/eval
 
 demo-video: $(STAMP) java
-	$(BIN)/capsal-train experiment=demo_video
+	$(BIN)/capsal-train experiment=demo_video hydra.run.dir=$(DEMO_DIR)/video
+	$(BIN)/capsal-eval ckpt_path=$(DEMO_DIR)/video/checkpoints/last.ckpt hydra.run.dir=$(DEMO_DIR)/video/eval
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -220,6 +221,33 @@ def _fit_text(text: str, width_px: float, lines: int = 2, fontsize: float = 10) 
     return "\n".join(wrapped)
 
 
+@functools.lru_cache(maxsize=8)
+def _font(size: int, bold: bool = False):
+    """DejaVu Sans (shipped with matplotlib) at ``size`` pixels, for PIL."""
+    from matplotlib import font_manager
+    from PIL import ImageFont
+
+    path = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans", weight="bold" if bold else "normal"))
+    return ImageFont.truetype(path, size)
+
+
+def _wrap(draw, text: str, font, width: float, lines: int) -> list[str]:
+    """``text`` in at most ``lines`` lines of at most ``width`` pixels; what does not fit ends in "..."."""
+    out: list[str] = []
+    words = text.split()
+    while words and len(out) < lines:
+        line = words.pop(0)
+        while words and draw.textlength(f"{line} {words[0]}", font=font) <= width:
+            line = f"{line} {words.pop(0)}"
+        out.append(line)
+    if words or (out and draw.textlength(out[-1], font=font) > width):
+        last = out[-1] if out else ""
+        while last and draw.textlength(last + "...", font=font) > width:
+            last = last[:-1]
+        out[-1:] = [last.rstrip() + "..."]
+    return out or [""]
+
+
 def mosaic_figure(
     cells: Sequence[Sequence[np.ndarray]],
     titles: Sequence[Sequence[str]],
@@ -230,7 +258,10 @@ def mosaic_figure(
 ) -> np.ndarray:
     """A gallery figure as an ``(H, W, 3)`` uint8 array of :func:`mosaic_size`: one row of equally sized cells per
     explainer (``row_labels`` on the left), each cell titled (``titles``, coloured by ``title_colors``), the sentence
-    underneath. ``columns`` (default: the longest row) fixes the width, so figures of one sample line up."""
+    underneath in up to two lines. ``columns`` (default: the longest row) fixes the width, so the figures of one
+    sample line up. Drawn with numpy and PIL (a few milliseconds; a matplotlib figure takes ~0.1 s)."""
+    from PIL import Image, ImageDraw
+
     rows = len(cells)
     columns = columns or max((len(r) for r in cells), default=1)
     cell_h, cell_w = next((c.shape[:2] for r in cells for c in r), (CELL, CELL))
@@ -241,30 +272,21 @@ def mosaic_figure(
         for c, cell in enumerate(row[:columns]):
             left = LEFT + GAP + c * (cell_w + GAP)
             canvas[top : top + cell_h, left : left + cell_w] = cell
-    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(canvas, interpolation="nearest", aspect="auto")
-    ax.set_xlim(-0.5, width - 0.5)
-    ax.set_ylim(height - 0.5, -0.5)
-    ax.axis("off")
+    image = Image.fromarray(to_uint8(canvas))
+    draw = ImageDraw.Draw(image)
+    label_font, title_font, sentence_font = _font(12, bold=True), _font(11), _font(14)
     for r, label in enumerate(row_labels):
         top = r * (HEADER + cell_h + GAP) + HEADER
-        ax.text(GAP, top + cell_h / 2, label, fontsize=9, va="center", ha="left", fontweight="bold")
+        (text,) = _wrap(draw, label, label_font, LEFT - 2 * GAP, 1)
+        draw.text((GAP, top + cell_h / 2), text, fill="black", font=label_font, anchor="lm")
         for c, title in enumerate(titles[r][:columns]):
             left = LEFT + GAP + c * (cell_w + GAP)
+            (text,) = _wrap(draw, title, title_font, cell_w, 1)
             color = title_colors[r][c] if title_colors else "black"
-            ax.text(
-                left + cell_w / 2,
-                top - 3,
-                _fit_text(title, cell_w, 1, 8),
-                fontsize=8,
-                ha="center",
-                va="bottom",
-                color=color,
-                clip_on=True,
-            )
-    ax.text(GAP, height - FOOTER / 2, _fit_text(sentence, width - 2 * GAP), fontsize=10, va="center", ha="left")
-    return figure_to_array(fig)
+            draw.text((left + cell_w / 2, top - 3), text, fill=color, font=title_font, anchor="md")
+    text = "\n".join(_wrap(draw, sentence, sentence_font, width - 2 * GAP, 2))
+    draw.multiline_text((GAP, height - FOOTER / 2), text, fill="black", font=sentence_font, anchor="lm", spacing=2)
+    return np.asarray(image).copy()
 
 
 def strip_figure(temporals: Sequence[np.ndarray], words: Sequence[str], row_labels: Sequence[str], sentence: str = ""):
@@ -300,7 +322,7 @@ def save_png(array: np.ndarray, path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+    Image.fromarray(array).save(path, compress_level=1)  # fast; the figures are mostly flat colour
     return path
 
 

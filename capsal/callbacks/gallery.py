@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,7 @@ class GalleryFigure:
     image: np.ndarray  # uint8 (H, W, 3) mosaic: one row per explainer
     strip: np.ndarray | None = None  # video: word x frame temporal saliency, one panel per explainer
     results: list[WordResult] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)  # where "image" and "strip" were saved as PNG
 
 
 def _phrase_of(caption: Caption | None, word: int) -> Phrase | None:

@@ -58,8 +58,10 @@ class SaliencyCallback(L.Callback):
     - ``explainer_options``: ``{name: {option: value}}`` passed to each explainer.
     - ``num_samples``: gallery samples, a fixed seeded choice of validation indices (0: no gallery).
     - ``sentences``: ``prediction``, ``reference`` or ``both`` (the gallery's sentences).
-    - ``every_n_epochs``: explain every n-th validation epoch (gallery and localisation).
-    - ``localisation``: update the localisation metrics over the whole validation set on due epochs.
+    - ``every_n_epochs``: draw the gallery every n-th epoch (and at the last epoch).
+    - ``localisation``: measure localisation (pointing game...) over the whole validation set.
+    - ``localisation_every_n_epochs``: how often (and at the last epoch); None: ``every_n_epochs``. Explaining every
+      validation caption costs about half a validation, hence a sparser default in ``saliency.yaml``.
     - ``tolerance``: pointing-game tolerance in pixels (0: the paper's protocol).
     - ``gallery_dir``: local gallery folder; None: ``<trainer.default_root_dir>/gallery``.
     - ``seed``: chooses the gallery samples.
@@ -74,6 +76,7 @@ class SaliencyCallback(L.Callback):
         sentences: str = "both",
         every_n_epochs: int = 1,
         localisation: bool = True,
+        localisation_every_n_epochs: int | None = None,
         tolerance: float = 0.0,
         gallery_dir: str | None = None,
         seed: int = 0,
@@ -81,11 +84,15 @@ class SaliencyCallback(L.Callback):
     ):
         if sentences not in SENTENCES:
             raise UserError(f"callbacks.saliency.sentences={sentences!r} must be prediction, reference or both")
-        for name, value in (("num_samples", num_samples), ("every_n_epochs", every_n_epochs - 1)):
-            if value < 0:
-                raise UserError(f"callbacks.saliency.{name} must be at least {1 if name == 'every_n_epochs' else 0}")
-        if max_words < 1:
-            raise UserError("callbacks.saliency.max_words must be at least 1")
+        localisation_every_n_epochs = localisation_every_n_epochs or every_n_epochs
+        for name, value, low in (
+            ("num_samples", num_samples, 0),
+            ("every_n_epochs", every_n_epochs, 1),
+            ("localisation_every_n_epochs", localisation_every_n_epochs, 1),
+            ("max_words", max_words, 1),
+        ):
+            if value < low:
+                raise UserError(f"callbacks.saliency.{name}={value} must be at least {low}")
         if tolerance < 0:
             raise UserError(f"callbacks.saliency.tolerance={tolerance} must be >= 0 pixels")
         self.explainer_names = list(explainers) if explainers else None
@@ -94,6 +101,7 @@ class SaliencyCallback(L.Callback):
         self.kinds = SENTENCES[sentences]
         self.every_n_epochs = int(every_n_epochs)
         self.localisation = bool(localisation)
+        self.localisation_every_n_epochs = int(localisation_every_n_epochs)
         self.tolerance = float(tolerance)
         self.gallery_dir = Path(gallery_dir) if gallery_dir else None
         self.seed = int(seed)
@@ -103,7 +111,8 @@ class SaliencyCallback(L.Callback):
         self.explainers: dict[str, Explainer] = {}
         self.evaluator: LocalisationEvaluator | None = None
         self._records: list[dict[str, Any]] = []
-        self._active = False
+        self._draw = False  # this validation epoch draws the gallery
+        self._localise = False  # this validation epoch measures localisation
 
     # ---- set-up -------------------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -118,25 +127,31 @@ class SaliencyCallback(L.Callback):
                 f"explainer {needs_grad[0]} needs gradients but the trainer validates in inference mode; "
                 "set trainer.inference_mode=false"
             )
+        self.evaluator = None  # built for this module's layout at the first validation batch
         if self.gallery_dir is None:
-            root = trainer.default_root_dir or trainer.log_dir or "."
-            self.gallery_dir = Path(root) / "gallery"
+            self.gallery_dir = Path(trainer.default_root_dir) / "gallery"
         self.gallery_index = self.gallery_dir / "index.html"
         manifest = self.gallery_dir / "gallery.json"
         if trainer.is_global_zero and manifest.is_file() and not self._records:
             self._records = json.loads(manifest.read_text()).get("epochs", [])
 
-    def _due(self, trainer: L.Trainer) -> bool:
+    @staticmethod
+    def _due(trainer: L.Trainer, every: int) -> bool:
+        """Every ``every``-th epoch and the last one when fitting, always in ``trainer.validate``, never the sanity
+        check."""
         if trainer.sanity_checking:
             return False
         if trainer.state.fn != TrainerFn.FITTING:
             return True
-        return (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch
+        return epoch % every == 0 or last
 
     # ---- localisation on every rank -----------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._active = self._due(trainer)
-        if self._active and self.evaluator is not None:
+        self._draw = self.num_samples > 0 and self._due(trainer, self.every_n_epochs)
+        self._localise = self.localisation and self._due(trainer, self.localisation_every_n_epochs)
+        if self._localise and self.evaluator is not None:
             self.evaluator.reset()
 
     def on_validation_batch_end(
@@ -148,7 +163,7 @@ class SaliencyCallback(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if not (self._active and self.localisation and isinstance(batch, Batch)):
+        if not (self._localise and isinstance(batch, Batch)):
             return
         with eval_mode(pl_module):
             with torch.no_grad():
@@ -180,13 +195,11 @@ class SaliencyCallback(L.Callback):
         return torch.zeros((), device=grid.device).expand(grid.shape[0], frames, 3, height, width)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._active:
-            return
-        self._active = False
-        metrics = self._log_localisation(pl_module) if self.localisation and self.evaluator is not None else {}
-        if trainer.is_global_zero and self.num_samples > 0:
+        metrics = self._log_localisation(pl_module) if self._localise and self.evaluator is not None else {}
+        if self._draw and trainer.is_global_zero:
             with eval_mode(pl_module):
                 self._gallery(trainer, pl_module, metrics)
+        self._draw = self._localise = False
 
     def _log_localisation(self, pl_module: L.LightningModule) -> dict[str, float]:
         """Reduce the metric states across ranks (a collective: every rank calls it) and log the averages."""
@@ -231,11 +244,11 @@ class SaliencyCallback(L.Callback):
         entries = []
         for figure in figures:
             name = f"sample_{figure.sample}_{figure.kind}"
-            viz.save_png(figure.image, self.gallery_dir / folder / f"{name}.png")
+            figure.files["image"] = viz.save_png(figure.image, self.gallery_dir / folder / f"{name}.png")
             strip = None
             if figure.strip is not None:
                 strip = f"{folder}/{name}_strip.png"
-                viz.save_png(figure.strip, self.gallery_dir / strip)
+                figure.files["strip"] = viz.save_png(figure.strip, self.gallery_dir / strip)
             entries.append(
                 {
                     "sample": figure.sample,
@@ -282,12 +295,14 @@ def _log_wandb(logger: WandbLogger, figures: list[GalleryFigure], epoch: int, st
         by_sample.setdefault(figure.sample, []).append(figure)
     for sample, group in by_sample.items():
         captions = [f"{f.kind}: {f.sentence}" for f in group]
-        logger.log_image(f"val/saliency/sample_{sample}", [f.image for f in group], step=step, caption=captions)
+        # the PNGs already written for the local gallery: W&B copies them instead of encoding the arrays again
+        images = [str(f.files["image"]) if "image" in f.files else f.image for f in group]
+        logger.log_image(f"val/saliency/sample_{sample}", images, step=step, caption=captions)
         strips = [f for f in group if f.strip is not None]
         if strips:
             logger.log_image(
                 f"val/saliency_strip/sample_{sample}",
-                [f.strip for f in strips],
+                [str(f.files["strip"]) if "strip" in f.files else f.strip for f in strips],
                 step=step,
                 caption=[f"{f.kind}: {f.sentence}" for f in strips],
             )

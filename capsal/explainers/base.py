@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -105,6 +106,32 @@ def item_layout(model: Any, items: torch.Tensor, grid: torch.Tensor | None) -> I
     if side * side == m:
         return ItemLayout("grid", (side, side), m)
     return ItemLayout("frames", (1, 1), m)
+
+
+@dataclass
+class Sentences:
+    """What every explainer needs before it starts: the item mask, the tokens, their words and the item layout."""
+
+    mask: torch.Tensor
+    tokens: torch.Tensor
+    words: list[list[str]]
+    word_mask: torch.Tensor
+    layout: ItemLayout
+
+
+def prepare(
+    model: Any,
+    items: torch.Tensor,
+    mask: torch.Tensor | None,
+    grid: torch.Tensor | None,
+    tokens: Sentence,
+    beam_size: int | None = None,
+) -> Sentences:
+    """Resolve the mask, the sentence (the model's caption when ``tokens`` is None) and the layout in one go."""
+    mask = default_mask(items, mask)
+    tokens = resolve_tokens(model, items, mask, tokens, beam_size)
+    words, word_mask = word_table(model.vocab, tokens)
+    return Sentences(mask, tokens, words, word_mask, item_layout(model, items, grid))
 
 
 def default_mask(items: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from einops import repeat
 
-from capsal.explainers.base import Explainer, Sentence, default_mask, item_layout, resolve_tokens, word_table
+from capsal.explainers.base import Explainer, Sentence, prepare
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import ItemLayout, Saliency
 
@@ -32,24 +32,12 @@ class _ConstantMapExplainer(Explainer):
         grid: torch.Tensor | None = None,
         tokens: Sentence = None,
     ) -> Saliency:
-        mask = default_mask(items, mask)
-        tokens = resolve_tokens(model, items, mask, tokens)
-        words, word_mask = word_table(model.vocab, tokens)
-        layout = item_layout(model, items, grid)
-        batch, n = word_mask.shape
-        scores = self.scores(batch, n, layout, items.device)
-        regions = None
-        if layout.is_video and grid is not None:
-            regions = self.regions(batch, n, layout, items.device)
+        s = prepare(model, items, mask, grid, tokens)
+        batch, n = s.word_mask.shape
+        scores = self.scores(batch, n, s.layout, items.device).to(items.dtype)
+        regions = self.regions(batch, n, s.layout, items.device) if s.layout.is_video and grid is not None else None
         return Saliency(
-            words,
-            word_mask,
-            scores.to(items.dtype),
-            mask,
-            layout,
-            region_scores=regions,
-            tokens=tokens,
-            explainer=self.name,
+            s.words, s.word_mask, scores, s.mask, s.layout, region_scores=regions, tokens=s.tokens, explainer=self.name
         )
 
     def scores(self, batch: int, n: int, layout: ItemLayout, device: torch.device) -> torch.Tensor:

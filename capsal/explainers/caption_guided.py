@@ -14,14 +14,7 @@ from typing import Any
 import torch
 from einops import rearrange, repeat
 
-from capsal.explainers.base import (
-    Explainer,
-    Sentence,
-    default_mask,
-    item_layout,
-    resolve_tokens,
-    word_table,
-)
+from capsal.explainers.base import Explainer, Sentence, prepare
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
 
@@ -56,10 +49,8 @@ class CaptionGuided(Explainer):
         grid: torch.Tensor | None = None,
         tokens: Sentence = None,
     ) -> Saliency:
-        mask = default_mask(items, mask)
-        tokens = resolve_tokens(model, items, mask, tokens, self.beam_size)
-        words, word_mask = word_table(model.vocab, tokens)
-        layout = item_layout(model, items, grid)
+        sentences = prepare(model, items, mask, grid, tokens, self.beam_size)
+        mask, tokens, layout = sentences.mask, sentences.tokens, sentences.layout
         batch, m = items.shape[:2]
 
         singles, positions, owners = self._single_item_inputs(items)
@@ -81,8 +72,8 @@ class CaptionGuided(Explainer):
             h, w = grid.shape[2:4]
             region_losses = rearrange(losses[batch * m :], "(b m r) n -> b n m r", b=batch, m=m, r=h * w)
         return Saliency(
-            words=words,
-            word_mask=word_mask,
+            words=sentences.words,
+            word_mask=sentences.word_mask,
             scores=-item_losses,
             losses=item_losses,
             region_scores=None if region_losses is None else -region_losses,

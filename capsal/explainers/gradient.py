@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from einops import rearrange
 
-from capsal.explainers.base import Explainer, Sentence, default_mask, item_layout, resolve_tokens, word_table
+from capsal.explainers.base import Explainer, Sentence, prepare
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
 
@@ -34,21 +34,18 @@ class GradientTimesInput(Explainer):
         grid: torch.Tensor | None = None,
         tokens: Sentence = None,
     ) -> Saliency:
-        mask = default_mask(items, mask)
-        tokens = resolve_tokens(model, items, mask, tokens, self.beam_size)
-        words, word_mask = word_table(model.vocab, tokens)
-        layout = item_layout(model, items, grid)
+        s = prepare(model, items, mask, grid, tokens, self.beam_size)
         was_training = getattr(model, "training", False)
         if hasattr(model, "eval"):
             model.eval()
         try:
             with torch.inference_mode(False), torch.enable_grad():
-                scores, regions = self._attributions(model, items, mask, grid, tokens, layout.is_video)
+                scores, regions = self._attributions(model, items, s.mask, grid, s.tokens, s.layout.is_video)
         finally:
             if hasattr(model, "train"):
                 model.train(was_training)
         return Saliency(
-            words, word_mask, scores, mask, layout, region_scores=regions, tokens=tokens, explainer=self.name
+            s.words, s.word_mask, scores, s.mask, s.layout, region_scores=regions, tokens=s.tokens, explainer=self.name
         )
 
     @staticmethod

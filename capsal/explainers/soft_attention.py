@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from capsal.errors import UserError
-from capsal.explainers.base import Explainer, Sentence, default_mask, item_layout, resolve_tokens, word_table
+from capsal.explainers.base import Explainer, Sentence, prepare
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
 from capsal.models.protocol import has_attention
@@ -34,10 +34,6 @@ class SoftAttentionWeights(Explainer):
                 f"explainer soft_attention needs a model with attention weights (model=soft_attention); "
                 f"{type(model).__name__} has none: use explainer=caption_guided"
             )
-        mask = default_mask(items, mask)
-        tokens = resolve_tokens(model, items, mask, tokens, self.beam_size)
-        words, word_mask = word_table(model.vocab, tokens)
-        weights = model.attention(model.encode(items, mask), tokens[:, :-1])
-        return Saliency(
-            words, word_mask, weights, mask, item_layout(model, items, grid), tokens=tokens, explainer=self.name
-        )
+        s = prepare(model, items, mask, grid, tokens, self.beam_size)
+        weights = model.attention(model.encode(items, s.mask), s.tokens[:, :-1])
+        return Saliency(s.words, s.word_mask, weights, s.mask, s.layout, tokens=s.tokens, explainer=self.name)

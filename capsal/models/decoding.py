@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import torch
-from einops import rearrange, repeat
+from einops import rearrange
 
 from capsal.text import Vocabulary
 
@@ -33,6 +33,13 @@ def select_batch(tree: Any, index: torch.Tensor) -> Any:
     return tree
 
 
+def _never_generated(logprobs: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
+    """pad and bos are not words: a decoder never emits them."""
+    logprobs = logprobs.clone()
+    logprobs[:, [vocab.pad_id, vocab.bos_id]] = float("-inf")
+    return logprobs
+
+
 def greedy_decode(model: StepDecoder, state: Any, batch_size: int, max_len: int, device: torch.device) -> torch.Tensor:
     vocab = model.vocab
     tokens = torch.full((batch_size, 1), vocab.bos_id, dtype=torch.long, device=device)
@@ -40,7 +47,7 @@ def greedy_decode(model: StepDecoder, state: Any, batch_size: int, max_len: int,
     cache = model.init_decoder(state)
     for _ in range(max_len):
         logprobs, cache = model.decode_step(state, cache, tokens)
-        next_token = logprobs.argmax(-1).masked_fill(done, vocab.pad_id)
+        next_token = _never_generated(logprobs, vocab).argmax(-1).masked_fill(done, vocab.pad_id)
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
         done |= next_token == vocab.eos_id
         if bool(done.all()):
@@ -71,6 +78,7 @@ def beam_decode(
     lengths = torch.zeros(batch_size * k, device=device)
     for _ in range(max_len):
         logprobs, cache = model.decode_step(state, cache, tokens)
+        logprobs = _never_generated(logprobs, vocab)
         vocab_size = logprobs.shape[-1]
         finished_row = torch.full_like(logprobs[0], float("-inf"))
         finished_row[vocab.pad_id] = 0.0
@@ -97,8 +105,3 @@ def trim_padding(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
     """Drop trailing columns that are pad in every row."""
     keep = (tokens != pad_id).any(0).nonzero()
     return tokens[:, : int(keep.max()) + 1] if keep.numel() else tokens
-
-
-def expand_items(items: torch.Tensor, count: int) -> torch.Tensor:
-    """Repeat each sample ``count`` times along the batch (sample-major)."""
-    return repeat(items, "b ... -> (b c) ...", c=count)

@@ -24,7 +24,12 @@ from capsal.checkpoints import load_captioner
 EPOCHS = 2
 SAMPLES = 4
 # 32 validation samples in batches of 16: each of the 2 ranks gets one full batch, no padded duplicates.
-OVERRIDES = [*TINY_OVERRIDES, "datamodule.num_val=32", f"trainer.max_epochs={EPOCHS}"]
+OVERRIDES = [
+    *TINY_OVERRIDES,
+    "datamodule.num_val=32",
+    f"trainer.max_epochs={EPOCHS}",
+    "callbacks.saliency.localisation_every_n_epochs=1",
+]
 METRICS = ("val/pointing_game/caption_guided", "val/attention_correctness/caption_guided")
 
 

@@ -105,11 +105,12 @@ def test_with_a_mean_pool_encoder_permuting_items_permutes_saliency(items):
 
 
 def test_explaining_the_own_caption_equals_explaining_it_as_a_query(model, items):
+    with torch.no_grad():  # an untrained model may stop at once: make it talk
+        model.output[-1].bias[model.vocab.eos_id] = -10.0
     explainer = build_explainer("caption_guided")
     own = explainer.explain(model, items)
     captions = [" ".join(words) for words in own.words]
-    if not all(captions):
-        pytest.skip("the untrained tiny model produced an empty caption")
+    assert all(captions)
     as_query = explainer.explain(model, items, tokens=captions)
     assert as_query.words == own.words
     n = own.word_mask.sum(1).max()
@@ -137,14 +138,21 @@ def test_video_regions_are_single_grid_features_on_the_frame_scale(model):
     assert regions.shape == (1, 4, 4, 30, 45)
 
 
-def test_spatial_maps_put_grid_values_at_receptive_field_centres(model, items):
-    torch.manual_seed(3)
-    grid = torch.randn(1, 1, 4, 4, model.feature_size, dtype=torch.float64)
-    saliency = build_explainer("caption_guided").explain(model, model.items(grid), grid=grid, tokens="a red circle")
-    assert saliency.layout.kind == "grid" and saliency.layout.grid_size == (4, 4)
-    image = saliency.to_image_size(64, 64)
-    assert image.shape == (1, 4, 64, 64)
-    e = saliency.e[0, 1].reshape(4, 4)
-    row, col = divmod(int(e.argmax()), 4)
-    peak = divmod(int(image[0, 1].argmax()), 64)
-    assert abs(peak[0] - (row * 16 + 7.5)) <= 0.5 and abs(peak[1] - (col * 16 + 7.5)) <= 0.5
+def test_spatial_maps_put_grid_values_at_receptive_field_centres(model):
+    from capsal.metrics import pointing_location
+
+    for seed in range(4):
+        torch.manual_seed(seed)
+        grid = torch.randn(1, 1, 4, 4, model.feature_size, dtype=torch.float64)
+        explainer = build_explainer("caption_guided")
+        saliency = explainer.explain(model, model.items(grid), grid=grid, tokens="a red circle")
+        assert saliency.layout.kind == "grid" and saliency.layout.grid_size == (4, 4)
+        image = saliency.to_image_size(64, 64)
+        assert image.shape == (1, 4, 64, 64)
+        for word in range(3):
+            e = saliency.e[0, word].reshape(4, 4)
+            row, col = divmod(int(e.argmax()), 4)
+            x, y = pointing_location(image[0, word])
+            assert col * 16 <= x < col * 16 + 16 and row * 16 <= y < row * 16 + 16  # lands in the salient cell
+            # pixels sit 1/32 of a cell from the centre: at most 1 - (31/32)**2 of the value bleeds to neighbours
+            assert image[0, word].max() >= e.max() - 0.0625
