@@ -6,7 +6,7 @@ saliency.yaml``), with its gallery alone and with its localisation alone, under 
 files in a temporary folder). Prints a Markdown snippet for BENCHMARKS.md: the callback's share of one validation
 that does everything, and its average share over the demo's epochs (localisation runs every few epochs).
 
-    .venv/bin/python benchmarks/bench_callback.py [--train-steps 60] [--repeats 3] [--logger wandb|csv]
+    .venv/bin/python benchmarks/bench_callback.py [--train-steps 125] [--repeats 3] [--logger wandb|csv]
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def validate_seconds(model, datamodule, callbacks, logger) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-steps", type=int, default=60, help="training steps before timing (~1 demo epoch)")
+    parser.add_argument("--train-steps", type=int, default=125, help="training steps before timing (1 demo epoch)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--logger", choices=["wandb", "csv"], default="wandb", help="the demo logs to W&B offline")
     args = parser.parse_args()

@@ -73,6 +73,7 @@ def _quiet_wandb(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / ".wandb-cache"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / ".wandb-config"))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / ".wandb-data"))  # offline table artifacts stage here
     monkeypatch.setenv("WANDB_SILENT", "true")
     os.environ.pop("WANDB_MODE", None)
 
