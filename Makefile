@@ -21,11 +21,11 @@ DEMO_DIR := outputs/demo
 
 demo: $(STAMP) java
 	$(BIN)/capsal-train experiment=demo_image hydra.run.dir=$(DEMO_DIR)/image
-	$(BIN)/capsal-eval ckpt_path=$(DEMO_DIR)/image/checkpoints/last.ckpt hydra.run.dir=$(DEMO_DIR)/image/eval
+	$(BIN)/capsal-eval ckpt_path=$(DEMO_DIR)/image/checkpoints/last.ckpt hydra.run.dir=$(DEMO_DIR)/image/eval sanity=true
 
 demo-video: $(STAMP) java
 	$(BIN)/capsal-train experiment=demo_video hydra.run.dir=$(DEMO_DIR)/video
-	$(BIN)/capsal-eval ckpt_path=$(DEMO_DIR)/video/checkpoints/last.ckpt hydra.run.dir=$(DEMO_DIR)/video/eval
+	$(BIN)/capsal-eval ckpt_path=$(DEMO_DIR)/video/checkpoints/last.ckpt hydra.run.dir=$(DEMO_DIR)/video/eval sanity=true
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

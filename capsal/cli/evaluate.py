@@ -31,7 +31,7 @@ from capsal.evaluation import (
 from capsal.explainers import build_explainer
 from capsal.metrics.captioning import caption_scores
 from capsal.models.protocol import has_attention
-from capsal.sanity import cascading_randomisation
+from capsal.sanity import cascading_randomisation, count_stages
 
 TABLE_TITLES = {
     "pointing_game": "Table 1: pointing game",
@@ -96,7 +96,8 @@ def sanity_check(model, explainers: dict[str, Any], pairs, batch_size: int) -> d
     """Mean rank correlation between each explainer's phrase maps before and after each randomisation stage."""
     originals = {name: _phrase_maps(model, e, pairs, batch_size) for name, e in explainers.items()}
     report: dict[str, dict[str, float]] = {name: {} for name in explainers}
-    for stage, randomised in tqdm(list(cascading_randomisation(model)), desc="sanity check", unit="stage"):
+    stages = cascading_randomisation(model)  # one model re-randomised in place: evaluate each stage as it comes
+    for stage, randomised in tqdm(stages, desc="sanity check", unit="stage", total=count_stages(model)):
         for name, explainer in explainers.items():
             after = _phrase_maps(randomised, explainer, pairs, batch_size)
             report[name][stage] = float(rank_correlation(originals[name], after).mean())

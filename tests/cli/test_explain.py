@@ -64,9 +64,10 @@ def test_explain_a_video_sample_gives_temporal_and_spatial_maps(video_checkpoint
     assert_picture(tmp_path / "saliency.png")
 
 
-def run_cli(*args):
+def run_cli(*args, cwd):
+    """capsal-explain in a subprocess, its Hydra run directory under ``cwd``."""
     return subprocess.run(
-        [sys.executable, "-m", "capsal.cli.explain", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "capsal.cli.explain", *args], capture_output=True, text=True, timeout=120, cwd=cwd
     )
 
 
@@ -79,7 +80,7 @@ def run_cli(*args):
     ],
 )
 def test_bad_queries_get_one_line_and_exit_code_2(image_checkpoint, tmp_path, args, message):
-    result = run_cli(f"ckpt_path={image_checkpoint}", "sample=val:0", f"output_dir={tmp_path}", *args)
+    result = run_cli(f"ckpt_path={image_checkpoint}", "sample=val:0", f"output_dir={tmp_path}", *args, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -97,7 +98,7 @@ def test_bad_files_get_one_line_and_exit_code_2(tmp_path, image_checkpoint):
         ([f"ckpt_path={image_checkpoint}", "sample=val:999"], "out of range"),
     ]
     for args, message in cases:
-        result = run_cli(*args, f"output_dir={tmp_path / 'out'}")
+        result = run_cli(*args, f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
         assert result.returncode == 2, (args, result.stderr)
         assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
 
