@@ -28,6 +28,13 @@ class CaptionedInput:
     sample_ids: list[str]
     grid: torch.Tensor | None = None  # cached descriptor grids (B, T, h, w, d), when the samples carry them
 
+    @torch.no_grad()
+    def visual_grid(self, model: Any) -> torch.Tensor:
+        """The descriptor grid on the model's device: the cached one, else the backbone's."""
+        if self.grid is not None:
+            return self.grid.to(model.device)
+        return model.features(self.pixels.to(model.device))
+
 
 def caption_pairs(samples: Iterable[Sample], all_captions: bool = True) -> Iterator[tuple[Sample, Caption]]:
     for sample in samples:
@@ -112,11 +119,8 @@ class LocalisationEvaluator:
 
     def update(self, model: Any, batch: CaptionedInput, grid: torch.Tensor | None = None) -> dict[str, Saliency]:
         """Explain the batch's captions with every explainer and score their phrases; returns the saliencies."""
-        pixels = batch.pixels
-        if grid is None and batch.grid is not None:
-            grid = batch.grid.to(model.device)
+        grid = batch.visual_grid(model) if grid is None else grid
         with torch.no_grad():
-            grid = model.features(pixels.to(model.device)) if grid is None else grid
             items = model.items(grid)
         tokens = [caption.text for caption in batch.captions]
         spans, phrases = grounded_phrases(batch.captions)
@@ -125,7 +129,7 @@ class LocalisationEvaluator:
             saliency = explain_batch(explainer, model, items, grid, tokens)
             results[name] = saliency
             if spans:
-                self._score(name, saliency, spans, phrases, pixels.shape[-2:])
+                self._score(name, saliency, spans, phrases, batch.pixels.shape[-2:])
         return results
 
     def _score(self, name: str, saliency: Saliency, spans, phrases: list[Phrase], size) -> None:

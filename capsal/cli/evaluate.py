@@ -84,7 +84,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 def _phrase_maps(model, explainer, pairs, batch_size: int) -> torch.Tensor:
     maps = []
     for batch in batched_pairs(pairs, batch_size):
-        grid = batch.grid.to(model.device) if batch.grid is not None else model.features(batch.pixels.to(model.device))
+        grid = batch.visual_grid(model)
         saliency = explain_batch(explainer, model, model.items(grid), grid, [c.text for c in batch.captions])
         spans, _ = grounded_phrases(batch.captions)
         if spans:
