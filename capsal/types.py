@@ -13,6 +13,20 @@ import torch
 Box = tuple[float, float, float, float]
 
 
+@dataclass(frozen=True)
+class ItemLayout:
+    """How a model's items map back to its input: the cells of an image's grid (row-major ``h x w``), or the frames
+    of a video (one pooled descriptor per frame, each over a grid of ``h x w`` regions).
+
+    The model states it (``item_layout`` in the encoder-decoder protocol, see ``capsal.models.protocol``); everything
+    else reads ``is_video`` and ``grid_size``.
+    """
+
+    is_video: bool
+    grid_size: tuple[int, int]  # (h, w) of the descriptor grid; for videos, the grid inside each frame
+    num_items: int
+
+
 @dataclass
 class Phrase:
     """A noun phrase of a caption with its ground truth (the Flickr30k Entities structure)."""
@@ -51,6 +65,8 @@ class Batch:
 
     ``pixels`` is float in [0, 1], ``(B, T, 3, H, W)``; datasets of cached features set ``grid`` instead,
     ``(B, T, h, w, d)``. ``references`` holds every reference sentence of each sample (for captioning metrics).
+    ``pixel_shape`` is ``(T, H, W)`` of the pixels the visual input came from (maps are scored at that size), also
+    when only the cached grid travels.
     """
 
     tokens: torch.Tensor
@@ -59,6 +75,19 @@ class Batch:
     sample_ids: list[str]
     pixels: torch.Tensor | None = None
     grid: torch.Tensor | None = None
+    pixel_shape: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.pixel_shape is None and self.pixels is not None:
+            frames, _, height, width = self.pixels.shape[1:]
+            self.pixel_shape = (int(frames), int(height), int(width))
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the original pixels."""
+        if self.pixel_shape is None:
+            raise ValueError("this batch has neither pixels nor a pixel_shape")
+        return self.pixel_shape[1], self.pixel_shape[2]
