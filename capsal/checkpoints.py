@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
 
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from capsal.errors import UserError
 from capsal.models.base import CaptioningModule
@@ -31,8 +34,12 @@ def load_captioner(path: str | Path, map_location: str | torch.device = "cpu") -
     return model.eval()
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks the GPU when one is present."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def checkpoint_datamodule(model: CaptioningModule, config: Any = None):
+    """The datamodule ``config`` describes, else the one recorded in the checkpoint, encoding with the model's
+    vocabulary."""
+    config = config if config is not None else model.datamodule_config
+    if config is None:
+        raise UserError("this checkpoint records no datamodule; pass datamodule=... or use input=<file>")
+    datamodule = instantiate(OmegaConf.create(config) if isinstance(config, dict) else config, _convert_="all")
+    datamodule.vocab = model.vocab
+    return datamodule

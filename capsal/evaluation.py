@@ -1,78 +1,45 @@
 """Measuring saliency against ground truth (the paper's Tables 1-2, temporal pointing) and caption quality (Table 3).
 
-Plain functions and one evaluator class, shared by ``capsal-eval`` and the saliency callback.
+One evaluator, shared by ``capsal-eval`` and the saliency callback: it takes ``Batch``es whose rows are (sample,
+ground-truth caption) pairs, explains each caption with every explainer and scores the caption's phrases.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from capsal.datamodules.base import collate_samples
 from capsal.explainers.base import Explainer
 from capsal.explainers.saliency import Saliency
 from capsal.metrics import AttentionCorrectness, PointingGame, TemporalPointingGame
-from capsal.types import Caption, Phrase, Sample
+from capsal.models.protocol import visual_grid
+from capsal.text import Vocabulary
+from capsal.types import Batch, Caption, Phrase, Sample
 
 DEFAULT_EXPLAINERS = ("caption_guided", "soft_attention", "gradient", "uniform", "center", "random")
 
 
-@dataclass
-class CaptionedInput:
-    """A batch of (sample, one of its captions) pairs: ground-truth captions become the queries."""
-
-    pixels: torch.Tensor  # float (B, T, 3, H, W) in [0, 1] (zeros of the right shape for cached features)
-    captions: list[Caption]
-    sample_ids: list[str]
-    grid: torch.Tensor | None = None  # cached descriptor grids (B, T, h, w, d), when the samples carry them
-
-    @torch.no_grad()
-    def visual_grid(self, model: Any) -> torch.Tensor:
-        """The descriptor grid on the model's device: the cached one, else the backbone's."""
-        if self.grid is not None:
-            return self.grid.to(model.device)
-        return model.features(self.pixels.to(model.device))
-
-
-def caption_pairs(samples: Iterable[Sample], all_captions: bool = True) -> Iterator[tuple[Sample, Caption]]:
+def caption_pairs(samples: Iterable[Sample], all_captions: bool = True) -> Iterator[Sample]:
+    """Each sample once per ground-truth caption (or only its first), holding just that caption."""
     for sample in samples:
         for caption in sample.captions if all_captions else sample.captions[:1]:
-            yield sample, caption
+            yield dataclasses.replace(sample, captions=[caption])
 
 
-def batched_pairs(pairs: Iterable[tuple[Sample, Caption]], batch_size: int) -> Iterator[CaptionedInput]:
-    chunk: list[tuple[Sample, Caption]] = []
-    for pair in pairs:
-        chunk.append(pair)
+def batches_of(samples: Iterable[Sample], vocab: Vocabulary, batch_size: int) -> Iterator[Batch]:
+    """``samples`` collated into batches of ``batch_size`` (the last one shorter), each caption a row."""
+    chunk: list[Sample] = []
+    for sample in samples:
+        chunk.append(sample)
         if len(chunk) == batch_size:
-            yield _collate_pairs(chunk)
+            yield collate_samples(chunk, vocab)
             chunk = []
     if chunk:
-        yield _collate_pairs(chunk)
-
-
-def _collate_pairs(chunk: Sequence[tuple[Sample, Caption]]) -> CaptionedInput:
-    samples = [sample for sample, _ in chunk]
-    pixels = torch.stack([sample.pixels for sample in samples]).float() / 255.0
-    grid = stacked_grids(samples)
-    return CaptionedInput(pixels, [caption for _, caption in chunk], [s.sample_id for s in samples], grid)
-
-
-def stacked_grids(samples: Sequence[Sample]) -> torch.Tensor | None:
-    """The cached grids of samples read from a feature cache, else None."""
-    grids = [getattr(sample, "grid", None) for sample in samples]
-    return torch.stack(grids).float() if all(g is not None for g in grids) else None
-
-
-def visual_grid(model: Any, samples: Sequence[Sample]) -> torch.Tensor:
-    """Descriptor grids of samples on the model's device: cached when they carry them, else from the backbone."""
-    cached = stacked_grids(samples)
-    if cached is not None:
-        return cached.to(model.device)
-    pixels = torch.stack([s.pixels for s in samples]).float().div(255.0).to(model.device)
-    return model.features(pixels)
+        yield collate_samples(chunk, vocab)
 
 
 def grounded_phrases(captions: Sequence[Caption]) -> tuple[list[tuple[int, int, int]], list[Phrase]]:
@@ -92,50 +59,62 @@ def explain_batch(explainer: Explainer, model: Any, items: torch.Tensor, grid: t
 
 
 class LocalisationEvaluator:
-    """Pointing game and attention correctness (images) or temporal + spatial pointing (videos), per explainer."""
+    """Pointing game and attention correctness (images) or temporal + spatial pointing (videos), per explainer.
+
+    Which of the two is decided by the model's item layout, read from the first explained batch.
+    """
 
     def __init__(
         self,
         explainers: dict[str, Explainer],
         categories: Sequence[str],
-        video: bool,
         tolerance: float = 0.0,
         center_crop: bool = False,
         device: torch.device | str = "cpu",
     ):
         self.explainers = explainers
-        self.video = video
+        self.categories = list(categories)
+        self.tolerance = tolerance
+        self.center_crop = center_crop
+        self.device = device
         self.metrics: dict[str, dict[str, Any]] = {}
-        for name in explainers:
-            if video:
-                self.metrics[name] = {"temporal_pointing": TemporalPointingGame(categories, tolerance=tolerance)}
-            else:
-                self.metrics[name] = {
-                    "pointing_game": PointingGame(categories, tolerance=tolerance),
-                    "attention_correctness": AttentionCorrectness(categories, center_crop=center_crop),
-                }
-            for metric in self.metrics[name].values():
-                metric.to(device)
 
-    def update(self, model: Any, batch: CaptionedInput, grid: torch.Tensor | None = None) -> dict[str, Saliency]:
-        """Explain the batch's captions with every explainer and score their phrases; returns the saliencies."""
-        grid = batch.visual_grid(model) if grid is None else grid
+    def _ensure_metrics(self, is_video: bool) -> None:
+        if self.metrics:
+            return
+        with torch.inference_mode(False):  # metric states must outlive a Lightning validation's inference mode
+            for name in self.explainers:
+                if is_video:
+                    metrics = {"temporal_pointing": TemporalPointingGame(self.categories, tolerance=self.tolerance)}
+                else:
+                    metrics = {
+                        "pointing_game": PointingGame(self.categories, tolerance=self.tolerance),
+                        "attention_correctness": AttentionCorrectness(self.categories, center_crop=self.center_crop),
+                    }
+                self.metrics[name] = {key: metric.to(self.device) for key, metric in metrics.items()}
+
+    def update(self, model: Any, batch: Batch, grid: torch.Tensor | None = None) -> dict[str, Saliency]:
+        """Explain the batch's captions with every explainer and score their phrases; returns the saliencies.
+
+        ``batch`` lives on the model's device; ``grid`` is its descriptor grid when the caller already has it.
+        """
         with torch.no_grad():
+            grid = visual_grid(model, batch) if grid is None else grid
             items = model.items(grid)
-        tokens = [caption.text for caption in batch.captions]
         spans, phrases = grounded_phrases(batch.captions)
         results = {}
         for name, explainer in self.explainers.items():
-            saliency = explain_batch(explainer, model, items, grid, tokens)
+            saliency = explain_batch(explainer, model, items, grid, batch.tokens)
+            self._ensure_metrics(saliency.layout.is_video)
             results[name] = saliency
             if spans:
-                self._score(name, saliency, spans, phrases, batch.pixels.shape[-2:])
+                self._score(name, saliency, spans, phrases, batch.image_size)
         return results
 
-    def _score(self, name: str, saliency: Saliency, spans, phrases: list[Phrase], size) -> None:
+    def _score(self, name: str, saliency: Saliency, spans, phrases: list[Phrase], size: tuple[int, int]) -> None:
         categories = [p.category for p in phrases]
-        height, width = int(size[0]), int(size[1])
-        if self.video:
+        height, width = size
+        if saliency.layout.is_video:
             temporal = saliency.phrase_maps(spans)
             regions = saliency.phrase_region_maps(spans)
             spatial = None if regions is None else saliency.to_image_size(height, width, regions)
@@ -175,23 +154,10 @@ class LocalisationEvaluator:
 
 
 @torch.no_grad()
-def generate_captions(model: Any, samples: Sequence[Sample], batch_size: int = 32) -> dict[str, str]:
-    """The model's caption for every sample, keyed by sample id."""
+def generate_captions(model: Any, batches: Iterable[Batch]) -> dict[str, str]:
+    """The model's caption for every sample of ``batches`` (on the model's device), keyed by sample id."""
     predictions: dict[str, str] = {}
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start : start + batch_size]
-        tokens = model.generate(model.items(visual_grid(model, chunk)))
-        predictions.update({s.sample_id: model.vocab.decode_text(row) for s, row in zip(chunk, tokens, strict=True)})
+    for batch in batches:
+        tokens = model.generate(model.items(visual_grid(model, batch)))
+        predictions.update({i: model.vocab.decode_text(row) for i, row in zip(batch.sample_ids, tokens, strict=True)})
     return predictions
-
-
-def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spearman correlation of each row of ``a`` with the same row of ``b`` (ties broken by position)."""
-
-    def ranks(x: torch.Tensor) -> torch.Tensor:
-        return x.argsort(-1).argsort(-1).to(torch.float64)
-
-    ra, rb = ranks(a), ranks(b)
-    ra, rb = ra - ra.mean(-1, keepdim=True), rb - rb.mean(-1, keepdim=True)
-    denominator = (ra.norm(dim=-1) * rb.norm(dim=-1)).clamp(min=1e-12)
-    return (ra * rb).sum(-1) / denominator

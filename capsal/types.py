@@ -6,7 +6,7 @@ without bos; boxes are ``(x0, y0, x1, y1)`` in original image pixels, inclusive.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -84,6 +84,11 @@ class Batch:
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The same batch with its tensors on ``device`` (Lightning moves batches through this method)."""
+        moved = {name: getattr(self, name) for name in ("tokens", "pixels", "grid")}
+        return replace(self, **{k: v.to(device) if v is not None else None for k, v in moved.items()})
 
     @property
     def image_size(self) -> tuple[int, int]:

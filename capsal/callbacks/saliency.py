@@ -28,11 +28,13 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from capsal import viz
 from capsal.callbacks.gallery import KINDS, TABLE_COLUMNS, GalleryFigure, explain_gallery
+from capsal.datamodules.base import collate_samples
+from capsal.devices import model_device
 from capsal.errors import UserError
-from capsal.evaluation import CaptionedInput, LocalisationEvaluator, visual_grid
-from capsal.explainers import build_explainer
+from capsal.evaluation import LocalisationEvaluator
+from capsal.explainers import build_explainers
 from capsal.explainers.base import Explainer
-from capsal.models.protocol import has_attention
+from capsal.models.protocol import has_attention, visual_grid
 from capsal.types import Batch, Sample
 
 log = logging.getLogger("capsal")
@@ -117,17 +119,17 @@ class SaliencyCallback(L.Callback):
     # ---- set-up -------------------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         names = self.explainer_names or ["caption_guided", *(["soft_attention"] if has_attention(pl_module) else [])]
-        unknown = sorted(set(self.explainer_options) - set(names))
-        if unknown:
-            raise UserError(f"callbacks.saliency.explainer_options names {unknown}, which are not among {names}")
-        self.explainers = {name: build_explainer(name, **self.explainer_options.get(name, {})) for name in names}
+        self.explainers = build_explainers(names, self.explainer_options)
         needs_grad = [name for name, e in self.explainers.items() if getattr(e, "needs_grad", False)]
         if needs_grad and trainer.validate_loop.inference_mode:
             raise UserError(
                 f"explainer {needs_grad[0]} needs gradients but the trainer validates in inference mode; "
                 "set trainer.inference_mode=false"
             )
-        self.evaluator = None  # built for this module's layout at the first validation batch
+        categories = list(getattr(trainer.datamodule, "categories", None) or [])
+        self.evaluator = LocalisationEvaluator(
+            self.explainers, categories, self.tolerance, device=model_device(pl_module)
+        )
         if self.gallery_dir is None:
             self.gallery_dir = Path(trainer.default_root_dir) / "gallery"
         self.gallery_index = self.gallery_dir / "index.html"
@@ -152,6 +154,7 @@ class SaliencyCallback(L.Callback):
         self._draw = self.num_samples > 0 and self._due(trainer, self.every_n_epochs)
         self._localise = self.localisation and self._due(trainer, self.localisation_every_n_epochs)
         if self._localise and self.evaluator is not None:
+            self.evaluator.device = model_device(pl_module)
             self.evaluator.reset()
 
     def on_validation_batch_end(
@@ -163,39 +166,14 @@ class SaliencyCallback(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if not (self._localise and isinstance(batch, Batch)):
+        if not (self._localise and isinstance(batch, Batch) and self.evaluator is not None):
             return
         with eval_mode(pl_module):
-            with torch.no_grad():
-                grid = _batch_grid(pl_module, batch)
-            evaluator = self._evaluator(trainer, pl_module, grid)
-            pixels = batch.pixels if batch.pixels is not None else self._placeholder_pixels(trainer, pl_module, grid)
-            evaluator.update(pl_module, CaptionedInput(pixels, batch.captions, batch.sample_ids, batch.grid), grid)
-
-    def _evaluator(self, trainer: L.Trainer, pl_module: L.LightningModule, grid: torch.Tensor):
-        if self.evaluator is None:
-            frames = grid.shape[1]
-            layout = getattr(pl_module, "item_layout", None)
-            video = (layout(frames) if callable(layout) else ("grid" if frames == 1 else "frames")) == "frames"
-            categories = list(getattr(trainer.datamodule, "categories", None) or [])
-            with torch.inference_mode(False):  # metric states must outlive this validation's inference mode
-                self.evaluator = LocalisationEvaluator(
-                    self.explainers, categories, video, self.tolerance, device=pl_module.device
-                )
-        return self.evaluator
-
-    @staticmethod
-    def _placeholder_pixels(trainer: L.Trainer, pl_module: L.LightningModule, grid: torch.Tensor) -> torch.Tensor:
-        """Cached-feature batches carry no pixels: a zero, stride-0 tensor of the original pixel shape."""
-        shape = getattr(pl_module, "input_shape", None)
-        if shape is None:
-            frames, _, height, width = _val_dataset(trainer)[0].pixels.shape
-        else:
-            frames, height, width = shape
-        return torch.zeros((), device=grid.device).expand(grid.shape[0], frames, 3, height, width)
+            self.evaluator.update(pl_module, batch)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics = self._log_localisation(pl_module) if self._localise and self.evaluator is not None else {}
+        due = self._localise and self.evaluator is not None and self.evaluator.metrics
+        metrics = self._log_localisation(pl_module) if due else {}
         if self._draw and trainer.is_global_zero:
             with eval_mode(pl_module):
                 self._gallery(trainer, pl_module, metrics)
@@ -223,8 +201,9 @@ class SaliencyCallback(L.Callback):
             count = min(self.num_samples, len(dataset))
             self.sample_indices = sorted(torch.randperm(len(dataset), generator=generator)[:count].tolist())
         samples: list[Sample] = [dataset[i] for i in self.sample_indices]
+        batch = collate_samples(samples, pl_module.vocab).to(model_device(pl_module))
         with torch.no_grad():
-            grid = visual_grid(pl_module, samples)
+            grid = visual_grid(pl_module, batch)
             items = pl_module.items(grid)
         figures = explain_gallery(
             pl_module, self.explainers, samples, items, grid, self.kinds, self.max_words, self.tolerance
@@ -269,12 +248,6 @@ class SaliencyCallback(L.Callback):
         (self.gallery_dir / "gallery.json").write_text(json.dumps({"epochs": self._records}, indent=1))
         self.gallery_index.write_text(viz.gallery_html(self._records))
         return record
-
-
-def _batch_grid(pl_module: Any, batch: Batch) -> torch.Tensor:
-    if callable(getattr(pl_module, "batch_grid", None)):
-        return pl_module.batch_grid(batch)
-    return batch.grid if batch.grid is not None else pl_module.features(batch.pixels)
 
 
 def _val_dataset(trainer: L.Trainer):

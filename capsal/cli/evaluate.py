@@ -10,28 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from capsal.checkpoints import load_captioner, resolve_device
-from capsal.cli.common import exit_on_user_error
-from capsal.cli.explain import build_datamodule
-from capsal.errors import UserError
-from capsal.evaluation import (
-    DEFAULT_EXPLAINERS,
-    LocalisationEvaluator,
-    batched_pairs,
-    caption_pairs,
-    explain_batch,
-    generate_captions,
-    grounded_phrases,
-    rank_correlation,
-)
-from capsal.explainers import build_explainer
+from capsal.checkpoints import checkpoint_datamodule, load_captioner
+from capsal.devices import resolve_device
+from capsal.errors import UserError, exit_on_user_error
+from capsal.evaluation import DEFAULT_EXPLAINERS, LocalisationEvaluator, batches_of, caption_pairs, generate_captions
+from capsal.explainers import build_explainers
 from capsal.metrics.captioning import caption_scores
 from capsal.models.protocol import has_attention
-from capsal.sanity import cascading_randomisation, count_stages
+from capsal.sanity import sanity_check
 
 TABLE_TITLES = {
     "pointing_game": "Table 1: pointing game",
@@ -42,66 +31,44 @@ TABLE_TITLES = {
 
 
 def choose_explainers(cfg: DictConfig, model) -> dict[str, Any]:
+    """``explainers=`` (default: every built-in the model supports), each with ``explainer_options.<name>``."""
     names = list(cfg.explainers) if cfg.explainers else list(DEFAULT_EXPLAINERS)
     if not cfg.explainers and not has_attention(model):
         names.remove("soft_attention")
-    options = OmegaConf.to_container(cfg.explainer_options, resolve=True) or {}
-    return {name: build_explainer(name, **options.get(name, {})) for name in names}
+    return build_explainers(names, OmegaConf.to_container(cfg.explainer_options, resolve=True))
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run ``capsal-eval`` as ``cfg`` says; returns every number it wrote."""
     device = resolve_device(cfg.device)
     model = load_captioner(cfg.ckpt_path, device)
-    datamodule = build_datamodule(cfg, model)
+    explainers = choose_explainers(cfg, model)
+    datamodule = checkpoint_datamodule(model, cfg.datamodule)
     split = datamodule.get_split(cfg.split)
     count = len(split) if cfg.max_samples is None else min(len(split), int(cfg.max_samples))
     samples = [split[i] for i in range(count)]
     if not samples:
         raise UserError(f"split {cfg.split!r} is empty; choose another split=")
-    video = samples[0].pixels.shape[0] > 1 and model.item_layout(samples[0].pixels.shape[0]) == "frames"
-    explainers = choose_explainers(cfg, model)
     categories = list(getattr(datamodule, "categories", None) or [])
-    evaluator = LocalisationEvaluator(explainers, categories, video, cfg.tolerance, cfg.center_crop, device)
+    evaluator = LocalisationEvaluator(explainers, categories, cfg.tolerance, cfg.center_crop, device)
     pairs = list(caption_pairs(samples, cfg.all_captions))
-    batches = batched_pairs(pairs, int(cfg.batch_size))
-    total = math.ceil(len(pairs) / int(cfg.batch_size))
+    batch_size = int(cfg.batch_size)
+    batches = (batch.to(device) for batch in batches_of(pairs, model.vocab, batch_size))
+    total = math.ceil(len(pairs) / batch_size)
     for batch in tqdm(batches, total=total, desc="capsal-eval", disable=not cfg.progress, unit="batch"):
         evaluator.update(model, batch)
     results: dict[str, Any] = {"localisation": evaluator.compute(), "split": cfg.split, "samples": count}
-    results["phrases"] = sum(len(c.phrases) for _, c in pairs)
+    results["phrases"] = sum(len(pair.captions[0].phrases) for pair in pairs)
+    results["explainers"] = {name: repr(explainer) for name, explainer in explainers.items()}
     if cfg.caption_metrics:
-        predictions = generate_captions(model, samples)
+        predictions = generate_captions(model, (b.to(device) for b in batches_of(samples, model.vocab, batch_size)))
         references = {s.sample_id: [c.text for c in s.captions] for s in samples}
         results["captioning"] = caption_scores(predictions, references, cfg.caption_metrics)
     if cfg.sanity:
-        results["sanity"] = sanity_check(model, explainers, pairs[: int(cfg.sanity_samples)], int(cfg.batch_size))
+        sanity_batches = [b.to(device) for b in batches_of(pairs[: int(cfg.sanity_samples)], model.vocab, batch_size)]
+        results["sanity"] = sanity_check(model, explainers, sanity_batches, progress=cfg.progress)
     write_results(results, categories, Path(cfg.output_dir))
     return results
-
-
-@torch.no_grad()
-def _phrase_maps(model, explainer, pairs, batch_size: int) -> torch.Tensor:
-    maps = []
-    for batch in batched_pairs(pairs, batch_size):
-        grid = batch.visual_grid(model)
-        saliency = explain_batch(explainer, model, model.items(grid), grid, [c.text for c in batch.captions])
-        spans, _ = grounded_phrases(batch.captions)
-        if spans:
-            maps.append(saliency.phrase_maps(spans).flatten(1).float().cpu())
-    return torch.cat(maps) if maps else torch.zeros(0, 1)
-
-
-def sanity_check(model, explainers: dict[str, Any], pairs, batch_size: int) -> dict[str, dict[str, float]]:
-    """Mean rank correlation between each explainer's phrase maps before and after each randomisation stage."""
-    originals = {name: _phrase_maps(model, e, pairs, batch_size) for name, e in explainers.items()}
-    report: dict[str, dict[str, float]] = {name: {} for name in explainers}
-    stages = cascading_randomisation(model)  # one model re-randomised in place: evaluate each stage as it comes
-    for stage, randomised in tqdm(stages, desc="sanity check", unit="stage", total=count_stages(model)):
-        for name, explainer in explainers.items():
-            after = _phrase_maps(randomised, explainer, pairs, batch_size)
-            report[name][stage] = float(rank_correlation(originals[name], after).mean())
-    return report
 
 
 def markdown_table(title: str, rows: dict[str, dict[str, float]], columns: list[str]) -> str:

@@ -12,12 +12,12 @@ import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from capsal.checkpoints import load_captioner, resolve_device
-from capsal.cli.common import exit_on_user_error
-from capsal.errors import UserError
+from capsal.checkpoints import checkpoint_datamodule, load_captioner
+from capsal.devices import resolve_device
+from capsal.errors import UserError, exit_on_user_error
+from capsal.explainers import build_explainers
 from capsal.explainers.saliency import Saliency
 from capsal.types import Box, Caption, Sample
 from capsal.viz import overlay_figure, peak, save_figure, to_numpy_image, video_figure
@@ -43,7 +43,7 @@ def load_input(cfg: DictConfig, model) -> ExplainInput:
     split, _, index = str(cfg.sample).partition(":")
     if not index.lstrip("-").isdigit():
         raise UserError(f"sample={cfg.sample} must look like <split>:<index>, e.g. sample=val:3")
-    datamodule = build_datamodule(cfg, model)
+    datamodule = checkpoint_datamodule(model, cfg.datamodule)
     try:
         sample = datamodule.sample(split, int(index))
     except (IndexError, ValueError) as error:
@@ -60,15 +60,6 @@ def read_media(path: Path, model) -> torch.Tensor:
         return read_image(path)
     frames = model.input_shape[0] if model.input_shape else 26
     return decode_video(path, num_frames=frames)
-
-
-def build_datamodule(cfg: DictConfig, model):
-    config = cfg.datamodule if cfg.datamodule is not None else model.datamodule_config
-    if config is None:
-        raise UserError("this checkpoint records no datamodule; pass datamodule=... or use input=<file>")
-    datamodule = instantiate(OmegaConf.create(config) if isinstance(config, dict) else config, _convert_="all")
-    datamodule.vocab = model.vocab
-    return datamodule
 
 
 def model_pixels(pixels: torch.Tensor, model) -> torch.Tensor:
@@ -95,7 +86,8 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
     """Run ``capsal-explain`` as ``cfg`` says; returns the JSON summary it writes."""
     device = resolve_device(cfg.device)
     model = load_captioner(cfg.ckpt_path, device)
-    explainer = instantiate(cfg.explainer)
+    options = OmegaConf.to_container(cfg.explainer_options, resolve=True) or {}
+    explainer = build_explainers([cfg.explainer], options)[cfg.explainer]
     given = load_input(cfg, model)
     query, caption = choose_sentence(cfg, given)
     pixels = model_pixels(given.pixels, model).to(device)
@@ -115,6 +107,7 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
             "checkpoint": str(cfg.ckpt_path),
             "input": given.source,
             "explainer": saliency.explainer,
+            "explainer_options": repr(explainer),
             "sentence": " ".join(saliency.words[0]),
             "unknown_words": model.vocab.unknown_words(query) if query else [],
         }

@@ -9,9 +9,8 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from capsal.cli.common import exit_on_user_error
 from capsal.datamodules.features import extract_split, read_manifest
-from capsal.errors import UserError
+from capsal.errors import UserError, exit_on_user_error
 
 log = logging.getLogger("capsal")
 

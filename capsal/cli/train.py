@@ -13,7 +13,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from capsal.cli.common import exit_on_user_error
+from capsal.errors import exit_on_user_error
+from capsal.datamodules.base import collate_samples
+from capsal.devices import model_device
 from capsal.evaluation import generate_captions
 
 log = logging.getLogger("capsal")
@@ -91,7 +93,8 @@ def example_captions(model, datamodule, count: int) -> list[dict[str, str]]:
     samples = [split[i] for i in range(min(count, len(split)))]
     was_training = model.training
     model.eval()
-    predictions = generate_captions(model, samples, batch_size=len(samples))
+    batch = collate_samples(samples, model.vocab).to(model_device(model))
+    predictions = generate_captions(model, [batch])
     model.train(was_training)
     return [
         {"id": s.sample_id, "predicted": predictions[s.sample_id], "reference": s.captions[0].text} for s in samples

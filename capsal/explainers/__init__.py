@@ -1,8 +1,19 @@
-"""Explainers: ``build_explainer(name, **options).explain(model, items, mask, grid, tokens) -> Saliency``."""
+"""Explainers: ``build_explainer(name, **options).explain(model, items, mask, grid, tokens) -> Saliency``.
 
+Importing this package registers the built-in explainers.
+"""
+
+from capsal.explainers import attention_weights, baselines, caption_guided, gradient  # noqa: F401 (registers them)
 from capsal.explainers.base import Explainer
-from capsal.explainers.registry import available_explainers, build_explainer, get_explainer, register_explainer
-from capsal.explainers.saliency import ItemLayout, Saliency
+from capsal.explainers.registry import (
+    available_explainers,
+    build_explainer,
+    build_explainers,
+    get_explainer,
+    register_explainer,
+)
+from capsal.explainers.saliency import Saliency
+from capsal.types import ItemLayout
 
 __all__ = [
     "Explainer",
@@ -10,6 +21,7 @@ __all__ = [
     "Saliency",
     "available_explainers",
     "build_explainer",
+    "build_explainers",
     "get_explainer",
     "register_explainer",
 ]

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from capsal.errors import UserError
-from capsal.explainers.saliency import ItemLayout, Saliency
+from capsal.explainers.saliency import Saliency
+from capsal.models.protocol import layout_of_items
 from capsal.text import Vocabulary, tokenize
+from capsal.types import ItemLayout
 
 log = logging.getLogger("capsal")
 
@@ -44,8 +45,10 @@ class Explainer:
         return f"{type(self).__name__}({options})"
 
 
-def encode_query(vocab: Vocabulary, text: str, max_len: int | None = None) -> list[int]:
-    """Token ids of a query sentence; unknown words are reported by name and become unk."""
+def encode_query(vocab: Vocabulary, text: str) -> list[int]:
+    """Token ids of a query sentence; unknown words are reported by name and become unk.
+
+    Any length: explaining a sentence teacher-forces it, so the model's generation limit does not apply."""
     words = tokenize(text)
     if not words:
         raise UserError(f"the query {text!r} has no words; give a sentence such as 'a red circle'")
@@ -54,8 +57,6 @@ def encode_query(vocab: Vocabulary, text: str, max_len: int | None = None) -> li
         raise UserError(f"every word of the query {text!r} is unknown to the model's vocabulary; use its words")
     if unknown:
         log.warning("query words not in the vocabulary, explained as <unk>: %s", ", ".join(unknown))
-    if max_len is not None and len(words) + 1 > max_len:
-        raise UserError(f"the query has {len(words)} words; the model generates at most {max_len - 1}: shorten it")
     return vocab.encode(text)
 
 
@@ -66,7 +67,6 @@ def resolve_tokens(
     per sample, or given ids (``(L,)`` is used for every sample)."""
     batch = items.shape[0]
     vocab: Vocabulary = model.vocab
-    max_len = getattr(model, "hparams", {}).get("max_len")
     if tokens is None:
         with torch.no_grad():
             kwargs = {"beam_size": beam_size} if beam_size else {}
@@ -76,7 +76,7 @@ def resolve_tokens(
     if isinstance(tokens, list):
         if len(tokens) != batch:
             raise ValueError(f"got {len(tokens)} sentences for {batch} samples")
-        ids = [encode_query(vocab, text, max_len + 1 if max_len else None) for text in tokens]
+        ids = [encode_query(vocab, text) for text in tokens]
         return vocab.pad_batch(ids).to(items.device)
     tokens = tokens.to(items.device)
     if tokens.dim() == 1:
@@ -92,20 +92,6 @@ def word_table(vocab: Vocabulary, tokens: torch.Tensor) -> tuple[list[list[str]]
     for row, sentence in enumerate(words):
         mask[row, : len(sentence)] = True
     return words, mask
-
-
-def item_layout(model: Any, items: torch.Tensor, grid: torch.Tensor | None) -> ItemLayout:
-    """Grid or frames, from the model's own rule when it has one (capsal models), else from the grid's shape."""
-    m = items.shape[1]
-    if grid is not None:
-        frames, h, w = grid.shape[1:4]
-        layout_of = getattr(model, "item_layout", None)
-        kind = layout_of(frames) if callable(layout_of) else ("grid" if frames == 1 else "frames")
-        return ItemLayout(kind, (h, w), m)
-    side = math.isqrt(m)
-    if side * side == m:
-        return ItemLayout("grid", (side, side), m)
-    return ItemLayout("frames", (1, 1), m)
 
 
 @dataclass
@@ -131,7 +117,7 @@ def prepare(
     mask = default_mask(items, mask)
     tokens = resolve_tokens(model, items, mask, tokens, beam_size)
     words, word_mask = word_table(model.vocab, tokens)
-    return Sentences(mask, tokens, words, word_mask, item_layout(model, items, grid))
+    return Sentences(mask, tokens, words, word_mask, layout_of_items(model, items, grid))
 
 
 def default_mask(items: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -9,7 +9,8 @@ from einops import repeat
 
 from capsal.explainers.base import Explainer, Sentence, prepare
 from capsal.explainers.registry import register_explainer
-from capsal.explainers.saliency import ItemLayout, Saliency
+from capsal.explainers.saliency import Saliency
+from capsal.types import ItemLayout
 
 
 class _ConstantMapExplainer(Explainer):

@@ -1,14 +1,26 @@
-"""The explainer registry: built-ins register by decorator, plugins through the ``capsal.explainers`` entry points."""
+"""The explainer registry and the one way to build an explainer.
+
+Built-ins register by decorator when ``capsal.explainers`` is imported (its ``__init__`` imports them, as
+detectron2's ``meta_arch/__init__.py`` does); plugins register through the ``capsal.explainers`` entry points.
+:func:`build_explainer` is what ``capsal-explain``, ``capsal-eval`` and the saliency callback all call: options
+come from ``conf/explainer/<name>.yaml`` (when the explainer has one), overridden by the options given.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from importlib import metadata
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from importlib import metadata, resources
+from pathlib import Path
 from typing import Any
+
+from omegaconf import OmegaConf
 
 from capsal.errors import UserError
 
 ENTRY_POINT_GROUP = "capsal.explainers"
+# where ``<name>.yaml`` option files are looked up (the ``explainer`` group of capsal's Hydra configs)
+CONFIG_DIR: Path = Path(str(resources.files("capsal.conf") / "explainer"))
 _REGISTRY: dict[str, type] = {}
 _plugins_loaded = False
 
@@ -38,19 +50,13 @@ def _load_plugins() -> None:
             register_explainer(entry_point.name)(loaded)
 
 
-def _load_builtins() -> None:
-    import capsal.explainers.builtin  # noqa: F401  (registers the built-in explainers)
-
-
 def available_explainers() -> list[str]:
-    _load_builtins()
     _load_plugins()
     return sorted(_REGISTRY)
 
 
 def get_explainer(name: str) -> type:
     """The explainer class registered as ``name``; an unknown name lists the known ones."""
-    _load_builtins()
     if name not in _REGISTRY:
         _load_plugins()
     if name not in _REGISTRY:
@@ -58,6 +64,41 @@ def get_explainer(name: str) -> type:
     return _REGISTRY[name]
 
 
+def explainer_config(name: str) -> dict[str, Any]:
+    """The options in ``conf/explainer/<name>.yaml`` (without ``_target_``); empty when there is no such file."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        return {}
+    options = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    options.pop("_target_", None)
+    return options
+
+
+def _check_options(name: str, cls: type, options: Mapping[str, Any]) -> None:
+    parameters = inspect.signature(cls.__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return
+    allowed = [p for p in parameters if p != "self"]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        known = ", ".join(allowed) if allowed else "none"
+        raise UserError(f"explainer {name!r} has no option {unknown[0]!r}; its options: {known}")
+
+
 def build_explainer(name: str, **options: Any):
-    """An explainer instance by registry name, with its own options."""
-    return get_explainer(name)(**options)
+    """An explainer by registry name: its YAML options, overridden by ``options``."""
+    cls = get_explainer(name)
+    merged = {**explainer_config(name), **options}
+    _check_options(name, cls, merged)
+    return cls(**merged)
+
+
+def build_explainers(names: Iterable[str], options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """``{name: explainer}`` for ``names``, each with ``options[name]``; options for a name not in ``names`` are
+    a mistake the user should hear about."""
+    names = list(names)
+    options = {key: dict(value or {}) for key, value in (options or {}).items()}
+    stray = sorted(set(options) - set(names))
+    if stray:
+        raise UserError(f"explainer_options names {stray[0]!r}, which is not among the explainers {names}")
+    return {name: build_explainer(name, **options.get(name, {})) for name in names}

@@ -8,18 +8,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-
-@dataclass(frozen=True)
-class ItemLayout:
-    """How items map back to the input: ``"grid"`` (image cells, row-major ``h x w``) or ``"frames"`` (video)."""
-
-    kind: str
-    grid_size: tuple[int, int]  # (h, w) of the descriptor grid; for frames, the grid inside each frame
-    num_items: int
-
-    @property
-    def is_video(self) -> bool:
-        return self.kind == "frames"
+from capsal.types import ItemLayout
 
 
 def scale_per_word(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

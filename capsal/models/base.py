@@ -1,8 +1,9 @@
 """``CaptioningModule``: the LightningModule every capsal captioner extends.
 
-It owns what is shared: the visual backbone (``features``), item layout (``items``), vocabulary, teacher-forced
-training with masked cross-entropy, greedy/beam generation and validation captioning metrics. A subclass supplies
-``encode``, ``token_logprobs``, ``init_decoder`` and ``decode_step``.
+It owns what is shared: the visual backbone (``features``), item layout (``item_layout``, ``items``), vocabulary,
+teacher-forced training with masked cross-entropy, greedy/beam generation (limited to ``max_len`` tokens; explaining
+a given sentence has no limit) and validation captioning metrics. A subclass supplies ``encode``,
+``token_logprobs``, ``init_decoder``, ``decode_step`` and its sanity-check stages (``RANDOMISATION_STAGES``).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from einops import rearrange
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from capsal import __version__
 from capsal.models.decoding import beam_decode, greedy_decode
+from capsal.models.protocol import visual_grid
 from capsal.text import Vocabulary
-from capsal.types import Batch
+from capsal.types import Batch, ItemLayout
 
 
 def _plain(config: Any) -> Any:
@@ -32,6 +35,9 @@ class CaptioningModule(L.LightningModule):
     ``item_mode``: ``"auto"`` reads one-frame inputs as a grid of items and longer clips as frames;
     ``"grid"`` or ``"frames"`` force one layout.
     """
+
+    # attribute names of the sanity check's stages, from the output back to the input (absent ones are skipped)
+    RANDOMISATION_STAGES: tuple[str, ...] = ("output", "decoder", "embedding", "encoder", "item_projection", "backbone")
 
     def __init__(
         self,
@@ -79,15 +85,23 @@ class CaptioningModule(L.LightningModule):
         return rearrange(grid, "(b t) d h w -> b t h w d", b=pixels.shape[0])
 
     def items(self, grid: torch.Tensor) -> torch.Tensor:
-        if self.item_layout(grid.shape[1]) == "grid":
+        if not self.item_layout(tuple(grid.shape[1:4])).is_video:
             return rearrange(grid, "b 1 h w d -> b (h w) d")
         return grid.mean(dim=(2, 3))
 
-    def item_layout(self, num_frames: int) -> str:
-        """``"grid"`` (image cells are the items) or ``"frames"`` (one pooled descriptor per frame)."""
-        if self.hparams.item_mode != "auto":
-            return self.hparams.item_mode
-        return "grid" if num_frames == 1 else "frames"
+    def item_layout(self, grid_shape: tuple[int, int, int]) -> ItemLayout:
+        """Image cells (one frame, or ``item_mode=grid``) or frames (several, or ``item_mode=frames``) for grids of
+        ``(T, h, w)``."""
+        frames, h, w = (int(v) for v in grid_shape)
+        mode = self.hparams.item_mode
+        is_video = frames > 1 if mode == "auto" else mode == "frames"
+        return ItemLayout(is_video, (h, w), frames if is_video else h * w)
+
+    def randomisation_stages(self) -> list[tuple[str, torch.nn.Module]]:
+        """The sanity check's stages, output first, as ``RANDOMISATION_STAGES`` states them."""
+        children = dict(self.named_children())
+        stages = [(name, children[name]) for name in self.RANDOMISATION_STAGES if name in children]
+        return [(name, child) for name, child in stages if any(True for _ in child.parameters())]
 
     def encode(self, items: torch.Tensor, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None):
         raise NotImplementedError
@@ -117,11 +131,7 @@ class CaptioningModule(L.LightningModule):
             return greedy_decode(self, state, items.shape[0], max_len, items.device)
         return beam_decode(self, state, items.shape[0], beam_size, max_len, items.device)
 
-    # ---- data -> items ------------------------------------------------------------------------------------
-    def batch_grid(self, batch: Batch) -> torch.Tensor:
-        """The descriptor grid of a batch: cached features when the datamodule gives them, else the backbone's."""
-        return batch.grid if batch.grid is not None else self.features(batch.pixels)
-
+    # ---- training -----------------------------------------------------------------------------------------
     def caption_loss(self, items: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         logprobs = self.token_logprobs(self.encode(items, mask), tokens[:, :-1])
         return F.nll_loss(
@@ -132,12 +142,12 @@ class CaptioningModule(L.LightningModule):
 
     # ---- Lightning hooks ----------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        loss = self.caption_loss(self.items(self.batch_grid(batch)), batch.tokens)
+        loss = self.caption_loss(self.items(visual_grid(self, batch)), batch.tokens)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        items = self.items(self.batch_grid(batch))
+        items = self.items(visual_grid(self, batch))
         loss = self.caption_loss(items, batch.tokens)
         self.log("val/loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=True)
         if self._metrics_due():
@@ -165,8 +175,6 @@ class CaptioningModule(L.LightningModule):
         return bool(self.hparams.caption_metrics) and (self.current_epoch + 1) % every == 0
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from capsal import __version__
-
         checkpoint["capsal"] = {
             "version": __version__,
             "model_class": f"{type(self).__module__}.{type(self).__qualname__}",

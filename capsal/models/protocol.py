@@ -1,12 +1,25 @@
-"""The encoder-decoder protocol: the one contract between models and explainers, metrics and callbacks."""
+"""The encoder-decoder protocol: the one contract between models and explainers, metrics, callbacks and evaluation.
+
+Besides the protocol itself this module holds the few rules every consumer of a model shares, each with a default
+for models that do not state it: the item layout (:func:`item_layout`), the descriptor grid of a batch
+(:func:`visual_grid`) and the sanity check's randomisation stages (:func:`randomisation_stages`).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+import logging
+import math
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
 from capsal.text import Vocabulary
+from capsal.types import ItemLayout
+
+if TYPE_CHECKING:
+    from capsal.types import Batch
+
+log = logging.getLogger("capsal")
 
 
 @runtime_checkable
@@ -19,11 +32,17 @@ class EncoderDecoder(Protocol):
     - ``encode(items, mask=None, positions=None)``: ``(B, m, d)`` -> an opaque state; ``mask`` is True for real
       items, ``positions`` (``(B, m)`` long) gives each item's original index for models with positional embeddings.
     - ``token_logprobs(state, tokens)``: teacher forcing, ``tokens`` ``(B, n)`` start with bos; returns
-      ``(B, n, V)`` log-probabilities, row t being the distribution of token t+1.
+      ``(B, n, V)`` log-probabilities, row t being the distribution of token t+1. No length limit: explaining a
+      given sentence needs no generation.
     - ``generate(items, mask=None, beam_size=1, max_len=None)``: ``(B, L)`` tokens starting with bos, ending with
-      eos (unless ``max_len`` was reached), right-padded with pad.
+      eos (unless the model's own generation limit, or ``max_len``, was reached), right-padded with pad.
     - ``vocab``: the :class:`~capsal.text.Vocabulary`.
-    Optional: ``attention(state, tokens) -> (B, n, m)`` for models with soft attention.
+
+    Optional, each with a default here: ``attention(state, tokens) -> (B, n, m)`` for models with soft attention
+    (:func:`has_attention`); ``item_layout(grid_shape) -> ItemLayout`` for ``grid_shape = (T, h, w)`` (default:
+    one frame is an image grid, several are a video, :func:`item_layout`); ``randomisation_stages() -> [(name,
+    module), ...]`` output first, for the sanity check (default: the top-level children with parameters, in
+    reverse order of assignment, :func:`randomisation_stages`).
     """
 
     vocab: Vocabulary
@@ -43,7 +62,18 @@ class EncoderDecoder(Protocol):
     ) -> torch.Tensor: ...
 
 
-_REQUIRED_METHODS = ("features", "items", "encode", "token_logprobs", "generate")
+SIGNATURES = {
+    "features": "features(pixels) -> grid",
+    "items": "items(grid) -> items",
+    "encode": "encode(items, mask=None, positions=None) -> state",
+    "token_logprobs": "token_logprobs(state, tokens) -> (B, n, V) log-probabilities",
+    "generate": "generate(items, mask=None, beam_size=1, max_len=None) -> tokens",
+}
+OPTIONAL = {
+    "attention": "attention(state, tokens) -> (B, n, m) (soft-attention weights)",
+    "item_layout": "item_layout((T, h, w)) -> ItemLayout (default: T == 1 is an image grid, else video frames)",
+    "randomisation_stages": "randomisation_stages() -> [(name, module)] output first (default: children reversed)",
+}
 
 
 def check_protocol(model: object) -> list[str]:
@@ -52,22 +82,59 @@ def check_protocol(model: object) -> list[str]:
     >>> check_protocol(object())[0]
     'missing method features(pixels) -> grid'
     """
-    signatures = {
-        "features": "features(pixels) -> grid",
-        "items": "items(grid) -> items",
-        "encode": "encode(items, mask=None, positions=None) -> state",
-        "token_logprobs": "token_logprobs(state, tokens) -> (B, n, V) log-probabilities",
-        "generate": "generate(items, mask=None, beam_size=1, max_len=None) -> tokens",
-    }
-    problems = [
-        f"missing method {signatures[name]}" for name in _REQUIRED_METHODS if not callable(getattr(model, name, None))
-    ]
-    vocab = getattr(model, "vocab", None)
-    if not isinstance(vocab, Vocabulary):
+    problems = [f"missing method {SIGNATURES[name]}" for name in SIGNATURES if not callable(getattr(model, name, None))]
+    if not isinstance(getattr(model, "vocab", None), Vocabulary):
         problems.append("missing attribute vocab (a capsal.text.Vocabulary)")
+    for name in OPTIONAL:
+        value = getattr(model, name, None)
+        if value is not None and not callable(value):
+            problems.append(f"optional {OPTIONAL[name]} must be a method, got {type(value).__name__}")
     return problems
 
 
 def has_attention(model: object) -> bool:
     """Whether the model exposes its own soft-attention weights."""
     return callable(getattr(model, "attention", None))
+
+
+def default_item_layout(grid_shape: tuple[int, int, int]) -> ItemLayout:
+    """One frame: the image's cells are the items; several frames: the frames are (each over ``h x w`` regions)."""
+    frames, h, w = (int(v) for v in grid_shape)
+    return ItemLayout(frames > 1, (h, w), frames if frames > 1 else h * w)
+
+
+def item_layout(model: object, grid_shape: tuple[int, int, int]) -> ItemLayout:
+    """The model's item layout for grids of ``(T, h, w)``: its own ``item_layout`` when it has one, else the
+    default (one frame is an image grid, several frames a video)."""
+    own = getattr(model, "item_layout", None)
+    return own(tuple(grid_shape)) if callable(own) else default_item_layout(tuple(grid_shape))
+
+
+def layout_of_items(model: object, items: torch.Tensor, grid: torch.Tensor | None) -> ItemLayout:
+    """The layout of ``items`` explained with (or without) their ``grid``.
+
+    Without a grid only ``m`` is known: a square ``m`` is read as an image grid, anything else as frames.
+    """
+    if grid is not None:
+        return item_layout(model, tuple(grid.shape[1:4]))
+    m = items.shape[1]
+    side = math.isqrt(m)
+    return ItemLayout(False, (side, side), m) if side * side == m else ItemLayout(True, (1, 1), m)
+
+
+def visual_grid(model: Any, batch: Batch) -> torch.Tensor:
+    """The descriptor grid of a batch: the cached one when the batch carries it, else ``model.features`` of its
+    pixels. Works where the batch's tensors are; move the batch to the model's device first."""
+    return batch.grid if batch.grid is not None else model.features(batch.pixels)
+
+
+def randomisation_stages(model: Any) -> list[tuple[str, torch.nn.Module]]:
+    """The sanity check's stages, output first: the model's own ``randomisation_stages()`` when it has one, else
+    its top-level children with parameters in reverse order of assignment (stated in a log line, since reordering
+    attributes in ``__init__`` would reorder them)."""
+    own = getattr(model, "randomisation_stages", None)
+    if callable(own):
+        return list(own())
+    stages = [(name, child) for name, child in model.named_children() if any(True for _ in child.parameters())][::-1]
+    log.info("sanity check stages of %s (children reversed): %s", type(model).__name__, [n for n, _ in stages])
+    return stages

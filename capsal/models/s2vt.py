@@ -17,6 +17,8 @@ from capsal.models.base import CaptioningModule
 
 
 class S2VT(CaptioningModule):
+    RANDOMISATION_STAGES = ("output", "decoder", "embedding", "encoder", "initial_state", "item_projection", "backbone")
+
     def __init__(
         self,
         vocab,

@@ -28,6 +28,18 @@ class SoftAttention(CaptioningModule):
     (real items, real steps, averaged over the batch), to the training loss; validation loss stays the plain NLL.
     ``attention_size`` is the width of the additive-attention layer (``None``: ``hidden_size``)."""
 
+    RANDOMISATION_STAGES = (
+        "output",
+        "decoder",
+        "embedding",
+        "attention_score",
+        "attention_hidden",
+        "attention_items",
+        "initial_state",
+        "item_projection",
+        "backbone",
+    )
+
     def __init__(
         self,
         vocab,

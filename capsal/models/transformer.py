@@ -23,6 +23,18 @@ class TransformerCaptioner(CaptioningModule):
     lie in ``[0, max_items)``), ``max_words`` the word position table (longest token prefix, bos included).
     ``feedforward_size`` ``None`` means ``4 * hidden_size``."""
 
+    RANDOMISATION_STAGES = (
+        "output",
+        "decoder",
+        "encoder",
+        "word_positions",
+        "word_projection",
+        "embedding",
+        "item_positions",
+        "item_projection",
+        "backbone",
+    )
+
     def __init__(
         self,
         vocab,

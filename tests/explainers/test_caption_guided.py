@@ -146,7 +146,7 @@ def test_spatial_maps_put_grid_values_at_receptive_field_centres(model):
         grid = torch.randn(1, 1, 4, 4, model.feature_size, dtype=torch.float64)
         explainer = build_explainer("caption_guided")
         saliency = explainer.explain(model, model.items(grid), grid=grid, tokens="a red circle")
-        assert saliency.layout.kind == "grid" and saliency.layout.grid_size == (4, 4)
+        assert not saliency.layout.is_video and saliency.layout.grid_size == (4, 4)
         image = saliency.to_image_size(64, 64)
         assert image.shape == (1, 4, 64, 64)
         for word in range(3):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from capsal.datamodules import ShapesImageDataModule
-from capsal.evaluation import LocalisationEvaluator, batched_pairs, caption_pairs
+from capsal.evaluation import LocalisationEvaluator, batches_of, caption_pairs
 from capsal.explainers import build_explainer
 from capsal.models.s2vt import S2VT
 
@@ -40,10 +40,10 @@ def test_caption_guided_maxima_fall_on_the_named_object_far_more_often_than_rand
     trainer.fit(model, datamodule=datamodule)
     model.eval()
     explainers = {name: build_explainer(name) for name in ("caption_guided", "random")}
-    evaluator = LocalisationEvaluator(explainers, datamodule.categories, video=False)
+    evaluator = LocalisationEvaluator(explainers, datamodule.categories)
     samples = [datamodule.sample("test", i) for i in range(48)]
     with torch.no_grad():
-        for batch in batched_pairs(caption_pairs(samples), 16):
+        for batch in batches_of(caption_pairs(samples), model.vocab, 16):
             evaluator.update(model, batch)
     results = evaluator.compute()
     guided = results["caption_guided"]["pointing_game"]["avg"]
