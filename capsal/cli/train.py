@@ -13,9 +13,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from capsal.errors import exit_on_user_error
 from capsal.datamodules.base import collate_samples
 from capsal.devices import model_device
+from capsal.errors import exit_on_user_error
 from capsal.evaluation import generate_captions
 
 log = logging.getLogger("capsal")
