@@ -12,10 +12,10 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from conftest import TINY_OVERRIDES
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 from PIL import Image
+from tiny import TINY_OVERRIDES
 
 from capsal import viz
 from capsal.callbacks import SaliencyCallback

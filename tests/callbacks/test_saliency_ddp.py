@@ -15,8 +15,8 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from conftest import TINY_OVERRIDES
 from hydra.utils import instantiate
+from tiny import TINY_OVERRIDES
 
 from capsal.callbacks import SaliencyCallback
 from capsal.checkpoints import load_captioner
