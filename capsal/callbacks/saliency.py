@@ -242,7 +242,8 @@ class SaliencyCallback(L.Callback):
                     "size": [int(figure.image.shape[1]), int(figure.image.shape[0])],
                 }
             )
-        record = {"epoch": epoch, "step": step, "metrics": metrics, "figures": entries}
+        settings = {name: repr(explainer) for name, explainer in self.explainers.items()}
+        record = {"epoch": epoch, "step": step, "metrics": metrics, "explainers": settings, "figures": entries}
         # A validation of epoch E replaces what a previous run (resumed or restarted) wrote from E on.
         self._records = [r for r in self._records if r["epoch"] < epoch] + [record]
         (self.gallery_dir / "gallery.json").write_text(json.dumps({"epochs": self._records}, indent=1))

@@ -1,0 +1,71 @@
+"""One way to build an explainer: an option set in ``conf/explainer/<name>.yaml`` or on the command line takes effect
+in ``capsal-explain``, ``capsal-eval`` and the saliency callback alike."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf, open_dict
+from tiny import TINY_OVERRIDES
+
+from capsal.cli.evaluate import evaluate
+from capsal.cli.explain import explain
+from capsal.cli.train import train
+
+CONF = Path(__file__).parents[2] / "capsal" / "conf"
+KL = "CaptionGuided(mode='kl'"
+
+
+def compose_app(conf: Path, name: str, output_dir: Path, *overrides: str):
+    """The config ``capsal-<name>`` composes from the config folder ``conf``, writing into ``output_dir``."""
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.output_dir = str(output_dir)
+        if "progress" in cfg:
+            cfg.progress = False
+    return cfg
+
+
+def run_explain(conf, checkpoint, out, *overrides) -> str:
+    summary = explain(compose_app(conf, "explain", out, f"ckpt_path={checkpoint}", "sample=val:0", *overrides))
+    return summary["explainer_options"]
+
+
+def run_eval(conf, checkpoint, out, *overrides) -> str:
+    args = [f"ckpt_path={checkpoint}", "explainers=[caption_guided]", "max_samples=4", "caption_metrics=[]"]
+    evaluate(compose_app(conf, "eval", out, *args, *overrides))
+    return json.loads((out / "results.json").read_text())["explainers"]["caption_guided"]
+
+
+def run_callback(conf, _checkpoint, out, *overrides) -> str:
+    args = [*TINY_OVERRIDES, "datamodule.num_val=4", "callbacks.saliency.num_samples=1"]
+    cfg = compose_app(conf, "train", out, *args, *[f"callbacks.saliency.{o}" for o in overrides])
+    OmegaConf.resolve(cfg)
+    train(cfg)
+    (record,) = json.loads((out / "gallery" / "gallery.json").read_text())["epochs"]
+    return record["explainers"]["caption_guided"]
+
+
+COMMANDS = {"capsal-explain": run_explain, "capsal-eval": run_eval, "callback": run_callback}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_command_line_option_takes_effect(command, image_checkpoint, tmp_path):
+    used = COMMANDS[command](CONF, image_checkpoint, tmp_path, "explainer_options.caption_guided.mode=kl")
+    assert used.startswith(KL), used
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_an_option_written_in_the_explainer_yaml_takes_effect(command, image_checkpoint, tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    yaml = conf / "explainer" / "caption_guided.yaml"
+    yaml.write_text(yaml.read_text().replace("mode: information_gain", "mode: kl"))
+    assert COMMANDS[command](CONF, image_checkpoint, tmp_path / "before").startswith("CaptionGuided(mode='information")
+    used = COMMANDS[command](conf, image_checkpoint, tmp_path / "after")
+    assert used.startswith(KL), used
