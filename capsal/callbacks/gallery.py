@@ -19,7 +19,8 @@ from capsal import viz
 from capsal.evaluation import explain_batch
 from capsal.explainers.base import Explainer
 from capsal.explainers.saliency import Saliency
-from capsal.metrics.pointing_game import pointing_locations, points_in_boxes
+from capsal.metrics.base import points_in_boxes
+from capsal.metrics.pointing_game import pointing_locations
 from capsal.metrics.temporal import pointing_frames
 from capsal.types import Box, Caption, Phrase, Sample
 

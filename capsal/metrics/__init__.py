@@ -1,8 +1,8 @@
 """Localisation and captioning metrics."""
 
 from capsal.metrics.attention_correctness import AttentionCorrectness, attention_correctness
+from capsal.metrics.base import CategoryAccuracy
 from capsal.metrics.pointing_game import (
-    CategoryAccuracy,
     PointingGame,
     pointing_hits,
     pointing_location,

@@ -13,14 +13,8 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from capsal.metrics.pointing_game import (
-    OTHER,
-    CategoryAccuracy,
-    Unknown,
-    check_boxes,
-    pointing_locations,
-    points_in_boxes,
-)
+from capsal.metrics.base import OTHER, CategoryAccuracy, Unknown, check_boxes, points_in_boxes
+from capsal.metrics.pointing_game import pointing_locations
 from capsal.types import Box
 
 
