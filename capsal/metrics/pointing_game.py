@@ -1,7 +1,8 @@
 """Pointing game (Zhang et al., ECCV 2016), the protocol of the paper's Table 1.
 
 A phrase scores a hit when the maximum of its saliency map falls inside one of its ground-truth boxes. Maps are at
-original image resolution (the explainer upsamples) and boxes are ``(x0, y0, x1, y1)`` in pixels, inclusive.
+original image resolution (the explainer upsamples) and boxes are ``(x0, y0, x1, y1)`` in pixels, inclusive. The
+maximum is :func:`capsal.maxima.peak_locations` (ties: rounded centroid), the point every figure marks.
 """
 
 from __future__ import annotations
@@ -10,51 +11,22 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from einops import rearrange, reduce
 from torch import Tensor
 
+from capsal.maxima import peak_locations
 from capsal.metrics.base import OTHER, CategoryAccuracy, Unknown, check_boxes, points_in_boxes
 from capsal.types import Box
-
-
-def pointing_locations(maps: Tensor) -> Tensor:
-    """``(P, H, W)`` maps -> ``(P, 2)`` long ``(x, y)`` points of maximum saliency.
-
-    Ties point at the centroid of all maximal pixels, rounded half up (``floor(c + 0.5)``), so a constant or
-    centre-symmetric map points at the centre rather than wherever ``argmax`` happens to stop.
-    """
-    if maps.ndim != 3 or maps.shape[1] == 0 or maps.shape[2] == 0:
-        raise ValueError(f"saliency maps must be (P, H, W) with H, W > 0, got shape {tuple(maps.shape)}")
-    if torch.isnan(maps).any():
-        raise ValueError("saliency maps contain NaN; fix the explainer output before scoring it")
-    height = maps.shape[1]
-    flat = rearrange(maps, "p h w -> p (h w)")
-    peak = rearrange(flat == flat.amax(dim=1, keepdim=True), "p (h w) -> p h w", h=height).long()
-    n = reduce(peak, "p h w -> p", "sum").double()
-    xs = torch.arange(maps.shape[2], device=maps.device)
-    ys = torch.arange(height, device=maps.device)
-    cx = (reduce(peak, "p h w -> p w", "sum") * xs).sum(1).double() / n
-    cy = (reduce(peak, "p h w -> p h", "sum") * ys).sum(1).double() / n
-    return torch.floor(torch.stack([cx, cy], dim=1) + 0.5).long()
-
-
-def pointing_location(saliency: Tensor) -> tuple[int, int]:
-    """``(x, y)`` of the maximum of one ``(H, W)`` map (ties: rounded centroid), e.g. to mark it in a gallery."""
-    if saliency.ndim != 2:
-        raise ValueError(f"a saliency map must be (H, W), got shape {tuple(saliency.shape)}")
-    x, y = pointing_locations(saliency[None])[0].tolist()
-    return int(x), int(y)
 
 
 def _locations(maps: Tensor | Sequence[Tensor], keep: Sequence[int]) -> Tensor:
     if isinstance(maps, Tensor):
         if maps.ndim != 3:
             raise ValueError(f"saliency maps must be (P, H, W) or a list of (H, W), got shape {tuple(maps.shape)}")
-        return pointing_locations(maps[torch.as_tensor(list(keep), dtype=torch.long, device=maps.device)])
+        return peak_locations(maps[torch.as_tensor(list(keep), dtype=torch.long, device=maps.device)])
     for i in keep:
         if maps[i].ndim != 2:
             raise ValueError(f"saliency map {i} must be (H, W), got shape {tuple(maps[i].shape)}")
-    return torch.cat([pointing_locations(maps[i][None]) for i in keep])
+    return torch.cat([peak_locations(maps[i][None]) for i in keep])
 
 
 def pointing_hits(maps: Tensor | Sequence[Tensor], boxes: Sequence[Sequence[Box]], tolerance: float = 0.0) -> Tensor:
