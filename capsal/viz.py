@@ -13,6 +13,7 @@ from einops import rearrange
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from capsal.maxima import peak_frames, peak_location
 from capsal.types import Box
 
 COLORMAP = "jet"  # red = high, blue = low, as in the paper's figures
@@ -26,17 +27,12 @@ def to_numpy_image(pixels: torch.Tensor) -> np.ndarray:
     return rearrange(image, "c h w -> h w c").clamp(0, 1).numpy()
 
 
-def peak(heat: np.ndarray) -> tuple[float, float]:
-    """``(x, y)`` of the maximum; ties go to the centroid of the tied positions."""
-    ys, xs = np.nonzero(heat >= heat.max())
-    return float(xs.mean()), float(ys.mean())
-
-
 def draw_overlay(ax, image: np.ndarray, heat: np.ndarray, title: str = "", boxes: Sequence[Box] = ()) -> None:
-    """The image, the heatmap over it, the maximum marked with a star and ground-truth boxes in white."""
+    """The image, the heatmap over it, the maximum (:func:`capsal.maxima.peak_location`) marked with a star and
+    ground-truth boxes in white."""
     ax.imshow(image, interpolation="nearest")
     ax.imshow(heat, cmap=COLORMAP, alpha=0.5, vmin=0.0, vmax=1.0, interpolation="bilinear")
-    x, y = peak(heat)
+    x, y = peak_location(torch.as_tensor(heat))
     ax.plot([x], [y], marker="*", markersize=14, color="white", markeredgecolor="black")
     for x0, y0, x1, y1 in boxes:
         ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, edgecolor="white", lw=1.5))
@@ -79,7 +75,8 @@ def video_figure(
     sentence: str = "",
 ):
     """Fig. 5: per word, temporal saliency over frames as a grey strip (darker = more salient); below, each
-    word's most salient frame with its spatial overlay (when ``spatial`` ``(n, T, H, W)`` is given)."""
+    word's most salient frame (:func:`capsal.maxima.peak_frames`) with its spatial overlay (when ``spatial``
+    ``(n, T, H, W)`` is given)."""
     n, num_frames = temporal.shape
     show_frames = spatial is not None
     height = 0.35 * n + 1.0 + (2.4 if show_frames else 0.0)
@@ -90,7 +87,7 @@ def video_figure(
     top.set_xticks(range(0, num_frames, max(1, num_frames // 13)))
     top.set_xlabel("frame")
     if show_frames:
-        best = temporal.argmax(1)
+        best = peak_frames(torch.as_tensor(temporal)).tolist()
         width = 1.0 / n
         for k in range(n):
             ax = fig.add_axes((k * width + 0.01, 0.05, width - 0.02, 2.0 / height))

@@ -19,8 +19,8 @@ from capsal import viz
 from capsal.evaluation import explain_batch
 from capsal.explainers.base import Explainer
 from capsal.explainers.saliency import Saliency
-from capsal.metrics.pointing_game import pointing_locations, points_in_boxes
-from capsal.metrics.temporal import pointing_frames
+from capsal.maxima import peak_frames, peak_locations
+from capsal.metrics.base import points_in_boxes
 from capsal.types import Box, Caption, Phrase, Sample
 
 KINDS = ("prediction", "reference")
@@ -98,17 +98,17 @@ def _maps(saliency: Saliency, words: int, height: int, width: int):
     """Per row and word: spatial maps at image size (or None), the most salient frame (video) and the maxima."""
     if not saliency.layout.is_video:
         maps = saliency.to_image_size(height, width, saliency.e[:, :words]).float()  # (R, n, H, W)
-        points = pointing_locations(maps.flatten(0, 1)).view(*maps.shape[:2], 2)
+        points = peak_locations(maps.flatten(0, 1)).view(*maps.shape[:2], 2)
         return maps.cpu().numpy(), None, points.cpu().numpy(), None
     temporal = saliency.e[:, :words].float()  # (R, n, T)
-    frames = pointing_frames(temporal.flatten(0, 1)).view(temporal.shape[:2])
+    frames = peak_frames(temporal.flatten(0, 1)).view(temporal.shape[:2])
     region_e = saliency.region_e
     if region_e is None:
         return None, temporal.cpu().numpy(), None, frames.cpu().numpy()
     index = frames[..., None, None].expand(-1, -1, 1, region_e.shape[-1])
     best = region_e[:, :words].gather(2, index)[:, :, 0]  # (R, n, r): the region maps of each word's best frame
     maps = saliency.to_image_size(height, width, best).float()
-    points = pointing_locations(maps.flatten(0, 1)).view(*maps.shape[:2], 2)
+    points = peak_locations(maps.flatten(0, 1)).view(*maps.shape[:2], 2)
     return maps.cpu().numpy(), temporal.cpu().numpy(), points.cpu().numpy(), frames.cpu().numpy()
 
 

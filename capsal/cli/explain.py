@@ -19,8 +19,9 @@ from capsal.devices import resolve_device
 from capsal.errors import UserError, exit_on_user_error
 from capsal.explainers import build_explainers
 from capsal.explainers.saliency import Saliency
+from capsal.maxima import peak_frames, peak_location
 from capsal.types import Box, Caption, Sample
-from capsal.viz import overlay_figure, peak, save_figure, to_numpy_image, video_figure
+from capsal.viz import overlay_figure, save_figure, to_numpy_image, video_figure
 
 log = logging.getLogger("capsal")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -160,7 +161,7 @@ def _write_image(saliency: Saliency, given: ExplainInput, spans, caption, output
         "kind": "image",
         "grid": list(saliency.layout.grid_size),
         "panels": [
-            {"span": [s, e], "text": label, "max_xy": list(peak(h))}
+            {"span": [s, e], "text": label, "max_xy": list(peak_location(torch.as_tensor(h)))}
             for (s, e, label), h in zip(spans, heats, strict=True)
         ],
     }
@@ -187,12 +188,12 @@ def _write_video(saliency: Saliency, given: ExplainInput, spans, output_dir: Pat
     if spatial is not None:
         arrays["spatial"] = spatial
     np.savez_compressed(output_dir / "saliency.npz", **arrays)
-    best = temporal.argmax(1)
+    best = peak_frames(torch.as_tensor(temporal)).tolist()
     panels = []
     for k, (s, e, label) in enumerate(spans):
-        panel = {"span": [s, e], "text": label, "best_frame": int(best[k])}
+        panel = {"span": [s, e], "text": label, "best_frame": best[k]}
         if spatial is not None:
-            panel["max_xy"] = list(peak(spatial[k, best[k]]))
+            panel["max_xy"] = list(peak_location(torch.as_tensor(spatial[k, best[k]])))
         panels.append(panel)
     return {"kind": "video", "frames": int(temporal.shape[1]), "panels": panels}
 

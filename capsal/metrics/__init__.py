@@ -1,14 +1,9 @@
-"""Localisation and captioning metrics."""
+"""Localisation and captioning metrics. Where a map peaks is decided by :mod:`capsal.maxima`."""
 
 from capsal.metrics.attention_correctness import AttentionCorrectness, attention_correctness
-from capsal.metrics.pointing_game import (
-    CategoryAccuracy,
-    PointingGame,
-    pointing_hits,
-    pointing_location,
-    pointing_locations,
-)
-from capsal.metrics.temporal import TemporalPointingGame, pointing_frame, pointing_frames
+from capsal.metrics.base import CategoryAccuracy
+from capsal.metrics.pointing_game import PointingGame, pointing_hits
+from capsal.metrics.temporal import TemporalPointingGame
 
 __all__ = [
     "AttentionCorrectness",
@@ -16,9 +11,5 @@ __all__ = [
     "PointingGame",
     "TemporalPointingGame",
     "attention_correctness",
-    "pointing_frame",
-    "pointing_frames",
     "pointing_hits",
-    "pointing_location",
-    "pointing_locations",
 ]

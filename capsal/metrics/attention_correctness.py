@@ -14,7 +14,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from capsal.metrics.pointing_game import OTHER, CategoryAccuracy, Unknown, check_boxes
+from capsal.metrics.base import OTHER, CategoryAccuracy, Unknown, check_boxes
 from capsal.types import Box
 
 Negative = Literal["shift", "clamp"]

@@ -10,32 +10,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from einops import rearrange
 from torch import Tensor
 
-from capsal.metrics.pointing_game import (
-    OTHER,
-    CategoryAccuracy,
-    Unknown,
-    check_boxes,
-    pointing_locations,
-    points_in_boxes,
-)
+from capsal.maxima import peak_frames, peak_locations
+from capsal.metrics.base import OTHER, CategoryAccuracy, Unknown, check_boxes, points_in_boxes
 from capsal.types import Box
-
-
-def pointing_frames(saliency: Tensor) -> Tensor:
-    """``(P, T)`` saliency -> ``(P,)`` long most salient frame; ties: centroid of tied frames, rounded half up."""
-    if saliency.ndim != 2:
-        raise ValueError(f"temporal saliency must be (P, T), got shape {tuple(saliency.shape)}")
-    return pointing_locations(rearrange(saliency, "p t -> p 1 t"))[:, 0]
-
-
-def pointing_frame(saliency: Tensor) -> int:
-    """Most salient frame of one ``(T,)`` vector (ties: rounded centroid), e.g. to highlight it in a video strip."""
-    if saliency.ndim != 1:
-        raise ValueError(f"temporal saliency must be (T,), got shape {tuple(saliency.shape)}")
-    return int(pointing_frames(saliency[None])[0])
 
 
 class TemporalPointingGame(CategoryAccuracy):
@@ -105,7 +84,7 @@ class TemporalPointingGame(CategoryAccuracy):
         if scored:
             frame_of = frames.tolist()
             maps = [self._frame_map(spatial, p, frame_of[p], len(temporal[p])) for p in scored]
-            points = torch.cat([pointing_locations(m[None]) for m in maps])
+            points = torch.cat([peak_locations(m[None]) for m in maps])
             boxes = [list(frame_boxes[p].get(frame_of[p], [])) for p in scored]
             hits = points_in_boxes(points, boxes, self.tolerance)
             self._accumulate("spatial", hits.double(), [indices[p] for p in scored])
@@ -114,11 +93,11 @@ class TemporalPointingGame(CategoryAccuracy):
     @staticmethod
     def _frames(temporal: Tensor | Sequence[Tensor]) -> Tensor:
         if isinstance(temporal, Tensor):
-            return pointing_frames(temporal)
+            return peak_frames(temporal)
         for p, vector in enumerate(temporal):
             if vector.ndim != 1:
                 raise ValueError(f"temporal saliency {p} must be (T,), got shape {tuple(vector.shape)}")
-        return torch.cat([pointing_frames(vector[None]) for vector in temporal]) if temporal else torch.zeros(0).long()
+        return torch.cat([peak_frames(vector[None]) for vector in temporal]) if temporal else torch.zeros(0).long()
 
     @staticmethod
     def _frame_map(spatial: Tensor | Sequence[Tensor | None], p: int, frame: int, length: int) -> Tensor:

@@ -139,7 +139,7 @@ def test_video_regions_are_single_grid_features_on_the_frame_scale(model):
 
 
 def test_spatial_maps_put_grid_values_at_receptive_field_centres(model):
-    from capsal.metrics import pointing_location
+    from capsal.maxima import peak_location
 
     for seed in range(4):
         torch.manual_seed(seed)
@@ -152,7 +152,7 @@ def test_spatial_maps_put_grid_values_at_receptive_field_centres(model):
         for word in range(3):
             e = saliency.e[0, word].reshape(4, 4)
             row, col = divmod(int(e.argmax()), 4)
-            x, y = pointing_location(image[0, word])
+            x, y = peak_location(image[0, word])
             assert col * 16 <= x < col * 16 + 16 and row * 16 <= y < row * 16 + 16  # lands in the salient cell
             # pixels sit 1/32 of a cell from the centre: at most 1 - (31/32)**2 of the value bleeds to neighbours
             assert image[0, word].max() >= e.max() - 0.0625

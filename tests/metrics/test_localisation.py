@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from capsal.maxima import peak_location
 from capsal.metrics import (
     AttentionCorrectness,
     PointingGame,
     TemporalPointingGame,
     attention_correctness,
-    pointing_frame,
     pointing_hits,
-    pointing_location,
 )
 
 CATS = ["people", "animals", "scene"]
@@ -33,20 +32,7 @@ def as_floats(result: dict[str, torch.Tensor]) -> dict[str, float]:
     return {k: float(v) for k, v in result.items()}
 
 
-# ---------------------------------------------------------------- pointing location and pointing game
-
-
-def test_pointing_location_ties_point_at_the_rounded_centroid():
-    assert pointing_location(peak_map(20, 30, (7, 4))) == (7, 4)
-    assert pointing_location(peak_map(20, 30, (2, 10), (8, 10))) == (5, 10)
-    assert pointing_location(peak_map(20, 30, (2, 10), (5, 10))) == (4, 10)  # 3.5 rounds half up
-    assert pointing_location(torch.full((5, 7), 0.3)) == (3, 2)
-    assert pointing_location(torch.ones(4, 6)) == (3, 2)  # centre (2.5, 1.5), half up
-    ring = torch.zeros(9, 9)
-    ring[0, :] = ring[-1, :] = ring[:, 0] = ring[:, -1] = 2.0  # centre-symmetric
-    assert pointing_location(ring) == (4, 4)
-    with pytest.raises(ValueError, match="NaN"):
-        pointing_location(torch.full((3, 3), float("nan")))
+# ---------------------------------------------------------------- pointing game (the maximum: tests/test_maxima.py)
 
 
 def test_boxes_are_inclusive_up_to_the_image_edge():
@@ -199,8 +185,6 @@ def test_center_crop_protocol():
 
 
 def test_temporal_pointing_ties_and_half_open_intervals():
-    assert pointing_frame(torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0, 0.0])) == 3  # centroid 2.5 -> 3
-    assert pointing_frame(torch.ones(5)) == 2
     metric = TemporalPointingGame(CATS)
     one_hot = torch.eye(8)
     metric.update(
@@ -296,7 +280,7 @@ def test_pointing_game_matches_a_plain_numpy_implementation(tolerance):
     expected = [reference_hit(reference_point(m), b, tolerance) for m, b in zip(maps, boxes, strict=True)]
     tensors = [torch.from_numpy(m) for m in maps]
     hits = pointing_hits(tensors, boxes, tolerance).tolist()
-    assert [pointing_location(t) for t in tensors] == [reference_point(m) for m in maps]
+    assert [peak_location(t) for t in tensors] == [reference_point(m) for m in maps]
     assert hits == [e and bool(b) for e, b in zip(expected, boxes, strict=True)]
     assert 0 < sum(hits) < len(hits)
 
