@@ -65,3 +65,21 @@ def test_generation_starts_with_bos_and_pads_after_eos(model, beam_size):
             assert set(row[row.index(model.vocab.eos_id) + 1 :]) <= {model.vocab.pad_id}
         else:
             assert model.vocab.pad_id not in row
+
+
+def test_every_layer_with_weights_is_a_sanity_stage_stated_output_first(model):
+    """The sanity check randomises what the model states, not the order in which ``__init__`` assigned layers: a new
+    layer the model forgets to state fails here."""
+    stated = [name for name, _ in model.randomisation_stages()]
+    with_weights = {name for name, child in model.named_children() if any(True for _ in child.parameters())}
+    assert set(stated) == with_weights
+    assert stated[0] == "output" and stated[-1] == "backbone"
+
+
+def test_the_item_layout_is_the_models_and_items_follow_it(model):
+    image = model.item_layout((1, 4, 4))
+    video = model.item_layout((6, 4, 4))
+    assert (image.is_video, image.num_items, video.is_video, video.num_items) == (False, 16, True, 6)
+    grid = torch.randn(2, 6, 4, 4, model.feature_size)
+    assert model.items(grid).shape == (2, 6, model.feature_size)
+    assert model.items(grid[:, :1]).shape == (2, 16, model.feature_size)
