@@ -3,7 +3,8 @@
 Built-ins register by decorator when ``capsal.explainers`` is imported (its ``__init__`` imports them, as
 detectron2's ``meta_arch/__init__.py`` does); plugins register through the ``capsal.explainers`` entry points.
 :func:`build_explainer` is what ``capsal-explain``, ``capsal-eval`` and the saliency callback all call: options
-come from ``conf/explainer/<name>.yaml`` (when the explainer has one), overridden by the options given.
+come from ``conf/explainer/<name>.yaml`` (capsal's, or for a plugin the same path inside the plugin's top-level
+package), overridden by the options given (``explainer_options.<name>`` of the command's config).
 """
 
 from __future__ import annotations
@@ -64,12 +65,24 @@ def get_explainer(name: str) -> type:
     return _REGISTRY[name]
 
 
+def _config_dirs(cls: type) -> list[Path]:
+    """capsal's ``conf/explainer``, then the plugin package's own (``<package>/conf/explainer``)."""
+    package = cls.__module__.partition(".")[0]
+    if package == "capsal":
+        return [CONFIG_DIR]
+    try:
+        return [CONFIG_DIR, Path(str(resources.files(package) / "conf" / "explainer"))]
+    except (ModuleNotFoundError, TypeError):
+        return [CONFIG_DIR]
+
+
 def explainer_config(name: str) -> dict[str, Any]:
-    """The options in ``conf/explainer/<name>.yaml``; empty when there is no such file (e.g. a plugin's)."""
-    path = CONFIG_DIR / f"{name}.yaml"
-    if not path.is_file():
-        return {}
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    """The options in ``conf/explainer/<name>.yaml``; empty when the explainer ships no such file."""
+    for folder in _config_dirs(get_explainer(name)):
+        path = folder / f"{name}.yaml"
+        if path.is_file():
+            return OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    return {}
 
 
 def _check_options(name: str, cls: type, options: Mapping[str, Any]) -> None:

@@ -86,6 +86,8 @@ def test_a_plugin_is_found_through_its_entry_point(tmp_path, monkeypatch):
             """
         )
     )
+    (package / "conf" / "explainer").mkdir(parents=True)
+    (package / "conf" / "explainer" / "constant.yaml").write_text("value: 3.0\n")
     dist = tmp_path / "my_saliency-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-saliency\nVersion: 0.1\n")
@@ -96,6 +98,7 @@ def test_a_plugin_is_found_through_its_entry_point(tmp_path, monkeypatch):
     assert any(ep.name == "constant" for ep in metadata.entry_points(group="capsal.explainers"))
     plugin = registry.build_explainer("constant", value=2.0)
     assert type(plugin).__module__ == "my_saliency" and plugin.value == 2.0
+    assert registry.build_explainer("constant").value == 3.0  # the plugin's own conf/explainer/constant.yaml
     assert "constant" in registry.available_explainers()
     sys.modules.pop("my_saliency", None)
 
