@@ -9,27 +9,19 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from capsal.datamodules.features import CachedFeatures
 from capsal.errors import UserError
 from capsal.text import Vocabulary
 from capsal.types import Batch, Caption, Sample
 
 SPLITS = ("train", "val", "test")
 CaptionChoice = Literal["random", "first"]
-
-
-@dataclass
-class FeatureSample(Sample):
-    """A sample whose visual input is a cached descriptor grid ``(T, h, w, d)``; ``pixels`` then only has the shape
-    of the pixels the grid came from (a zero, stride-0 placeholder)."""
-
-    grid: torch.Tensor | None = None
 
 
 def check_positive(**options: int) -> None:
@@ -138,8 +130,6 @@ class CaptionDataModule(L.LightningDataModule):
         if split not in self._splits:
             data = self.build_split(split)
             if self.features_dir is not None:
-                from capsal.datamodules.features import CachedFeatures
-
                 data = CachedFeatures.open(self.features_dir, split, data, self)
             self._splits[split] = data
         return self._splits[split]

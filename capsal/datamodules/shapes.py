@@ -22,7 +22,7 @@ import torch
 from einops import rearrange
 from torch.utils.data import Dataset
 
-from capsal.datamodules import shapes_draw as draw
+import capsal.datamodules.shapes_draw as draw
 from capsal.datamodules.base import CaptionDataModule, check_positive
 from capsal.errors import UserError
 from capsal.types import Caption, Phrase, Sample

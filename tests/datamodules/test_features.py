@@ -22,8 +22,7 @@ from PIL import Image
 import capsal
 from capsal.cli.extract import extract
 from capsal.cli.train import train
-from capsal.datamodules.base import FeatureSample
-from capsal.datamodules.features import CachedFeatures, extract_split, read_manifest
+from capsal.datamodules.features import CachedFeatures, FeatureSample, extract_split, read_manifest
 from capsal.datamodules.flickr30k_entities import Flickr30kEntitiesDataModule
 from capsal.errors import UserError
 
