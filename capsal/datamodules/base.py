@@ -76,14 +76,15 @@ def collate_samples(samples: Sequence[Sample], vocab: Vocabulary, caption_choice
 class CaptionDataModule(L.LightningDataModule):
     """Base of all captioning datamodules: cached splits, a train-built vocabulary and ``Batch`` collation.
 
-    Subclasses implement ``build_split`` and set ``item_kind`` ("image" or "video"); those whose samples are expensive
-    to load (decoding files) should also override ``caption_texts`` so building the vocabulary reads only text.
+    Subclasses implement ``build_split`` and set ``is_video`` when their samples are clips; those whose samples are
+    expensive to load (decoding files) should also override ``caption_texts`` so building the vocabulary reads only
+    text.
 
     ``features_dir``: a cache written by ``capsal-extract`` (see ``capsal.datamodules.features``); each split then
     yields ``FeatureSample``s whose batches carry ``Batch.grid`` instead of pixels.
     """
 
-    item_kind: str = "image"
+    is_video: bool = False  # samples are clips (T frames) rather than images (T = 1)
     # phrase categories in the order the localisation tables show them (empty: captioning-only data)
     categories: tuple[str, ...] = ()
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from capsal.datamodules.base import check_positive
-from capsal.datamodules.video import FileDataModule, MediaRecord, VideoDataset, split_counts
+from capsal.datamodules.files import FileDataModule, MediaRecord, VideoDataset, split_counts
 from capsal.errors import UserError
 from capsal.types import Caption
 
@@ -53,7 +53,7 @@ def read_mapping(text: str) -> dict[str, int]:
 class MSVDDataModule(FileDataModule):
     """MSVD clips decoded to ``num_frames`` evenly spaced frames (see the module doc for layout and splits)."""
 
-    item_kind = "video"
+    is_video = True
     name = "msvd"
     layout = "YouTubeClips/<clip id>.avi and AllVideoDescriptions.txt"
     readme = "Datasets > MSVD"

@@ -147,8 +147,6 @@ class ShapesImageDataModule(_ShapesModule):
     points at exactly one object. Sizes scale with ``image_size`` (at 64 px: small 10-13 px, big 18-22 px).
     """
 
-    item_kind = "image"
-
     def __init__(
         self,
         num_train: int = 4000,
@@ -278,7 +276,7 @@ class ShapesVideoDataModule(_ShapesModule):
     narrates them in order, so "red" and "circle" are grounded in the frames of their event only.
     """
 
-    item_kind = "video"
+    is_video = True
 
     def __init__(
         self,
