@@ -20,7 +20,7 @@ from capsal.errors import UserError
 from capsal.text import Vocabulary
 from capsal.types import Batch, Caption, Sample
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test")  # the split order; SPLITS.index(split) numbers a split wherever one needs a code
 CaptionChoice = Literal["random", "first"]
 
 

@@ -23,11 +23,10 @@ from einops import rearrange
 from torch.utils.data import Dataset
 
 import capsal.datamodules.shapes_draw as draw
-from capsal.datamodules.base import CaptionDataModule, check_positive
+from capsal.datamodules.base import SPLITS, CaptionDataModule, check_positive
 from capsal.errors import UserError
 from capsal.types import Caption, Phrase, Sample
 
-SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 LAYOUT_STREAM, PIXEL_STREAM = 0, 1
 
 IMAGE_SMALL, IMAGE_BIG = (10 / 64, 13 / 64), (18 / 64, 22 / 64)
@@ -38,7 +37,7 @@ VIDEO_CONNECTORS = (["then"], ["and", "then"], ["after", "that"])
 
 def _rng(seed: int, split: str, index: int, stream: int) -> np.random.Generator:
     """Independent generator per (seed, split, sample, purpose): samples are reproducible one by one."""
-    return np.random.default_rng([seed, SPLIT_CODES[split], index, stream])
+    return np.random.default_rng([seed, SPLITS.index(split), index, stream])
 
 
 def _names(values: Sequence[str], known: Sequence[str], option: str) -> tuple[str, ...]:
