@@ -62,6 +62,7 @@ def collate_samples(samples: Sequence[Sample], vocab: Vocabulary, caption_choice
         chosen.append(sample.captions[index])
     pixels = None if cached else torch.stack(inputs).to(torch.float32) / 255.0
     grid = torch.stack(inputs).to(torch.float32) if cached else None
+    pixel_shape = _placeholder_shape(samples[0].pixels) if cached else None  # with pixels, Batch reads their shape
     tokens = vocab.pad_batch([vocab.encode(c.text) for c in chosen])
     return Batch(
         tokens=tokens,
@@ -70,7 +71,16 @@ def collate_samples(samples: Sequence[Sample], vocab: Vocabulary, caption_choice
         sample_ids=[s.sample_id for s in samples],
         pixels=pixels,
         grid=grid,
+        pixel_shape=pixel_shape,
     )
+
+
+def _placeholder_shape(pixels: torch.Tensor) -> tuple[int, int, int] | None:
+    """``(T, H, W)`` of a cached sample's placeholder pixels ``(T, 3, H, W)``; None when the cache did not record it."""
+    if pixels.dim() != 4:
+        return None
+    frames, _, height, width = pixels.shape
+    return int(frames), int(height), int(width)
 
 
 class CaptionDataModule(L.LightningDataModule):
