@@ -53,7 +53,7 @@ def load_input(cfg: DictConfig, model) -> ExplainInput:
 
 
 def read_media(path: Path, model) -> torch.Tensor:
-    from capsal.datamodules.video import decode_video, read_image
+    from capsal.datamodules.media import decode_video, read_image
 
     if not path.is_file():
         raise UserError(f"input file {path} does not exist")

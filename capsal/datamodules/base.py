@@ -9,27 +9,19 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from capsal.datamodules.features import CachedFeatures
 from capsal.errors import UserError
 from capsal.text import Vocabulary
 from capsal.types import Batch, Caption, Sample
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test")  # the split order; SPLITS.index(split) numbers a split wherever one needs a code
 CaptionChoice = Literal["random", "first"]
-
-
-@dataclass
-class FeatureSample(Sample):
-    """A sample whose visual input is a cached descriptor grid ``(T, h, w, d)``; ``pixels`` then only has the shape
-    of the pixels the grid came from (a zero, stride-0 placeholder)."""
-
-    grid: torch.Tensor | None = None
 
 
 def check_positive(**options: int) -> None:
@@ -70,6 +62,7 @@ def collate_samples(samples: Sequence[Sample], vocab: Vocabulary, caption_choice
         chosen.append(sample.captions[index])
     pixels = None if cached else torch.stack(inputs).to(torch.float32) / 255.0
     grid = torch.stack(inputs).to(torch.float32) if cached else None
+    pixel_shape = _placeholder_shape(samples[0].pixels) if cached else None  # with pixels, Batch reads their shape
     tokens = vocab.pad_batch([vocab.encode(c.text) for c in chosen])
     return Batch(
         tokens=tokens,
@@ -78,20 +71,30 @@ def collate_samples(samples: Sequence[Sample], vocab: Vocabulary, caption_choice
         sample_ids=[s.sample_id for s in samples],
         pixels=pixels,
         grid=grid,
+        pixel_shape=pixel_shape,
     )
+
+
+def _placeholder_shape(pixels: torch.Tensor) -> tuple[int, int, int] | None:
+    """``(T, H, W)`` of a cached sample's placeholder pixels ``(T, 3, H, W)``; None when the cache did not record it."""
+    if pixels.dim() != 4:
+        return None
+    frames, _, height, width = pixels.shape
+    return int(frames), int(height), int(width)
 
 
 class CaptionDataModule(L.LightningDataModule):
     """Base of all captioning datamodules: cached splits, a train-built vocabulary and ``Batch`` collation.
 
-    Subclasses implement ``build_split`` and set ``item_kind`` ("image" or "video"); those whose samples are expensive
-    to load (decoding files) should also override ``caption_texts`` so building the vocabulary reads only text.
+    Subclasses implement ``build_split`` and set ``is_video`` when their samples are clips; those whose samples are
+    expensive to load (decoding files) should also override ``caption_texts`` so building the vocabulary reads only
+    text.
 
     ``features_dir``: a cache written by ``capsal-extract`` (see ``capsal.datamodules.features``); each split then
     yields ``FeatureSample``s whose batches carry ``Batch.grid`` instead of pixels.
     """
 
-    item_kind: str = "image"
+    is_video: bool = False  # samples are clips (T frames) rather than images (T = 1)
     # phrase categories in the order the localisation tables show them (empty: captioning-only data)
     categories: tuple[str, ...] = ()
 
@@ -138,8 +141,6 @@ class CaptionDataModule(L.LightningDataModule):
         if split not in self._splits:
             data = self.build_split(split)
             if self.features_dir is not None:
-                from capsal.datamodules.features import CachedFeatures
-
                 data = CachedFeatures.open(self.features_dir, split, data, self)
             self._splits[split] = data
         return self._splits[split]

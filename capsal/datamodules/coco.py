@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from capsal.datamodules.base import check_positive
-from capsal.datamodules.video import FileDataModule, ImageDataset, MediaRecord
+from capsal.datamodules.files import FileDataModule, ImageDataset, MediaRecord
 from capsal.errors import UserError
 from capsal.types import Caption
 
@@ -73,7 +73,6 @@ def read_karpathy(path: Path, root: Path, split: str) -> list[MediaRecord]:
 class CocoCaptionsDataModule(FileDataModule):
     """COCO Captions 2014 images and reference captions (see the module doc for layout and splits)."""
 
-    item_kind = "image"
     name = "coco_captions"
     layout = "annotations/captions_train2014.json, annotations/captions_val2014.json, train2014/ and val2014/"
     readme = "Datasets > COCO Captions"

@@ -28,6 +28,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from capsal.datamodules.base import FeatureSample
+from capsal import __version__
+from capsal.devices import resolve_device
 from capsal.errors import UserError
 from capsal.types import Caption, Sample
 
@@ -48,6 +50,14 @@ MANIFEST = "manifest.json"
 NOT_COMPARED = frozenset(
     {"batch_size", "eval_batch_size", "num_workers", "min_vocab_count", "features_dir", "check_videos", "root"}
 )
+
+
+@dataclass
+class FeatureSample(Sample):
+    """A sample whose visual input is a cached descriptor grid ``(T, h, w, d)``; ``pixels`` then only has the shape
+    of the pixels the grid came from (a zero, stride-0 placeholder, see ``CachedFeatures._placeholder``)."""
+
+    grid: torch.Tensor | None = None
 
 
 # -- settings ------------------------------------------------------------------------------------------------------
@@ -131,12 +141,6 @@ def dataset_ids(dataset: Sequence) -> list[str] | None:
 
 
 # -- extraction ----------------------------------------------------------------------------------------------------
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _as_list(samples: list[Sample]) -> list[Sample]:
     return samples
 
@@ -162,8 +166,6 @@ def extract_split(
     time. ``on_shard(index)`` is called after each shard is written.
     """
     from tqdm.auto import tqdm
-
-    import capsal
 
     for name, value in {"batch_size": batch_size, "frames_per_pass": frames_per_pass, "shard_size": shard_size}.items():
         if value < 1:
@@ -204,7 +206,7 @@ def extract_split(
         "pixel_shape": None,
         "shards": [],
         "complete": False,
-        "capsal_version": capsal.__version__,
+        "capsal_version": __version__,
         "dataset_root": str(Path(root).resolve()) if root is not None else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -28,13 +28,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from capsal.datamodules.base import check_positive
-from capsal.datamodules.video import (
-    FileDataModule,
-    ImageDataset,
-    MediaRecord,
-    image_size_of,
-    report_skipped,
-)
+from capsal.datamodules.files import FileDataModule, ImageDataset, MediaRecord, report_skipped
+from capsal.datamodules.media import image_size_of
 from capsal.errors import UserError
 from capsal.text import tokenize
 from capsal.types import Box, Caption, Phrase
@@ -204,7 +199,6 @@ class Flickr30kEntitiesDataset(ImageDataset):
 class Flickr30kEntitiesDataModule(FileDataModule):
     """Flickr30k Entities images, captions and grounded noun phrases (see the module doc for the layout)."""
 
-    item_kind = "image"
     categories = CATEGORIES[:-1]  # per-category columns of the localisation metrics (notvisual phrases have no box)
     name = "flickr30k_entities"
     layout = "flickr30k-images/<id>.jpg, Sentences/<id>.txt, Annotations/<id>.xml and train.txt/val.txt/test.txt"

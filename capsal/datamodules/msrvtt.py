@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from capsal.datamodules.base import check_positive
-from capsal.datamodules.video import FileDataModule, MediaRecord, VideoDataset
+from capsal.datamodules.files import FileDataModule, MediaRecord, VideoDataset
 from capsal.errors import UserError
 from capsal.types import Caption
 
@@ -53,7 +53,7 @@ def read_info(data: dict, path: Path) -> tuple[dict[str, str], dict[str, list[st
 class MSRVTTDataModule(FileDataModule):
     """MSR-VTT clips decoded to ``num_frames`` evenly spaced frames (see the module doc for layout and splits)."""
 
-    item_kind = "video"
+    is_video = True
     name = "msrvtt"
     layout = "train_val_videodatainfo.json and/or test_videodatainfo.json, and videos/video<N>.mp4"
     readme = "Datasets > MSR-VTT"

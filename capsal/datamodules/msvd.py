@@ -18,13 +18,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from capsal.datamodules.base import check_positive
-from capsal.datamodules.video import FileDataModule, MediaRecord, VideoDataset, split_counts
+from capsal.datamodules.base import SPLITS, check_positive
+from capsal.datamodules.files import FileDataModule, MediaRecord, VideoDataset, split_counts
 from capsal.errors import UserError
 from capsal.types import Caption
 
 STANDARD_SPLIT = (1200, 100, 670)
-SPLIT_INDEX = {"train": 0, "val": 1, "test": 2}
 
 
 def read_descriptions(text: str) -> dict[str, list[str]]:
@@ -53,7 +52,7 @@ def read_mapping(text: str) -> dict[str, int]:
 class MSVDDataModule(FileDataModule):
     """MSVD clips decoded to ``num_frames`` evenly spaced frames (see the module doc for layout and splits)."""
 
-    item_kind = "video"
+    is_video = True
     name = "msvd"
     layout = "YouTubeClips/<clip id>.avi and AllVideoDescriptions.txt"
     readme = "Datasets > MSVD"
@@ -90,12 +89,13 @@ class MSVDDataModule(FileDataModule):
             raise UserError(f"msvd: {self.root / 'AllVideoDescriptions.txt'} holds no '<clip id> <caption>' lines")
         clips = self.clip_order(list(captions))
         counts = split_counts(len(clips), STANDARD_SPLIT)
-        start = sum(counts[: SPLIT_INDEX[split]])
+        position = SPLITS.index(split)
+        start = sum(counts[:position])
         folder = self.root / "YouTubeClips"
         files = {p.stem: p for p in sorted(folder.iterdir()) if p.is_file()} if folder.is_dir() else {}
         return [
             MediaRecord(clip, files.get(clip, folder / f"{clip}.avi"), [Caption(t) for t in captions[clip]])
-            for clip in clips[start : start + counts[SPLIT_INDEX[split]]]
+            for clip in clips[start : start + counts[position]]
         ]
 
     def build_split(self, split: str) -> VideoDataset:

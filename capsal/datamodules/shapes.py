@@ -22,12 +22,11 @@ import torch
 from einops import rearrange
 from torch.utils.data import Dataset
 
-from capsal.datamodules import shapes_draw as draw
-from capsal.datamodules.base import CaptionDataModule, check_positive
+import capsal.datamodules.shapes_draw as draw
+from capsal.datamodules.base import SPLITS, CaptionDataModule, check_positive
 from capsal.errors import UserError
 from capsal.types import Caption, Phrase, Sample
 
-SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 LAYOUT_STREAM, PIXEL_STREAM = 0, 1
 
 IMAGE_SMALL, IMAGE_BIG = (10 / 64, 13 / 64), (18 / 64, 22 / 64)
@@ -38,7 +37,7 @@ VIDEO_CONNECTORS = (["then"], ["and", "then"], ["after", "that"])
 
 def _rng(seed: int, split: str, index: int, stream: int) -> np.random.Generator:
     """Independent generator per (seed, split, sample, purpose): samples are reproducible one by one."""
-    return np.random.default_rng([seed, SPLIT_CODES[split], index, stream])
+    return np.random.default_rng([seed, SPLITS.index(split), index, stream])
 
 
 def _names(values: Sequence[str], known: Sequence[str], option: str) -> tuple[str, ...]:
@@ -146,8 +145,6 @@ class ShapesImageDataModule(_ShapesModule):
     Objects never overlap (``IMAGE_GAP`` px apart) and each has a colour of its own, so a colour word or a phrase
     points at exactly one object. Sizes scale with ``image_size`` (at 64 px: small 10-13 px, big 18-22 px).
     """
-
-    item_kind = "image"
 
     def __init__(
         self,
@@ -278,7 +275,7 @@ class ShapesVideoDataModule(_ShapesModule):
     narrates them in order, so "red" and "circle" are grounded in the frames of their event only.
     """
 
-    item_kind = "video"
+    is_video = True
 
     def __init__(
         self,

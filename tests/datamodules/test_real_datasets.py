@@ -386,5 +386,5 @@ def test_datamodule_configs_build_the_datamodules(compose_train, request, name, 
     dm = instantiate(cfg.datamodule)
     assert isinstance(dm, cls) and dm.root == root and dm.features_dir is None
     assert dm.hparams["root"] == str(root)
-    if cls.item_kind == "video":
+    if cls.is_video:
         assert (dm.num_frames, dm.frame_size) == (26, 299)

@@ -60,7 +60,7 @@ def test_same_seed_same_data_and_splits_differ(make):
             sa, sb = a.sample(split, i), b.sample(split, i)
             assert torch.equal(sa.pixels, sb.pixels)
             assert sa.captions == sb.captions
-            assert sa.sample_id == f"shapes_{a.item_kind}/{split}/{i:06d}"
+            assert sa.sample_id == f"shapes_{'video' if a.is_video else 'image'}/{split}/{i:06d}"
     assert torch.equal(a.sample("val", 2).pixels, a.sample("val", 2).pixels)  # drawing again gives the same pixels
     texts = {s: [c.text for i in range(8) for c in a.sample(s, i).captions] for s in ("train", "val", "test")}
     assert texts["train"] != texts["val"] != texts["test"] != texts["train"]
@@ -266,8 +266,8 @@ def test_collate_shapes_ranges_and_tokens(make):
     dm.setup("fit")
     batch = next(iter(dm.val_dataloader()))
     assert isinstance(batch, Batch) and len(batch) == dm.batch_size
-    t = 1 if dm.item_kind == "image" else 26
-    size = 64 if dm.item_kind == "image" else 32
+    t = 26 if dm.is_video else 1
+    size = 32 if dm.is_video else 64
     assert batch.pixels.shape == (dm.batch_size, t, 3, size, size) and batch.pixels.dtype == torch.float32
     assert batch.pixels.min() >= 0 and batch.pixels.max() <= 1 and batch.pixels.std() > 0.05
     assert batch.tokens.dtype == torch.long and (batch.tokens[:, 0] == dm.vocab.bos_id).all()

@@ -22,10 +22,12 @@ from PIL import Image
 import capsal
 from capsal.cli.extract import extract
 from capsal.cli.train import train
-from capsal.datamodules.base import FeatureSample
-from capsal.datamodules.features import CachedFeatures, extract_split, read_manifest
+from capsal.datamodules.base import collate_samples
+from capsal.datamodules.features import CachedFeatures, FeatureSample, extract_split, read_manifest
 from capsal.datamodules.flickr30k_entities import Flickr30kEntitiesDataModule
 from capsal.errors import UserError
+from capsal.text import Vocabulary
+from capsal.types import Caption, Sample
 
 TINY_CNN = {"_target_": "capsal.models.backbones.SmallCNN", "channels": [4, 8, 8]}
 RESNET = {
@@ -219,12 +221,35 @@ def test_training_reads_the_cached_grids(flickr, tmp_path):
     batch = next(iter(dm.val_dataloader()))
     assert batch.pixels is None and batch.grid.shape == (2, 1, 4, 4, 8) and batch.grid.dtype == torch.float32
     assert batch.sample_ids == ["1004", "1005"]
+    assert batch.pixel_shape == (1, 32, 32) and batch.image_size == (32, 32)  # maps are scored at the pixel size
 
     with open_dict(train_cfg):
         train_cfg.output_dir = str(tmp_path / "run")
     OmegaConf.resolve(train_cfg)
     summary = train(train_cfg)
     assert summary["global_step"] == 4 and np.isfinite(summary["metrics"]["val/loss"])
+
+
+def test_collated_cached_batches_carry_the_extracted_pixel_shape(tmp_path):
+    grids = np.random.default_rng(0).standard_normal((3, 2, 2, 3, 4)).astype(np.float16)
+    np.save(tmp_path / "shard_00000.npy", grids)
+    ids = ["a", "b", "c"]
+    manifest = {
+        "settings": {"shard_size": 3},
+        "shards": [{"index": 0, "file": "shard_00000.npy", "start": 0, "count": 3, "ids": ids}],
+        "num_samples": 3,
+        "grid_shape": [2, 2, 3, 4],
+        "pixel_shape": [2, 3, 12, 20],  # (T, 3, H, W) of the clips the grids came from
+    }
+    base = [Sample(torch.zeros(2, 3, 12, 20, dtype=torch.uint8), [Caption(f"clip {i}")], i) for i in ids]
+    vocab = Vocabulary.build([f"clip {i}" for i in ids])
+    cached = CachedFeatures(tmp_path, manifest, base)
+    batch = collate_samples([cached[i] for i in range(3)], vocab)
+    assert batch.pixels is None and batch.grid.shape == (3, 2, 2, 3, 4) and batch.sample_ids == ids
+    assert torch.equal(batch.grid, torch.from_numpy(grids).float())
+    assert batch.pixel_shape == (2, 12, 20) and batch.image_size == (12, 20)
+    unknown = CachedFeatures(tmp_path, {**manifest, "pixel_shape": None}, base)  # a cache that did not record it
+    assert collate_samples([unknown[0]], vocab).pixel_shape is None
 
 
 def test_video_grids_keep_the_frame_axis(tmp_path):

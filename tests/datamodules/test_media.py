@@ -1,9 +1,8 @@
-"""Video decoding and image reading: even frame sampling (by time), repeats for short clips, clear errors."""
+"""Reading media files (``capsal.datamodules.media``): even frame sampling by time, short clips, clear errors."""
 
 from __future__ import annotations
 
 import fractions
-import logging
 from pathlib import Path
 
 import av
@@ -12,18 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from capsal.datamodules.video import (
-    ImageReadError,
-    MediaRecord,
-    VideoDataset,
-    VideoDecodeError,
-    decode_video,
-    read_image,
-    sample_times,
-    split_counts,
-)
+from capsal.datamodules.media import ImageReadError, VideoDecodeError, decode_video, read_image, sample_times
 from capsal.errors import UserError
-from capsal.types import Caption
 
 STEP, BASE = 12, 10  # frame i is a uniform grey of level BASE + STEP * i
 
@@ -129,25 +118,3 @@ def test_unreadable_images_raise_one_line_user_errors(tmp_path):
             read_image(tmp_path / name)
         assert isinstance(caught.value, UserError)
         assert words in str(caught.value) and name in str(caught.value) and "\n" not in str(caught.value)
-
-
-def test_a_clip_failing_to_decode_is_replaced_by_the_next_and_reported_once(tmp_path, caplog):
-    good = write_video(tmp_path / "good.avi", [200] * 4)
-    bad = tmp_path / "bad.avi"
-    bad.write_bytes(b"\x00" * 100)
-    records = [MediaRecord(p.stem, p, [Caption(p.stem)]) for p in (bad, good)]
-    dataset = VideoDataset(records, "demo", "train", num_frames=2, frame_size=8)
-    with caplog.at_level(logging.WARNING, logger="capsal"):
-        first, again = dataset[0], dataset[0]
-    assert first.sample_id == again.sample_id == "good" and first.pixels.shape == (2, 3, 8, 8)
-    assert list(dataset.failed) == [str(bad)]
-    assert sum(str(bad) in r.getMessage() for r in caplog.records) == 1
-
-
-def test_split_counts_standard_and_proportional():
-    assert split_counts(1970, (1200, 100, 670)) == (1200, 100, 670)
-    assert split_counts(2000, (1200, 100, 670)) == (1200, 100, 670)
-    assert split_counts(6, (1200, 100, 670)) == (3, 1, 2)
-    assert split_counts(197, (1200, 100, 670)) == (120, 10, 67)
-    with pytest.raises(UserError):
-        split_counts(2, (1200, 100, 670))
