@@ -13,9 +13,10 @@ from einops import rearrange
 
 from capsal.callbacks import SaliencyCallback
 from capsal.datamodules import ShapesImageDataModule
+from capsal.datamodules.features import FeatureSample
 from capsal.evaluation import LocalisationEvaluator, batches_of, caption_pairs
 from capsal.explainers import build_explainers
-from capsal.types import Caption, Phrase, Sample
+from capsal.types import Caption, Phrase
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
 
@@ -34,9 +35,9 @@ def test_the_readme_captioner_goes_through_the_evaluator_on_cached_grids():
     grids = torch.randn(4, 1, 3, 3, 16)
     placeholder = torch.zeros((), dtype=torch.uint8).expand(1, 3, 32, 32)
     phrase = Phrase(1, 3, "circle", boxes=[(0.0, 0.0, 10.0, 10.0)])
-    samples = [Sample(placeholder, [Caption("a red circle", [phrase])], f"s{i}") for i in range(4)]
-    for sample, grid in zip(samples, grids, strict=True):
-        sample.grid = grid  # what a FeatureSample of the cache carries
+    samples = [
+        FeatureSample(placeholder, [Caption("a red circle", [phrase])], f"s{i}", grid=g) for i, g in enumerate(grids)
+    ]
     explainers = build_explainers(["caption_guided", "uniform"])
     evaluator = LocalisationEvaluator(explainers, ["circle"])
     for batch in batches_of(caption_pairs(samples), model.vocab, 2):
