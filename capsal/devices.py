@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -23,3 +25,29 @@ def model_device(model: object) -> torch.device:
             for tensor in tensors():
                 return tensor.device
     return torch.device("cpu")
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0 and 1 outside ``torch.distributed``)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def gather_objects(local: Any) -> list[Any]:
+    """Every rank's ``local`` (any picklable object: strings cannot travel through ``all_gather``), in rank order;
+    a collective under DDP, so every rank calls it."""
+    _, world = rank_and_world()
+    if world == 1:
+        return [local]
+    gathered: list[Any] = [None] * world
+    torch.distributed.all_gather_object(gathered, local)
+    return gathered
+
+
+def gather_dicts(local: dict) -> dict:
+    """Every rank's dict merged into one (see :func:`gather_objects`)."""
+    merged: dict = {}
+    for part in gather_objects(local):
+        merged.update(part)
+    return merged

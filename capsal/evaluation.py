@@ -2,6 +2,9 @@
 
 One evaluator, shared by ``capsal-eval`` and the saliency callback: it takes ``Batch``es whose rows are (sample,
 ground-truth caption) pairs, explains each caption with every explainer and scores the caption's phrases.
+``capsal-eval`` runs it inside :class:`Evaluation`, a LightningModule tested by a ``Trainer``: the split streams
+through a DataLoader (every sample on exactly one rank), metric states reduce through torchmetrics and captions,
+predictions and per-phrase records are gathered across ranks at the end.
 """
 
 from __future__ import annotations
@@ -10,12 +13,21 @@ import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import lightning as L
 import torch
 
 from capsal.datamodules.base import collate_samples
+from capsal.devices import gather_dicts, gather_objects
 from capsal.explainers.base import Explainer
 from capsal.explainers.saliency import Saliency
-from capsal.metrics import AttentionCorrectness, PointingGame, TemporalPointingGame
+from capsal.maxima import peak_frames, peak_locations
+from capsal.metrics import (
+    AttentionCorrectness,
+    PointingGame,
+    TemporalPointingGame,
+    attention_correctness,
+    pointing_hits,
+)
 from capsal.models.protocol import visual_grid
 from capsal.text import Vocabulary
 from capsal.types import Batch, Caption, Phrase, Sample
@@ -42,6 +54,28 @@ def batches_of(samples: Iterable[Sample], vocab: Vocabulary, batch_size: int) ->
         yield collate_samples(chunk, vocab)
 
 
+class PairCollate:
+    """DataLoader ``collate_fn``: samples -> one ``Batch`` row per (sample, ground-truth caption) pair, the rows of
+    a sample next to each other, each row's ``references`` all of its sample's captions. A class, so DataLoader
+    workers receive the vocabulary and not more."""
+
+    def __init__(self, vocab: Vocabulary, all_captions: bool = True):
+        self.vocab = vocab
+        self.all_captions = all_captions
+
+    def __call__(self, samples: Sequence[Sample]) -> Batch:
+        pairs = list(caption_pairs(samples, self.all_captions))
+        batch = collate_samples(pairs, self.vocab)
+        references = {s.sample_id: [c.text for c in s.captions] for s in samples}
+        return dataclasses.replace(batch, references=[references[i] for i in batch.sample_ids])
+
+
+def first_rows(batch: Batch) -> list[int]:
+    """The first row of each sample in a batch of caption pairs (where its model caption is generated once)."""
+    seen: set[str] = set()
+    return [row for row, sample_id in enumerate(batch.sample_ids) if not (sample_id in seen or seen.add(sample_id))]
+
+
 def grounded_phrases(captions: Sequence[Caption]) -> tuple[list[tuple[int, int, int]], list[Phrase]]:
     """``(sample, start, end)`` spans and the phrases themselves, for every phrase of every caption."""
     spans, phrases = [], []
@@ -52,10 +86,20 @@ def grounded_phrases(captions: Sequence[Caption]) -> tuple[list[tuple[int, int, 
     return spans, phrases
 
 
-def explain_batch(explainer: Explainer, model: Any, items: torch.Tensor, grid: torch.Tensor, tokens: Any) -> Saliency:
-    """One explainer on one batch, under the grad mode it needs."""
+def explain_batch(
+    explainer: Explainer,
+    model: Any,
+    items: torch.Tensor,
+    grid: torch.Tensor,
+    tokens: Any,
+    sample_ids: Sequence[str] | None = None,
+) -> Saliency:
+    """One explainer on one batch, under the grad mode it needs; seeded explainers get the rows' sample ids."""
+    extra = (
+        {"sample_ids": sample_ids} if sample_ids is not None and getattr(explainer, "seeded_per_sample", False) else {}
+    )
     with torch.set_grad_enabled(explainer.needs_grad):
-        return explainer.explain(model, items, grid=grid, tokens=tokens)
+        return explainer.explain(model, items, grid=grid, tokens=tokens, **extra)
 
 
 class LocalisationEvaluator:
@@ -71,6 +115,8 @@ class LocalisationEvaluator:
         tolerance: float = 0.0,
         center_crop: bool = False,
         device: torch.device | str = "cpu",
+        is_video: bool | None = None,
+        keep_records: bool = False,
     ):
         self.explainers = explainers
         self.categories = list(categories)
@@ -78,6 +124,10 @@ class LocalisationEvaluator:
         self.center_crop = center_crop
         self.device = device
         self.metrics: dict[str, dict[str, Any]] = {}
+        self.keep_records = keep_records
+        self.records: list[dict[str, Any]] = []  # one per (phrase, explainer), when keep_records
+        if is_video is not None:  # known up front: every rank has metrics to reduce, even one without batches
+            self._ensure_metrics(is_video)
 
     def _ensure_metrics(self, is_video: bool) -> None:
         if self.metrics:
@@ -104,14 +154,14 @@ class LocalisationEvaluator:
         spans, phrases = grounded_phrases(batch.captions)
         results = {}
         for name, explainer in self.explainers.items():
-            saliency = explain_batch(explainer, model, items, grid, batch.tokens)
+            saliency = explain_batch(explainer, model, items, grid, batch.tokens, batch.sample_ids)
             self._ensure_metrics(saliency.layout.is_video)
             results[name] = saliency
             if spans:
-                self._score(name, saliency, spans, phrases, batch.image_size)
+                self._score(name, saliency, spans, phrases, batch.image_size, batch)
         return results
 
-    def _score(self, name: str, saliency: Saliency, spans, phrases: list[Phrase], size: tuple[int, int]) -> None:
+    def _score(self, name: str, saliency: Saliency, spans, phrases: list[Phrase], size, batch: Batch) -> None:
         categories = [p.category for p in phrases]
         height, width = size
         if saliency.layout.is_video:
@@ -125,11 +175,36 @@ class LocalisationEvaluator:
                 spatial=spatial,
                 frame_boxes=[p.frame_boxes for p in phrases] if spatial is not None else None,
             )
+            if self.keep_records:
+                self._record_video(name, spans, phrases, temporal, batch)
             return
         maps = saliency.to_image_size(height, width, saliency.phrase_maps(spans))
         boxes = [p.boxes for p in phrases]
         for metric in self.metrics[name].values():
             metric.update(maps, boxes, categories)
+        if self.keep_records:
+            self._record_image(name, spans, phrases, maps, batch)
+
+    def _record_image(self, name, spans, phrases: list[Phrase], maps: torch.Tensor, batch: Batch) -> None:
+        """Per phrase: where the map points, whether that is a hit, and the share of mass inside the boxes."""
+        points = peak_locations(maps).tolist()
+        hits = pointing_hits(maps, [p.boxes for p in phrases], self.tolerance).tolist()
+        for k, ((row, start, end), phrase) in enumerate(zip(spans, phrases, strict=True)):
+            boxed = bool(phrase.boxes)
+            mass = float(attention_correctness(maps[k], phrase.boxes)) if boxed else None
+            record = _phrase_record(name, batch, row, start, end, phrase)
+            record.update(x=points[k][0], y=points[k][1], hit=hits[k] if boxed else None, mass_inside=mass)
+            self.records.append(record)
+
+    def _record_video(self, name, spans, phrases: list[Phrase], temporal: torch.Tensor, batch: Batch) -> None:
+        """Per phrase: the most salient frame and whether it lies in the phrase's interval."""
+        frames = peak_frames(temporal).tolist()
+        for k, ((row, start, end), phrase) in enumerate(zip(spans, phrases, strict=True)):
+            interval = phrase.interval
+            hit = None if interval is None else interval[0] <= frames[k] < interval[1]
+            record = _phrase_record(name, batch, row, start, end, phrase)
+            record.update(frame=frames[k], hit=hit)
+            self.records.append(record)
 
     def compute(self) -> dict[str, dict[str, dict[str, float]]]:
         """``{explainer: {metric: {"avg"|category|...: value}}}`` (temporal pointing split in temporal/spatial)."""
@@ -148,9 +223,83 @@ class LocalisationEvaluator:
         return out
 
     def reset(self) -> None:
+        self.records = []
         for metrics in self.metrics.values():
             for metric in metrics.values():
                 metric.reset()
+
+
+def _phrase_record(explainer: str, batch: Batch, row: int, start: int, end: int, phrase: Phrase) -> dict[str, Any]:
+    words = batch.captions[row].text.split()
+    return {
+        "sample_id": batch.sample_ids[row],
+        "caption": batch.captions[row].text,
+        "phrase": " ".join(words[start:end]),
+        "span": [start, end],
+        "category": phrase.category,
+        "explainer": explainer,
+    }
+
+
+class Evaluation(L.LightningModule):
+    """``capsal-eval`` as a LightningModule for ``Trainer.test``: every test batch (caption pairs of some samples)
+    is explained and scored by the evaluator, and each sample is captioned once (its first row) for Table 3.
+
+    ``rows_per_step`` caps the rows one explainer call sees (a sample of MSR-VTT brings 20 captions).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        evaluator: LocalisationEvaluator | None,
+        captioning: bool,
+        rows_per_step: int = 32,
+    ):
+        super().__init__()
+        self.model = model
+        self.evaluator = evaluator
+        self.captioning = captioning
+        self.rows_per_step = rows_per_step
+        self.predictions: dict[str, str] = {}
+        self.references: dict[str, list[str]] = {}
+        self.counts = {"samples": 0, "captions": 0, "phrases": 0}
+        self.results: dict[str, Any] = {}
+
+    def on_test_start(self) -> None:
+        if self.evaluator is not None:
+            self.evaluator.device = self.device
+            for metrics in self.evaluator.metrics.values():
+                for metric in metrics.values():
+                    metric.to(self.device)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        firsts = first_rows(batch)
+        self.counts["samples"] += len(firsts)
+        self.counts["captions"] += len(batch)
+        self.counts["phrases"] += sum(len(caption.phrases) for caption in batch.captions)
+        if self.evaluator is not None:
+            for start in range(0, len(batch), self.rows_per_step):
+                self.evaluator.update(self.model, batch.select(slice(start, start + self.rows_per_step)))
+        if self.captioning and firsts:
+            self._caption(batch.select(firsts))
+
+    @torch.no_grad()
+    def _caption(self, samples: Batch) -> None:
+        """The model's caption of each sample (one row per sample) and the sample's references."""
+        tokens = self.model.generate(self.model.items(visual_grid(self.model, samples)))
+        for sample_id, references, row in zip(samples.sample_ids, samples.references, tokens, strict=True):
+            self.predictions[sample_id] = self.model.vocab.decode_text(row)
+            self.references[sample_id] = references
+
+    def on_test_epoch_end(self) -> None:
+        """Reduce across ranks (collectives: every rank gets here) into ``self.results``."""
+        counts = {key: sum(part[key] for part in gather_objects(self.counts)) for key in self.counts}
+        self.results = {"counts": counts, "predictions": gather_dicts(self.predictions)}
+        self.results["references"] = gather_dicts(self.references)
+        if self.evaluator is not None:
+            self.results["localisation"] = self.evaluator.compute()
+            records = gather_objects(self.evaluator.records) if self.evaluator.keep_records else []
+            self.results["records"] = [record for part in records for record in part]
 
 
 @torch.no_grad()

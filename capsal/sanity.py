@@ -61,7 +61,7 @@ def phrase_maps(model: Any, explainer: Any, batches: Sequence[Batch]) -> torch.T
         with torch.no_grad():
             grid = visual_grid(model, batch)
             items = model.items(grid)
-        saliency = explain_batch(explainer, model, items, grid, batch.tokens)
+        saliency = explain_batch(explainer, model, items, grid, batch.tokens, batch.sample_ids)
         spans, _ = grounded_phrases(batch.captions)
         if spans:
             maps.append(saliency.phrase_maps(spans).flatten(1).float().cpu())

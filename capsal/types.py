@@ -90,6 +90,13 @@ class Batch:
         moved = {name: getattr(self, name) for name in ("tokens", "pixels", "grid")}
         return replace(self, **{k: v.to(device) if v is not None else None for k, v in moved.items()})
 
+    def select(self, rows: slice | list[int]) -> Batch:
+        """The rows ``rows`` (a slice or a list of row numbers) of this batch, as a batch."""
+        pick = (lambda values: values[rows]) if isinstance(rows, slice) else (lambda values: [values[r] for r in rows])
+        tensors = {name: getattr(self, name) for name in ("tokens", "pixels", "grid")}
+        lists = {name: pick(getattr(self, name)) for name in ("captions", "references", "sample_ids")}
+        return replace(self, **{k: v[rows] if v is not None else None for k, v in tensors.items()}, **lists)
+
     @property
     def image_size(self) -> tuple[int, int]:
         """``(H, W)`` of the original pixels."""

@@ -151,7 +151,8 @@ def explain_gallery(
     repeat = len(kinds)
     items_all = items.repeat(repeat, *([1] * (items.dim() - 1)))
     grid_all = grid.repeat(repeat, *([1] * (grid.dim() - 1)))
-    saliencies = {name: explain_batch(e, model, items_all, grid_all, tokens) for name, e in explainers.items()}
+    ids = [sample.sample_id for sample in samples] * repeat
+    saliencies = {name: explain_batch(e, model, items_all, grid_all, tokens, ids) for name, e in explainers.items()}
     first = next(iter(saliencies.values()))
     video = first.layout.is_video
     frames_np = [np.stack([viz.to_numpy_image(f) for f in sample.pixels]) for sample in samples]  # (T, H, W, 3)

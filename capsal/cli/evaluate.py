@@ -5,22 +5,36 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
+from torch.utils.data import DataLoader, Subset
 
 from capsal.checkpoints import checkpoint_datamodule, load_captioner
-from capsal.devices import resolve_device
+from capsal.datamodules.base import ShardedSampler, collate_samples
+from capsal.devices import model_device
 from capsal.errors import UserError, exit_on_user_error
-from capsal.evaluation import DEFAULT_EXPLAINERS, LocalisationEvaluator, batches_of, caption_pairs, generate_captions
+from capsal.evaluation import (
+    DEFAULT_EXPLAINERS,
+    Evaluation,
+    LocalisationEvaluator,
+    PairCollate,
+    batches_of,
+    caption_pairs,
+)
 from capsal.explainers import build_explainers
 from capsal.metrics.captioning import caption_scores
-from capsal.models.protocol import has_attention
+from capsal.models.protocol import has_attention, item_layout, visual_grid
 from capsal.sanity import sanity_check
+
+log = logging.getLogger("capsal")
 
 TABLE_TITLES = {
     "pointing_game": "Table 1: pointing game",
@@ -31,44 +45,94 @@ TABLE_TITLES = {
 
 
 def choose_explainers(cfg: DictConfig, model) -> dict[str, Any]:
-    """``explainers=`` (default: every built-in the model supports), each with ``explainer_options.<name>``."""
-    names = list(cfg.explainers) if cfg.explainers else list(DEFAULT_EXPLAINERS)
-    if not cfg.explainers and not has_attention(model):
-        names.remove("soft_attention")
+    """``explainers=`` (null: every built-in the model supports; ``[]``: none, captioning only), each with
+    ``explainer_options.<name>``."""
+    if cfg.explainers is None:
+        names = [name for name in DEFAULT_EXPLAINERS if name != "soft_attention" or has_attention(model)]
+    else:
+        names = list(cfg.explainers)
     return build_explainers(names, OmegaConf.to_container(cfg.explainer_options, resolve=True))
+
+
+def test_loader(cfg: DictConfig, datamodule, model) -> DataLoader:
+    """The split as (sample, caption) pair batches: ``batch_size`` samples per batch, each on exactly one rank."""
+    split = datamodule.get_split(cfg.split)
+    count = len(split) if cfg.max_samples is None else min(len(split), int(cfg.max_samples))
+    if count == 0:
+        raise UserError(f"split {cfg.split!r} is empty; choose another split=")
+    data = Subset(split, range(count))
+    return DataLoader(
+        data,
+        batch_size=int(cfg.batch_size),
+        sampler=ShardedSampler(data),
+        num_workers=int(getattr(datamodule, "num_workers", 0)),
+        collate_fn=PairCollate(model.vocab, cfg.all_captions),
+    )
+
+
+def localisation_evaluator(cfg: DictConfig, datamodule, model, explainers, loader) -> LocalisationEvaluator | None:
+    """The evaluator, or None (with one log line) when there is nothing to localise."""
+    categories = list(getattr(datamodule, "categories", None) or [])
+    if not explainers:
+        return None
+    if not categories:
+        log.info("capsal-eval: %s has no phrases with ground truth; localisation skipped", type(datamodule).__name__)
+        return None
+    probe = collate_samples([loader.dataset[0]], model.vocab)
+    with torch.no_grad():
+        layout = item_layout(model, tuple(visual_grid(model, probe.to(model_device(model))).shape[1:4]))
+    return LocalisationEvaluator(
+        explainers, categories, cfg.tolerance, cfg.center_crop, is_video=layout.is_video, keep_records=True
+    )
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run ``capsal-eval`` as ``cfg`` says; returns every number it wrote."""
-    device = resolve_device(cfg.device)
-    model = load_captioner(cfg.ckpt_path, device)
+    model = load_captioner(cfg.ckpt_path)
     explainers = choose_explainers(cfg, model)
-    datamodule = checkpoint_datamodule(model, cfg.datamodule)
-    split = datamodule.get_split(cfg.split)
-    count = len(split) if cfg.max_samples is None else min(len(split), int(cfg.max_samples))
-    samples = [split[i] for i in range(count)]
-    if not samples:
-        raise UserError(f"split {cfg.split!r} is empty; choose another split=")
-    categories = list(getattr(datamodule, "categories", None) or [])
-    evaluator = LocalisationEvaluator(explainers, categories, cfg.tolerance, cfg.center_crop, device)
-    pairs = list(caption_pairs(samples, cfg.all_captions))
-    batch_size = int(cfg.batch_size)
-    batches = (batch.to(device) for batch in batches_of(pairs, model.vocab, batch_size))
-    total = math.ceil(len(pairs) / batch_size)
-    for batch in tqdm(batches, total=total, desc="capsal-eval", disable=not cfg.progress, unit="batch"):
-        evaluator.update(model, batch)
-    results: dict[str, Any] = {"localisation": evaluator.compute(), "split": cfg.split, "samples": count}
-    results["phrases"] = sum(len(pair.captions[0].phrases) for pair in pairs)
+    datamodule = checkpoint_datamodule(model, cfg.get("datamodule"))
+    loader = test_loader(cfg, datamodule, model)
+    evaluator = localisation_evaluator(cfg, datamodule, model, explainers, loader)
+    module = Evaluation(model, evaluator, bool(cfg.caption_metrics), int(cfg.rows_per_step))
+    trainer = instantiate(
+        cfg.trainer,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        inference_mode=False,  # gradient explainers need autograd
+        enable_progress_bar=bool(cfg.progress),
+        num_sanity_val_steps=0,
+    )
+    trainer.test(module, dataloaders=loader, verbose=False)
+    counts = module.results["counts"]
+    results: dict[str, Any] = {"split": cfg.split, "samples": counts["samples"], "phrases": counts["phrases"]}
+    results["captions"] = counts["captions"]
+    results["localisation"] = module.results.get("localisation", {})
     results["explainers"] = {name: repr(explainer) for name, explainer in explainers.items()}
     if cfg.caption_metrics:
-        predictions = generate_captions(model, (b.to(device) for b in batches_of(samples, model.vocab, batch_size)))
-        references = {s.sample_id: [c.text for c in s.captions] for s in samples}
+        predictions, references = module.results["predictions"], module.results["references"]
         results["captioning"] = caption_scores(predictions, references, cfg.caption_metrics)
-    if cfg.sanity:
-        sanity_batches = [b.to(device) for b in batches_of(pairs[: int(cfg.sanity_samples)], model.vocab, batch_size)]
+    if not trainer.is_global_zero:
+        return results
+    if cfg.sanity and evaluator is not None:
+        samples = (loader.dataset[i] for i in range(len(loader.dataset)))
+        pairs = list(islice(caption_pairs(samples, cfg.all_captions), int(cfg.sanity_samples)))
+        sanity_batches = [b.to(model_device(model)) for b in batches_of(pairs, model.vocab, int(cfg.batch_size))]
         results["sanity"] = sanity_check(model, explainers, sanity_batches, progress=cfg.progress)
-    write_results(results, categories, Path(cfg.output_dir))
+    write_results(results, list(getattr(datamodule, "categories", None) or []), Path(cfg.output_dir))
+    write_phrase_records(module.results.get("records", []), Path(cfg.output_dir) / "phrases.csv")
     return results
+
+
+def write_phrase_records(records: list[dict[str, Any]], path: Path) -> None:
+    """One row per (phrase, explainer): where the map points and whether it hit, so failures can be looked at."""
+    if not records:
+        return
+    columns = list(dict.fromkeys(key for record in records for key in record))
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(records)
 
 
 def markdown_table(title: str, rows: dict[str, dict[str, float]], columns: list[str]) -> str:
@@ -112,7 +176,10 @@ def write_results(results: dict[str, Any], categories: list[str], output_dir: Pa
     (output_dir / "tables.md").write_text(text + "\n")
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))
     print(text)
-    print(f"\ncapsal-eval: {results['phrases']} phrases in {results['samples']} samples; tables in {output_dir}")
+    print(
+        f"\ncapsal-eval: {results['phrases']} phrases in {results['captions']} captions of {results['samples']} "
+        f"samples; tables in {output_dir}"
+    )
     return text
 
 

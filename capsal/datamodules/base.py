@@ -13,15 +13,50 @@ from typing import Literal
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from capsal.datamodules.features import CachedFeatures
+from capsal.devices import rank_and_world
 from capsal.errors import UserError
 from capsal.text import Vocabulary
 from capsal.types import Batch, Caption, Sample
 
 SPLITS = ("train", "val", "test")  # the split order; SPLITS.index(split) numbers a split wherever one needs a code
 CaptionChoice = Literal["random", "first"]
+
+
+class ShardedSampler(DistributedSampler):
+    """Evaluation order for one rank: samples ``rank, rank + world, ...``, each sample on exactly one rank.
+
+    ``DistributedSampler`` pads the last round with repeated samples so every rank gets as many; scores would then
+    count those samples twice. Being a ``DistributedSampler``, Lightning keeps it instead of wrapping it; the rank is
+    read when iterating, so it can be built before the process group exists.
+    """
+
+    def __init__(self, dataset: Sequence) -> None:
+        self.dataset = dataset
+        self.shuffle = False
+
+    @property
+    def num_replicas(self) -> int:
+        return rank_and_world()[1]
+
+    @property
+    def rank(self) -> int:
+        return rank_and_world()[0]
+
+    def _indices(self) -> range:
+        rank, world = rank_and_world()
+        return range(rank, len(self.dataset), world)
+
+    def __iter__(self):
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        return len(self._indices())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Evaluation order does not change between epochs."""
 
 
 def check_positive(**options: int) -> None:
@@ -179,10 +214,12 @@ class CaptionDataModule(L.LightningDataModule):
         return collate_samples(samples, self.vocab, caption_choice)
 
     def _loader(self, split: str, shuffle: bool, batch_size: int, caption_choice: CaptionChoice) -> DataLoader:
+        data = self.get_split(split)
         return DataLoader(
-            self.get_split(split),  # type: ignore[arg-type]
+            data,  # type: ignore[arg-type]
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=None if shuffle else ShardedSampler(data),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=functools.partial(collate_samples, vocab=self.vocab, caption_choice=caption_choice),

@@ -28,6 +28,8 @@ class Explainer:
 
     name = "explainer"
     needs_grad = False
+    # ``explain`` takes ``sample_ids=`` (one per row) to draw reproducible per-sample randomness
+    seeded_per_sample = False
 
     def explain(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -32,19 +34,25 @@ class _ConstantMapExplainer(Explainer):
         mask: torch.Tensor | None = None,
         grid: torch.Tensor | None = None,
         tokens: Sentence = None,
+        sample_ids: Sequence[str] | None = None,
     ) -> Saliency:
+        """``sample_ids`` (one per row) make seeded maps reproducible per sample, whatever batch it comes in."""
         s = prepare(model, items, mask, grid, tokens)
         batch, n = s.word_mask.shape
-        scores = self.scores(batch, n, s.layout, items.device).to(items.dtype)
-        regions = self.regions(batch, n, s.layout, items.device) if s.layout.is_video and grid is not None else None
+        keys = (
+            None if sample_ids is None else [f"{i}/{row}" for i, row in zip(sample_ids, s.tokens.tolist(), strict=True)]
+        )
+        scores = self.scores(batch, n, s.layout, items.device, keys).to(items.dtype)
+        video = s.layout.is_video and grid is not None
+        regions = self.regions(batch, n, s.layout, items.device, keys) if video else None
         return Saliency(
             s.words, s.word_mask, scores, s.mask, s.layout, region_scores=regions, tokens=s.tokens, explainer=self.name
         )
 
-    def scores(self, batch: int, n: int, layout: ItemLayout, device: torch.device) -> torch.Tensor:
+    def scores(self, batch: int, n: int, layout: ItemLayout, device: torch.device, keys=None) -> torch.Tensor:
         return repeat(self.item_map(layout, device), "m -> b n m", b=batch, n=n).clone()
 
-    def regions(self, batch: int, n: int, layout: ItemLayout, device: torch.device) -> torch.Tensor:
+    def regions(self, batch: int, n: int, layout: ItemLayout, device: torch.device, keys=None) -> torch.Tensor:
         return repeat(self.region_map(layout, device), "r -> b n m r", b=batch, n=n, m=layout.num_items).clone()
 
 
@@ -84,16 +92,37 @@ class Center(_ConstantMapExplainer):
 
 @register_explainer("random")
 class Random(_ConstantMapExplainer):
-    """Independent uniform random scores per sample, word and item, reproducible from ``seed``."""
+    """Independent uniform random scores per sample, word and item.
+
+    Given sample ids (``capsal-eval`` and the callback pass them), each (sample, sentence) draws from its own
+    generator seeded by ``seed`` and the sample's id: the same maps in any batch, on any number of processes, and
+    independent across samples. Without ids, one generator seeded once by ``seed`` advances from call to call.
+    """
+
+    seeded_per_sample = True
 
     def __init__(self, seed: int = 0):
         self.seed = seed
+        self._generator = torch.Generator().manual_seed(seed)
 
-    def scores(self, batch: int, n: int, layout: ItemLayout, device: torch.device) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed)
-        return torch.rand(batch, n, layout.num_items, generator=generator).to(device)
+    def _draw(self, shape: tuple[int, ...], keys, stream: str) -> torch.Tensor:
+        if keys is None:
+            return torch.rand(*shape, generator=self._generator)
+        rows = [
+            torch.rand(*shape[1:], generator=torch.Generator().manual_seed(_seed(self.seed, key, stream)))
+            for key in keys
+        ]
+        return torch.stack(rows)
 
-    def regions(self, batch: int, n: int, layout: ItemLayout, device: torch.device) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed + 1)
+    def scores(self, batch: int, n: int, layout: ItemLayout, device: torch.device, keys=None) -> torch.Tensor:
+        return self._draw((batch, n, layout.num_items), keys, "items").to(device)
+
+    def regions(self, batch: int, n: int, layout: ItemLayout, device: torch.device, keys=None) -> torch.Tensor:
         r = layout.grid_size[0] * layout.grid_size[1]
-        return torch.rand(batch, n, layout.num_items, r, generator=generator).to(device)
+        return self._draw((batch, n, layout.num_items, r), keys, "regions").to(device)
+
+
+def _seed(seed: int, key: str, stream: str) -> int:
+    """A 63-bit generator seed from the explainer's seed, a sample's key and the stream (items or regions)."""
+    digest = hashlib.sha256(f"{seed}/{stream}/{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)

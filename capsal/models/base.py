@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from capsal import __version__
+from capsal.devices import gather_dicts
 from capsal.models.decoding import beam_decode, greedy_decode
 from capsal.models.protocol import visual_grid
 from capsal.text import Vocabulary
@@ -159,7 +160,7 @@ class CaptioningModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self._predictions:
             return
-        predictions, references = _gather_dicts(self._predictions), _gather_dicts(self._references)
+        predictions, references = gather_dicts(self._predictions), gather_dicts(self._references)
         self._predictions, self._references = {}, {}
         if self.trainer.sanity_checking or not self.hparams.caption_metrics:
             return
@@ -189,15 +190,3 @@ class CaptioningModule(L.LightningModule):
 
     def configure_optimizers(self):
         return instantiate(self.hparams.optimizer)(params=[p for p in self.parameters() if p.requires_grad])
-
-
-def _gather_dicts(local: dict) -> dict:
-    """Merge per-rank dicts under DDP (strings cannot travel through ``all_gather``)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return dict(local)
-    gathered: list[dict] = [{} for _ in range(torch.distributed.get_world_size())]
-    torch.distributed.all_gather_object(gathered, local)
-    merged: dict = {}
-    for part in gathered:
-        merged.update(part)
-    return merged
