@@ -39,9 +39,8 @@ class _ConstantMapExplainer(Explainer):
         """``sample_ids`` (one per row) make seeded maps reproducible per sample, whatever batch it comes in."""
         s = prepare(model, items, mask, grid, tokens)
         batch, n = s.word_mask.shape
-        keys = (
-            None if sample_ids is None else [f"{i}/{row}" for i, row in zip(sample_ids, s.tokens.tolist(), strict=True)]
-        )
+        sentences = [" ".join(words) for words in s.words]
+        keys = None if sample_ids is None else [f"{i}/{text}" for i, text in zip(sample_ids, sentences, strict=True)]
         scores = self.scores(batch, n, s.layout, items.device, keys).to(items.dtype)
         video = s.layout.is_video and grid is not None
         regions = self.regions(batch, n, s.layout, items.device, keys) if video else None
@@ -108,10 +107,10 @@ class Random(_ConstantMapExplainer):
     def _draw(self, shape: tuple[int, ...], keys, stream: str) -> torch.Tensor:
         if keys is None:
             return torch.rand(*shape, generator=self._generator)
-        rows = [
-            torch.rand(*shape[1:], generator=torch.Generator().manual_seed(_seed(self.seed, key, stream)))
-            for key in keys
-        ]
+        rows = []
+        for key in keys:  # word by word, so a word's values do not depend on the padded sentence length
+            generator = torch.Generator().manual_seed(_seed(self.seed, key, stream))
+            rows.append(torch.stack([torch.rand(*shape[2:], generator=generator) for _ in range(shape[1])]))
         return torch.stack(rows)
 
     def scores(self, batch: int, n: int, layout: ItemLayout, device: torch.device, keys=None) -> torch.Tensor:

@@ -1,0 +1,112 @@
+"""capsal-eval under Lightning: two gloo processes with an uneven number of samples give exactly the one-process
+numbers (every caption scored once), the random baseline draws per sample, a per-phrase file sits beside the tables,
+and ``explainers=[]`` is captioning only."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import open_dict
+
+from capsal.cli.evaluate import evaluate
+from capsal.explainers import build_explainer
+from capsal.models.s2vt import S2VT
+
+EXPLAINERS = "explainers=[caption_guided,uniform,random]"
+
+
+def run_eval(checkpoint: Path, out: Path, *overrides: str) -> dict:
+    """capsal-eval as a user runs it (a subprocess: Lightning launches the DDP ranks itself)."""
+    args = [f"ckpt_path={checkpoint}", f"output_dir={out}", f"hydra.run.dir={out}", "progress=false", *overrides]
+    result = subprocess.run(
+        [sys.executable, "-m", "capsal.cli.evaluate", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=out.parent,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((out / "results.json").read_text())
+
+
+def flat(tables: dict, prefix: str = "") -> dict[str, float]:
+    """``{"explainer/metric/key": value}`` of nested result tables."""
+    out: dict[str, float] = {}
+    for key, value in tables.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}/"))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def phrase_rows(out: Path) -> list[tuple]:
+    with (out / "phrases.csv").open() as handle:
+        return sorted(tuple(row.values()) for row in csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_two_processes_with_uneven_samples_match_one_process(image_checkpoint, tmp_path):
+    common = ["max_samples=7", "batch_size=2", EXPLAINERS, "caption_metrics=[bleu]"]
+    one = run_eval(image_checkpoint, tmp_path / "one", *common, "trainer=cpu")
+    two = run_eval(image_checkpoint, tmp_path / "two", *common, "trainer=ddp", "trainer.accelerator=cpu")
+    assert one["samples"] == two["samples"] == 7  # ranks got 4 and 3 samples: none padded in twice
+    assert one["captions"] == two["captions"] and one["phrases"] == two["phrases"] > 0
+    # sums over ranks add the same float64 terms in another order: equal up to the last bits
+    assert flat(two["localisation"]) == pytest.approx(flat(one["localisation"]), rel=1e-12, nan_ok=True)
+    assert two["captioning"] == one["captioning"]
+    assert phrase_rows(tmp_path / "two") == phrase_rows(tmp_path / "one")
+
+
+def eval_cfg(tmp_path, *overrides):
+    with initialize_config_module(config_module="capsal.conf", version_base="1.3"):
+        cfg = compose(config_name="eval", overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.output_dir = str(tmp_path)
+        cfg.progress = False
+    return cfg
+
+
+def test_the_phrase_file_holds_every_scored_phrase_and_agrees_with_the_tables(image_checkpoint, tmp_path):
+    results = evaluate(eval_cfg(tmp_path, f"ckpt_path={image_checkpoint}", "max_samples=6", EXPLAINERS))
+    with (tmp_path / "phrases.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    for name in ("caption_guided", "uniform", "random"):
+        mine = [row for row in rows if row["explainer"] == name]
+        assert len(mine) == results["phrases"]
+        hits = [row["hit"] == "True" for row in mine]
+        assert sum(hits) / len(hits) == pytest.approx(results["localisation"][name]["pointing_game"]["avg"])
+        masses = [float(row["mass_inside"]) for row in mine]
+        assert sum(masses) / len(masses) == pytest.approx(results["localisation"][name]["attention_correctness"]["avg"])
+    start, end = json.loads(rows[0]["span"])
+    assert rows[0]["phrase"] == " ".join(rows[0]["caption"].split()[start:end])
+
+
+def test_no_explainers_is_captioning_only(image_checkpoint, tmp_path, caplog):
+    results = evaluate(eval_cfg(tmp_path, f"ckpt_path={image_checkpoint}", "max_samples=4", "explainers=[]"))
+    assert results["localisation"] == {} and set(results["captioning"]) >= {"bleu4", "meteor"}
+    assert not (tmp_path / "phrases.csv").exists()
+    assert "Table 3: captioning" in (tmp_path / "tables.md").read_text()
+
+
+def test_the_random_baseline_is_reproducible_per_sample_and_independent_across_samples():
+    torch.manual_seed(0)
+    model = S2VT(["a", "red", "circle"], hidden_size=8, embed_size=4).eval()
+    items = torch.randn(3, 5, model.feature_size)
+    explainer = build_explainer("random")
+    sentences = ["a red circle", "a red circle red circle", "a circle"]
+    together = explainer.explain(model, items, tokens=sentences, sample_ids=["x", "y", "z"]).scores
+    alone = explainer.explain(model, items[2:], tokens=sentences[2:], sample_ids=["z"]).scores
+    # the same sample, in another batch (padded to another length): the same map
+    torch.testing.assert_close(alone[0], together[2, : alone.shape[1]])
+    assert not torch.equal(together[0], together[1])  # another sample: another map
+    first = explainer.explain(model, items, tokens="a red circle").scores
+    second = explainer.explain(model, items, tokens="a red circle").scores
+    assert not torch.equal(first, second)  # without ids, calls do not repeat each other's maps
