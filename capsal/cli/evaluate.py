@@ -43,7 +43,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     model = load_captioner(cfg.ckpt_path, device)
     explainers = choose_explainers(cfg, model)
-    datamodule = checkpoint_datamodule(model, cfg.datamodule)
+    datamodule = checkpoint_datamodule(model, cfg.get("datamodule"))
     split = datamodule.get_split(cfg.split)
     count = len(split) if cfg.max_samples is None else min(len(split), int(cfg.max_samples))
     samples = [split[i] for i in range(count)]
