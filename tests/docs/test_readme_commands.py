@@ -104,3 +104,12 @@ def test_a_documented_command_composes(where, written, argv):
         pytest.fail(f"{where}: `{written}` does not compose: {type(error).__name__}: {error}")
     missing = missing_values(cfg)
     assert not missing, f"{where}: `{written}` leaves mandatory values unset: {missing}"
+
+
+def test_datamodule_is_the_checkpoints_own_unless_a_group_option_is_named():
+    with initialize_config_module(config_module="capsal.conf", version_base="1.3"):
+        for app in ("eval", "explain"):
+            assert compose(config_name=app, overrides=["ckpt_path=m.ckpt"]).get("datamodule") is None
+            named = compose(app, ["ckpt_path=m.ckpt", "datamodule=flickr30k_entities", "datamodule.root=/data/f30k"])
+            assert named.datamodule.root == "/data/f30k"
+            assert named.datamodule._target_.endswith("Flickr30kEntitiesDataModule")
