@@ -44,7 +44,7 @@ def load_input(cfg: DictConfig, model) -> ExplainInput:
     split, _, index = str(cfg.sample).partition(":")
     if not index.lstrip("-").isdigit():
         raise UserError(f"sample={cfg.sample} must look like <split>:<index>, e.g. sample=val:3")
-    datamodule = checkpoint_datamodule(model, cfg.datamodule)
+    datamodule = checkpoint_datamodule(model, cfg.get("datamodule"))
     try:
         sample = datamodule.sample(split, int(index))
     except (IndexError, ValueError) as error:

@@ -10,7 +10,7 @@ import torch
 
 from capsal.errors import UserError
 from capsal.explainers.saliency import Saliency
-from capsal.models.protocol import layout_of_items
+from capsal.models.protocol import fit_sentences, layout_of_items
 from capsal.text import Vocabulary, tokenize
 from capsal.types import ItemLayout
 
@@ -115,9 +115,13 @@ def prepare(
     tokens: Sentence,
     beam_size: int | None = None,
 ) -> Sentences:
-    """Resolve the mask, the sentence (the model's caption when ``tokens`` is None) and the layout in one go."""
+    """Resolve the mask, the sentence (the model's caption when ``tokens`` is None) and the layout in one go.
+
+    A sentence longer than the model takes (``max_sentence_tokens()``) is cut to its first words before anything
+    is explained (:func:`~capsal.models.protocol.fit_sentences`, a warning says so): ``words`` and every score
+    column cover the same kept words."""
     mask = default_mask(items, mask)
-    tokens = resolve_tokens(model, items, mask, tokens, beam_size)
+    tokens = fit_sentences(model, resolve_tokens(model, items, mask, tokens, beam_size))
     words, word_mask = word_table(model.vocab, tokens)
     return Sentences(mask, tokens, words, word_mask, layout_of_items(model, items, grid))
 

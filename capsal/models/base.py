@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from capsal import __version__
 from capsal.devices import gather_dicts
 from capsal.models.decoding import beam_decode, greedy_decode
-from capsal.models.protocol import visual_grid
+from capsal.models.protocol import fit_sentences, visual_grid
 from capsal.text import Vocabulary
 from capsal.types import Batch, ItemLayout
 
@@ -134,6 +134,9 @@ class CaptioningModule(L.LightningModule):
 
     # ---- training -----------------------------------------------------------------------------------------
     def caption_loss(self, items: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Masked cross-entropy of teacher-forced ``tokens``; captions longer than the model takes
+        (``max_sentence_tokens()``) are trained on their first words (counted, a warning logged), never a crash."""
+        tokens = fit_sentences(self, tokens)
         logprobs = self.token_logprobs(self.encode(items, mask), tokens[:, :-1])
         return F.nll_loss(
             rearrange(logprobs, "b n v -> (b n) v"),

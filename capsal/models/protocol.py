@@ -42,7 +42,9 @@ class EncoderDecoder(Protocol):
     (:func:`has_attention`); ``item_layout(grid_shape) -> ItemLayout`` for ``grid_shape = (T, h, w)`` (default:
     one frame is an image grid, several are a video, :func:`item_layout`); ``randomisation_stages() -> [(name,
     module), ...]`` output first, for the sanity check (default: the top-level children with parameters, in
-    reverse order of assignment, :func:`randomisation_stages`).
+    reverse order of assignment, :func:`randomisation_stages`); ``max_sentence_tokens() -> int | None``: the most
+    teacher-forced tokens (bos included) ``token_logprobs`` takes, for models with a real capacity such as learned
+    word positions (default: None, any length; longer sentences are cut to it by :func:`fit_sentences`).
     """
 
     vocab: Vocabulary
@@ -73,6 +75,7 @@ OPTIONAL = {
     "attention": "attention(state, tokens) -> (B, n, m) (soft-attention weights)",
     "item_layout": "item_layout((T, h, w)) -> ItemLayout (default: T == 1 is an image grid, else video frames)",
     "randomisation_stages": "randomisation_stages() -> [(name, module)] output first (default: children reversed)",
+    "max_sentence_tokens": "max_sentence_tokens() -> int | None (default: None, sentences of any length)",
 }
 
 
@@ -138,3 +141,50 @@ def randomisation_stages(model: Any) -> list[tuple[str, torch.nn.Module]]:
     stages = [(name, child) for name, child in model.named_children() if any(True for _ in child.parameters())][::-1]
     log.info("sanity check stages of %s (children reversed): %s", type(model).__name__, [n for n, _ in stages])
     return stages
+
+
+def max_sentence_tokens(model: object) -> int | None:
+    """The most teacher-forced tokens (bos included) the model takes: its own ``max_sentence_tokens()`` when it
+    states one, else None (any length)."""
+    own = getattr(model, "max_sentence_tokens", None)
+    capacity = own() if callable(own) else None
+    return None if capacity is None else int(capacity)
+
+
+_truncated: dict[tuple[str, int], int] = {}  # sentences cut so far in this process, per (model class, capacity)
+
+
+def truncated_sentences() -> int:
+    """How many sentences this process has cut to a model's capacity so far (training and explaining)."""
+    return sum(_truncated.values())
+
+
+def cut_tokens(model: Any, tokens: torch.Tensor, keep: int, capacity: int) -> torch.Tensor:
+    """The first ``keep`` columns of ``(B, L)`` token rows; rows that lose a real token are counted, and the first
+    time a model class with this capacity loses any in this process, a warning says so."""
+    if tokens.shape[1] <= keep:
+        return tokens
+    cut = int((tokens[:, keep:] != model.vocab.pad_id).any(dim=1).sum())
+    if cut:
+        key = (type(model).__name__, capacity)
+        if key not in _truncated:
+            log.warning(
+                "%d sentence(s) longer than %s takes (max_sentence_tokens=%d: bos + %d words) were truncated to "
+                "their first %d words; later ones are counted in capsal.models.protocol.truncated_sentences()",
+                cut,
+                key[0],
+                capacity,
+                capacity - 1,
+                keep - 1,
+            )
+        _truncated[key] = _truncated.get(key, 0) + cut
+        log.debug("%d sentence(s) truncated to %s's capacity so far", _truncated[key], key[0])
+    return tokens[:, :keep]
+
+
+def fit_sentences(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """Sentence rows ``(B, L)`` (bos ... eos, padded) cut so their teacher-forced inputs ``tokens[:, :-1]`` fit the
+    model's :func:`max_sentence_tokens`: a longer row keeps bos and its first ``capacity`` words (no eos), so every
+    explainer's words and loss columns cover exactly the kept words. Unchanged for models of any length."""
+    capacity = max_sentence_tokens(model)
+    return tokens if capacity is None else cut_tokens(model, tokens, capacity + 1, capacity)

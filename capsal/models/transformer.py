@@ -4,6 +4,13 @@ The encoder reads the projected items plus LEARNED positional embeddings of thei
 ``positions``, default ``0..m-1``), so an item kept alone by a saliency explainer is still seen where it was. The
 decoder is causal over the words (with learned word positions) and cross-attends to the real items only (key padding
 mask from ``mask``). Teacher forcing is one call; ``decode_step`` recomputes over the whole prefix (no cache).
+
+Capacity: the word position table holds ``max_words`` positions, so the model takes at most ``max_words`` teacher-
+forced tokens (bos + ``max_words - 1`` words, then the last word is predicted): ``max_sentence_tokens()`` says so.
+A longer sentence is never an error: explainers and training keep bos and its first ``max_words`` words
+(:func:`capsal.models.protocol.fit_sentences`; ``Saliency.words`` and the score columns then cover exactly those
+words), ``token_logprobs`` itself returns rows for the first ``max_words`` steps only, and generation stops at
+``max_words`` tokens. Each truncation is counted, and the first one in a process logs a warning.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from einops import repeat
 from torch import nn
 
 from capsal.models.base import CaptioningModule
+from capsal.models.protocol import cut_tokens
 
 State = dict[str, torch.Tensor]
 
@@ -20,7 +28,8 @@ State = dict[str, torch.Tensor]
 class TransformerCaptioner(CaptioningModule):
     """``hidden_size`` is ``d_model``; words are embedded in ``embed_size`` dimensions (``None``: ``hidden_size``)
     and projected to ``d_model`` when the sizes differ. ``max_items`` sizes the item position table (positions must
-    lie in ``[0, max_items)``), ``max_words`` the word position table (longest token prefix, bos included).
+    lie in ``[0, max_items)``), ``max_words`` the word position table (longest token prefix, bos included: the
+    model's capacity, ``max_sentence_tokens()``; longer sentences are truncated, see the module docstring).
     ``feedforward_size`` ``None`` means ``4 * hidden_size``."""
 
     RANDOMISATION_STAGES = (
@@ -121,10 +130,16 @@ class TransformerCaptioner(CaptioningModule):
         memory = self.encoder(hidden, src_key_padding_mask=~mask)
         return {"memory": memory, "mask": mask}
 
+    def max_sentence_tokens(self) -> int:
+        """The most teacher-forced tokens (bos included) this model takes: its word position table's size."""
+        return int(self.hparams.max_words)
+
     def token_logprobs(self, state: State, tokens: torch.Tensor) -> torch.Tensor:
-        length, limit = tokens.shape[1], self.hparams.max_words
-        if length > limit:
-            raise ValueError(f"{length} tokens exceed the word position table (max_words={limit}); raise max_words")
+        """``(B, n, V)`` for ``n = min(tokens' length, max_words)``: steps beyond the word positions are dropped
+        (counted, a warning the first time) rather than an error."""
+        limit = self.max_sentence_tokens()
+        tokens = cut_tokens(self, tokens, limit, limit)
+        length = tokens.shape[1]
         words = self.word_projection(self.embedding(tokens))
         words = self.dropout(words + self.word_positions(torch.arange(length, device=tokens.device)))
         causal = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device, dtype=words.dtype)
@@ -136,6 +151,18 @@ class TransformerCaptioner(CaptioningModule):
             memory_key_padding_mask=~state["mask"],
         )
         return torch.log_softmax(self.output(hidden), dim=-1)
+
+    def generate(
+        self,
+        items: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        beam_size: int | None = None,
+        max_len: int | None = None,
+    ) -> torch.Tensor:
+        """As :meth:`CaptioningModule.generate`, at most ``max_words`` generated tokens (the word positions)."""
+        return super().generate(
+            items, mask, beam_size, min(max_len or self.hparams.max_len, self.max_sentence_tokens())
+        )
 
     def init_decoder(self, state: State) -> dict:
         return {}

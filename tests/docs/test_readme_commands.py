@@ -1,0 +1,115 @@
+"""Every command line the README (and the Makefile) documents composes: Hydra accepts each of its overrides."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig, OmegaConf
+
+ROOT = Path(__file__).parents[2]
+APPS = {"capsal-train": "train", "capsal-eval": "eval", "capsal-explain": "explain", "capsal-extract": "extract"}
+# placeholders a reader replaces, with real-looking values
+PLACEHOLDERS = {
+    "<ckpt>": "outputs/train/2026-01-01_00-00-00/checkpoints/last.ckpt",
+    "$(DEMO_DIR)": "outputs/demo",
+    "$(BIN)/": ".venv/bin/",
+}
+
+
+def _commands(source: str, lines: list[tuple[int, str]]) -> list[tuple[str, str, list[str]]]:
+    """``(where, line as written, argv)`` of every capsal command among ``lines`` (continuations joined)."""
+    found, pending, start = [], "", 0
+    for number, line in lines:
+        if not pending:
+            start = number
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        written, pending = pending + line, ""
+        for old, new in PLACEHOLDERS.items():
+            written = written.replace(old, new)
+        written = re.sub(r"<([A-Za-z_]+)>", r"\1", written)  # <run> -> run
+        argv = shlex.split(written, comments=True)
+        for i, word in enumerate(argv):
+            if Path(word).name in APPS:
+                found.append((f"{source}:{start}", written.strip(), argv[i:]))
+                break
+    return found
+
+
+def documented_commands() -> list[tuple[str, str, list[str]]]:
+    readme = (ROOT / "README.md").read_text().splitlines()
+    commands, block = [], None
+    for number, line in enumerate(readme, start=1):
+        if block is None and re.fullmatch(r"```(bash|sh|shell|console)\s*", line):
+            block = []
+        elif block is not None and line.startswith("```"):
+            commands += _commands("README.md", block)
+            block = None
+        elif block is not None:
+            block.append((number, line))
+    makefile = [(n, line.strip()) for n, line in enumerate((ROOT / "Makefile").read_text().splitlines(), start=1)]
+    commands += _commands("Makefile", [(n, line) for n, line in makefile if re.search(r"capsal-\w+ ", line)])
+    return commands
+
+
+COMMANDS = documented_commands()
+
+
+def missing_values(node: DictConfig, prefix: str = "") -> list[str]:
+    """Keys still ``???`` (read without resolving interpolations such as ``${hydra:runtime.output_dir}``)."""
+    found = []
+    for key in node:
+        child = node._get_node(key)
+        if OmegaConf.is_missing(node, key):
+            found.append(f"{prefix}{key}")
+        elif isinstance(child, DictConfig) and not OmegaConf.is_interpolation(node, key):
+            found += missing_values(child, f"{prefix}{key}.")
+    return found
+
+
+def test_the_readme_documents_every_command_and_the_overrides_users_ask_about():
+    apps = {Path(argv[0]).name for _, _, argv in COMMANDS}
+    assert apps == set(APPS), f"commands found in README.md/Makefile: {sorted(apps)}"
+    lines = [written for _, written, _ in COMMANDS]
+    assert any("capsal-eval" in w and "datamodule=flickr30k_entities datamodule.root=" in w for w in lines)
+    assert any("explainer_options.caption_guided.mode=kl" in w for w in lines)
+    assert any(where.startswith("Makefile") for where, _, _ in COMMANDS)
+
+
+# KNOWN BUG (not a README typo): capsal-explain's plain key `explainer` shares its name with the config group
+# conf/explainer/ (each explainer's options), so Hydra reads `explainer=gradient` as a group override and rejects it,
+# on the real command line too. Strict: this starts failing once the key or the group is renamed; then drop it.
+EXPLAINER_KEY_CLASH = pytest.mark.xfail(
+    strict=True, reason="`explainer=` of capsal-explain clashes with the config group conf/explainer/"
+)
+
+
+def _case(where: str, written: str, argv: list[str]):
+    clash = Path(argv[0]).name == "capsal-explain" and any(arg.startswith("explainer=") for arg in argv)
+    return pytest.param(where, written, argv, id=where, marks=[EXPLAINER_KEY_CLASH] if clash else [])
+
+
+@pytest.mark.parametrize(("where", "written", "argv"), [_case(*command) for command in COMMANDS])
+def test_a_documented_command_composes(where, written, argv):
+    overrides = [arg for arg in argv[1:] if not arg.startswith("hydra.")]  # compose cannot take hydra.* overrides
+    try:
+        with initialize_config_module(config_module="capsal.conf", version_base="1.3"):
+            cfg = compose(config_name=APPS[Path(argv[0]).name], overrides=overrides)
+    except Exception as error:  # any rejection is the failure, reported with the README line
+        pytest.fail(f"{where}: `{written}` does not compose: {type(error).__name__}: {error}")
+    missing = missing_values(cfg)
+    assert not missing, f"{where}: `{written}` leaves mandatory values unset: {missing}"
+
+
+def test_datamodule_is_the_checkpoints_own_unless_a_group_option_is_named():
+    with initialize_config_module(config_module="capsal.conf", version_base="1.3"):
+        for app in ("eval", "explain"):
+            assert compose(config_name=app, overrides=["ckpt_path=m.ckpt"]).get("datamodule") is None
+            named = compose(app, ["ckpt_path=m.ckpt", "datamodule=flickr30k_entities", "datamodule.root=/data/f30k"])
+            assert named.datamodule.root == "/data/f30k"
+            assert named.datamodule._target_.endswith("Flickr30kEntitiesDataModule")
