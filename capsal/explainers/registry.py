@@ -3,7 +3,7 @@
 Built-ins register by decorator when ``capsal.explainers`` is imported (its ``__init__`` imports them, as
 detectron2's ``meta_arch/__init__.py`` does); plugins register through the ``capsal.explainers`` entry points.
 :func:`build_explainer` is what ``capsal-explain``, ``capsal-eval`` and the saliency callback all call: options
-come from ``conf/explainer/<name>.yaml`` (capsal's, or for a plugin the same path inside the plugin's top-level
+come from ``conf/explainer_options/<name>.yaml`` (capsal's, or for a plugin the same path inside the plugin's top-level
 package), overridden by the options given (``explainer_options.<name>`` of the command's config).
 """
 
@@ -21,7 +21,7 @@ from capsal.errors import UserError
 
 ENTRY_POINT_GROUP = "capsal.explainers"
 # where ``<name>.yaml`` option files are looked up (the ``explainer`` group of capsal's Hydra configs)
-CONFIG_DIR: Path = Path(str(resources.files("capsal.conf") / "explainer"))
+CONFIG_DIR: Path = Path(str(resources.files("capsal.conf") / "explainer_options"))
 _REGISTRY: dict[str, type] = {}
 _plugins_loaded = False
 
@@ -71,13 +71,13 @@ def _config_dirs(cls: type) -> list[Path]:
     if package == "capsal":
         return [CONFIG_DIR]
     try:
-        return [CONFIG_DIR, Path(str(resources.files(package) / "conf" / "explainer"))]
+        return [CONFIG_DIR, Path(str(resources.files(package) / "conf" / "explainer_options"))]
     except (ModuleNotFoundError, TypeError):
         return [CONFIG_DIR]
 
 
 def explainer_config(name: str) -> dict[str, Any]:
-    """The options in ``conf/explainer/<name>.yaml``; empty when the explainer ships no such file."""
+    """The options in ``conf/explainer_options/<name>.yaml``; empty when the explainer ships no such file."""
     for folder in _config_dirs(get_explainer(name)):
         path = folder / f"{name}.yaml"
         if path.is_file():

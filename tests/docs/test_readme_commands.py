@@ -81,17 +81,8 @@ def test_the_readme_documents_every_command_and_the_overrides_users_ask_about():
     assert any(where.startswith("Makefile") for where, _, _ in COMMANDS)
 
 
-# KNOWN BUG (not a README typo): capsal-explain's plain key `explainer` shares its name with the config group
-# conf/explainer/ (each explainer's options), so Hydra reads `explainer=gradient` as a group override and rejects it,
-# on the real command line too. Strict: this starts failing once the key or the group is renamed; then drop it.
-EXPLAINER_KEY_CLASH = pytest.mark.xfail(
-    strict=True, reason="`explainer=` of capsal-explain clashes with the config group conf/explainer/"
-)
-
-
 def _case(where: str, written: str, argv: list[str]):
-    clash = Path(argv[0]).name == "capsal-explain" and any(arg.startswith("explainer=") for arg in argv)
-    return pytest.param(where, written, argv, id=where, marks=[EXPLAINER_KEY_CLASH] if clash else [])
+    return pytest.param(where, written, argv, id=where)
 
 
 @pytest.mark.parametrize(("where", "written", "argv"), [_case(*command) for command in COMMANDS])

@@ -1,5 +1,5 @@
-"""One way to build an explainer: an option set in ``conf/explainer/<name>.yaml`` or on the command line takes effect
-in ``capsal-explain``, ``capsal-eval`` and the saliency callback alike."""
+"""One way to build an explainer: an option set in ``conf/explainer_options/<name>.yaml`` or on the command line
+takes effect in ``capsal-explain``, ``capsal-eval`` and the saliency callback alike."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def test_a_command_line_option_takes_effect(command, image_checkpoint, tmp_path)
 def test_an_option_written_in_the_explainer_yaml_takes_effect(command, image_checkpoint, tmp_path):
     conf = tmp_path / "conf"
     shutil.copytree(CONF, conf)
-    yaml = conf / "explainer" / "caption_guided.yaml"
+    yaml = conf / "explainer_options" / "caption_guided.yaml"
     yaml.write_text(yaml.read_text().replace("mode: information_gain", "mode: kl"))
     assert COMMANDS[command](CONF, image_checkpoint, tmp_path / "before").startswith("CaptionGuided(mode='information")
     used = COMMANDS[command](conf, image_checkpoint, tmp_path / "after")

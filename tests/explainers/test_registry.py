@@ -29,7 +29,7 @@ TINY = {
     "embed_size": 6,
     "backbone": {"_target_": "capsal.models.backbones.SmallCNN", "channels": [4]},
 }
-CONF = Path(__file__).parents[2] / "capsal" / "conf" / "explainer"
+CONF = Path(__file__).parents[2] / "capsal" / "conf" / "explainer_options"
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +45,9 @@ def tiny():
 def test_every_builtin_explainer_has_its_yaml_and_explains_a_tiny_model(name, tiny):
     models, grid = tiny
     model = models[SoftAttention if name == "soft_attention" else S2VT]
-    assert (CONF / f"{name}.yaml").is_file(), f"conf/explainer/{name}.yaml is missing"
+    assert (CONF / f"{name}.yaml").is_file(), f"conf/explainer_options/{name}.yaml is missing"
     with initialize_config_module(config_module="capsal.conf", version_base="1.3"):
-        node = compose(config_name="explain", overrides=[f"+explainer@yaml={name}", "ckpt_path=x"]).yaml
+        node = compose(config_name="explain", overrides=[f"+explainer_options@yaml={name}", "ckpt_path=x"]).yaml
     explainer = build_explainer(name)
     assert isinstance(explainer, get_explainer(name))
     assert {k: getattr(explainer, k) for k in node} == dict(node), "the YAML's options are not the explainer's"
@@ -86,8 +86,8 @@ def test_a_plugin_is_found_through_its_entry_point(tmp_path, monkeypatch):
             """
         )
     )
-    (package / "conf" / "explainer").mkdir(parents=True)
-    (package / "conf" / "explainer" / "constant.yaml").write_text("value: 3.0\n")
+    (package / "conf" / "explainer_options").mkdir(parents=True)
+    (package / "conf" / "explainer_options" / "constant.yaml").write_text("value: 3.0\n")
     dist = tmp_path / "my_saliency-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-saliency\nVersion: 0.1\n")
@@ -98,7 +98,7 @@ def test_a_plugin_is_found_through_its_entry_point(tmp_path, monkeypatch):
     assert any(ep.name == "constant" for ep in metadata.entry_points(group="capsal.explainers"))
     plugin = registry.build_explainer("constant", value=2.0)
     assert type(plugin).__module__ == "my_saliency" and plugin.value == 2.0
-    assert registry.build_explainer("constant").value == 3.0  # the plugin's own conf/explainer/constant.yaml
+    assert registry.build_explainer("constant").value == 3.0  # the plugin's own conf/explainer_options/constant.yaml
     assert "constant" in registry.available_explainers()
     sys.modules.pop("my_saliency", None)
 
