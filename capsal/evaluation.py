@@ -58,6 +58,15 @@ def explain_batch(explainer: Explainer, model: Any, items: torch.Tensor, grid: t
         return explainer.explain(model, items, grid=grid, tokens=tokens)
 
 
+def scored_maps(saliency: Saliency, spans, sizes: Sequence[tuple[int, int]]) -> torch.Tensor | list[torch.Tensor]:
+    """Each phrase's map upsampled to its sample's scoring size ``sizes[b]`` (the original image, or its crop, where
+    the datamodule recorded one): ``(P, H, W)`` when all sizes agree, else a list of ``(H_p, W_p)``."""
+    values = saliency.phrase_maps(spans)
+    if len(set(sizes)) == 1:
+        return saliency.to_image_size(*sizes[0], values)
+    return [saliency.to_image_size(*sizes[b], values[p]) for p, (b, _, _) in enumerate(spans)]
+
+
 class LocalisationEvaluator:
     """Pointing game and attention correctness (images) or temporal + spatial pointing (videos), per explainer.
 
@@ -108,10 +117,20 @@ class LocalisationEvaluator:
             self._ensure_metrics(saliency.layout.is_video)
             results[name] = saliency
             if spans:
-                self._score(name, saliency, spans, phrases, batch.image_size)
+                originals = [caption.original_size for caption in batch.captions]
+                self._score(name, saliency, spans, phrases, batch.image_size, originals)
         return results
 
-    def _score(self, name: str, saliency: Saliency, spans, phrases: list[Phrase], size: tuple[int, int]) -> None:
+    def _score(
+        self,
+        name: str,
+        saliency: Saliency,
+        spans,
+        phrases: list[Phrase],
+        size: tuple[int, int],
+        originals: Sequence[tuple[int, int] | None] = (),
+    ) -> None:
+        """Score the phrases; image maps at each caption's ``original_size`` when it has one, else at ``size``."""
         categories = [p.category for p in phrases]
         height, width = size
         if saliency.layout.is_video:
@@ -126,8 +145,9 @@ class LocalisationEvaluator:
                 frame_boxes=[p.frame_boxes for p in phrases] if spatial is not None else None,
             )
             return
-        maps = saliency.to_image_size(height, width, saliency.phrase_maps(spans))
-        boxes = [p.boxes for p in phrases]
+        sizes = [original or (height, width) for original in originals] or [(height, width)] * (spans[-1][0] + 1)
+        maps = scored_maps(saliency, spans, sizes)
+        boxes = [p.boxes if p.original_boxes is None else p.original_boxes for p in phrases]
         for metric in self.metrics[name].values():
             metric.update(maps, boxes, categories)
 
