@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from capsal.checkpoints import checkpoint_datamodule, load_captioner
+from capsal.datamodules.base import removed_crop_key
 from capsal.devices import resolve_device
 from capsal.errors import UserError, exit_on_user_error
 from capsal.evaluation import DEFAULT_EXPLAINERS, LocalisationEvaluator, batches_of, caption_pairs, generate_captions
@@ -50,7 +51,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not samples:
         raise UserError(f"split {cfg.split!r} is empty; choose another split=")
     categories = list(getattr(datamodule, "categories", None) or [])
-    evaluator = LocalisationEvaluator(explainers, categories, cfg.tolerance, cfg.center_crop, device)
+    evaluator = LocalisationEvaluator(explainers, categories, cfg.tolerance, removed_crop_key(cfg.center_crop), device)
     pairs = list(caption_pairs(samples, cfg.all_captions))
     batch_size = int(cfg.batch_size)
     batches = (batch.to(device) for batch in batches_of(pairs, model.vocab, batch_size))
