@@ -102,6 +102,15 @@ def explain_batch(
         return explainer.explain(model, items, grid=grid, tokens=tokens, **extra)
 
 
+def scored_maps(saliency: Saliency, spans, sizes: Sequence[tuple[int, int]]) -> torch.Tensor | list[torch.Tensor]:
+    """Each phrase's map upsampled to its sample's scoring size ``sizes[b]`` (the original image, or its crop, where
+    the datamodule recorded one): ``(P, H, W)`` when all sizes agree, else a list of ``(H_p, W_p)``."""
+    values = saliency.phrase_maps(spans)
+    if len(set(sizes)) == 1:
+        return saliency.to_image_size(*sizes[0], values)
+    return [saliency.to_image_size(*sizes[b], values[p]) for p, (b, _, _) in enumerate(spans)]
+
+
 class LocalisationEvaluator:
     """Pointing game and attention correctness (images) or temporal + spatial pointing (videos), per explainer.
 
@@ -158,12 +167,14 @@ class LocalisationEvaluator:
             self._ensure_metrics(saliency.layout.is_video)
             results[name] = saliency
             if spans:
-                self._score(name, saliency, spans, phrases, batch.image_size, batch)
+                self._score(name, saliency, spans, phrases, batch)
         return results
 
-    def _score(self, name: str, saliency: Saliency, spans, phrases: list[Phrase], size, batch: Batch) -> None:
+    def _score(self, name: str, saliency: Saliency, spans, phrases: list[Phrase], batch: Batch) -> None:
+        """Score the phrases; image maps at each caption's ``original_size`` when it has one, else at the batch's
+        image size, against the boxes of that frame."""
         categories = [p.category for p in phrases]
-        height, width = size
+        height, width = batch.image_size
         if saliency.layout.is_video:
             temporal = saliency.phrase_maps(spans)
             regions = saliency.phrase_region_maps(spans)
@@ -178,20 +189,21 @@ class LocalisationEvaluator:
             if self.keep_records:
                 self._record_video(name, spans, phrases, temporal, batch)
             return
-        maps = saliency.to_image_size(height, width, saliency.phrase_maps(spans))
-        boxes = [p.boxes for p in phrases]
+        sizes = [caption.original_size or (height, width) for caption in batch.captions]
+        maps = scored_maps(saliency, spans, sizes)
+        boxes = [p.boxes if p.original_boxes is None else p.original_boxes for p in phrases]
         for metric in self.metrics[name].values():
             metric.update(maps, boxes, categories)
         if self.keep_records:
-            self._record_image(name, spans, phrases, maps, batch)
+            self._record_image(name, spans, phrases, maps, boxes, batch)
 
-    def _record_image(self, name, spans, phrases: list[Phrase], maps: torch.Tensor, batch: Batch) -> None:
+    def _record_image(self, name, spans, phrases: list[Phrase], maps, boxes, batch: Batch) -> None:
         """Per phrase: where the map points, whether that is a hit, and the share of mass inside the boxes."""
-        points = peak_locations(maps).tolist()
-        hits = pointing_hits(maps, [p.boxes for p in phrases], self.tolerance).tolist()
+        points = [peak_locations(m[None])[0].tolist() for m in maps]
+        hits = pointing_hits(maps, boxes, self.tolerance).tolist()
         for k, ((row, start, end), phrase) in enumerate(zip(spans, phrases, strict=True)):
-            boxed = bool(phrase.boxes)
-            mass = float(attention_correctness(maps[k], phrase.boxes)) if boxed else None
+            boxed = bool(boxes[k])
+            mass = float(attention_correctness(maps[k], boxes[k])) if boxed else None
             record = _phrase_record(name, batch, row, start, end, phrase)
             record.update(x=points[k][0], y=points[k][1], hit=hits[k] if boxed else None, mass_inside=mass)
             self.records.append(record)

@@ -37,6 +37,8 @@ class Phrase:
     boxes: list[Box] = field(default_factory=list)
     interval: tuple[int, int] | None = None  # video: frames where the phrase is visible/active
     frame_boxes: dict[int, list[Box]] = field(default_factory=dict)  # video: boxes per frame index
+    # the boxes in the frame maps are scored at (``Caption.original_size``); None: ``boxes``, which follow the pixels
+    original_boxes: list[Box] | None = None
 
     def words(self, caption_words: list[str]) -> list[str]:
         return caption_words[self.start : self.end]
@@ -48,6 +50,9 @@ class Caption:
 
     text: str
     phrases: list[Phrase] = field(default_factory=list)
+    # (H, W) maps are scored at, when the pixels were resized: the original image under the datamodule's ``full``
+    # protocol, its central square crop under ``center_crop``; None: the pixels' own size
+    original_size: tuple[int, int] | None = None
 
 
 @dataclass

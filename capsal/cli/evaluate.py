@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from capsal.checkpoints import checkpoint_datamodule, load_captioner
-from capsal.datamodules.base import ShardedSampler, collate_samples
+from capsal.datamodules.base import ShardedSampler, collate_samples, removed_crop_key
 from capsal.devices import model_device
 from capsal.errors import UserError, exit_on_user_error
 from capsal.evaluation import (
@@ -70,7 +70,9 @@ def test_loader(cfg: DictConfig, datamodule, model) -> DataLoader:
     )
 
 
-def localisation_evaluator(cfg: DictConfig, datamodule, model, explainers, loader) -> LocalisationEvaluator | None:
+def localisation_evaluator(
+    cfg, datamodule, model, explainers, loader, center_crop: bool
+) -> LocalisationEvaluator | None:
     """The evaluator, or None (with one log line) when there is nothing to localise."""
     categories = list(getattr(datamodule, "categories", None) or [])
     if not explainers:
@@ -82,17 +84,18 @@ def localisation_evaluator(cfg: DictConfig, datamodule, model, explainers, loade
     with torch.no_grad():
         layout = item_layout(model, tuple(visual_grid(model, probe.to(model_device(model))).shape[1:4]))
     return LocalisationEvaluator(
-        explainers, categories, cfg.tolerance, cfg.center_crop, is_video=layout.is_video, keep_records=True
+        explainers, categories, cfg.tolerance, center_crop, is_video=layout.is_video, keep_records=True
     )
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run ``capsal-eval`` as ``cfg`` says; returns every number it wrote."""
+    center_crop = removed_crop_key(cfg.center_crop)
     model = load_captioner(cfg.ckpt_path)
     explainers = choose_explainers(cfg, model)
     datamodule = checkpoint_datamodule(model, cfg.get("datamodule"))
     loader = test_loader(cfg, datamodule, model)
-    evaluator = localisation_evaluator(cfg, datamodule, model, explainers, loader)
+    evaluator = localisation_evaluator(cfg, datamodule, model, explainers, loader, center_crop)
     module = Evaluation(model, evaluator, bool(cfg.caption_metrics), int(cfg.rows_per_step))
     trainer = instantiate(
         cfg.trainer,

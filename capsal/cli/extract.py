@@ -9,6 +9,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from capsal.datamodules.base import removed_crop_key
 from capsal.datamodules.features import extract_split, read_manifest
 from capsal.errors import UserError, exit_on_user_error
 
@@ -16,11 +17,16 @@ log = logging.getLogger("capsal")
 
 
 def extract(cfg: DictConfig) -> dict[str, str]:
-    """Extract every split of ``cfg.splits`` into ``cfg.features_dir``; returns split -> cache folder."""
+    """Extract every split of ``cfg.splits`` into ``cfg.features_dir``; returns split -> cache folder.
+
+    The images are framed by the datamodule's ``protocol`` (recorded in the cache), not by the backbone.
+    """
+    removed_crop_key(cfg.backbone.get("crop"), "backbone.crop")
     if not cfg.get("features_dir"):
         raise UserError("features_dir is not set; pass features_dir=/path/to/cache")
     splits = [str(s) for s in cfg.splits]
     datamodule = instantiate(cfg.datamodule)
+    protocol = getattr(datamodule, "protocol", "full")
     written: dict[str, str] = {}
     for split in splits:
         out = extract_split(
@@ -37,7 +43,8 @@ def extract(cfg: DictConfig) -> dict[str, str]:
             progress=bool(cfg.progress),
         )
         manifest = read_manifest(out)
-        print(f"{split}: {manifest['num_samples']} samples, grids {manifest['grid_shape']} (T, h, w, d) in {out}")
+        grids = f"grids {manifest['grid_shape']} (T, h, w, d)"
+        print(f"{split}: {manifest['num_samples']} samples ({protocol} images), {grids} in {out}")
         written[split] = str(out)
     features_dir = Path(cfg.features_dir).expanduser()
     print(f"train from the cache with: datamodule.features_dir={features_dir} (and model.backbone set to the backbone)")

@@ -23,6 +23,10 @@ from capsal.types import Batch, Caption, Sample
 
 SPLITS = ("train", "val", "test")  # the split order; SPLITS.index(split) numbers a split wherever one needs a code
 CaptionChoice = Literal["random", "first"]
+# how images are framed, from extraction to scoring: ``full`` (resized whole, scored at the original size against the
+# original boxes) or ``center_crop`` (Liu et al.'s Table 2 protocol: the central square, boxes clipped to it)
+PROTOCOLS = ("full", "center_crop")
+Protocol = Literal["full", "center_crop"]
 
 
 class ShardedSampler(DistributedSampler):
@@ -64,6 +68,24 @@ def check_positive(**options: int) -> None:
     for name, value in options.items():
         if value < 1:
             raise UserError(f"{name}={value} must be at least 1; set {name} to a positive integer.")
+
+
+def check_protocol(protocol: str) -> str:
+    """``protocol`` when it is one of ``PROTOCOLS``, else the one-line error a user sees."""
+    if protocol not in PROTOCOLS:
+        raise UserError(f"datamodule.protocol={protocol!r} is unknown; use one of {', '.join(PROTOCOLS)}.")
+    return protocol
+
+
+def removed_crop_key(value: object, key: str = "center_crop") -> bool:
+    """Refuse a crop key that ``datamodule.protocol`` replaced (``capsal-eval center_crop=``, ``capsal-extract
+    backbone.crop=``): it must stay null. Returns False, the metric crop left once the datamodule frames the images."""
+    if value is not None:
+        raise UserError(
+            f"{key}= was removed: the datamodule frames the images now; set datamodule.protocol=center_crop "
+            f"(or full, the default) instead"
+        )
+    return False
 
 
 def collate_samples(samples: Sequence[Sample], vocab: Vocabulary, caption_choice: CaptionChoice = "first") -> Batch:
@@ -127,6 +149,9 @@ class CaptionDataModule(L.LightningDataModule):
 
     ``features_dir``: a cache written by ``capsal-extract`` (see ``capsal.datamodules.features``); each split then
     yields ``FeatureSample``s whose batches carry ``Batch.grid`` instead of pixels.
+
+    ``protocol`` (one of ``PROTOCOLS``) frames images for training, extraction and scoring alike; datasets whose
+    images are square (or that have none) may ignore it. Caches record it, so a cache is only read with its own.
     """
 
     is_video: bool = False  # samples are clips (T frames) rather than images (T = 1)
@@ -141,6 +166,7 @@ class CaptionDataModule(L.LightningDataModule):
         seed: int = 0,
         eval_batch_size: int | None = None,
         features_dir: str | None = None,
+        protocol: Protocol = "full",
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # the subclass's options too; checkpoints record what data was used
@@ -155,6 +181,7 @@ class CaptionDataModule(L.LightningDataModule):
         self.min_vocab_count = int(min_vocab_count)
         self.seed = int(seed)
         self.features_dir = str(features_dir) if features_dir else None
+        self.protocol: Protocol = check_protocol(protocol)  # type: ignore[assignment]
         self._splits: dict[str, Sequence[Sample]] = {}
         self._vocab: Vocabulary | None = None
 

@@ -10,7 +10,9 @@ Splits: with ``karpathy_split=true`` and ``dataset_coco.json`` present, its ``sp
 captions. Otherwise train is all of train2014, and val2014 is split in two by a seeded rule: its images sorted by id
 are shuffled with ``numpy.random.default_rng(seed)``; the first half (rounded up) is val, the rest test.
 Samples are ordered by image id; ``sample_id`` is the file name without extension. Images are resized to
-``image_size`` x ``image_size``. Images listed but missing or empty on disk are skipped and reported.
+``image_size`` x ``image_size``: the whole image (``protocol=full``) or its central square (``protocol=center_crop``,
+the framing of the paper's Table 2, so a captioner trained here sees what it is scored on). Images listed but missing
+or empty on disk are skipped and reported.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from capsal.datamodules.base import check_positive
+from capsal.datamodules.base import Protocol, check_positive
 from capsal.datamodules.files import FileDataModule, ImageDataset, MediaRecord
 from capsal.errors import UserError
 from capsal.types import Caption
@@ -88,8 +90,11 @@ class CocoCaptionsDataModule(FileDataModule):
         min_vocab_count: int = 1,
         seed: int = 0,
         eval_batch_size: int | None = None,
+        protocol: Protocol = "full",
     ):
-        super().__init__(root, features_dir, batch_size, num_workers, min_vocab_count, seed, eval_batch_size)
+        super().__init__(
+            root, features_dir, batch_size, num_workers, min_vocab_count, seed, eval_batch_size, protocol=protocol
+        )
         if image_size is not None:
             check_positive(image_size=image_size)
         self.image_size = int(image_size) if image_size is not None else None
@@ -116,4 +121,4 @@ class CocoCaptionsDataModule(FileDataModule):
 
     def build_split(self, split: str) -> ImageDataset:
         records = self.usable(self.split_records(split), split)
-        return ImageDataset(records, self.name, split, self.image_size)
+        return ImageDataset(records, self.name, split, self.image_size, self.protocol)

@@ -96,6 +96,13 @@ def dataset_settings(datamodule, dataset: Sequence | None = None) -> dict[str, A
     return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **options}
 
 
+def recorded_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """A manifest's settings as this capsal compares them: caches made before ``protocol`` existed framed whole
+    images, so their datamodule reads as ``protocol="full"`` (and a ``center_crop`` datamodule refuses them)."""
+    datamodule = {"protocol": "full", **settings.get("datamodule", {})}
+    return {**settings, "datamodule": datamodule}
+
+
 def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in settings.items():
@@ -260,7 +267,7 @@ def extract_split(
 
 def _resume(manifest: dict, settings: dict, count: int, ids: list[str] | None, out: Path) -> dict:
     """The manifest of an existing cache, checked against this run; shards whose file vanished are redone."""
-    difference = first_difference(manifest["settings"], settings)
+    difference = first_difference(recorded_settings(manifest["settings"]), settings)
     if difference is not None:
         key, old, new = difference
         raise UserError(
@@ -336,7 +343,8 @@ class CachedFeatures(Dataset):
                 f"capsal-extract again with the same settings to finish it"
             )
         if datamodule is not None:
-            difference = first_difference(manifest["settings"]["datamodule"], dataset_settings(datamodule, base))
+            recorded = recorded_settings(manifest["settings"])["datamodule"]
+            difference = first_difference(recorded, dataset_settings(datamodule, base))
             if difference is not None:
                 key, old, new = difference
                 raise UserError(

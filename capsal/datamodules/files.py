@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from capsal.datamodules.base import CaptionDataModule
+from capsal.datamodules.base import CaptionDataModule, Protocol, check_protocol
 from capsal.datamodules.media import MediaReadError, Size, decode_video, probe_video, read_image
 from capsal.errors import UserError
+from capsal.metrics.attention_correctness import center_crop_region
 from capsal.types import Caption, Sample
 
 log = logging.getLogger("capsal")
@@ -120,14 +122,41 @@ class MediaDataset(Dataset):
         raise MediaReadError(f"no file of {self.name} split {self.split} could be read; check the dataset files")
 
 
-class ImageDataset(MediaDataset):
-    """Images resized to ``image_size`` (None: stored size)."""
+def center_square(pixels: torch.Tensor, size: Size = None) -> torch.Tensor:
+    """The central square of uint8 ``(T, 3, H, W)`` pixels (side: the short side), resized to ``size`` when given.
 
-    def __init__(self, records: Sequence[MediaRecord], name: str, split: str, image_size: Size = None):
+    The crop is ``center_crop_region``'s, the one boxes are clipped to; the resize is bilinear with antialiasing
+    (as PIL's), so a square read this way matches a square image read at that size.
+    """
+    top, left, side = center_crop_region(*pixels.shape[-2:])
+    square = pixels[..., top : top + side, left : left + side]
+    if size is None:
+        return square.contiguous()
+    hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if tuple(square.shape[-2:]) == hw:
+        return square.contiguous()
+    resized = F.interpolate(square.float(), size=hw, mode="bilinear", align_corners=False, antialias=True)
+    return resized.round().clamp(0, 255).to(torch.uint8)
+
+
+class ImageDataset(MediaDataset):
+    """Images resized to ``image_size`` (None: stored size); under ``protocol="center_crop"`` their central square."""
+
+    def __init__(
+        self,
+        records: Sequence[MediaRecord],
+        name: str,
+        split: str,
+        image_size: Size = None,
+        protocol: Protocol = "full",
+    ):
         super().__init__(records, name, split)
         self.image_size = image_size
+        self.protocol: Protocol = check_protocol(protocol)  # type: ignore[assignment]
 
     def load_pixels(self, record: MediaRecord) -> torch.Tensor:
+        if self.protocol == "center_crop":
+            return center_square(read_image(record.path), self.image_size)
         return read_image(record.path, self.image_size)
 
 
@@ -176,6 +205,7 @@ class FileDataModule(CaptionDataModule):
         min_vocab_count: int = 1,
         seed: int = 0,
         eval_batch_size: int | None = None,
+        protocol: Protocol = "full",
     ):
         super().__init__(
             batch_size=batch_size,
@@ -184,6 +214,7 @@ class FileDataModule(CaptionDataModule):
             seed=seed,
             eval_batch_size=eval_batch_size,
             features_dir=features_dir,
+            protocol=protocol,
         )
         self.root = Path(str(root)).expanduser()
         if not self.root.is_dir():

@@ -11,11 +11,21 @@ the phrase's ``category`` is its first type, its word span counts ``capsal.text.
 ``<bndbox>`` or ``<nobndbox>``/``<scene>`` flags. A phrase's ``boxes`` are all the boxes of its chain (several
 objects may share a chain id, one object may carry several ids); chain ``0`` (type ``notvisual``), scene and
 no-box chains have none. The XML coordinates are 1-based inclusive pixels; they are converted to 0-based inclusive
-(as the official ``flickr30k_entities_utils.py`` does), then scaled to the resized image: ``Sample.pixels`` is
-resized to ``image_size`` x ``image_size`` and a box ``(x0, y0, x1, y1)`` becomes ``(x0 * sx, y0 * sy,
-(x1 + 1) * sx - 1, (y1 + 1) * sy - 1)`` with ``sx = image_size / width`` (the same pixels, covered in the resized
-frame; the original size is the XML's ``<size>``, else the image header), so boxes and pixels always agree.
-``image_size=null`` keeps the stored size and the original boxes (then use ``batch_size=1``).
+(as the official ``flickr30k_entities_utils.py`` does).
+
+``protocol`` (README "Datasets > Flickr30k Entities") frames the images for training, extraction and scoring:
+
+- ``full``: ``Sample.pixels`` is the whole image resized to ``image_size`` x ``image_size``. Each caption records the
+  original ``(H, W)`` (``Caption.original_size``, from the XML's ``<size>``, else the image header) and each phrase
+  its original boxes (``Phrase.original_boxes``): maps are scored at the original resolution against them.
+- ``center_crop`` (Liu et al.'s protocol, the paper's Table 2): the central square of the image (side: its short
+  side, ``capsal.metrics.attention_correctness.center_crop_region``), resized to ``image_size``. ``original_size`` is
+  that square, ``original_boxes`` are the boxes moved into it and clipped (``crop_boxes``); a phrase whose boxes all
+  fall outside has none and is skipped (and counted) by the metrics.
+
+``Phrase.boxes`` always follow ``Sample.pixels`` (for figures): a box ``(x0, y0, x1, y1)`` of the scored frame
+becomes ``(x0 * sx, y0 * sy, (x1 + 1) * sx - 1, (y1 + 1) * sy - 1)`` with ``sx = image_size / width`` (the same
+pixels, covered in the resized frame). ``image_size=null`` keeps the stored size (then use ``batch_size=1``).
 
 Ids listed in a split file whose image, sentences or annotation file is missing or empty are skipped and reported.
 """
@@ -27,10 +37,11 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from capsal.datamodules.base import check_positive
+from capsal.datamodules.base import Protocol, check_positive
 from capsal.datamodules.files import FileDataModule, ImageDataset, MediaRecord, report_skipped
 from capsal.datamodules.media import image_size_of
 from capsal.errors import UserError
+from capsal.metrics.attention_correctness import center_crop_region, crop_boxes
 from capsal.text import tokenize
 from capsal.types import Box, Caption, Phrase
 
@@ -174,25 +185,31 @@ class Flickr30kRecord(MediaRecord):
 
 
 class Flickr30kEntitiesDataset(ImageDataset):
-    """Images resized to ``image_size`` with captions whose phrases carry boxes in the resized frame."""
+    """Images framed by the protocol, with captions whose phrases carry boxes in the scored and the pixel frames."""
 
     def captions_at(self, index: int) -> list[Caption]:
         record = self.records[index]
         assert isinstance(record, Flickr30kRecord) and record.annotation is not None
         chains, recorded = read_annotation(record.annotation)
+        width, height = recorded or image_size_of(record.path)  # the XML size: no image needed (cached features)
+        top = left = 0
+        if self.protocol == "center_crop":
+            top, left, side = center_crop_region(height, width)
+            height = width = side
         sx = sy = 1.0
         if self.image_size is not None:
-            width, height = recorded or image_size_of(record.path)  # the XML size: no image needed (cached features)
             size = self.image_size
             new_h, new_w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
             sx, sy = new_w / width, new_h / height
         captions = []
         for caption, entities in zip(record.captions, record.entities, strict=True):
-            phrases = [
-                replace(p, boxes=[scale_box(b, sx, sy) for b in chains.get(e, [])] if e != NOT_VISUAL else [])
-                for p, e in zip(caption.phrases, entities, strict=True)
-            ]
-            captions.append(Caption(caption.text, phrases))
+            phrases = []
+            for phrase, entity in zip(caption.phrases, entities, strict=True):
+                boxes = chains.get(entity, []) if entity != NOT_VISUAL else []
+                if self.protocol == "center_crop":
+                    boxes = crop_boxes(boxes, top, left, height)
+                phrases.append(replace(phrase, boxes=[scale_box(b, sx, sy) for b in boxes], original_boxes=boxes))
+            captions.append(Caption(caption.text, phrases, original_size=(height, width)))
         return captions
 
 
@@ -214,8 +231,11 @@ class Flickr30kEntitiesDataModule(FileDataModule):
         min_vocab_count: int = 1,
         seed: int = 0,
         eval_batch_size: int | None = None,
+        protocol: Protocol = "full",
     ):
-        super().__init__(root, features_dir, batch_size, num_workers, min_vocab_count, seed, eval_batch_size)
+        super().__init__(
+            root, features_dir, batch_size, num_workers, min_vocab_count, seed, eval_batch_size, protocol=protocol
+        )
         if image_size is not None:
             check_positive(image_size=image_size)
         self.image_size = int(image_size) if image_size is not None else None
@@ -250,4 +270,4 @@ class Flickr30kEntitiesDataModule(FileDataModule):
         report_skipped(self.name, split, missing, len(ids), "annotation")
         records = self.usable(records, split)
         records = [r for r in records if r.captions]
-        return Flickr30kEntitiesDataset(records, self.name, split, self.image_size)
+        return Flickr30kEntitiesDataset(records, self.name, split, self.image_size, self.protocol)

@@ -109,9 +109,11 @@ def check_boxes(boxes: Sequence[Sequence[Box]]) -> None:
 
 
 def points_in_boxes(points: Tensor, boxes: Sequence[Sequence[Box]], tolerance: float = 0.0) -> Tensor:
-    """``(P,)`` bool: point p lies within ``tolerance`` pixels (Euclidean) of any of ``boxes[p]`` (inclusive).
+    """``(P,)`` bool: point p hits one of ``boxes[p]`` (TorchRay's ``PointingGame`` rule).
 
-    A phrase with no boxes is a miss.
+    A point inside a box, edges included, is a hit whatever the tolerance; a point outside is a hit only when its
+    Euclidean distance to the box is strictly less than ``tolerance`` (so ``tolerance=0`` means inside only, and a
+    point exactly ``tolerance`` px away misses). A phrase with no boxes is a miss.
     """
     if len(points) != len(boxes):
         raise ValueError(f"{len(points)} points but {len(boxes)} box lists")
@@ -125,5 +127,6 @@ def points_in_boxes(points: Tensor, boxes: Sequence[Sequence[Box]], tolerance: f
     zero = torch.zeros((), dtype=torch.float64, device=points.device)
     dx = torch.maximum(torch.maximum(box[:, 0] - point[:, 0], point[:, 0] - box[:, 2]), zero)
     dy = torch.maximum(torch.maximum(box[:, 1] - point[:, 1], point[:, 1] - box[:, 3]), zero)
-    near = torch.hypot(dx, dy) <= tolerance
+    distance = torch.hypot(dx, dy)
+    near = (distance == 0) | (distance < tolerance)
     return hits.index_add_(0, owner, near.long()) > 0

@@ -40,10 +40,11 @@ def pointing_hits(maps: Tensor | Sequence[Tensor], boxes: Sequence[Sequence[Box]
 
 
 class PointingGame(CategoryAccuracy):
-    """Share of phrases whose saliency maximum lies inside (or within ``tolerance`` px of) one of their boxes.
+    """Share of phrases whose saliency maximum lies inside (or strictly closer than ``tolerance`` px to) a box.
 
-    ``tolerance=0`` is the paper's protocol; Zhang et al. use 15 px. Phrases without boxes (Flickr30k's
-    "notvisual") are not scored and are counted in ``skipped``.
+    ``tolerance=0`` is the paper's protocol: inside a box, edges included. Zhang et al. use 15 px with TorchRay's
+    strict rule: a maximum exactly 15 px from every box misses, one 14.9 px away hits. Phrases without boxes
+    (Flickr30k's "notvisual") are not scored and are counted in ``skipped``.
 
     ``update(maps, boxes, categories)``: ``maps`` is ``(P, H, W)`` or a list of ``P`` maps ``(H_p, W_p)`` (images of
     different sizes), ``boxes[p]`` the boxes of phrase p, ``categories[p]`` its category.

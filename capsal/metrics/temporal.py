@@ -27,8 +27,9 @@ class TemporalPointingGame(CategoryAccuracy):
       lies in ``[start, end)``.
     - ``spatial`` (optional): ``(P, T, H, W)`` or a list of ``(T_p, H, W)`` maps or ``None`` per phrase, with
       ``frame_boxes[p]``: ``{frame: boxes}``. In the most salient frame the maximum of that frame's map must lie
-      within ``tolerance`` px of one of that frame's boxes; a frame without boxes for the phrase (the temporal
-      pointing missed) is a spatial miss. Phrases with no boxes in any frame count in ``spatial/skipped``.
+      inside one of that frame's boxes or strictly closer than ``tolerance`` px to one; a frame without boxes for
+      the phrase (the temporal pointing missed) is a spatial miss. Phrases with no boxes in any frame count in
+      ``spatial/skipped``.
 
     ``compute()`` keys: ``temporal/avg``, ``temporal/<category>``, ``temporal/skipped`` and the same for ``spatial``
     (nan where nothing was scored, e.g. spatial when no spatial maps were given).

@@ -55,8 +55,10 @@ class TorchvisionBackbone(nn.Module):
 
     ``weights``: ``None`` (random, works offline), a torchvision weights name such as ``"DEFAULT"`` (downloads
     into the torch hub cache when a network is at hand), or the path of a local ``.pth`` state dict.
-    ``crop``: ``"resize"`` squashes the frame to ``input_size``; ``"center"`` resizes the short side then
-    centre-crops, the protocol of the paper's attention-correctness table.
+    Frames are resized to ``input_size`` x ``input_size``; which part of an image they show (the whole image, or its
+    central square) is the datamodule's ``protocol``, so training, extraction and scoring see the same pixels.
+    ``crop`` is gone: ``None`` or ``"resize"`` (what configs and checkpoints before ``protocol`` record) are accepted,
+    anything else is refused with a pointer to ``datamodule.protocol=center_crop``.
     """
 
     def __init__(
@@ -65,7 +67,7 @@ class TorchvisionBackbone(nn.Module):
         weights: str | None = None,
         frozen: bool = True,
         input_size: int | None = None,
-        crop: str = "resize",
+        crop: str | None = None,
     ):
         super().__init__()
         from torchvision import models
@@ -73,15 +75,19 @@ class TorchvisionBackbone(nn.Module):
 
         if name not in _TORCHVISION_GRIDS:
             raise UserError(f"unknown backbone '{name}'; choose one of {sorted(_TORCHVISION_GRIDS)}")
-        if crop not in ("resize", "center"):
-            raise UserError(f"backbone crop must be 'resize' or 'center', got '{crop}'")
+        if crop not in (None, "resize"):
+            raise UserError(
+                f"backbone.crop={crop} was removed: the datamodule frames the images now; set "
+                f"datamodule.protocol=center_crop instead"
+            )
         constructor, node, default_size, channels = _TORCHVISION_GRIDS[name]
         kwargs = {"init_weights": False, "aux_logits": True} if name == "inception_v3" else {}
         classifier = getattr(models, constructor)(weights=None, **kwargs)
         if weights is not None:
             classifier.load_state_dict(_load_weights(name, weights))
         self.body = create_feature_extractor(classifier, return_nodes={node: "grid"})
-        self.name, self.weights, self.crop = name, weights, crop
+        self.name, self.weights = name, weights
+        self.crop = "resize"  # recorded in caches; older caches compare equal
         self.input_size = input_size or default_size
         self.out_channels = channels
         self.frozen = frozen
@@ -101,14 +107,7 @@ class TorchvisionBackbone(nn.Module):
 
     def _resize(self, pixels: torch.Tensor) -> torch.Tensor:
         size = self.input_size
-        if self.crop == "resize":
-            return F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
-        height, width = pixels.shape[-2:]
-        scale = size / min(height, width)
-        new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
-        pixels = F.interpolate(pixels, size=(new_h, new_w), mode="bilinear", align_corners=False)
-        top, left = (new_h - size) // 2, (new_w - size) // 2
-        return pixels[..., top : top + size, left : left + size]
+        return F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
 
 
 def _load_weights(name: str, weights: str) -> dict:

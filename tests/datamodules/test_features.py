@@ -35,7 +35,6 @@ RESNET = {
     "name": "resnet50",
     "weights": None,
     "input_size": 64,
-    "crop": "resize",
 }
 
 
@@ -152,8 +151,8 @@ def test_a_cache_made_with_other_settings_is_refused(flickr, tmp_path):
         64,
     )
     assert manifest["grid_shape"] == [1, 2, 2, 2048]
-    with pytest.raises(UserError, match=r"backbone\.crop='resize' but this run has backbone\.crop='center'"):
-        extract_split(module(flickr), "val", {**RESNET, "crop": "center"}, cache, shard_size=1, progress=False)
+    with pytest.raises(UserError, match=r"datamodule\.protocol='full' but this run has datamodule\.protocol='center"):
+        extract_split(module(flickr, protocol="center_crop"), "val", RESNET, cache, shard_size=1, progress=False)
     with pytest.raises(UserError, match=r"datamodule\.image_size=32 but this run has datamodule\.image_size=48"):
         extract_split(module(flickr, image_size=48), "val", RESNET, cache, shard_size=1, progress=False)
     with pytest.raises(UserError, match=r"shard_size=1 but this run has shard_size=2"):

@@ -17,6 +17,7 @@ from capsal.metrics import (
     attention_correctness,
     pointing_hits,
 )
+from capsal.metrics.base import points_in_boxes
 
 CATS = ["people", "animals", "scene"]
 
@@ -60,7 +61,8 @@ def test_tolerance_is_euclidean_distance_to_the_box():
     straight = peak_map(40, 40, (30, 5))  # 10 px right of the box (x1 = 20)
     diagonal = peak_map(40, 40, (28, 16))  # dx = 8, dy = 6 below/right of the corner (20, 10): distance 10
     box = [(10, 0, 20, 10)]
-    for tolerance, expected in [(0, [False, False]), (9.99, [False, False]), (10, [True, True]), (15, [True, True])]:
+    cases = [(0, [False, False]), (10, [False, False]), (10.01, [True, True]), (15, [True, True])]
+    for tolerance, expected in cases:  # strictly closer than the tolerance (TorchRay's rule): 10 px away misses at 10
         assert pointing_hits([straight, diagonal], [box, box], tolerance).tolist() == expected, tolerance
     metric = PointingGame(CATS, tolerance=15)
     metric.update([straight], [box], ["people"])
@@ -68,6 +70,22 @@ def test_tolerance_is_euclidean_distance_to_the_box():
     strict = PointingGame(CATS)
     strict.update([straight], [box], ["people"])
     assert float(strict.compute()["avg"]) == 0.0
+
+
+def test_a_point_exactly_tolerance_away_misses_and_box_edges_always_hit():
+    point = torch.tensor([[50, 20]])
+    at_15 = [(10, 0, 35, 30)]  # x1 = 35: the point is exactly 15 px to its right
+    at_14_9 = [(10, 0, 35.1, 30)]  # 14.9 px
+    assert points_in_boxes(point, [at_15], tolerance=15).tolist() == [False]
+    assert points_in_boxes(point, [at_14_9], tolerance=15).tolist() == [True]
+    metric = PointingGame(CATS, tolerance=15)
+    metric.update([peak_map(40, 60, (50, 20))] * 2, [at_15, at_14_9], ["people", "animals"])
+    result = as_floats(metric.compute())
+    assert (result["people"], result["animals"], result["avg"]) == (0.0, 1.0, 0.5)
+    on_edge = peak_map(40, 60, (35, 30))  # the bottom-right corner pixel of the box itself
+    assert pointing_hits([on_edge], [at_15], tolerance=0).tolist() == [True]
+    assert pointing_hits([on_edge], [at_15], tolerance=15).tolist() == [True]
+    assert pointing_hits([peak_map(40, 60, (36, 30))], [at_15], tolerance=0).tolist() == [False]  # 1 px outside
 
 
 def test_per_category_and_average_accumulate_over_updates_and_skip_phrases_without_boxes():
@@ -247,7 +265,7 @@ def reference_hit(point: tuple[int, int], boxes: list, tolerance: float) -> bool
     for x0, y0, x1, y1 in boxes:
         dx = max(x0 - x, 0, x - x1)
         dy = max(y0 - y, 0, y - y1)
-        if math.hypot(dx, dy) <= tolerance:
+        if (dx, dy) == (0, 0) or math.hypot(dx, dy) < tolerance:
             return True
     return False
 
