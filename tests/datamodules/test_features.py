@@ -292,9 +292,52 @@ def test_capsal_extract_reports_a_missing_root_in_one_line(tmp_path):
         ],
         capture_output=True,
         text=True,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "TORCH_HOME": str(tmp_path / "torch_home")},
         timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("capsal-extract: error: msvd root ")
     assert "YouTubeClips" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- backbone weights: the torch hub cache, never a download ---------------------------------------------------------
+def test_extract_defaults_to_imagenet_weights_and_stops_in_one_line_when_they_are_not_cached(flickr, tmp_path):
+    hub = tmp_path / "torch_home"  # empty: nothing cached, and nothing may be downloaded
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "capsal.cli.extract",
+            f"datamodule.root={flickr}",
+            f"features_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            "progress=false",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "TORCH_HOME": str(hub)},
+        timeout=180,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    expected = hub / "hub" / "checkpoints" / "inception_v3_google-0cc3c7bd.pth"
+    assert line.startswith("capsal-extract: error: ImageNet weights 'DEFAULT' for inception_v3 are not in the torch")
+    assert str(expected) in line and "backbone.weights=/path/to.pth" in line and "backbone.weights=null" in line
+    assert not expected.exists() and not (tmp_path / "cache").exists()
+
+
+def test_imagenet_weights_are_read_from_the_torch_hub_cache(tmp_path, monkeypatch):
+    from torchvision.models import resnet50
+
+    from capsal.models.backbones import TorchvisionBackbone
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    classifier = resnet50(weights=None)  # stands in for the ImageNet file, placed where torchvision keeps it
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(classifier.state_dict(), tmp_path / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth")
+    loaded = TorchvisionBackbone(name="resnet50", weights="DEFAULT")
+    torch.testing.assert_close(loaded.body.conv1.weight, classifier.conv1.weight)
+    with pytest.raises(UserError, match=r"'IMAGENET1K_V1' for resnet50 are not in the torch hub cache: download https"):
+        TorchvisionBackbone(name="resnet50", weights="IMAGENET1K_V1")  # another file, not cached
+    with pytest.raises(UserError, match="unknown weights 'NOPE' for resnet50"):
+        TorchvisionBackbone(name="resnet50", weights="NOPE")
