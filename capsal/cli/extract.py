@@ -9,7 +9,8 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from capsal.datamodules.features import extract_split, read_manifest
+from capsal.datamodules.features import extract_split, read_manifest, skipped_files
+from capsal.datamodules.files import REPORT_NAMES
 from capsal.errors import UserError, exit_on_user_error
 
 log = logging.getLogger("capsal")
@@ -22,6 +23,7 @@ def extract(cfg: DictConfig) -> dict[str, str]:
     splits = [str(s) for s in cfg.splits]
     datamodule = instantiate(cfg.datamodule)
     written: dict[str, str] = {}
+    skipped: dict[str, list[str]] = {}
     for split in splits:
         out = extract_split(
             datamodule,
@@ -37,11 +39,27 @@ def extract(cfg: DictConfig) -> dict[str, str]:
             progress=bool(cfg.progress),
         )
         manifest = read_manifest(out)
-        print(f"{split}: {manifest['num_samples']} samples, grids {manifest['grid_shape']} (T, h, w, d) in {out}")
+        count = sum(len(shard["ids"]) for shard in manifest["shards"])
+        print(f"{split}: {count} samples, grids {manifest['grid_shape']} (T, h, w, d) in {out}")
         written[split] = str(out)
+        skipped[split] = skipped_files(manifest)
+    print(skipped_summary(skipped))
     features_dir = Path(cfg.features_dir).expanduser()
     print(f"train from the cache with: datamodule.features_dir={features_dir} (and model.backbone set to the backbone)")
     return written
+
+
+def skipped_summary(skipped: dict[str, list[str]]) -> str:
+    """The one line ending every extraction: how many files were skipped per split, and the first few."""
+    paths = [p for split_paths in skipped.values() for p in split_paths]
+    if not paths:
+        return "skipped files: none"
+    counts = ", ".join(f"{split} {len(p)}" for split, p in skipped.items() if p)
+    more = f" ... and {len(paths) - REPORT_NAMES} more" if len(paths) > REPORT_NAMES else ""
+    return (
+        f"skipped files: {len(paths)} ({counts}) missing, empty, unreadable or failing to decode, left out of the "
+        f"cache: {', '.join(paths[:REPORT_NAMES])}{more}"
+    )
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="extract")

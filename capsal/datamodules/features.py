@@ -563,3 +563,50 @@ class CachedFeatures(Dataset):
         state = dict(self.__dict__)
         state["_arrays"] = {}  # memory maps are reopened in each DataLoader worker
         return state
+
+
+# -- the model that trains from a cache ----------------------------------------------------------------------------
+NOT_FEATURE_SETTINGS = frozenset({"frozen", "out_channels"})  # backbone options that do not change the cached grids
+
+
+def _with_defaults(settings: dict[str, Any]) -> dict[str, Any]:
+    """A backbone's settings with the constructor defaults it left out filled in (so omitting one is no difference)."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    try:
+        params = inspect.signature(get_class(str(settings.get("_target_"))).__init__).parameters
+    except Exception:  # an unknown target: compare what is written
+        return dict(settings)
+    defaults = {k: _plain(p.default) for k, p in params.items() if k != "self" and p.default is not p.empty}
+    return {**defaults, **{k: v for k, v in settings.items() if v is not None or k not in defaults}}
+
+
+def check_model_backbone(cache: CachedFeatures, backbone: dict | DictConfig | None, model: torch.nn.Module) -> None:
+    """Refuse (one ``UserError`` line) a model whose backbone is not the one ``cache`` was extracted with.
+
+    The rule: every backbone setting that shapes the grids (``_target_``, name, weights, crop, input size and the
+    constructor's other options, defaults filled in; not ``frozen``) must equal the manifest's, and the model's feature
+    size must equal the cache's channel count. Otherwise the model would train on one backbone's grids and explain
+    raw inputs through another.
+    """
+    cached = _with_defaults(cache.manifest["settings"]["backbone"])
+    module = getattr(model, "backbone", None)
+    ours = _with_defaults(backbone_settings(backbone or {}, module if isinstance(module, torch.nn.Module) else None))
+    keys = [k for k in sorted(set(cached) | set(ours)) if k not in NOT_FEATURE_SETTINGS]
+    difference = first_difference({k: cached.get(k) for k in keys}, {k: ours.get(k) for k in keys})
+    if difference is not None:
+        key, old, new = difference
+        raise UserError(
+            f"feature cache {cache.directory} was extracted with backbone.{key}={old!r} but the model has "
+            f"model.backbone.{key}={new!r}; set model.backbone.{key}={old!r} (the model must use the extraction "
+            f"backbone) or extract again"
+        )
+    channels = (cache.manifest.get("grid_shape") or [None])[-1]
+    size = getattr(model, "feature_size", None)
+    if channels is not None and size is not None and int(size) != int(channels):
+        raise UserError(
+            f"the model's feature size is {size} but feature cache {cache.directory} holds {channels}-channel grids; "
+            f"set model.backbone to the extraction backbone"
+        )
