@@ -10,7 +10,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from capsal.datamodules.base import removed_crop_key
-from capsal.datamodules.features import extract_split, read_manifest
+from capsal.datamodules.features import extract_split, read_manifest, skipped_files
+from capsal.datamodules.files import REPORT_NAMES
 from capsal.errors import UserError, exit_on_user_error
 
 log = logging.getLogger("capsal")
@@ -28,6 +29,7 @@ def extract(cfg: DictConfig) -> dict[str, str]:
     datamodule = instantiate(cfg.datamodule)
     protocol = getattr(datamodule, "protocol", "full")
     written: dict[str, str] = {}
+    skipped: dict[str, list[str]] = {}
     for split in splits:
         out = extract_split(
             datamodule,
@@ -43,12 +45,28 @@ def extract(cfg: DictConfig) -> dict[str, str]:
             progress=bool(cfg.progress),
         )
         manifest = read_manifest(out)
+        count = sum(len(shard["ids"]) for shard in manifest["shards"])
         grids = f"grids {manifest['grid_shape']} (T, h, w, d)"
-        print(f"{split}: {manifest['num_samples']} samples ({protocol} images), {grids} in {out}")
+        print(f"{split}: {count} samples ({protocol} images), {grids} in {out}")
         written[split] = str(out)
+        skipped[split] = skipped_files(manifest)
+    print(skipped_summary(skipped))
     features_dir = Path(cfg.features_dir).expanduser()
     print(f"train from the cache with: datamodule.features_dir={features_dir} (and model.backbone set to the backbone)")
     return written
+
+
+def skipped_summary(skipped: dict[str, list[str]]) -> str:
+    """The one line ending every extraction: how many files were skipped per split, and the first few."""
+    paths = [p for split_paths in skipped.values() for p in split_paths]
+    if not paths:
+        return "skipped files: none"
+    counts = ", ".join(f"{split} {len(p)}" for split, p in skipped.items() if p)
+    more = f" ... and {len(paths) - REPORT_NAMES} more" if len(paths) > REPORT_NAMES else ""
+    return (
+        f"skipped files: {len(paths)} ({counts}) missing, empty, unreadable or failing to decode, left out of the "
+        f"cache: {', '.join(paths[:REPORT_NAMES])}{more}"
+    )
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="extract")

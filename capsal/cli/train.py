@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from capsal.datamodules.base import collate_samples
+from capsal.datamodules.features import CachedFeatures, check_model_backbone
 from capsal.devices import model_device
 from capsal.errors import exit_on_user_error
 from capsal.evaluation import generate_captions
@@ -41,8 +42,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     model = instantiate(cfg.model, vocab=datamodule.vocab.to_list())
     model.datamodule_config = OmegaConf.to_container(cfg.datamodule, resolve=True)
-    frames, _, height, width = datamodule.sample("train", 0).pixels.shape
-    model.input_shape = (frames, height, width)
+    for split in ("train", "val"):  # a model trained from a cache must use the backbone that made it
+        data = datamodule.get_split(split)
+        if isinstance(data, CachedFeatures):
+            check_model_backbone(data, cfg.model.get("backbone"), model)
+    sample = datamodule.sample("train", 0)
+    shape = getattr(sample, "pixel_shape", None)  # a cached sample: read without loading its pixels
+    if shape is None:
+        frames, _, height, width = sample.pixels.shape
+        shape = (frames, height, width)
+    model.input_shape = tuple(shape)
     callbacks = build_callbacks(cfg)
     logger = build_logger(cfg)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)

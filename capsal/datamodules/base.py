@@ -119,7 +119,7 @@ def collate_samples(samples: Sequence[Sample], vocab: Vocabulary, caption_choice
         chosen.append(sample.captions[index])
     pixels = None if cached else torch.stack(inputs).to(torch.float32) / 255.0
     grid = torch.stack(inputs).to(torch.float32) if cached else None
-    pixel_shape = _placeholder_shape(samples[0].pixels) if cached else None  # with pixels, Batch reads their shape
+    pixel_shape = _cached_pixel_shape(samples[0]) if cached else None  # with pixels, Batch reads their shape
     tokens = vocab.pad_batch([vocab.encode(c.text) for c in chosen])
     return Batch(
         tokens=tokens,
@@ -130,6 +130,14 @@ def collate_samples(samples: Sequence[Sample], vocab: Vocabulary, caption_choice
         grid=grid,
         pixel_shape=pixel_shape,
     )
+
+
+def _cached_pixel_shape(sample: Sample) -> tuple[int, int, int] | None:
+    """``(T, H, W)`` a cached sample's grid came from: its ``pixel_shape``; its pixels are not loaded for this (a
+    ``FeatureSample`` made by hand without ``pixel_shape`` gives the shape of the pixels it holds)."""
+    if getattr(sample, "pixel_shape", None) is not None or getattr(sample, "load_pixels", None) is not None:
+        return getattr(sample, "pixel_shape", None)
+    return _placeholder_shape(sample.pixels)
 
 
 def _placeholder_shape(pixels: torch.Tensor) -> tuple[int, int, int] | None:

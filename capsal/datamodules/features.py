@@ -5,7 +5,8 @@ a progress bar) and writes ``<features_dir>/<split>/``::
 
     manifest.json        settings, sample ids, grid and pixel shapes, and the shards completed so far
     shard_00000.npy      float16 array (n, T, h, w, d): the grids of samples [0, n), n = shard_size
-    shard_00001.npy      samples [n, 2n) ...
+    shard_00001.npy      samples [n, 2n) ... (less those that failed to load, listed in the manifest)
+    thumbs_00000.npy     uint8 (n, T, 3, h', w'): thumbnails (long side <= 128 px) of shard 0's samples
 
 A shard is written to a temporary file and renamed, then the manifest is rewritten the same way, so a killed
 extraction leaves only whole shards; running it again skips the completed ones. The manifest records the backbone
@@ -16,24 +17,32 @@ with different settings is refused with a ``UserError`` naming the first setting
 are not compared (a moved dataset keeps its cache: the sample ids are checked instead).
 
 ``CachedFeatures`` wraps a split so each item is a ``FeatureSample`` with the cached grid (shards memory-mapped on
-read), the split's captions, and as ``pixels`` a zero placeholder of the extracted pixel shape (no memory);
-``CaptionDataModule(features_dir=...)`` applies it to every split, and collation fills ``Batch.grid``, which the
-models use instead of running their backbone. Train with ``model.backbone`` set to the extraction backbone, so the
-model's grids at explanation time (raw inputs) match what it was trained on.
+read), the split's captions and ``pixel_shape`` (the extracted ``(T, H, W)``). Its ``pixels`` are loaded only when
+something reads them (a gallery, ``capsal-explain sample=``): the source dataset's pixels when its files still load,
+else the stored thumbnail scaled back to the extracted size, never black. ``CaptionDataModule(features_dir=...)``
+applies it to every split; collation fills ``Batch.grid`` and ``Batch.pixel_shape`` and never reads pixels, so
+training batches carry no pixels and the models use the grid instead of running their backbone. ``capsal-train``
+refuses a ``model.backbone`` other than the extraction backbone (``check_model_backbone``), so the model's grids at
+explanation time (raw inputs) match what it was trained on.
 """
 
 from __future__ import annotations
 
+import bisect
+import functools
+import itertools
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -44,8 +53,11 @@ from capsal.devices import resolve_device
 from capsal.errors import UserError
 from capsal.types import Caption, Sample
 
+log = logging.getLogger("capsal")
+
 FORMAT = 1
 MANIFEST = "manifest.json"
+THUMBNAIL_SIZE = 128  # long side of the thumbnails stored beside the shards
 # datamodule options that do not change the samples' pixels (the root is checked through the sample ids instead)
 NOT_COMPARED = frozenset(
     {"batch_size", "eval_batch_size", "num_workers", "min_vocab_count", "features_dir", "check_videos", "root"}
@@ -54,10 +66,27 @@ NOT_COMPARED = frozenset(
 
 @dataclass
 class FeatureSample(Sample):
-    """A sample whose visual input is a cached descriptor grid ``(T, h, w, d)``; ``pixels`` then only has the shape
-    of the pixels the grid came from (a zero, stride-0 placeholder, see ``CachedFeatures._placeholder``)."""
+    """A sample whose visual input is a cached descriptor grid ``(T, h, w, d)``.
+
+    ``pixel_shape`` is ``(T, H, W)`` of the pixels the grid came from (what collation puts in ``Batch.pixel_shape``).
+    ``pixels`` are loaded on first access only, through ``load_pixels`` (``CachedFeatures.display_pixels``): the
+    source's pixels when its files still load, else the cache's thumbnail scaled back to ``pixel_shape``. Training
+    never reads them (collation uses ``grid`` and ``pixel_shape``); galleries and ``capsal-explain sample=`` do.
+    """
 
     grid: torch.Tensor | None = None
+    pixel_shape: tuple[int, int, int] | None = None
+    load_pixels: Callable[[], torch.Tensor] | None = field(default=None, repr=False, compare=False)
+
+    @property  # type: ignore[override]
+    def pixels(self) -> torch.Tensor:
+        if self._pixels is None and self.load_pixels is not None:
+            self._pixels = self.load_pixels()
+        return self._pixels
+
+    @pixels.setter
+    def pixels(self, value: torch.Tensor | None) -> None:
+        self._pixels = value
 
 
 # -- settings ------------------------------------------------------------------------------------------------------
@@ -166,11 +195,15 @@ def extract_split(
     seed: int = 0,
     progress: bool = True,
     on_shard: Callable[[int], None] | None = None,
+    thumbnail_size: int = THUMBNAIL_SIZE,
 ) -> Path:
     """Cache the backbone grids of ``split`` under ``features_dir/split`` (resuming a partial cache); its path.
 
     ``batch_size`` samples are loaded at a time and their frames go through the backbone ``frames_per_pass`` at a
-    time. ``on_shard(index)`` is called after each shard is written.
+    time. ``on_shard(index)`` is called after each shard is written. Beside each shard go uint8 thumbnails of its
+    samples (``thumbs_*.npy``, long side at most ``thumbnail_size``), what galleries show once the source files are
+    gone. A sample that fails to load (a clip corrupt halfway) is skipped, not replaced: the manifest lists it under
+    its shard's ``skipped`` (``skipped_files(manifest)``: those plus the files dropped before extraction).
     """
     from tqdm.auto import tqdm
 
@@ -183,6 +216,9 @@ def extract_split(
         dataset = datamodule.build_split(split)
     finally:
         datamodule.features_dir = cached_from
+    if hasattr(dataset, "warn_failures"):
+        dataset.warn_failures = False  # clips failing to decode are listed in the manifest and summed up by the caller
+    dropped = [str(p) for p in getattr(datamodule, "skipped", {}).get(split, [])]
     count = len(dataset)
     if count == 0:
         raise UserError(f"split {split!r} of {type(datamodule).__name__} is empty; nothing to extract")
@@ -219,6 +255,7 @@ def extract_split(
     }
     if (out / MANIFEST).exists():
         manifest = _resume(read_manifest(out), settings, count, ids, out)
+    manifest["dropped"] = dropped  # files left out of the split before extraction (missing, empty, unreadable header)
     done = {s["index"] for s in manifest["shards"]}
     num_shards = (count + shard_size - 1) // shard_size
     bar = tqdm(
@@ -233,25 +270,30 @@ def extract_split(
             if index in done:
                 continue
             indices = list(range(index * shard_size, min(count, (index + 1) * shard_size)))
-            grids, shard_ids, pixel_shape = _run_shard(
-                model, dataset, indices, batch_size, frames_per_pass, num_workers, target, bar
+            grids, thumbs, shard_ids, pixel_shape = _run_shard(
+                model, dataset, indices, batch_size, frames_per_pass, num_workers, target, bar, thumbnail_size
             )
             manifest["pixel_shape"] = manifest.get("pixel_shape") or pixel_shape
             shape = list(grids.shape[1:])
-            if manifest["grid_shape"] is None:
+            if not shard_ids:  # every sample of the shard failed to load
+                pass
+            elif manifest["grid_shape"] is None:
                 manifest["grid_shape"] = shape
             elif manifest["grid_shape"] != shape:
                 raise UserError(
                     f"samples of split {split!r} give grids of shape {shape} and {manifest['grid_shape']}; every "
                     f"sample must have the same frame count and size (set image_size/frame_size/num_frames)"
                 )
-            name = f"shard_{index:05d}.npy"
-            tmp = out / f"{name}.tmp"
-            with open(tmp, "wb") as handle:
-                np.save(handle, grids)
-            os.replace(tmp, out / name)
+            name, thumbs_name = f"shard_{index:05d}.npy", f"thumbs_{index:05d}.npy"
+            for file, array in ((thumbs_name, thumbs), (name, grids)):  # the grids last: they mark the shard done
+                tmp = out / f"{file}.tmp"
+                with open(tmp, "wb") as handle:
+                    np.save(handle, array)
+                os.replace(tmp, out / file)
             manifest["shards"].append({"index": index, "file": name, "start": indices[0], "ids": shard_ids})
             manifest["shards"][-1]["count"] = len(indices)
+            manifest["shards"][-1]["thumbnails"] = thumbs_name
+            manifest["shards"][-1]["skipped"] = _skipped(dataset, indices, shard_ids)
             manifest["shards"].sort(key=lambda s: s["index"])
             manifest["complete"] = len(manifest["shards"]) == num_shards
             _write_json(out / MANIFEST, manifest)
@@ -259,10 +301,26 @@ def extract_split(
                 on_shard(index)
     finally:
         bar.close()
-    if not manifest["complete"]:  # every shard was already there
+    if not manifest["complete"] or manifest["dropped"] != dropped:  # every shard was already there
         manifest["complete"] = True
         _write_json(out / MANIFEST, manifest)
     return out
+
+
+def skipped_files(manifest: dict) -> list[str]:
+    """Every file of a cache's split left out: dropped before extraction, or failing to decode during it."""
+    failed = [path for shard in manifest["shards"] for _, path in shard.get("skipped", [])]
+    return list(manifest.get("dropped", [])) + failed
+
+
+def _skipped(dataset, indices: list[int], cached_ids: list[str]) -> list[list[str]]:
+    """``[sample id, file]`` of the samples of ``indices`` that did not load (the dataset skipped them)."""
+    ids = dataset_ids(dataset)
+    if ids is None:
+        return []
+    cached = set(cached_ids)
+    records = getattr(dataset, "records", None)
+    return [[ids[i], str(records[i].path) if records is not None else ids[i]] for i in indices if ids[i] not in cached]
 
 
 def _resume(manifest: dict, settings: dict, count: int, ids: list[str] | None, out: Path) -> dict:
@@ -291,13 +349,30 @@ def _same_samples(manifest: dict, count: int, ids: list[str] | None) -> bool:
 
 @torch.no_grad()
 def _run_shard(
-    model, dataset, indices: list[int], batch_size: int, frames_per_pass: int, num_workers: int, device, bar
-) -> tuple[np.ndarray, list[str], list[int]]:
-    """The float16 grids ``(n, T, h, w, d)`` of samples ``indices``, their ids and the ``(T, 3, H, W)`` pixel shape."""
+    model,
+    dataset,
+    indices: list[int],
+    batch_size: int,
+    frames_per_pass: int,
+    num_workers: int,
+    device,
+    bar,
+    thumbnail_size: int = THUMBNAIL_SIZE,
+) -> tuple[np.ndarray, np.ndarray, list[str], list[int] | None]:
+    """The float16 grids ``(n, T, h, w, d)`` and uint8 thumbnails ``(n, T, 3, h', w')`` of the samples of ``indices``
+    that load, their ids and the ``(T, 3, H, W)`` pixel shape (None when none loaded)."""
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers, collate_fn=_as_list)
+    batches = iter(loader)
     grids: list[np.ndarray] = []
+    thumbs: list[np.ndarray] = []
     ids: list[str] = []
-    for samples in loader:
+    pixel_shape: list[int] | None = None
+    thumb_hw: tuple[int, int] | None = None
+    for start in range(0, len(indices), batch_size):
+        samples = next(batches)
+        bar.update(min(batch_size, len(indices) - start))
+        if not samples:
+            continue
         shapes = {tuple(s.pixels.shape) for s in samples}
         if len(shapes) > 1:
             raise UserError(
@@ -305,6 +380,7 @@ def _run_shard(
                 f"{sorted(shapes)}; set datamodule.image_size (or frame_size) so every sample has the same size"
             )
         pixels = torch.stack([s.pixels for s in samples]).to(device)
+        pixel_shape = pixel_shape or list(pixels.shape[1:])
         frames = rearrange(pixels, "b t c h w -> (b t) c h w")
         parts = [
             model(frames[i : i + frames_per_pass].to(torch.float32) / 255.0)
@@ -312,9 +388,29 @@ def _run_shard(
         ]
         grid = rearrange(torch.cat(parts), "(b t) d h w -> b t h w d", b=len(samples))
         grids.append(grid.to(torch.float16).cpu().numpy())
+        thumb_hw = thumb_hw or thumbnail_shape(pixels.shape[-2:], thumbnail_size)
+        thumb = resize_frames(frames, thumb_hw)
+        thumbs.append(rearrange(thumb, "(b t) c h w -> b t c h w", b=len(samples)).cpu().numpy())
         ids += [s.sample_id for s in samples]
-        bar.update(len(samples))
-    return np.concatenate(grids), ids, list(pixels.shape[1:])
+    if not grids:
+        return np.zeros((0,), np.float16), np.zeros((0,), np.uint8), [], None
+    return np.concatenate(grids), np.concatenate(thumbs), ids, pixel_shape
+
+
+def thumbnail_shape(hw: Sequence[int], long_side: int = THUMBNAIL_SIZE) -> tuple[int, int]:
+    """``(h, w)`` of a thumbnail of an ``hw`` frame: the same aspect, the long side at most ``long_side``."""
+    height, width = int(hw[0]), int(hw[1])
+    scale = min(1.0, long_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize_frames(frames: torch.Tensor, hw: Sequence[int]) -> torch.Tensor:
+    """uint8 frames ``(N, 3, H, W)`` resized (antialiased bilinear) to ``hw``, uint8."""
+    hw = (int(hw[0]), int(hw[1]))
+    if tuple(frames.shape[-2:]) == hw:
+        return frames.to(torch.uint8)
+    scaled = F.interpolate(frames.to(torch.float32), size=hw, mode="bilinear", align_corners=False, antialias=True)
+    return scaled.round().clamp(0, 255).to(torch.uint8)
 
 
 # -- reading -------------------------------------------------------------------------------------------------------
@@ -325,11 +421,13 @@ class CachedFeatures(Dataset):
         self.directory = Path(directory)
         self.manifest = manifest
         self.base = base
-        self.shard_size = int(manifest["settings"]["shard_size"])
         self.shards = sorted(manifest["shards"], key=lambda s: s["index"])
+        # position of each shard's first cached sample (a shard holds fewer than shard_size when samples were skipped)
+        self._starts = list(itertools.accumulate((len(s["ids"]) for s in self.shards), initial=0))
         base_ids = dataset_ids(base)
         self._base_index = {sid: i for i, sid in enumerate(base_ids)} if base_ids is not None else None
-        self._arrays: dict[int, np.ndarray] = {}
+        self._arrays: dict[tuple[str, int], np.ndarray] = {}
+        self._warned_black = False
 
     @classmethod
     def open(cls, features_dir: str | os.PathLike, split: str, base: Sequence, datamodule=None) -> CachedFeatures:
@@ -367,23 +465,47 @@ class CachedFeatures(Dataset):
         return cls(directory, manifest, base)
 
     def __len__(self) -> int:
-        return int(self.manifest["num_samples"])
+        return self._starts[-1]
 
     @property
     def sample_ids(self) -> list[str]:
         return [sid for shard in self.shards for sid in shard["ids"]]
 
     @property
+    def skipped_files(self) -> list[str]:
+        """The files of the split left out of the cache (see ``skipped_files``)."""
+        return skipped_files(self.manifest)
+
+    @property
     def grid_shape(self) -> tuple[int, ...]:
         return tuple(self.manifest["grid_shape"])
 
-    def _array(self, shard: int) -> np.ndarray:
-        if shard not in self._arrays:
-            self._arrays[shard] = np.load(self.directory / self.shards[shard]["file"], mmap_mode="r")
-        return self._arrays[shard]
+    @property
+    def pixel_shape(self) -> tuple[int, int, int] | None:
+        """``(T, H, W)`` of the pixels the grids came from (None for a cache that did not record it)."""
+        shape = self.manifest.get("pixel_shape")
+        return (int(shape[0]), int(shape[2]), int(shape[3])) if shape and len(shape) == 4 else None
+
+    def _array(self, shard: int, key: str = "file") -> np.ndarray | None:
+        if (key, shard) not in self._arrays:
+            name = self.shards[shard].get(key)
+            if name is None or not (self.directory / name).is_file():
+                return None
+            self._arrays[key, shard] = np.load(self.directory / name, mmap_mode="r")
+        return self._arrays[key, shard]
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} is out of range for a cached split of {len(self)} samples")
+        index %= len(self)
+        shard = bisect.bisect_right(self._starts, index) - 1
+        return shard, index - self._starts[shard]
+
+    def _base_position(self, sample_id: str, index: int) -> int:
+        return self._base_index.get(sample_id, index) if self._base_index is not None else index
 
     def _captions(self, sample_id: str, index: int) -> list[Caption]:
-        base_index = self._base_index.get(sample_id, index) if self._base_index is not None else index
+        base_index = self._base_position(sample_id, index)
         if hasattr(self.base, "captions_at"):
             return self.base.captions_at(base_index)
         if isinstance(getattr(self.base, "captions", None), list):
@@ -391,16 +513,57 @@ class CachedFeatures(Dataset):
         return self.base[base_index].captions
 
     def __getitem__(self, index: int) -> FeatureSample:
-        if index < 0:
-            index += len(self)
-        shard, offset = divmod(index, self.shard_size)
-        grid = torch.from_numpy(np.array(self._array(shard)[offset]))
+        shard, offset = self._locate(index)
+        array = self._array(shard)
+        assert array is not None, f"shard {self.shards[shard]['file']} of {self.directory} vanished"
+        grid = torch.from_numpy(np.array(array[offset]))
         sample_id = self.shards[shard]["ids"][offset]
-        return FeatureSample(self._placeholder(), self._captions(sample_id, index), sample_id, grid=grid)
+        position = self._starts[shard] + offset
+        return FeatureSample(
+            None,
+            self._captions(sample_id, position),
+            sample_id,
+            grid=grid,
+            pixel_shape=self.pixel_shape,
+            load_pixels=functools.partial(self.display_pixels, position),
+        )
+
+    def display_pixels(self, index: int) -> torch.Tensor:
+        """uint8 ``(T, 3, H, W)`` pixels of sample ``index`` to show: the source's when its files still load (and have
+        the extracted shape), else the stored thumbnail scaled back to the extracted size."""
+        shard, offset = self._locate(index)
+        sample_id = self.shards[shard]["ids"][offset]
+        shape = self.manifest.get("pixel_shape")
+        source = self._source_pixels(sample_id, self._starts[shard] + offset)
+        if source is not None and (shape is None or list(source.shape) == list(shape)):
+            return source
+        thumbs = self._array(shard, "thumbnails")
+        if thumbs is not None and len(thumbs) > offset:
+            thumb = torch.from_numpy(np.array(thumbs[offset]))
+            return resize_frames(thumb, shape[-2:]) if shape else thumb
+        if not self._warned_black:
+            self._warned_black = True
+            log.warning(
+                f"feature cache {self.directory} has no thumbnails (made by an older capsal) and the source files are "
+                f"gone, so samples show as black; re-extract it to store thumbnails"
+            )
+        return self._placeholder()
+
+    def _source_pixels(self, sample_id: str, index: int) -> torch.Tensor | None:
+        """The source dataset's pixels of ``sample_id``, or None when its files no longer load."""
+        from capsal.datamodules.media import MediaReadError
+
+        position = self._base_position(sample_id, index)
+        if not 0 <= position < len(self.base):
+            return None
+        try:
+            sample = self.base.load(position) if hasattr(self.base, "load") else self.base[position]
+        except MediaReadError:
+            return None
+        return sample.pixels if sample.sample_id == sample_id else None
 
     def _placeholder(self) -> torch.Tensor:
-        """Zeros of the pixel shape ``(T, 3, H, W)`` the grids were extracted from, as a stride-0 view (no memory):
-        code that asks a sample for its input size still gets it, but there are no pixels to show."""
+        """Zeros of the pixel shape ``(T, 3, H, W)`` the grids were extracted from, as a stride-0 view (no memory)."""
         shape = self.manifest.get("pixel_shape") or [0]
         return torch.zeros((), dtype=torch.uint8).expand(*shape)
 
@@ -408,3 +571,50 @@ class CachedFeatures(Dataset):
         state = dict(self.__dict__)
         state["_arrays"] = {}  # memory maps are reopened in each DataLoader worker
         return state
+
+
+# -- the model that trains from a cache ----------------------------------------------------------------------------
+NOT_FEATURE_SETTINGS = frozenset({"frozen", "out_channels"})  # backbone options that do not change the cached grids
+
+
+def _with_defaults(settings: dict[str, Any]) -> dict[str, Any]:
+    """A backbone's settings with the constructor defaults it left out filled in (so omitting one is no difference)."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    try:
+        params = inspect.signature(get_class(str(settings.get("_target_"))).__init__).parameters
+    except Exception:  # an unknown target: compare what is written
+        return dict(settings)
+    defaults = {k: _plain(p.default) for k, p in params.items() if k != "self" and p.default is not p.empty}
+    return {**defaults, **{k: v for k, v in settings.items() if v is not None or k not in defaults}}
+
+
+def check_model_backbone(cache: CachedFeatures, backbone: dict | DictConfig | None, model: torch.nn.Module) -> None:
+    """Refuse (one ``UserError`` line) a model whose backbone is not the one ``cache`` was extracted with.
+
+    The rule: every backbone setting that shapes the grids (``_target_``, name, weights, crop, input size and the
+    constructor's other options, defaults filled in; not ``frozen``) must equal the manifest's, and the model's feature
+    size must equal the cache's channel count. Otherwise the model would train on one backbone's grids and explain
+    raw inputs through another.
+    """
+    cached = _with_defaults(cache.manifest["settings"]["backbone"])
+    module = getattr(model, "backbone", None)
+    ours = _with_defaults(backbone_settings(backbone or {}, module if isinstance(module, torch.nn.Module) else None))
+    keys = [k for k in sorted(set(cached) | set(ours)) if k not in NOT_FEATURE_SETTINGS]
+    difference = first_difference({k: cached.get(k) for k in keys}, {k: ours.get(k) for k in keys})
+    if difference is not None:
+        key, old, new = difference
+        raise UserError(
+            f"feature cache {cache.directory} was extracted with backbone.{key}={old!r} but the model has "
+            f"model.backbone.{key}={new!r}; set model.backbone.{key}={old!r} (the model must use the extraction "
+            f"backbone) or extract again"
+        )
+    channels = (cache.manifest.get("grid_shape") or [None])[-1]
+    size = getattr(model, "feature_size", None)
+    if channels is not None and size is not None and int(size) != int(channels):
+        raise UserError(
+            f"the model's feature size is {size} but feature cache {cache.directory} holds {channels}-channel grids; "
+            f"set model.backbone to the extraction backbone"
+        )

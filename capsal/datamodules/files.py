@@ -1,8 +1,11 @@
 """Datasets and the datamodule base over media files on disk (Flickr30k Entities, COCO, MSVD, MSR-VTT).
 
 A dataset on disk is a list of ``MediaRecord``s (sample id, file, captions). Files that are missing, empty or that
-FFmpeg cannot open are dropped when a split is built and reported in one warning line; a file that still fails while
-being read (``capsal.datamodules.media``) is replaced by the next readable sample and reported once.
+FFmpeg cannot open are dropped when a split is built; ``FileDataModule.setup`` ends with one warning line counting
+and naming every file skipped (a split built outside ``setup`` reports its own line). A file that still fails while
+being read (``capsal.datamodules.media``, e.g. a clip whose second half is corrupt) is skipped and counted, never
+replaced by another sample: ``dataset[i]`` raises the one-line ``MediaReadError``, and batched loading
+(``DataLoader``, through ``MediaDataset.__getitems__``) leaves the sample out of its batch, warning once per file.
 """
 
 from __future__ import annotations
@@ -49,10 +52,10 @@ def file_problem(path: Path, is_video: bool, probe: bool = True) -> str | None:
     return None
 
 
-def drop_unreadable(
-    records: Sequence[MediaRecord], is_video: bool, name: str, split: str, probe: bool = True
-) -> list[MediaRecord]:
-    """The records whose files can be used; the others are reported in one warning line."""
+def split_unreadable(
+    records: Sequence[MediaRecord], is_video: bool, probe: bool = True
+) -> tuple[list[MediaRecord], list[Path]]:
+    """The records whose files can be used, and the files of the others."""
     kept: list[MediaRecord] = []
     bad: list[Path] = []
     for record in records:
@@ -60,33 +63,50 @@ def drop_unreadable(
             bad.append(record.path)
         else:
             kept.append(record)
+    return kept, bad
+
+
+def drop_unreadable(
+    records: Sequence[MediaRecord], is_video: bool, name: str, split: str, probe: bool = True
+) -> list[MediaRecord]:
+    """The records whose files can be used; the others are reported in one warning line."""
+    kept, bad = split_unreadable(records, is_video, probe)
     report_skipped(name, split, bad, len(records), "video" if is_video else "image")
     return kept
 
 
-def report_skipped(name: str, split: str, paths: Sequence[Path], total: int, kind: str = "video") -> None:
-    """One warning line: how many ``kind`` files ("video", "image", "annotation") of a split were skipped, and which."""
-    if not paths:
-        return
+def skipped_line(what: str, paths: Sequence[str | Path], total: int | None = None, kind: str = "video") -> str:
+    """``"<what>: skipped N [of M] <kind> files ...: first paths ... and K more"``, the one summary line."""
     names = ", ".join(str(p) for p in paths[:REPORT_NAMES])
     more = f" ... and {len(paths) - REPORT_NAMES} more" if len(paths) > REPORT_NAMES else ""
-    log.warning(
-        f"{name} {split}: skipped {len(paths)} of {total} {kind} files that are missing, empty or unreadable: "
+    of = f" of {total}" if total is not None else ""
+    return (
+        f"{what}: skipped {len(paths)}{of} {kind} files that are missing, empty or unreadable (or fail to decode): "
         f"{names}{more}"
     )
+
+
+def report_skipped(name: str, split: str, paths: Sequence[Path], total: int, kind: str = "video") -> None:
+    """One warning line: how many ``kind`` files ("video", "image", "annotation") of a split were skipped, and which."""
+    if paths:
+        log.warning(skipped_line(f"{name} {split}", paths, total, kind))
 
 
 class MediaDataset(Dataset):
     """Samples backed by one media file each; subclasses implement ``load_pixels``.
 
-    A sample whose file fails to load is replaced by the next one that loads (each bad file is reported once, and
-    listed in ``failed``), so one corrupt file among thousands never stops training or extraction.
+    A sample whose file fails to load is skipped, never replaced by another one: ``dataset[i]`` raises its one-line
+    ``MediaReadError``, while a batch (``__getitems__``, what ``DataLoader`` calls) leaves it out, so one corrupt file
+    among thousands never stops training or extraction. Each bad file is listed in ``failed`` (path -> reason) and,
+    when ``warn_failures``, reported in one warning line the first time (per process).
     """
 
     def __init__(self, records: Sequence[MediaRecord], name: str, split: str):
         self.records = list(records)
         self.name, self.split = name, split
         self.failed: dict[str, str] = {}
+        self.warn_failures = True
+        self._warned: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -110,16 +130,27 @@ class MediaDataset(Dataset):
     def __getitem__(self, index: int) -> Sample:
         if index < 0:
             index += len(self)
-        for offset in range(len(self)):
-            current = (index + offset) % len(self)
+        try:
+            return self.load(index)
+        except MediaReadError as error:
+            self.failed.setdefault(str(self.records[index].path), str(error))
+            raise
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
+        """The samples of ``indices`` that load (maybe none); the others are skipped (``failed``), not replaced."""
+        samples: list[Sample] = []
+        for index in indices:
             try:
-                return self.load(current)
+                samples.append(self[index])
             except MediaReadError as error:
-                path = str(self.records[current].path)
-                if path not in self.failed:
-                    self.failed[path] = str(error)
-                    log.warning(f"{self.name} {self.split}: {error}; using the next sample instead")
-        raise MediaReadError(f"no file of {self.name} split {self.split} could be read; check the dataset files")
+                path = str(self.records[index].path)
+                if self.warn_failures and path not in self._warned:
+                    self._warned.add(path)
+                    log.warning(
+                        f"{self.name} {self.split}: skipped {path} ({error}); {len(self.failed)} file(s) skipped so "
+                        f"far, none replaced"
+                    )
+        return samples
 
 
 def center_square(pixels: torch.Tensor, size: Size = None) -> torch.Tensor:
@@ -217,6 +248,10 @@ class FileDataModule(CaptionDataModule):
             protocol=protocol,
         )
         self.root = Path(str(root)).expanduser()
+        self.skipped: dict[str, list[Path]] = {}  # split -> files dropped when it was built
+        self._split_sizes: dict[str, int] = {}  # split -> records before dropping
+        self._reported: set[str] = set()
+        self._in_setup = False
         if not self.root.is_dir():
             raise UserError(
                 f"{self.name} root {self.root} is not a directory; set datamodule.root to a folder holding "
@@ -247,7 +282,44 @@ class FileDataModule(CaptionDataModule):
         """
         if self.features_dir is not None:
             return list(records)
-        return drop_unreadable(records, self.is_video, self.name, split, probe)
+        kept, bad = split_unreadable(records, self.is_video, probe)
+        self.skipped[split] = bad
+        self._split_sizes[split] = len(records)
+        return kept
+
+    def get_split(self, split: str):
+        data = super().get_split(split)
+        if not self._in_setup:
+            self.report_skipped([split])
+        return data
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the splits (see ``CaptionDataModule.setup``), then one warning line for every file skipped."""
+        self._in_setup = True
+        try:
+            super().setup(stage)
+        finally:
+            self._in_setup = False
+        self.report_skipped(list(self._splits))
+
+    def skipped_files(self, split: str) -> list[str]:
+        """The files of ``split`` left out: dropped when it was built, or (from a cache) skipped at extraction."""
+        dropped = [str(p) for p in self.skipped.get(split, [])]
+        data = self._splits.get(split)
+        return dropped + list(getattr(data, "skipped_files", []))
+
+    def report_skipped(self, splits: Sequence[str]) -> None:
+        """One warning line for the not yet reported files skipped in ``splits`` (nothing when none was)."""
+        splits = [s for s in splits if s not in self._reported and s in self._splits]
+        self._reported.update(splits)
+        paths = [p for split in splits for p in self.skipped_files(split)]
+        if not paths:
+            return
+        kind = "video" if self.is_video else "image"
+        counts = ", ".join(f"{split} {len(self.skipped_files(split))}" for split in splits if self.skipped_files(split))
+        sizes = [self._split_sizes.get(split) for split in splits]
+        total = sum(n for n in sizes if n is not None) if None not in sizes else None
+        log.warning(skipped_line(f"{self.name} {'/'.join(splits)} ({counts})", paths, total, kind))
 
     def media_split(self, split: str) -> MediaDataset:
         """The split as a ``MediaDataset`` (unwrapping cached features)."""

@@ -7,21 +7,25 @@ Layout under ``root``::
     youtube_mapping.txt              (optional) lines "<clip id> vid<N>", the order of the standard split
 
 Splits (the standard one of Venugopalan et al. 2015 / Yao et al. 2015): the clips that have captions, ordered by
-``youtube_mapping.txt`` (vid1..vid1970) when present, else by clip id; the first 1200 are train, the next 100 val,
-the next 670 test (clips beyond 1970 are unused). A smaller copy (fewer than 1970 clips) is split in the same order
-with proportional sizes: val ``max(1, round(n * 100 / 1970))``, test ``max(1, round(n * 670 / 1970))``, train the rest.
+``youtube_mapping.txt`` (vid1..vid1970) when present, else by clip id (a warning, once, says that is not the
+standard split); the first 1200 are train, the next 100 val, the next 670 test (clips beyond 1970 are unused).
+A smaller copy (fewer than 1970 clips) is split in the same order with proportional sizes: val
+``max(1, round(n * 100 / 1970))``, test ``max(1, round(n * 670 / 1970))``, train the rest.
 Splits are assigned before files are checked, so a missing or broken clip never moves others between splits: it is
 dropped from its split and reported.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 
 from capsal.datamodules.base import SPLITS, check_positive
 from capsal.datamodules.files import FileDataModule, MediaRecord, VideoDataset, split_counts
 from capsal.errors import UserError
 from capsal.types import Caption
+
+log = logging.getLogger("capsal")
 
 STANDARD_SPLIT = (1200, 100, 670)
 
@@ -75,10 +79,18 @@ class MSVDDataModule(FileDataModule):
         self.num_frames, self.frame_size, self.check_videos = int(num_frames), int(frame_size), bool(check_videos)
         self.require("YouTubeClips", "folder", media=True)
         self.require("AllVideoDescriptions.txt")
+        self._warned_order = False  # the non-standard split is reported once per datamodule
 
     def clip_order(self, clips: list[str]) -> list[str]:
         mapping_file = self.root / "youtube_mapping.txt"
         mapping = read_mapping(mapping_file.read_text(errors="replace")) if mapping_file.is_file() else {}
+        if not mapping and not self._warned_order:
+            self._warned_order = True
+            log.warning(
+                f"msvd: no {mapping_file} (or no 'clip vidN' line in it), so clips are split in clip-id order: "
+                f"NOT the standard 1200/100/670 split, which follows the mapping's vid1..vid1970 order; add "
+                f"youtube_mapping.txt to compare with published numbers"
+            )
         return sorted(clips, key=lambda c: (0, mapping[c], c) if c in mapping else (1, 0, c))
 
     def split_records(self, split: str) -> list[MediaRecord]:

@@ -53,8 +53,8 @@ _TORCHVISION_GRIDS = {
 class TorchvisionBackbone(nn.Module):
     """A frozen torchvision classifier cut at its last convolutional grid.
 
-    ``weights``: ``None`` (random, works offline), a torchvision weights name such as ``"DEFAULT"`` (downloads
-    into the torch hub cache when a network is at hand), or the path of a local ``.pth`` state dict.
+    ``weights``: ``None`` (random, works offline), a torchvision weights name such as ``"DEFAULT"`` (read from the
+    torch hub cache, ``$TORCH_HOME/hub/checkpoints``; never downloaded), or the path of a local ``.pth`` state dict.
     Frames are resized to ``input_size`` x ``input_size``; which part of an image they show (the whole image, or its
     central square) is the datamodule's ``protocol``, so training, extraction and scoring see the same pixels.
     ``crop`` is gone: ``None`` or ``"resize"`` (what configs and checkpoints before ``protocol`` record) are accepted,
@@ -111,22 +111,52 @@ class TorchvisionBackbone(nn.Module):
 
 
 def _load_weights(name: str, weights: str) -> dict:
-    """A state dict from a local file or torchvision's registry; one clear line when neither works."""
+    """A state dict from a local file or, for a torchvision weights name, from the torch hub cache only.
+
+    Nothing is downloaded: a registered name (``DEFAULT``, ``IMAGENET1K_V1``...) is read from
+    ``torch.hub.get_dir()/checkpoints/<file of its url>`` (``$TORCH_HOME/hub/checkpoints``), and a missing file stops
+    with one line saying where to put it, how to pass a local file, or how to ask for random weights.
+    """
     path = Path(weights).expanduser()
     if path.suffix in (".pth", ".pt") or path.exists():
         if not path.exists():
             raise UserError(f"backbone weights file {path} does not exist; pass an existing .pth file or weights=null")
-        return torch.load(path, map_location="cpu", weights_only=True)
-    from torchvision.models import get_model_weights
+        return _read_state_dict(path)
+    cached = hub_weights_path(name, weights)
+    if not cached.is_file():
+        entry = _weights_entry(name, weights)
+        raise UserError(
+            f"ImageNet weights {weights!r} for {name} are not in the torch hub cache: download {entry.url} to "
+            f"{cached}, or pass backbone.weights=/path/to.pth, or backbone.weights=null for random features"
+        )
+    return _read_state_dict(cached)
+
+
+def _weights_entry(name: str, weights: str):
+    """torchvision's weights enum entry for ``weights`` ("DEFAULT", "IMAGENET1K_V1" or "ResNet50_Weights.DEFAULT")."""
+    from torchvision.models import get_model_weights, get_weight
 
     try:
-        enum = get_model_weights(name)
-        return enum[weights].get_state_dict(progress=False) if weights != "DEFAULT" else enum.DEFAULT.get_state_dict()
-    except KeyError as error:
+        if "." in weights:
+            return get_weight(weights)
+        return get_model_weights(name)[weights]
+    except (KeyError, ValueError, AttributeError) as error:
         raise UserError(f"unknown weights '{weights}' for {name}; use DEFAULT, a local .pth file, or null") from error
-    except Exception as error:  # network or cache failures surface as many different exception types
+
+
+def hub_weights_path(name: str, weights: str) -> Path:
+    """Where torchvision keeps the file of registered ``weights`` of ``name``: ``<hub dir>/checkpoints/<file>``."""
+    from urllib.parse import urlparse
+
+    filename = Path(urlparse(_weights_entry(name, weights).url).path).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def _read_state_dict(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file surfaces as many exception types
         raise UserError(
-            f"could not load ImageNet weights '{weights}' for {name} ({type(error).__name__}); put the file in "
-            f"the torch hub cache ($TORCH_HOME/hub/checkpoints), pass a local file with backbone.weights=/path.pth, "
-            f"or use backbone.weights=null for random weights"
+            f"cannot read backbone weights {path} ({type(error).__name__}); replace the file, or pass "
+            f"backbone.weights=null for random features"
         ) from error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -23,7 +24,13 @@ import capsal
 from capsal.cli.extract import extract
 from capsal.cli.train import train
 from capsal.datamodules.base import collate_samples
-from capsal.datamodules.features import CachedFeatures, FeatureSample, extract_split, read_manifest
+from capsal.datamodules.features import (
+    CachedFeatures,
+    FeatureSample,
+    check_model_backbone,
+    extract_split,
+    read_manifest,
+)
 from capsal.datamodules.flickr30k_entities import Flickr30kEntitiesDataModule
 from capsal.errors import UserError
 from capsal.text import Vocabulary
@@ -216,7 +223,9 @@ def test_training_reads_the_cached_grids(flickr, tmp_path):
     split = dm.get_split("train")
     assert isinstance(split, CachedFeatures) and isinstance(split[0], FeatureSample)
     assert split[0].captions[0].text == "A person holds thing 0 ." and split[0].captions[0].phrases[0].boxes
-    assert split[0].pixels.shape == (1, 3, 32, 32)  # a placeholder with the shape the grids were extracted from
+    assert split[0].pixel_shape == (1, 32, 32)  # what the grids were extracted from
+    shown = split[0].pixels  # the images are gone: the cache's thumbnail, at the extracted size, not black
+    assert shown.shape == (1, 3, 32, 32) and shown.dtype == torch.uint8 and shown.float().mean() > 20
     batch = next(iter(dm.val_dataloader()))
     assert batch.pixels is None and batch.grid.shape == (2, 1, 4, 4, 8) and batch.grid.dtype == torch.float32
     assert batch.sample_ids == ["1004", "1005"]
@@ -227,6 +236,17 @@ def test_training_reads_the_cached_grids(flickr, tmp_path):
     OmegaConf.resolve(train_cfg)
     summary = train(train_cfg)
     assert summary["global_step"] == 4 and np.isfinite(summary["metrics"]["val/loss"])
+
+    # a model whose backbone is not the extraction backbone is refused, naming the setting
+    other = train_cfg.copy()
+    other.model.backbone.channels = [4, 8, 16]
+    with pytest.raises(UserError, match=r"backbone\.channels=\[4, 8, 8\] but the model has model\.backbone\.channels"):
+        train(other)
+    other.model.backbone = {"_target_": TINY_CNN["_target_"], "channels": [4, 8, 8], "convs_per_stage": 2}
+    with pytest.raises(UserError, match=r"backbone\.convs_per_stage=1 but the model has model\.backbone\.convs_per"):
+        train(other)
+    written_out = {**TINY_CNN, "convs_per_stage": 1, "in_channels": 3}  # the constructor's defaults: no difference
+    check_model_backbone(split, written_out, torch.nn.Sequential(instantiate(written_out)))
 
 
 def test_collated_cached_batches_carry_the_extracted_pixel_shape(tmp_path):
@@ -291,9 +311,140 @@ def test_capsal_extract_reports_a_missing_root_in_one_line(tmp_path):
         ],
         capture_output=True,
         text=True,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "TORCH_HOME": str(tmp_path / "torch_home")},
         timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("capsal-extract: error: msvd root ")
     assert "YouTubeClips" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- backbone weights: the torch hub cache, never a download ---------------------------------------------------------
+def test_extract_defaults_to_imagenet_weights_and_stops_in_one_line_when_they_are_not_cached(flickr, tmp_path):
+    hub = tmp_path / "torch_home"  # empty: nothing cached, and nothing may be downloaded
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "capsal.cli.extract",
+            f"datamodule.root={flickr}",
+            f"features_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            "progress=false",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "TORCH_HOME": str(hub)},
+        timeout=180,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    expected = hub / "hub" / "checkpoints" / "inception_v3_google-0cc3c7bd.pth"
+    assert line.startswith("capsal-extract: error: ImageNet weights 'DEFAULT' for inception_v3 are not in the torch")
+    assert str(expected) in line and "backbone.weights=/path/to.pth" in line and "backbone.weights=null" in line
+    assert not expected.exists() and not (tmp_path / "cache").exists()
+
+
+def test_imagenet_weights_are_read_from_the_torch_hub_cache(tmp_path, monkeypatch):
+    from torchvision.models import resnet50
+
+    from capsal.models.backbones import TorchvisionBackbone
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    classifier = resnet50(weights=None)  # stands in for the ImageNet file, placed where torchvision keeps it
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(classifier.state_dict(), tmp_path / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth")
+    loaded = TorchvisionBackbone(name="resnet50", weights="DEFAULT")
+    torch.testing.assert_close(loaded.body.conv1.weight, classifier.conv1.weight)
+    with pytest.raises(UserError, match=r"'IMAGENET1K_V1' for resnet50 are not in the torch hub cache: download https"):
+        TorchvisionBackbone(name="resnet50", weights="IMAGENET1K_V1")  # another file, not cached
+    with pytest.raises(UserError, match="unknown weights 'NOPE' for resnet50"):
+        TorchvisionBackbone(name="resnet50", weights="NOPE")
+
+
+# -- pixels of cached samples ----------------------------------------------------------------------------------------
+def test_cached_samples_show_the_sources_pixels_else_thumbnails_and_batches_carry_none(flickr, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    for split in ("train", "val"):
+        extract_split(module(flickr), split, TINY_CNN, cache, shard_size=1, progress=False)
+    assert (cache / "val" / "thumbs_00000.npy").is_file()
+    thumbs = np.load(cache / "val" / "thumbs_00000.npy", mmap_mode="r")
+    assert thumbs.dtype == np.uint8 and thumbs.shape == (1, 1, 3, 32, 32)  # 32 px fits in 128: kept as is
+    source = module(flickr).sample("val", 1).pixels
+    dm = module(flickr, features_dir=str(cache))
+    dm.setup("fit")
+    assert torch.equal(dm.sample("val", 1).pixels, source)  # sources present: exactly their pixels
+    assert torch.equal(dm.get_split("val")[1].pixels, source)  # what the gallery reads
+    for image in (flickr / "flickr30k-images").iterdir():
+        image.unlink()
+    gone = module(flickr, features_dir=str(cache))
+    gone.setup("fit")
+    shown = gone.sample("val", 1).pixels
+    assert shown.shape == source.shape and shown.float().mean() > 20  # never black
+    assert (shown.float() - source.float()).abs().mean() < 8  # the thumbnail of the same image
+    batch = next(iter(gone.val_dataloader()))
+    assert batch.pixels is None and batch.pixel_shape == (1, 32, 32) and batch.grid is not None
+
+
+def test_thumbnails_keep_the_aspect_with_a_long_side_of_at_most_128_pixels(tmp_path):
+    from capsal.datamodules.features import resize_frames, thumbnail_shape
+
+    assert thumbnail_shape((299, 299)) == (128, 128) and thumbnail_shape((240, 320)) == (96, 128)
+    assert thumbnail_shape((20, 30)) == (20, 30)
+    frames = torch.full((2, 3, 240, 320), 77, dtype=torch.uint8)
+    small = resize_frames(frames, thumbnail_shape(frames.shape[-2:]))
+    assert small.shape == (2, 3, 96, 128) and small.dtype == torch.uint8 and bool((small == 77).all())
+
+
+# -- clips failing mid-decode ----------------------------------------------------------------------------------------
+def test_a_clip_failing_mid_decode_is_left_out_of_the_cache_and_summed_up_in_one_line(tmp_path, capsys, caplog):
+    from test_files import write_half_corrupt_video  # pytest puts this folder on sys.path
+
+    from capsal.datamodules.msvd import MSVDDataModule
+
+    root = tmp_path / "msvd"
+    (root / "YouTubeClips").mkdir(parents=True)
+    clips = [f"clip{c}" for c in range(6)]  # 3 train, 1 val, 2 test
+    for c, clip in enumerate(clips):
+        if c == 1:
+            write_half_corrupt_video(root / "YouTubeClips" / f"{clip}.mp4")
+        else:
+            with av.open(str(root / "YouTubeClips" / f"{clip}.avi"), "w") as container:
+                stream = container.add_stream("mpeg4", rate=10)
+                stream.height, stream.width, stream.pix_fmt = 16, 16, "yuv420p"
+                for _ in range(4):
+                    image = np.full((16, 16, 3), 40 * c + 20, np.uint8)
+                    for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                        container.mux(packet)
+                for packet in stream.encode():
+                    container.mux(packet)
+    (root / "AllVideoDescriptions.txt").write_text("".join(f"{c} a clip called {c}\n" for c in clips))
+    with initialize_config_module(config_module="capsal.conf", version_base="1.3"):
+        cfg = compose(
+            config_name="extract",
+            overrides=[
+                "datamodule=msvd",
+                f"datamodule.root={root}",
+                "datamodule.num_frames=2",
+                "datamodule.frame_size=16",
+                f"features_dir={tmp_path / 'cache'}",
+                "splits=[train]",
+                "batch_size=2",
+                "progress=false",
+                "~backbone",
+                "+backbone={_target_:capsal.models.backbones.SmallCNN,channels:[4,8,8]}",
+            ],
+        )
+    extract(cfg)
+    last = capsys.readouterr().out.strip().splitlines()[-2]  # then the hint to train from the cache
+    assert last.startswith("skipped files: 1 (train 1) missing, empty, unreadable or failing to decode")
+    assert str(root / "YouTubeClips" / "clip1.mp4") in last
+    manifest = read_manifest(tmp_path / "cache" / "train")
+    assert manifest["shards"][0]["ids"] == ["clip0", "clip2"]  # nothing took clip1's place
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="capsal"):
+        dm = MSVDDataModule(root=str(root), num_frames=2, frame_size=16, features_dir=str(tmp_path / "cache"))
+        dm.setup("predict")  # builds only the train split (for the vocabulary)
+    assert dm.get_split("train").sample_ids == ["clip0", "clip2"] and len(dm.get_split("train")) == 2
+    (line,) = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert line.startswith("msvd train (train 1): skipped 1 video files") and "clip1.mp4" in line

@@ -8,8 +8,10 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from torch.utils.data import DataLoader
 
 from capsal.datamodules.files import MediaRecord, VideoDataset, drop_unreadable, split_counts
+from capsal.datamodules.media import VideoDecodeError, decode_video, probe_video
 from capsal.errors import UserError
 from capsal.types import Caption
 
@@ -29,17 +31,43 @@ def write_grey_video(path: Path, frames: int = 4, level: int = 200, size: tuple[
     return path
 
 
-def test_a_clip_failing_to_decode_is_replaced_by_the_next_and_reported_once(tmp_path, caplog):
+def write_half_corrupt_video(path: Path, frames: int = 12) -> Path:
+    """An mp4 whose header (moved to the front) opens fine but whose second half is zeros: decoding fails midway."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.height, stream.width, stream.pix_fmt = 32, 32, "yuv420p"
+        for _ in range(frames):
+            image = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 :] = bytes(len(data) - len(data) // 2)
+    path.write_bytes(bytes(data))
+    assert probe_video(path) is None  # the header is fine: the cheap checks keep it
+    with pytest.raises(VideoDecodeError, match="cannot decode video"):  # it fails while decoding
+        decode_video(path, 4, 8)
+    return path
+
+
+def test_a_clip_failing_mid_decode_is_skipped_and_counted_never_replaced(tmp_path, caplog):
     good = write_grey_video(tmp_path / "good.avi")
-    bad = tmp_path / "bad.avi"
-    bad.write_bytes(b"\x00" * 100)
+    bad = write_half_corrupt_video(tmp_path / "bad.mp4")
     records = [MediaRecord(p.stem, p, [Caption(p.stem)]) for p in (bad, good)]
+    assert len(drop_unreadable(records, True, "demo", "train", probe=True)) == 2
     dataset = VideoDataset(records, "demo", "train", num_frames=2, frame_size=8)
+    with pytest.raises(VideoDecodeError, match=f"cannot decode video {bad}"):
+        dataset[0]  # asked for by index, the bad clip is an error, not another clip
+    assert dataset[1].sample_id == "good"
     with caplog.at_level(logging.WARNING, logger="capsal"):
-        first, again = dataset[0], dataset[0]
-    assert first.sample_id == again.sample_id == "good" and first.pixels.shape == (2, 3, 8, 8)
+        batches = [[s.sample_id for s in batch] for batch in DataLoader(dataset, batch_size=2, collate_fn=list)]
+        again = [[s.sample_id for s in batch] for batch in DataLoader(dataset, batch_size=2, collate_fn=list)]
+    assert batches == again == [["good"]]  # the batch is one sample short: nothing stands in for the bad clip
     assert list(dataset.failed) == [str(bad)]
-    assert sum(str(bad) in r.getMessage() for r in caplog.records) == 1
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert f"demo train: skipped {bad}" in warning and "1 file(s) skipped so far, none replaced" in warning
 
 
 @pytest.mark.parametrize(("is_video", "kind"), [(True, "video"), (False, "image")])

@@ -294,10 +294,9 @@ def test_msvd_proportional_split_skips_and_reports_bad_clips(msvd_root, caplog):
     assert dm.get_split("train").sample_ids == [MSVD_CLIPS[0], MSVD_CLIPS[2]]
     assert dm.get_split("val").sample_ids == [MSVD_CLIPS[3]]
     assert dm.get_split("test").sample_ids == [MSVD_CLIPS[4]]
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 2
-    assert "train" in warnings[0] and "skipped 1 of 3" in warnings[0] and f"{MSVD_CLIPS[1]}.avi" in warnings[0]
-    assert "test" in warnings[1] and "skipped 1 of 2" in warnings[1] and f"{MSVD_CLIPS[5]}.avi" in warnings[1]
+    (summary,) = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]  # one line per setup
+    assert summary.startswith("msvd train/val/test (train 1, test 1): skipped 2 of 6 video files")
+    assert f"{MSVD_CLIPS[1]}.avi" in summary and f"{MSVD_CLIPS[5]}.avi" in summary
     sample = dm.get_split("train")[1]
     assert sample.pixels.shape == (4, 3, 8, 8) and abs(grey(sample.pixels) - 110) <= 3
     assert [c.text for c in sample.captions] == ["a clip number 2 is shown", "someone films clip 2"]
@@ -314,6 +313,18 @@ def test_msvd_youtube_mapping_orders_the_split(msvd_root):
     assert dm.get_split("train").sample_ids == [MSVD_CLIPS[4], MSVD_CLIPS[3]]  # MSVD_CLIPS[5] is corrupt
     assert dm.get_split("val").sample_ids == [MSVD_CLIPS[2]]
     assert dm.get_split("test").sample_ids == [MSVD_CLIPS[0]]
+
+
+def test_msvd_without_youtube_mapping_warns_once_that_its_split_is_not_the_standard_one(msvd_root, caplog):
+    with caplog.at_level(logging.WARNING, logger="capsal"):
+        MSVDDataModule(root=str(msvd_root), num_frames=2, frame_size=8).setup(None)  # builds all three splits
+    (warning,) = [r.getMessage() for r in caplog.records if "youtube_mapping.txt" in r.getMessage()]
+    assert "NOT the standard 1200/100/670 split" in warning and "vid1..vid1970" in warning
+    caplog.clear()
+    (msvd_root / "youtube_mapping.txt").write_text("\n".join(f"{c} vid{n + 1}" for n, c in enumerate(MSVD_CLIPS)))
+    with caplog.at_level(logging.WARNING, logger="capsal"):
+        MSVDDataModule(root=str(msvd_root), num_frames=2, frame_size=8).setup(None)
+    assert not [r for r in caplog.records if "youtube_mapping.txt" in r.getMessage()]
 
 
 def test_msvd_missing_descriptions_is_a_user_error(tmp_path):
