@@ -29,7 +29,7 @@ from capsal.metrics import (
     pointing_hits,
 )
 from capsal.models.protocol import visual_grid
-from capsal.text import Vocabulary
+from capsal.text import Vocabulary, tokenize
 from capsal.types import Batch, Caption, Phrase, Sample
 
 DEFAULT_EXPLAINERS = ("caption_guided", "soft_attention", "gradient", "uniform", "center", "random")
@@ -166,9 +166,27 @@ class LocalisationEvaluator:
             saliency = explain_batch(explainer, model, items, grid, batch.tokens, batch.sample_ids)
             self._ensure_metrics(saliency.layout.is_video)
             results[name] = saliency
-            if spans:
-                self._score(name, saliency, spans, phrases, batch)
+            # a phrase past the words the model explained (a sentence cut to its max_words) is skipped and counted
+            explained = saliency.word_mask.sum(dim=1).tolist()
+            fits = [end <= explained[row] for row, _, end in spans]
+            kept = [k for k, fit in enumerate(fits) if fit]
+            if kept:
+                self._score(name, saliency, [spans[k] for k in kept], [phrases[k] for k in kept], batch)
+            self._skip_cut(name, [(spans[k], phrases[k]) for k, fit in enumerate(fits) if not fit], batch)
         return results
+
+    def _skip_cut(self, name: str, cut: list[tuple[tuple[int, int, int], Phrase]], batch: Batch) -> None:
+        """Count phrases beyond the explained words as skipped in every metric (and record them, unscored)."""
+        if not cut:
+            return
+        for metric in self.metrics[name].values():
+            for group in metric.groups:
+                metric._skip(group, len(cut))
+        if self.keep_records:
+            for (row, start, end), phrase in cut:
+                record = _phrase_record(name, batch, row, start, end, phrase)
+                record.update(hit=None, note="past the words the model takes (model.max_words): not scored")
+                self.records.append(record)
 
     def _score(self, name: str, saliency: Saliency, spans, phrases: list[Phrase], batch: Batch) -> None:
         """Score the phrases; image maps at each caption's ``original_size`` when it has one, else at the batch's
@@ -242,7 +260,7 @@ class LocalisationEvaluator:
 
 
 def _phrase_record(explainer: str, batch: Batch, row: int, start: int, end: int, phrase: Phrase) -> dict[str, Any]:
-    words = batch.captions[row].text.split()
+    words = tokenize(batch.captions[row].text)  # spans count tokenize's words (punctuation dropped)
     return {
         "sample_id": batch.sample_ids[row],
         "caption": batch.captions[row].text,

@@ -51,6 +51,10 @@ def extract(cfg: DictConfig) -> dict[str, str]:
         written[split] = str(out)
         skipped[split] = skipped_files(manifest)
     print(skipped_summary(skipped))
+    wordless = {split: len(getattr(datamodule, "wordless", {}).get(split, [])) for split in splits}
+    if any(wordless.values()):
+        counts = ", ".join(f"{split} {n}" for split, n in wordless.items() if n)
+        print(f"skipped captions: {sum(wordless.values())} ({counts}) with no word after tokenization")
     features_dir = Path(cfg.features_dir).expanduser()
     print(f"train from the cache with: datamodule.features_dir={features_dir} (and model.backbone set to the backbone)")
     return written

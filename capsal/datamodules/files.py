@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from capsal.datamodules.base import CaptionDataModule, Protocol, check_protocol
 from capsal.datamodules.media import MediaReadError, Size, decode_video, probe_video, read_image
 from capsal.errors import UserError
 from capsal.metrics.attention_correctness import center_crop_region
+from capsal.text import tokenize
 from capsal.types import Caption, Sample
 
 log = logging.getLogger("capsal")
@@ -39,6 +40,25 @@ class MediaRecord:
     path: Path
     captions: list[Caption]
     annotation: Path | None = None
+
+    def keep_captions(self, indices: Sequence[int]) -> MediaRecord:
+        """This record with only the captions at ``indices`` (subclasses keep their per-caption data aligned)."""
+        return replace(self, captions=[self.captions[i] for i in indices])
+
+
+def drop_wordless(records: Sequence[MediaRecord]) -> tuple[list[MediaRecord], list[tuple[str, str]]]:
+    """``records`` without their captions that have no word after ``tokenize`` (e.g. "... !!" or empty), and without
+    the records left with no caption; plus ``(sample id, caption)`` of every caption dropped."""
+    kept: list[MediaRecord] = []
+    dropped: list[tuple[str, str]] = []
+    for record in records:
+        worded = [i for i, caption in enumerate(record.captions) if tokenize(caption.text)]
+        if len(worded) < len(record.captions):
+            dropped += [(record.sample_id, c.text) for i, c in enumerate(record.captions) if i not in set(worded)]
+            record = record.keep_captions(worded)
+        if record.captions:
+            kept.append(record)
+    return kept, dropped
 
 
 def file_problem(path: Path, is_video: bool, probe: bool = True) -> str | None:
@@ -249,6 +269,7 @@ class FileDataModule(CaptionDataModule):
         )
         self.root = Path(str(root)).expanduser()
         self.skipped: dict[str, list[Path]] = {}  # split -> files dropped when it was built
+        self.wordless: dict[str, list[tuple[str, str]]] = {}  # split -> (sample id, caption) without a word, dropped
         self._split_sizes: dict[str, int] = {}  # split -> records before dropping
         self._reported: set[str] = set()
         self._in_setup = False
@@ -280,6 +301,7 @@ class FileDataModule(CaptionDataModule):
         With ``features_dir`` set no media file is read, so none is checked: training from a cache works on a machine
         that only has the annotations and the cache.
         """
+        records, self.wordless[split] = drop_wordless(records)
         if self.features_dir is not None:
             return list(records)
         kept, bad = split_unreadable(records, self.is_video, probe)
@@ -306,12 +328,20 @@ class FileDataModule(CaptionDataModule):
         """The files of ``split`` left out: dropped when it was built, or (from a cache) skipped at extraction."""
         dropped = [str(p) for p in self.skipped.get(split, [])]
         data = self._splits.get(split)
-        return dropped + list(getattr(data, "skipped_files", []))
+        return list(dict.fromkeys(dropped + list(getattr(data, "skipped_files", []))))  # a cache repeats some
 
     def report_skipped(self, splits: Sequence[str]) -> None:
         """One warning line for the not yet reported files skipped in ``splits`` (nothing when none was)."""
         splits = [s for s in splits if s not in self._reported and s in self._splits]
         self._reported.update(splits)
+        wordless = [(split, pair) for split in splits for pair in self.wordless.get(split, [])]
+        if wordless:
+            counts = ", ".join(f"{s} {n}" for s in splits if (n := len(self.wordless.get(s, []))))
+            examples = ", ".join(f"{sample_id}: {text!r}" for _, (sample_id, text) in wordless[:3])
+            log.warning(
+                f"{self.name} {'/'.join(splits)}: skipped {len(wordless)} captions ({counts}) with no word after "
+                f"tokenization, e.g. {examples}"
+            )
         paths = [p for split in splits for p in self.skipped_files(split)]
         if not paths:
             return

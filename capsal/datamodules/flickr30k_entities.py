@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from capsal.datamodules.base import Protocol, check_positive
-from capsal.datamodules.files import FileDataModule, ImageDataset, MediaRecord, report_skipped
+from capsal.datamodules.files import FileDataModule, ImageDataset, MediaRecord
 from capsal.datamodules.media import image_size_of
 from capsal.errors import UserError
 from capsal.metrics.attention_correctness import center_crop_region, crop_boxes
@@ -183,6 +183,10 @@ class Flickr30kRecord(MediaRecord):
 
     entities: list[list[str]] = field(default_factory=list)
 
+    def keep_captions(self, indices) -> Flickr30kRecord:
+        kept = super().keep_captions(indices)
+        return replace(kept, entities=[self.entities[i] for i in indices])
+
 
 class Flickr30kEntitiesDataset(ImageDataset):
     """Images framed by the protocol, with captions whose phrases carry boxes in the scored and the pixel frames."""
@@ -255,7 +259,7 @@ class Flickr30kEntitiesDataModule(FileDataModule):
             annotation = self.root / "Annotations" / f"{image_id}.xml"
             absent = [p for p in (sentences, annotation) if not p.is_file() or p.stat().st_size == 0]
             if absent:
-                missing += absent
+                missing.append(absent[0])  # one file per skipped id: the count is of samples, not files
                 continue
             parsed = read_sentences(sentences)
             records.append(
@@ -267,7 +271,9 @@ class Flickr30kEntitiesDataModule(FileDataModule):
                     entities=[entities for _, entities in parsed],
                 )
             )
-        report_skipped(self.name, split, missing, len(ids), "annotation")
         records = self.usable(records, split)
+        # ids without sentences/annotation join the split's skipped files: one summary line (setup, capsal-extract)
+        self.skipped[split] = [*missing, *self.skipped.get(split, [])] if self.features_dir is None else missing
+        self._split_sizes[split] = len(ids)
         records = [r for r in records if r.captions]
         return Flickr30kEntitiesDataset(records, self.name, split, self.image_size, self.protocol)
