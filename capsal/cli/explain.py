@@ -92,8 +92,9 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
     given = load_input(cfg, model)
     query, caption = choose_sentence(cfg, given)
     pixels = model_pixels(given.pixels, model).to(device)
+    cached = getattr(given.sample, "grid", None)  # a sample of a feature cache: the grid the model was trained on
     with torch.set_grad_enabled(getattr(explainer, "needs_grad", False)):
-        grid = model.features(pixels)
+        grid = cached[None].float().to(device) if cached is not None else model.features(pixels)
         items = model.items(grid)
         saliency = explainer.explain(model, items, grid=grid, tokens=query)
     output_dir = Path(cfg.output_dir)

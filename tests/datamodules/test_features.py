@@ -398,7 +398,7 @@ def test_thumbnails_keep_the_aspect_with_a_long_side_of_at_most_128_pixels(tmp_p
 
 # -- clips failing mid-decode ----------------------------------------------------------------------------------------
 def test_a_clip_failing_mid_decode_is_left_out_of_the_cache_and_summed_up_in_one_line(tmp_path, capsys, caplog):
-    from test_files import write_half_corrupt_video  # pytest puts this folder on sys.path
+    from datasets_on_disk import write_half_corrupt_video  # tests/ is on sys.path (conftest.py)
 
     from capsal.datamodules.msvd import MSVDDataModule
 

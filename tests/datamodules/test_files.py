@@ -3,53 +3,15 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-import av
-import numpy as np
 import pytest
+from datasets_on_disk import write_grey_video, write_half_corrupt_video
 from torch.utils.data import DataLoader
 
 from capsal.datamodules.files import MediaRecord, VideoDataset, drop_unreadable, split_counts
-from capsal.datamodules.media import VideoDecodeError, decode_video, probe_video
+from capsal.datamodules.media import VideoDecodeError
 from capsal.errors import UserError
 from capsal.types import Caption
-
-
-def write_grey_video(path: Path, frames: int = 4, level: int = 200, size: tuple[int, int] = (16, 24)) -> Path:
-    """A short mpeg4 clip of uniform grey frames."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.height, stream.width = size
-        stream.pix_fmt = "yuv420p"
-        for _ in range(frames):
-            frame = av.VideoFrame.from_ndarray(np.full((*size, 3), level, np.uint8), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def write_half_corrupt_video(path: Path, frames: int = 12) -> Path:
-    """An mp4 whose header (moved to the front) opens fine but whose second half is zeros: decoding fails midway."""
-    rng = np.random.default_rng(0)
-    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.height, stream.width, stream.pix_fmt = 32, 32, "yuv420p"
-        for _ in range(frames):
-            image = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2 :] = bytes(len(data) - len(data) // 2)
-    path.write_bytes(bytes(data))
-    assert probe_video(path) is None  # the header is fine: the cheap checks keep it
-    with pytest.raises(VideoDecodeError, match="cannot decode video"):  # it fails while decoding
-        decode_video(path, 4, 8)
-    return path
 
 
 def test_a_clip_failing_mid_decode_is_skipped_and_counted_never_replaced(tmp_path, caplog):

@@ -31,6 +31,7 @@ from capsal.cli.train import train
 pytestmark = pytest.mark.slow
 
 MODELS = ("s2vt", "transformer")
+PHASES: dict[str, float] = {}  # seconds per command, printed with each chain's wall time
 
 
 def compose_cfg(app: str, output_dir: Path, *overrides: str):
@@ -48,7 +49,9 @@ def run_cli(app: str, tmp_path: Path, *overrides: str) -> subprocess.CompletedPr
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TORCH_HOME": str(tmp_path / "torch_home")}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[2]), env.get("PYTHONPATH", "")])
     command = [sys.executable, "-m", f"capsal.cli.{app}", *overrides, f"hydra.run.dir={tmp_path / f'hydra_{app}'}"]
+    tick = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    PHASES[f"{app} (subprocess)"] = time.perf_counter() - tick
     assert result.returncode == 0, f"capsal-{app} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     return result
 
@@ -88,7 +91,9 @@ def train_eval_explain(tmp_path, name, root, cache, data, backbone, eval_options
     for model in MODELS:
         run = tmp_path / model
         overrides = train_overrides(name, root, cache, model, data, backbone)
+        tick = time.perf_counter()
         summary = train(compose_cfg("train", run / "train", *overrides))
+        PHASES[f"{name} train {model}"] = time.perf_counter() - tick
         assert summary["global_step"] == 2 and np.isfinite(summary["metrics"]["val/loss"])
         ckpt = Path(summary["last_checkpoint"])
         assert ckpt.is_file()
@@ -96,15 +101,34 @@ def train_eval_explain(tmp_path, name, root, cache, data, backbone, eval_options
         pngs = sorted(gallery.parent.rglob("*.png"))
         assert pngs and all(not_black(p) > 5 for p in pngs), "a gallery figure is blank"
 
+        tick = time.perf_counter()
         results = evaluate(compose_cfg("eval", run / "eval", f"ckpt_path={ckpt}", *eval_options))
+        PHASES[f"{name} eval {model}"] = time.perf_counter() - tick
         check_eval(model, results, run / "eval")
 
         explain_cfg = compose_cfg("explain", run / "explain", f"ckpt_path={ckpt}", "sample=test:0", "reference=true")
+        tick = time.perf_counter()
         summary = explain(explain_cfg)
+        PHASES[f"{name} explain {model}"] = time.perf_counter() - tick
         assert (run / "explain" / "saliency.png").is_file() and (run / "explain" / "summary.json").is_file()
         assert not_black(run / "explain" / "saliency.png") > 5
-        out[model] = summary
+        out[model] = {**summary, "ckpt": str(ckpt), "dir": str(run / "explain")}
     return out
+
+
+def explain_without_sources(tmp_path: Path, media: list[Path], explained: dict) -> None:
+    """With the source files gone, ``capsal-explain sample=test:0`` explains the cached grid (the same scores) and
+    shows the cache's thumbnails (not black)."""
+    for path in media:
+        path.unlink()
+    out = tmp_path / "explain_without_sources"
+    cfg = compose_cfg("explain", out, f"ckpt_path={explained['ckpt']}", "sample=test:0", "reference=true")
+    summary = explain(cfg)
+    assert summary["sentence"] == explained["sentence"]
+    before, after = np.load(Path(explained["dir"]) / "saliency.npz"), np.load(out / "saliency.npz")
+    key = "scores" if "scores" in before else "temporal"
+    np.testing.assert_allclose(after[key], before[key], rtol=1e-4, atol=1e-5)
+    assert not_black(out / "saliency.png") > 5
 
 
 # -- Flickr30k Entities -----------------------------------------------------------------------------------------------
@@ -161,8 +185,10 @@ def test_flickr30k_entities_extract_train_eval_explain(tmp_path, capsys):
     for model, summary in summaries.items():
         assert summary["sentence"], model
     seconds = time.perf_counter() - start
+    explain_without_sources(tmp_path, sorted((root / "flickr30k-images").iterdir()), summaries["s2vt"])
     with capsys.disabled():
-        print(f"\nflickr30k_entities chain: {seconds:.1f} s")
+        print(f"\nflickr30k_entities chain: {seconds:.1f} s;", ", ".join(f"{k} {v:.1f}" for k, v in PHASES.items()))
+    PHASES.clear()
 
 
 # -- MSR-VTT ----------------------------------------------------------------------------------------------------------
@@ -204,5 +230,7 @@ def test_msrvtt_extract_train_eval_explain(tmp_path, capsys):
     for model, summary in summaries.items():
         assert summary["sentence"], model
     seconds = time.perf_counter() - start
+    explain_without_sources(tmp_path, sorted((root / "videos").iterdir()), summaries["transformer"])
     with capsys.disabled():
-        print(f"\nmsrvtt chain: {seconds:.1f} s")
+        print(f"\nmsrvtt chain: {seconds:.1f} s;", ", ".join(f"{k} {v:.1f}" for k, v in PHASES.items()))
+    PHASES.clear()
