@@ -17,15 +17,25 @@ java:
 	@command -v java >/dev/null 2>&1 || { echo "capsal: Java is missing; METEOR and the PTB tokenizer need it. Install a JRE (e.g. 'apt-get install default-jre-headless') and re-run." >&2; exit 2; }
 
 # Train (at most 10 minutes on a 2-core CPU), then the paper's tables for the trained model (a few minutes more).
-DEMO_DIR := outputs/demo
+# Every run trains into a fresh folder <DEMO_DIR>/<image|video>/<date_time>, points <DEMO_DIR>/<image|video>/latest at
+# it, and evaluates the checkpoint that this run saved (never a previous run's). DEMO_ARGS / DEMO_EVAL_ARGS add
+# overrides to capsal-train / capsal-eval.
+DEMO_DIR ?= outputs/demo
+DEMO_ARGS ?=
+DEMO_EVAL_ARGS ?=
+
+define demo_run
+	@run="$(DEMO_DIR)/$(1)/$$(date +%Y-%m-%d_%H-%M-%S_%N)"; \
+	$(BIN)/capsal-train experiment=demo_$(1) hydra.run.dir="$$run" $(DEMO_ARGS) && \
+	ln -sfn "$$(basename "$$run")" "$(DEMO_DIR)/$(1)/latest" && \
+	$(BIN)/capsal-eval ckpt_path="$$run/checkpoints/last.ckpt" hydra.run.dir="$$run/eval" sanity=true $(DEMO_EVAL_ARGS)
+endef
 
 demo: $(STAMP) java
-	$(BIN)/capsal-train experiment=demo_image hydra.run.dir=$(DEMO_DIR)/image
-	$(BIN)/capsal-eval ckpt_path=$(DEMO_DIR)/image/checkpoints/last.ckpt hydra.run.dir=$(DEMO_DIR)/image/eval sanity=true
+	$(call demo_run,image)
 
 demo-video: $(STAMP) java
-	$(BIN)/capsal-train experiment=demo_video hydra.run.dir=$(DEMO_DIR)/video
-	$(BIN)/capsal-eval ckpt_path=$(DEMO_DIR)/video/checkpoints/last.ckpt hydra.run.dir=$(DEMO_DIR)/video/eval sanity=true
+	$(call demo_run,video)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -108,7 +108,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     trainer.test(module, dataloaders=loader, verbose=False)
     counts = module.results["counts"]
-    results: dict[str, Any] = {"split": cfg.split, "samples": counts["samples"], "phrases": counts["phrases"]}
+    results: dict[str, Any] = {"checkpoint": str(Path(cfg.ckpt_path).expanduser().resolve()), "split": cfg.split}
+    results.update(samples=counts["samples"], phrases=counts["phrases"])
     results["captions"] = counts["captions"]
     results["localisation"] = module.results.get("localisation", {})
     results["explainers"] = {name: repr(explainer) for name, explainer in explainers.items()}

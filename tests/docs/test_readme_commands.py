@@ -17,6 +17,11 @@ PLACEHOLDERS = {
     "<ckpt>": "outputs/train/2026-01-01_00-00-00/checkpoints/last.ckpt",
     "$(DEMO_DIR)": "outputs/demo",
     "$(BIN)/": ".venv/bin/",
+    # the Makefile's demo recipe: $(1) is image or video, $$run the run folder, the *_ARGS empty by default
+    "$(1)": "image",
+    '"$$run': '"outputs/demo/image/run',
+    "$(DEMO_ARGS)": "",
+    "$(DEMO_EVAL_ARGS)": "",
 }
 
 
@@ -33,11 +38,12 @@ def _commands(source: str, lines: list[tuple[int, str]]) -> list[tuple[str, str,
         for old, new in PLACEHOLDERS.items():
             written = written.replace(old, new)
         written = re.sub(r"<([A-Za-z_]+)>", r"\1", written)  # <run> -> run
-        argv = shlex.split(written, comments=True)
-        for i, word in enumerate(argv):
-            if Path(word).name in APPS:
-                found.append((f"{source}:{start}", written.strip(), argv[i:]))
-                break
+        for command in written.split("&&"):  # a recipe line may chain several commands
+            argv = shlex.split(command, comments=True)
+            for i, word in enumerate(argv):
+                if Path(word).name in APPS:
+                    found.append((f"{source}:{start}", command.strip(), argv[i:]))
+                    break
     return found
 
 
