@@ -16,8 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 from capsal.datamodules.base import collate_samples
 from capsal.datamodules.features import CachedFeatures, check_model_backbone
 from capsal.devices import model_device
-from capsal.errors import exit_on_user_error
+from capsal.errors import UserError, exit_on_user_error
 from capsal.evaluation import generate_captions
+from capsal.text import Vocabulary
 
 log = logging.getLogger("capsal")
 
@@ -32,6 +33,18 @@ def build_logger(cfg: DictConfig):
     return instantiate(node) if node else False
 
 
+def checkpoint_vocabulary(path: str) -> Vocabulary:
+    """The vocabulary a capsal checkpoint was trained with; one line when ``path`` is not such a checkpoint."""
+    checkpoint = Path(path).expanduser()
+    if not checkpoint.is_file():
+        raise UserError(f"ckpt_path={path} does not exist; pass the .ckpt file a previous capsal-train saved")
+    try:
+        words = torch.load(checkpoint, map_location="cpu", weights_only=False)["hyper_parameters"]["vocab"]
+    except Exception as error:
+        raise UserError(f"ckpt_path={path} is not a capsal checkpoint to resume ({type(error).__name__})") from error
+    return Vocabulary(words)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train a captioner as ``cfg`` says; returns the summary (checkpoint, metrics, example captions)."""
     if cfg.get("seed") is not None:
@@ -40,6 +53,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     datamodule = instantiate(cfg.datamodule, _convert_="all")
     datamodule.setup("fit")
+    if cfg.get("ckpt_path"):  # resuming: the words keep their ids whatever the data now holds
+        datamodule.vocab = checkpoint_vocabulary(cfg.ckpt_path)
     model = instantiate(cfg.model, vocab=datamodule.vocab.to_list())
     model.datamodule_config = OmegaConf.to_container(cfg.datamodule, resolve=True)
     for split in ("train", "val"):  # a model trained from a cache must use the backbone that made it
