@@ -10,7 +10,9 @@ num_frames)`` of ``N``. A clip with fewer frames than asked repeats frames evenl
 reads works (mp4, avi, mkv, webm...; h264, mpeg4, vp9...).
 
 ``read_image(path, size)`` reads any PIL format as RGB (EXIF orientation is not applied: annotation boxes refer to the
-stored pixels).
+stored pixels): palette, grey, CMYK and alpha pictures are converted, 16-bit ones scaled to 8 bits (value / 257, not
+clipped), and an animated GIF/PNG/WebP is read as its first frame. Images over ``MAX_IMAGE_PIXELS`` (PIL's default
+decompression-bomb limit) are refused from their header, before any pixel is decoded, whatever PIL's own setting.
 
 Corrupt, unreadable, missing or zero-length files raise ``VideoDecodeError``/``ImageReadError`` (``UserError``s) with
 one line naming the file. The file datasets (``capsal.datamodules.files``) catch them so one bad file does not stop
@@ -20,7 +22,10 @@ a run.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +34,7 @@ import torch
 from capsal.errors import UserError
 
 Size = int | tuple[int, int] | Sequence[int] | None
+MAX_IMAGE_PIXELS = 89_478_485  # PIL's default Image.MAX_IMAGE_PIXELS: about 0.25 GiB of 24-bit pixels
 
 
 class MediaReadError(UserError):
@@ -58,38 +64,72 @@ def _hw(size: Size) -> tuple[int, int] | None:
 
 
 # -- images ------------------------------------------------------------------------------------------------------------
-def image_size_of(path: str | os.PathLike) -> tuple[int, int]:
-    """``(width, height)`` of an image from its header, without decoding the pixels."""
+def _too_large(path, pixels: str) -> ImageReadError:
+    return ImageReadError(
+        f"image {path} is {pixels}, over the {MAX_IMAGE_PIXELS} pixels capsal decodes (a decompression-bomb guard); "
+        f"resize it or remove it"
+    )
+
+
+@contextmanager
+def _open_image(path: str | os.PathLike) -> Iterator:
+    """``PIL.Image.open`` with one-line ``ImageReadError``s and the decompression-bomb guard (header only)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            return image.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
     except FileNotFoundError as error:
         raise ImageReadError(f"image {path} does not exist; check the dataset root and layout") from error
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        raise _too_large(path, f"{found.group(1)} pixels" if found else "too large") from error
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise ImageReadError(f"cannot read image {path} ({error}); re-download the file or remove it") from error
+    with image:
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise _too_large(path, f"{width}x{height} pixels")
+        yield image
+
+
+def image_size_of(path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` of an image from its header, without decoding the pixels."""
+    with _open_image(path) as image:
+        return image.size
+
+
+def _rgb(image) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB of a PIL image's first frame; 16- and 32-bit integer greys are scaled, not clipped."""
+    from PIL import Image
+
+    if image.mode.startswith("I"):  # I;16, I;16B, I;16L (16-bit PNG/TIFF) and I (32-bit ints holding 16-bit data)
+        grey = np.asarray(image, dtype=np.float64) / 257.0
+        image = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8))
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def read_image(path: str | os.PathLike, size: Size = None) -> torch.Tensor:
-    """An image file as uint8 ``(1, 3, H, W)`` RGB; ``size`` (an int for a square, or ``(H, W)``) resizes bilinearly."""
-    from PIL import Image, UnidentifiedImageError
+    """An image file as uint8 ``(1, 3, H, W)`` RGB; ``size`` (an int for a square, or ``(H, W)``) resizes bilinearly.
+
+    Any mode PIL reads is converted (see the module doc); animated files give their first frame."""
+    from PIL import Image
 
     path = Path(path)
     hw = _hw(size)
     if path.is_file() and path.stat().st_size == 0:
         raise ImageReadError(f"image {path} is empty (0 bytes); re-download the file or remove it")
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            if hw is not None and image.size != (hw[1], hw[0]):
-                image = image.resize((hw[1], hw[0]), Image.BILINEAR)
-            array = np.asarray(image, dtype=np.uint8)
-    except FileNotFoundError as error:
-        raise ImageReadError(f"image {path} does not exist; check the dataset root and layout") from error
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+        with _open_image(path) as image:
+            array = _rgb(image)
+    except (OSError, ValueError, SyntaxError) as error:
+        if isinstance(error, ImageReadError):
+            raise
         raise ImageReadError(f"cannot read image {path} ({error}); re-download the file or remove it") from error
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
+    if hw is not None and array.shape[:2] != hw:
+        array = np.asarray(Image.fromarray(array).resize((hw[1], hw[0]), Image.BILINEAR))
+    return torch.from_numpy(array.transpose(2, 0, 1).copy())[None]  # a writable copy (PIL's arrays are read-only)
 
 
 # -- videos ------------------------------------------------------------------------------------------------------------
