@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from einops import rearrange, repeat
 
-from capsal.explainers.base import Explainer, Sentence, prepare
+from capsal.explainers.base import Explainer, Sentence, eval_mode, prepare
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
 
@@ -49,6 +49,10 @@ class CaptionGuided(Explainer):
         grid: torch.Tensor | None = None,
         tokens: Sentence = None,
     ) -> Saliency:
+        with eval_mode(model):
+            return self._explain(model, items, mask, grid, tokens)
+
+    def _explain(self, model, items, mask, grid, tokens) -> Saliency:
         sentences = prepare(model, items, mask, grid, tokens, self.beam_size)
         mask, tokens, layout = sentences.mask, sentences.tokens, sentences.layout
         batch, m = items.shape[:2]
