@@ -345,7 +345,7 @@ OTHER_BAD = [
 def test_other_bad_input_is_one_line(args, message, image_checkpoint, media, tmp_path):
     paths = {"IMAGE": media["image"], "FOLDER": tmp_path, "MISSING": tmp_path / "missing.jpg"}
     args = [next((a.replace(k, str(v)) for k, v in paths.items() if a.endswith(k)), a) for a in args]
-    with pytest.raises(ValueError, match=message) as error:  # UserError, or the explainer's own ValueError
+    with pytest.raises(UserError, match=message) as error:
         explain(explain_cfg(tmp_path / "out", f"ckpt_path={image_checkpoint}", *args))
     assert "\n" not in str(error.value)
 
@@ -358,6 +358,7 @@ def test_other_bad_input_is_one_line(args, message, image_checkpoint, media, tmp
         (["query=[a,b]"], "is not one sentence"),
         (["explainer=soft_attention"], "needs a model with attention weights"),
         (["input=FOLDER"], "is a folder"),
+        (["explainer_options.caption_guided.mode=nope"], "caption_guided mode must be one of information_gain, kl"),
     ],
 )
 def test_each_kind_of_bad_input_exits_2_with_one_line(args, message, image_checkpoint, tmp_path):
