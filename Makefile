@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-video test lint format java clean
+.PHONY: demo demo-video test lint format java chromium clean
 
 # (Re)install when the venv is missing or pyproject.toml changed.
 $(STAMP): pyproject.toml
@@ -15,6 +15,18 @@ $(STAMP): pyproject.toml
 
 java:
 	@command -v java >/dev/null 2>&1 || { echo "capsal: Java is missing; METEOR and the PTB tokenizer need it. Install a JRE (e.g. 'apt-get install default-jre-headless') and re-run." >&2; exit 2; }
+
+# Headless Chromium for the gallery's browser test: Debian's package, installed when missing and we are root; a failed
+# install as root stops here; without root it says so in one line and the test skips with the same hint.
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "capsal: installing Debian's chromium for the gallery browser test"; \
+		{ DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null && command -v chromium >/dev/null; } \
+			|| { echo "capsal: 'apt-get install chromium' failed; install it by hand (the gallery browser test needs it) and re-run" >&2; exit 2; }; \
+	else \
+		echo "capsal: chromium is not installed and we are not root: the gallery browser test will skip (run make test as root or apt-get install chromium)"; \
+	fi
 
 # Train (at most 10 minutes on a 2-core CPU), then the paper's tables for the trained model (a few minutes more).
 # Every run trains into a fresh folder <DEMO_DIR>/<image|video>/<date_time>, points <DEMO_DIR>/<image|video>/latest at
@@ -45,7 +57,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: $(STAMP) java lint
+test: $(STAMP) java chromium lint
 	$(BIN)/python -m pytest -q
 
 clean:

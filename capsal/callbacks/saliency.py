@@ -13,11 +13,10 @@ Each due validation epoch (every ``every_n_epochs``, never the sanity check):
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,24 +32,12 @@ from capsal.devices import model_device
 from capsal.errors import UserError
 from capsal.evaluation import LocalisationEvaluator
 from capsal.explainers import build_explainers
-from capsal.explainers.base import Explainer
+from capsal.explainers.base import Explainer, eval_mode
 from capsal.models.protocol import has_attention, visual_grid
 from capsal.types import Batch, Sample
 
 log = logging.getLogger("capsal")
 SENTENCES = {"prediction": ("prediction",), "reference": ("reference",), "both": KINDS}
-
-
-@contextlib.contextmanager
-def eval_mode(module: torch.nn.Module) -> Iterator[None]:
-    """Evaluation mode inside the block; every submodule's own train/eval flag is restored after it."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 class SaliencyCallback(L.Callback):

@@ -12,7 +12,7 @@ import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from capsal.checkpoints import checkpoint_datamodule, load_captioner
 from capsal.devices import resolve_device
@@ -55,6 +55,8 @@ def load_input(cfg: DictConfig, model) -> ExplainInput:
 def read_media(path: Path, model) -> torch.Tensor:
     from capsal.datamodules.media import decode_video, read_image
 
+    if path.is_dir():
+        raise UserError(f"input={path} is a folder; give one image or video file")
     if not path.is_file():
         raise UserError(f"input file {path} does not exist")
     if path.suffix.lower() in IMAGE_SUFFIXES:
@@ -78,13 +80,39 @@ def choose_sentence(cfg: DictConfig, given: ExplainInput) -> tuple[str | None, C
         if given.sample is None:
             raise UserError("reference=true needs sample=<split>:<index>")
         return given.sample.captions[0].text, given.sample.captions[0]
-    if cfg.query is not None and not str(cfg.query).strip():
+    return query_text(cfg.query), None
+
+
+def query_text(query: Any) -> str | None:
+    """The query as one sentence (Hydra turns ``query=123`` into a number and ``query=[a,b]`` into a list)."""
+    if query is None:
+        return None
+    if isinstance(query, (ListConfig, DictConfig, list, dict)):
+        raise UserError(f"query={query} is not one sentence; quote it, e.g. query='a red circle'")
+    if not str(query).strip():
         raise UserError("the query is empty; give a sentence such as query='a red circle' or leave it out")
-    return cfg.query, None
+    return str(query)
+
+
+def parse_phrases(phrases: Any) -> list[tuple[int, int]] | None:
+    """``phrases=[[start, end], ...]`` as integer pairs (None or ``[]``: not given); one line for any other form."""
+    if phrases is None:
+        return None
+    example = "e.g. phrases=[[0,2],[3,5]] (half-open word spans, words counted from 0)"
+    if not isinstance(phrases, (ListConfig, list)):
+        raise UserError(f"phrases={phrases} is not a list of [start, end] word spans; {example}")
+    spans = []
+    for span in phrases:
+        pair = list(span) if isinstance(span, (ListConfig, list)) else None
+        if pair is None or len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+            raise UserError(f"phrase {span} is not a [start, end] pair of whole numbers; {example}")
+        spans.append((pair[0], pair[1]))
+    return spans or None
 
 
 def explain(cfg: DictConfig) -> dict[str, Any]:
     """Run ``capsal-explain`` as ``cfg`` says; returns the JSON summary it writes."""
+    phrases = parse_phrases(cfg.phrases)
     device = resolve_device(cfg.device)
     model = load_captioner(cfg.ckpt_path, device)
     options = OmegaConf.to_container(cfg.explainer_options, resolve=True) or {}
@@ -97,9 +125,14 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
         grid = cached[None].float().to(device) if cached is not None else model.features(pixels)
         items = model.items(grid)
         saliency = explainer.explain(model, items, grid=grid, tokens=query)
+    if not saliency.words[0]:
+        raise UserError(
+            f"the model produced no words for {given.source}: its own caption is empty (it emitted <eos> first), "
+            "so there is nothing to explain; pass query='<a sentence>' to explain a sentence of your own"
+        )
+    spans = phrase_spans(phrases, caption, saliency.words[0])
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    spans = phrase_spans(cfg.phrases, caption, saliency.words[0])
     if saliency.layout.is_video:
         summary = _write_video(saliency, given, spans, output_dir)
     else:
@@ -123,14 +156,17 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
 def phrase_spans(phrases, caption: Caption | None, words: list[str]) -> list[tuple[int, int, str]]:
     """``(start, end, label)`` of each panel: the given spans, the reference's phrases, or every word."""
     if phrases:
-        spans = [(int(s), int(e)) for s, e in phrases]
+        spans = list(phrases)
     elif caption is not None and caption.phrases:
         spans = [(p.start, p.end) for p in caption.phrases]
     else:
         spans = [(k, k + 1) for k in range(len(words))]
     for start, end in spans:
         if not 0 <= start < end <= len(words):
-            raise UserError(f"phrase span [{start}, {end}) is outside the sentence's {len(words)} words")
+            raise UserError(
+                f"phrase span [{start}, {end}) is not inside the sentence's {len(words)} words "
+                f"({' '.join(words)!r}); give 0 <= start < end <= {len(words)}"
+            )
     return [(s, e, " ".join(words[s:e])) for s, e in spans]
 
 

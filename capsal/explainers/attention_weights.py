@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from capsal.errors import UserError
-from capsal.explainers.base import Explainer, Sentence, prepare
+from capsal.explainers.base import Explainer, Sentence, eval_mode, prepare
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
 from capsal.models.protocol import has_attention
@@ -34,6 +34,7 @@ class SoftAttentionWeights(Explainer):
                 f"explainer soft_attention needs a model with attention weights (model=soft_attention); "
                 f"{type(model).__name__} has none: use explainer=caption_guided"
             )
-        s = prepare(model, items, mask, grid, tokens, self.beam_size)
-        weights = model.attention(model.encode(items, s.mask), s.tokens[:, :-1])
+        with eval_mode(model):
+            s = prepare(model, items, mask, grid, tokens, self.beam_size)
+            weights = model.attention(model.encode(items, s.mask), s.tokens[:, :-1])
         return Saliency(s.words, s.word_mask, weights, s.mask, s.layout, tokens=s.tokens, explainer=self.name)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +21,29 @@ log = logging.getLogger("capsal")
 Sentence = str | list[str] | torch.Tensor | None
 
 
+@contextlib.contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """Evaluation mode inside the block (dropout off, batch-norm statistics frozen: the same maps on every call);
+    afterwards the model's and every submodule's own train/eval flag is what it was before, even after an error.
+
+    Every built-in explainer runs its whole ``explain`` (captioning included) inside it; plugins should too.
+    A model that is no ``nn.Module`` (no ``modules()``) is left as it is."""
+    modules = model.modules() if callable(getattr(model, "modules", None)) else []
+    modes = [(m, m.training) for m in modules]
+    if modes:
+        model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 class Explainer:
     """Base class. Subclasses implement :meth:`explain` and are registered with ``@register_explainer``.
+
+    ``explain`` should run inside :func:`eval_mode` (``with eval_mode(model): ...``) so that a model left in training
+    mode gives deterministic maps and comes back in the mode it had.
 
     ``needs_grad``: the explainer back-propagates (inside Lightning validation it turns gradients on locally,
     which needs ``Trainer(inference_mode=False)``).

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from einops import repeat
 
-from capsal.explainers.base import Explainer, Sentence, prepare
+from capsal.explainers.base import Explainer, Sentence, eval_mode, prepare
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
 from capsal.types import ItemLayout
@@ -37,7 +37,8 @@ class _ConstantMapExplainer(Explainer):
         sample_ids: Sequence[str] | None = None,
     ) -> Saliency:
         """``sample_ids`` (one per row) make seeded maps reproducible per sample, whatever batch it comes in."""
-        s = prepare(model, items, mask, grid, tokens)
+        with eval_mode(model):  # the sentence may be the model's own caption
+            s = prepare(model, items, mask, grid, tokens)
         batch, n = s.word_mask.shape
         sentences = [" ".join(words) for words in s.words]
         keys = None if sample_ids is None else [f"{i}/{text}" for i, text in zip(sample_ids, sentences, strict=True)]

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from einops import rearrange, repeat
 
-from capsal.explainers.base import Explainer, Sentence, prepare
+from capsal.errors import UserError
+from capsal.explainers.base import Explainer, Sentence, eval_mode, prepare
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
 
@@ -34,7 +35,10 @@ class CaptionGuided(Explainer):
         self, mode: str = "information_gain", spatial: bool = True, memory_budget_mb: float = 256.0, beam_size: int = 1
     ):
         if mode not in MODES:
-            raise ValueError(f"caption_guided mode must be one of {MODES}, got {mode!r}")
+            raise UserError(
+                f"caption_guided mode must be one of {', '.join(MODES)}, got {mode!r} "
+                "(explainer_options.caption_guided.mode=kl, for example)"
+            )
         self.mode = mode
         self.spatial = spatial
         self.memory_budget_mb = memory_budget_mb
@@ -49,6 +53,10 @@ class CaptionGuided(Explainer):
         grid: torch.Tensor | None = None,
         tokens: Sentence = None,
     ) -> Saliency:
+        with eval_mode(model):
+            return self._explain(model, items, mask, grid, tokens)
+
+    def _explain(self, model, items, mask, grid, tokens) -> Saliency:
         sentences = prepare(model, items, mask, grid, tokens, self.beam_size)
         mask, tokens, layout = sentences.mask, sentences.tokens, sentences.layout
         batch, m = items.shape[:2]

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from einops import rearrange
 
-from capsal.explainers.base import Explainer, Sentence, prepare
+from capsal.explainers.base import Explainer, Sentence, eval_mode, prepare
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
 
@@ -16,9 +16,10 @@ from capsal.explainers.saliency import Saliency
 class GradientTimesInput(Explainer):
     """``score[t, i] = <d log p(y_t) / d v_i, v_i>``; for video also per region of the grid the frames pool.
 
-    Gradients are turned on locally (``torch.enable_grad``) and the model's train/eval mode is restored, so it
-    runs inside Lightning validation, which computes under ``no_grad``. Lightning's default inference mode
-    forbids autograd altogether: validate/test with ``Trainer(inference_mode=False)`` to use this explainer.
+    Gradients are turned on locally (``torch.enable_grad``), so it runs inside Lightning validation, which computes
+    under ``no_grad``; the model runs in eval mode and every submodule's train/eval flag is restored after
+    (``eval_mode``). Lightning's default inference mode forbids autograd altogether: validate/test with
+    ``Trainer(inference_mode=False)`` to use this explainer.
     """
 
     needs_grad = True
@@ -34,16 +35,10 @@ class GradientTimesInput(Explainer):
         grid: torch.Tensor | None = None,
         tokens: Sentence = None,
     ) -> Saliency:
-        s = prepare(model, items, mask, grid, tokens, self.beam_size)
-        was_training = getattr(model, "training", False)
-        if hasattr(model, "eval"):
-            model.eval()
-        try:
+        with eval_mode(model):
+            s = prepare(model, items, mask, grid, tokens, self.beam_size)
             with torch.inference_mode(False), torch.enable_grad():
                 scores, regions = self._attributions(model, items, s.mask, grid, s.tokens, s.layout.is_video)
-        finally:
-            if hasattr(model, "train"):
-                model.train(was_training)
         return Saliency(
             s.words, s.word_mask, scores, s.mask, s.layout, region_scores=regions, tokens=s.tokens, explainer=self.name
         )

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -14,6 +17,7 @@ from omegaconf import open_dict
 from PIL import Image
 
 from capsal.cli.explain import explain
+from capsal.errors import UserError
 
 
 def explain_cfg(tmp_path, *overrides):
@@ -119,3 +123,249 @@ def test_unknown_query_words_are_reported_and_explained_as_unk(image_checkpoint,
     assert summary["unknown_words"] == ["zebra"]
     assert summary["sentence"] == "a red <unk>"
     assert "zebra" in caplog.text
+
+
+# ---- every documented option combination, in process ------------------------------------------------------------
+
+FRAMES = 8  # the tiny video model's clips (tests/tiny.py)
+
+
+def write_clip(path: Path, frames: int = 12, size=(40, 48)) -> Path:
+    """A small real MPEG-4 clip: a red square sliding right over black."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.height, stream.width = size
+        stream.pix_fmt = "yuv420p"
+        for k in range(frames):
+            image = np.zeros((*size, 3), np.uint8)
+            image[5:20, 4 + 2 * k : 16 + 2 * k] = (220, 30, 30)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("media")
+    photo = folder / "photo.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (90, 150, 3), dtype=np.uint8)).save(photo)
+    return {"image": photo, "video": write_clip(folder / "clip.mp4")}
+
+
+@pytest.fixture(scope="module")
+def soft_attention_checkpoint(tmp_path_factory):
+    """A tiny soft-attention model (the only kind the soft_attention explainer reads), trained like conftest's."""
+    from tiny import train_tiny
+
+    return train_tiny(tmp_path_factory.mktemp("soft_attention_ckpt"), "model=soft_attention")
+
+
+CASES = {
+    # README: capsal-explain ckpt_path=<ckpt> input=photo.jpg query="a red circle"
+    "input+query": lambda kind, media: [f"input={media[kind]}", "query='a red circle'"],
+    # README: capsal-explain ckpt_path=<ckpt> sample=val:3 reference=true
+    "sample+reference": lambda kind, media: ["sample=val:0", "reference=true"],
+    # README: capsal-explain ckpt_path=<ckpt> input=clip.mp4 explainer=gradient phrases=[[0,3]]
+    "input+phrases": lambda kind, media: [f"input={media[kind]}", "phrases=[[0,2]]"],
+    # the model's own caption of a dataset sample, every word a panel
+    "sample": lambda kind, media: ["sample=val:1"],
+    # a query and a phrase of it, on a dataset sample
+    "sample+query+phrases": lambda kind, media: ["sample=val:0", "query='a red circle'", "phrases=[[1,3]]"],
+}
+
+
+def check_outputs(out: Path, summary: dict, kind: str, explainer: str, case: str) -> None:
+    """What a user opens: a non-blank figure, arrays of the right shapes, a summary that says what was explained."""
+    assert_picture(out / "saliency.png")
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == summary
+    words = summary["sentence"].split()
+    assert words, "an explained sentence has words"
+    assert summary["explainer"] == explainer
+    assert summary["explainer_options"].endswith(")") and "(" in summary["explainer_options"]
+    arrays = np.load(out / "saliency.npz")
+    spans = arrays["spans"].tolist()
+    assert [p["span"] for p in summary["panels"]] == spans
+    assert [p["text"] for p in summary["panels"]] == [" ".join(words[s:e]) for s, e in spans]
+    assert list(arrays["words"]) == words
+    if "query" in case:
+        assert summary["sentence"] == "a red circle" and summary["unknown_words"] == []
+    if "phrases" in case:
+        assert spans == ([[1, 3]] if case.startswith("sample") else [[0, 2]])
+    elif case in ("sample", "input+query"):
+        assert spans == [[k, k + 1] for k in range(len(words))]  # every word is a panel
+    from_file = case.startswith("input")
+    if kind == "image":
+        height, width = (90, 150) if from_file else (64, 64)
+        assert summary["kind"] == "image" and summary["grid"] == [8, 8]
+        assert arrays["scores"].shape[0] >= len(words) and arrays["scores"].shape[1] == 64
+        assert arrays["maps"].shape == (len(spans), height, width)
+        assert np.isfinite(arrays["maps"]).all()
+        for panel, heat in zip(summary["panels"], arrays["maps"], strict=True):
+            x, y = panel["max_xy"]
+            assert heat[round(y), round(x)] == pytest.approx(heat.max(), abs=1e-5)
+    else:
+        height, width = (40, 48) if from_file else (32, 32)
+        assert summary["kind"] == "video" and summary["frames"] == FRAMES
+        assert arrays["temporal"].shape == (len(spans), FRAMES)
+        assert arrays["spatial"].shape == (len(spans), FRAMES, height, width)
+        assert all(0 <= p["best_frame"] < FRAMES for p in summary["panels"])
+
+
+# caption_guided with every option combination on both kinds of input; each other explainer with two of them
+MATRIX = [(kind, "caption_guided", case) for kind in ("image", "video") for case in CASES] + [
+    ("image", "gradient", "input+phrases"),
+    ("video", "gradient", "input+phrases"),  # the README's line
+    ("image", "uniform", "input+query"),
+    ("video", "uniform", "sample+reference"),
+    ("image", "center", "sample"),
+    ("video", "center", "sample+query+phrases"),
+    ("image", "random", "sample+query+phrases"),
+    ("video", "random", "input+query"),
+]
+
+
+@pytest.mark.parametrize(("kind", "explainer", "case"), MATRIX)
+def test_every_option_combination_writes_its_figure_arrays_and_summary(
+    kind, explainer, case, media, image_checkpoint, video_checkpoint, tmp_path
+):
+    checkpoint = image_checkpoint if kind == "image" else video_checkpoint
+    args = [f"ckpt_path={checkpoint}", f"explainer={explainer}", *CASES[case](kind, media)]
+    summary = explain(explain_cfg(tmp_path, *args))
+    check_outputs(tmp_path, summary, kind, explainer, case)
+    if case == "sample+reference":
+        assert summary["input"].startswith("val:0")
+        if kind == "image":  # the reference's noun phrases, each with a ground-truth box in the figure
+            assert all(len(p["text"].split()) >= 3 for p in summary["panels"])
+
+
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_kl_mode_of_caption_guided_is_the_one_explained(kind, media, image_checkpoint, video_checkpoint, tmp_path):
+    checkpoint = image_checkpoint if kind == "image" else video_checkpoint
+    args = [f"ckpt_path={checkpoint}", f"input={media[kind]}", "explainer_options.caption_guided.mode=kl"]
+    summary = explain(explain_cfg(tmp_path, *args))
+    assert "mode='kl'" in summary["explainer_options"]
+    check_outputs(tmp_path, summary, kind, "caption_guided", "input")
+
+
+@pytest.mark.parametrize("case", ["input+query", "sample+reference", "input+phrases"])
+def test_soft_attention_explains_a_soft_attention_model(case, media, soft_attention_checkpoint, tmp_path):
+    args = [f"ckpt_path={soft_attention_checkpoint}", "explainer=soft_attention", *CASES[case]("image", media)]
+    summary = explain(explain_cfg(tmp_path, *args))
+    check_outputs(tmp_path, summary, "image", "soft_attention", case)
+    weights = np.load(tmp_path / "saliency.npz")["scores"][: len(summary["sentence"].split())]
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)  # attention weights over the 64 items
+
+
+# ---- bad input: one line, in process for every variant, one subprocess per kind of error for the exit code ------
+
+
+@pytest.fixture(scope="module")
+def mute_checkpoint(image_checkpoint, tmp_path_factory) -> Path:
+    """The tiny image model with its output bias set so that <eos> always wins: its own caption is empty."""
+    checkpoint = torch.load(image_checkpoint, map_location="cpu", weights_only=False)
+    eos = 2  # Vocabulary.eos_id
+    checkpoint["state_dict"]["output.1.bias"][eos] = 1e4
+    path = tmp_path_factory.mktemp("mute") / "mute.ckpt"
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_an_empty_caption_is_one_line_pointing_to_query(mute_checkpoint, media, tmp_path):
+    for args in (["sample=val:0"], [f"input={media['image']}"], ["sample=val:0", "explainer=gradient"]):
+        with pytest.raises(UserError, match="the model produced no words") as error:
+            explain(explain_cfg(tmp_path, f"ckpt_path={mute_checkpoint}", *args))
+        assert "query=" in str(error.value) and "\n" not in str(error.value)
+    result = run_cli(f"ckpt_path={mute_checkpoint}", "sample=val:0", f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().startswith("capsal-explain: error: the model produced no words for val:0")
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "saliency.png").exists()
+    # the way out the message names works
+    summary = explain(explain_cfg(tmp_path, f"ckpt_path={mute_checkpoint}", "sample=val:0", "query='a red circle'"))
+    assert summary["sentence"] == "a red circle"
+
+
+BAD_PHRASES = [
+    ("phrases=[[0]]", "is not a [start, end] pair"),
+    ("phrases=[[0,1,2]]", "is not a [start, end] pair"),
+    ("phrases=[[a,b]]", "is not a [start, end] pair"),
+    ("phrases=[[0,2.5]]", "is not a [start, end] pair"),
+    ("phrases=[[true,2]]", "is not a [start, end] pair"),
+    ("phrases=[3]", "is not a [start, end] pair"),
+    ("phrases=5", "is not a list of [start, end] word spans"),
+    ("phrases='0,2'", "is not a list of [start, end] word spans"),
+    ("phrases=[[2,1]]", "is not inside the sentence's 3 words"),
+    ("phrases=[[1,1]]", "is not inside the sentence's 3 words"),
+    ("phrases=[[-1,2]]", "is not inside the sentence's 3 words"),
+    ("phrases=[[0,4]]", "is not inside the sentence's 3 words"),  # 4 = the padded width (eos slot): not a word
+    ("phrases=[[0,2],[2,9]]", "is not inside the sentence's 3 words"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_PHRASES)
+def test_bad_phrase_spans_are_one_line(override, message, image_checkpoint, tmp_path):
+    args = [f"ckpt_path={image_checkpoint}", "sample=val:0", "query='a red circle'", override]
+    with pytest.raises(UserError, match=re.escape(message)) as error:
+        explain(explain_cfg(tmp_path, *args))
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "saliency.png").exists()
+
+
+def test_spans_are_checked_against_the_own_captions_real_words(image_checkpoint, tmp_path):
+    """The model's own caption: a span up to its last word works, one more word (its eos slot) is refused."""
+    args = [f"ckpt_path={image_checkpoint}", "sample=val:0"]
+    n = len(explain(explain_cfg(tmp_path / "a", *args))["sentence"].split())
+    summary = explain(explain_cfg(tmp_path / "b", *args, f"phrases=[[0,{n}]]"))
+    assert [p["span"] for p in summary["panels"]] == [[0, n]]
+    with pytest.raises(UserError, match=f"is not inside the sentence's {n} words"):
+        explain(explain_cfg(tmp_path / "c", *args, f"phrases=[[0,{n + 1}]]"))
+
+
+OTHER_BAD = [
+    (["sample=val:0", "query=[a,b]"], "is not one sentence"),
+    (["sample=val:0", "query=''"], "the query is empty"),
+    (["sample=val:0", "explainer=soft_attention"], "needs a model with attention weights"),
+    (["sample=val:0", "explainer=occlusion_typo"], "unknown explainer 'occlusion_typo'"),
+    (["sample=val:0", "explainer_options.caption_guided.mode=nope"], "mode must be one of"),
+    (["sample=val"], "must look like <split>:<index>"),
+    (["sample=bogus:0"], "split 'bogus' is unknown"),
+    (["sample=val:999"], "out of range"),
+    ([], "give exactly one of input="),
+    (["input=IMAGE", "reference=true"], "reference=true needs sample="),
+    (["input=FOLDER"], "is a folder"),
+    (["input=MISSING"], "does not exist"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), OTHER_BAD)
+def test_other_bad_input_is_one_line(args, message, image_checkpoint, media, tmp_path):
+    paths = {"IMAGE": media["image"], "FOLDER": tmp_path, "MISSING": tmp_path / "missing.jpg"}
+    args = [next((a.replace(k, str(v)) for k, v in paths.items() if a.endswith(k)), a) for a in args]
+    with pytest.raises(UserError, match=message) as error:
+        explain(explain_cfg(tmp_path / "out", f"ckpt_path={image_checkpoint}", *args))
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["phrases=[[0,2.5]]"], "phrase [0, 2.5] is not a [start, end] pair"),
+        (["query='a red'", "phrases=[[0,3]]"], "phrase span [0, 3) is not inside the sentence's 2 words"),
+        (["query=[a,b]"], "is not one sentence"),
+        (["explainer=soft_attention"], "needs a model with attention weights"),
+        (["input=FOLDER"], "is a folder"),
+        (["explainer_options.caption_guided.mode=nope"], "caption_guided mode must be one of information_gain, kl"),
+    ],
+)
+def test_each_kind_of_bad_input_exits_2_with_one_line(args, message, image_checkpoint, tmp_path):
+    args = [a.replace("FOLDER", str(tmp_path)) for a in args]
+    if not any(a.startswith("input=") for a in args):
+        args.append("sample=val:0")
+    result = run_cli(f"ckpt_path={image_checkpoint}", f"output_dir={tmp_path / 'out'}", *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == result.stderr.strip().splitlines()[0], "more than one line"
+    assert result.stderr.startswith("capsal-explain: error: ") and message in result.stderr
