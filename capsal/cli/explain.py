@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from capsal.checkpoints import checkpoint_datamodule, load_captioner
+from capsal.config_checks import check_config
 from capsal.devices import resolve_device
 from capsal.errors import UserError, exit_on_user_error
 from capsal.explainers import build_explainers
@@ -85,6 +86,7 @@ def choose_sentence(cfg: DictConfig, given: ExplainInput) -> tuple[str | None, C
 
 def explain(cfg: DictConfig) -> dict[str, Any]:
     """Run ``capsal-explain`` as ``cfg`` says; returns the JSON summary it writes."""
+    check_config(cfg)
     device = resolve_device(cfg.device)
     model = load_captioner(cfg.ckpt_path, device)
     options = OmegaConf.to_container(cfg.explainer_options, resolve=True) or {}
