@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from einops import rearrange, repeat
 
+from capsal.errors import UserError
 from capsal.explainers.base import Explainer, Sentence, prepare
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
@@ -34,7 +35,7 @@ class CaptionGuided(Explainer):
         self, mode: str = "information_gain", spatial: bool = True, memory_budget_mb: float = 256.0, beam_size: int = 1
     ):
         if mode not in MODES:
-            raise ValueError(f"caption_guided mode must be one of {MODES}, got {mode!r}")
+            raise UserError(f"caption_guided mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
         self.spatial = spatial
         self.memory_budget_mb = memory_budget_mb
