@@ -19,6 +19,7 @@ import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -554,6 +555,7 @@ RULES: list[Row] = [
 ]
 
 
+@lru_cache(maxsize=4096)
 def rule_for(key: str, target: str | None = None) -> Rule | None:
     """The first row of :data:`RULES` matching the dotted ``key`` (held by a node whose ``_target_`` is ``target``)."""
     for row in RULES:
