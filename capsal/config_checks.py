@@ -85,6 +85,11 @@ class Rule:
         """Values of the wrong type and, where a range applies, out of it (for the generated test)."""
         raise NotImplementedError
 
+    def message(self, key: str, value: Any) -> str | None:
+        """None when ``value`` is allowed at ``key``, else the one-line error."""
+        problem = self.problem(value)
+        return None if problem is None else f"{key}={show(value)} {problem}"
+
 
 @dataclass(frozen=True)
 class Int(Rule):
@@ -286,7 +291,10 @@ class Removed(Rule):
         return False
 
     def problem(self, value: Any) -> str | None:
-        return None if value is None else f"was removed; leave it null: {self.hint}"
+        return None if value is None else f"was removed: {self.hint}"
+
+    def message(self, key: str, value: Any) -> str | None:
+        return None if value is None else f"{key}= was removed: {self.hint}"  # the wording removed_crop_key uses
 
     def what(self) -> str:
         return "null"
@@ -367,7 +375,7 @@ COUNT = Int(0)
 SEED = Int(0, 2**32 - 1)
 BATCHES = AnyOf(rules=(Int(0), Float(0.0, 1.0)), null=True)  # limit_*_batches: a count or a fraction
 DEVICE = Text(pattern=r"auto|cpu|mps|cuda(:\d+)?", form="auto, cpu, mps, cuda or cuda:<index>")
-CROP_HINT = "the datamodule frames the images now: set datamodule.protocol=center_crop (or full) instead"
+CROP_HINT = "the datamodule frames the images now; set datamodule.protocol=center_crop (or full, the default) instead"
 
 RULES: list[Row] = [
     # -- Hydra and free-form keys, anywhere
@@ -611,9 +619,9 @@ def check_config(cfg: DictConfig) -> None:
         readable, value = _value(leaf)
         if not readable:
             continue
-        problem = leaf.rule.problem(value)
-        if problem is not None:
-            raise UserError(f"{leaf.key}={show(value)} {problem}")
+        message = leaf.rule.message(leaf.key, value)
+        if message is not None:
+            raise UserError(message)
     _check_related(cfg)
     _check_java(cfg)
 
