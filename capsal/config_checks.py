@@ -638,16 +638,16 @@ def _check_related(cfg: DictConfig) -> None:
     model = _get(cfg, "model")
     if isinstance(model, DictConfig) and str(model.get("_target_", "")).endswith("TransformerCaptioner"):
         hidden, heads = _get(cfg, "model.hidden_size"), _get(cfg, "model.num_heads")
-        if hidden % heads:
+        if _is_int(hidden) and _is_int(heads) and heads > 0 and hidden % heads:
             raise UserError(
                 f"model.hidden_size={hidden} is not divisible by model.num_heads={heads}; choose sizes that divide"
             )
         words, length = _get(cfg, "model.max_words"), _get(cfg, "model.max_len")
-        if words < length:
+        if _is_int(words) and _is_int(length) and words < length:
             raise UserError(f"model.max_words={words} is less than model.max_len={length}; raise max_words")
     for option in ("objects", "events"):
         low, high = _get(cfg, f"datamodule.min_{option}"), _get(cfg, f"datamodule.max_{option}")
-        if low is not None and high is not None and low > high:
+        if _is_int(low) and _is_int(high) and low > high:
             raise UserError(
                 f"datamodule.min_{option}={low} exceeds datamodule.max_{option}={high}; make min_{option} <= "
                 f"max_{option}"
