@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from capsal.checkpoints import checkpoint_datamodule, load_captioner
+from capsal.config_checks import check_config
 from capsal.datamodules.base import ShardedSampler, collate_samples, removed_crop_key
 from capsal.devices import model_device
 from capsal.errors import UserError, exit_on_user_error
@@ -90,6 +91,7 @@ def localisation_evaluator(
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run ``capsal-eval`` as ``cfg`` says; returns every number it wrote."""
+    check_config(cfg)
     center_crop = removed_crop_key(cfg.center_crop)
     model = load_captioner(cfg.ckpt_path)
     explainers = choose_explainers(cfg, model)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from capsal.checkpoints import checkpoint_datamodule, load_captioner
+from capsal.config_checks import check_config
 from capsal.devices import resolve_device
 from capsal.errors import UserError, exit_on_user_error
 from capsal.explainers import build_explainers
@@ -112,6 +113,7 @@ def parse_phrases(phrases: Any) -> list[tuple[int, int]] | None:
 
 def explain(cfg: DictConfig) -> dict[str, Any]:
     """Run ``capsal-explain`` as ``cfg`` says; returns the JSON summary it writes."""
+    check_config(cfg)
     phrases = parse_phrases(cfg.phrases)
     device = resolve_device(cfg.device)
     model = load_captioner(cfg.ckpt_path, device)

@@ -13,6 +13,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from capsal.config_checks import check_config
 from capsal.datamodules.base import collate_samples
 from capsal.datamodules.features import CachedFeatures, check_model_backbone
 from capsal.devices import model_device
@@ -47,6 +48,7 @@ def checkpoint_vocabulary(path: str) -> Vocabulary:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train a captioner as ``cfg`` says; returns the summary (checkpoint, metrics, example captions)."""
+    check_config(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     output_dir = Path(cfg.output_dir)

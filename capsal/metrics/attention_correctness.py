@@ -14,6 +14,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from capsal.errors import UserError
 from capsal.metrics.base import OTHER, CategoryAccuracy, Unknown, check_boxes
 from capsal.types import Box
 
@@ -94,11 +95,11 @@ class AttentionCorrectness(CategoryAccuracy):
     ) -> None:
         super().__init__(categories, unknown=unknown, **kwargs)
         if negative not in ("shift", "clamp"):
-            raise ValueError(f"negative must be 'shift' or 'clamp', got {negative!r}")
+            raise UserError(f"negative must be 'shift' or 'clamp', got {negative!r}")
         if center_crop is True:
             center_crop = 1.0
         if center_crop is not False and not 0 < float(center_crop) <= 1:
-            raise ValueError(f"center_crop must be a bool or a fraction in (0, 1], got {center_crop}")
+            raise UserError(f"center_crop must be a bool or a fraction in (0, 1], got {center_crop}")
         self.crop_fraction: float | None = None if center_crop is False else float(center_crop)
         self.negative: Negative = negative
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from capsal.errors import UserError
 from capsal.types import Box
 
 OTHER = "other"
@@ -46,7 +47,7 @@ class CategoryAccuracy(Metric):
         if clash:
             raise ValueError(f"categories {clash} clash with the result keys {list(RESERVED_KEYS)}; rename them")
         if unknown not in ("other", "raise"):
-            raise ValueError(f"unknown must be 'other' or 'raise', got {unknown!r}")
+            raise UserError(f"unknown must be 'other' or 'raise', got {unknown!r}")
         if unknown == OTHER and OTHER not in names:
             names.append(OTHER)
         self.categories: tuple[str, ...] = tuple(names)

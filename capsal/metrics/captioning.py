@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterable
 
-from capsal.errors import MissingJavaError
+from capsal.errors import MissingJavaError, UserError
 
 CAPTION_METRICS = ("bleu", "meteor", "rouge", "cider")
 _NEEDS_JAVA = "METEOR and the PTB tokenizer run on Java; install a JRE (e.g. apt-get install default-jre-headless)"
@@ -26,7 +26,7 @@ def caption_scores(
     metrics = [m.lower() for m in metrics]
     unknown = sorted(set(metrics) - set(CAPTION_METRICS))
     if unknown:
-        raise ValueError(f"unknown captioning metrics {unknown}; choose from {list(CAPTION_METRICS)}")
+        raise UserError(f"unknown captioning metrics {unknown}; choose from {list(CAPTION_METRICS)}")
     ids = sorted(set(predictions) & set(references))
     if not metrics or not ids:
         return {}

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from capsal.errors import UserError
 from capsal.maxima import peak_locations
 from capsal.metrics.base import OTHER, CategoryAccuracy, Unknown, check_boxes, points_in_boxes
 from capsal.types import Box
@@ -55,7 +56,7 @@ class PointingGame(CategoryAccuracy):
     ) -> None:
         super().__init__(categories, unknown=unknown, **kwargs)
         if tolerance < 0:
-            raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance}")
+            raise UserError(f"tolerance must be >= 0 pixels, got {tolerance}")
         self.tolerance = float(tolerance)
 
     def update(

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from capsal.errors import UserError
 from capsal.maxima import peak_frames, peak_locations
 from capsal.metrics.base import OTHER, CategoryAccuracy, Unknown, check_boxes, points_in_boxes
 from capsal.types import Box
@@ -40,7 +41,7 @@ class TemporalPointingGame(CategoryAccuracy):
     ) -> None:
         super().__init__(categories, unknown=unknown, groups=("temporal", "spatial"), **kwargs)
         if tolerance < 0:
-            raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance}")
+            raise UserError(f"tolerance must be >= 0 pixels, got {tolerance}")
         self.tolerance = float(tolerance)
 
     def update(

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from capsal import __version__
 from capsal.devices import gather_dicts
+from capsal.errors import UserError
 from capsal.models.decoding import beam_decode, greedy_decode
 from capsal.models.protocol import fit_sentences, visual_grid
 from capsal.text import Vocabulary
@@ -68,7 +69,7 @@ class CaptioningModule(L.LightningModule):
             }
         )
         if item_mode not in ("auto", "grid", "frames"):
-            raise ValueError(f"item_mode must be auto, grid or frames, got {item_mode!r}")
+            raise UserError(f"item_mode must be auto, grid or frames, got {item_mode!r}")
         self.vocab = Vocabulary(words)
         self.backbone = instantiate(backbone)
         self.feature_size: int = self.backbone.out_channels

@@ -13,6 +13,7 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
+from capsal.errors import UserError
 from capsal.models.base import CaptioningModule
 
 
@@ -30,7 +31,7 @@ class S2VT(CaptioningModule):
     ):
         super().__init__(vocab, **kwargs)
         if encoder not in ("lstm", "mean"):
-            raise ValueError(f"S2VT encoder must be 'lstm' or 'mean', got {encoder!r}")
+            raise UserError(f"S2VT encoder must be 'lstm' or 'mean', got {encoder!r}")
         self.save_hyperparameters(
             {"encoder": encoder, "hidden_size": hidden_size, "embed_size": embed_size, "dropout": dropout}
         )

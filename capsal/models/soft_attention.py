@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import nn
 
+from capsal.errors import UserError
 from capsal.models.base import CaptioningModule
 
 State = dict[str, torch.Tensor]
@@ -52,7 +53,7 @@ class SoftAttention(CaptioningModule):
     ):
         super().__init__(vocab, **kwargs)
         if doubly_stochastic < 0:
-            raise ValueError(f"doubly_stochastic must be >= 0, got {doubly_stochastic}")
+            raise UserError(f"doubly_stochastic must be >= 0, got {doubly_stochastic}")
         attention_size = attention_size or hidden_size
         self.save_hyperparameters(
             {

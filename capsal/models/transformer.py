@@ -19,6 +19,7 @@ import torch
 from einops import repeat
 from torch import nn
 
+from capsal.errors import UserError
 from capsal.models.base import CaptioningModule
 from capsal.models.protocol import cut_tokens
 
@@ -60,7 +61,7 @@ class TransformerCaptioner(CaptioningModule):
     ):
         super().__init__(vocab, **kwargs)
         if hidden_size % num_heads:
-            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
+            raise UserError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
         embed_size = embed_size or hidden_size
         feedforward_size = feedforward_size or 4 * hidden_size
         self.save_hyperparameters(
@@ -77,7 +78,7 @@ class TransformerCaptioner(CaptioningModule):
             }
         )
         if self.hparams.max_len > max_words:
-            raise ValueError(f"max_words ({max_words}) must be at least max_len ({self.hparams.max_len})")
+            raise UserError(f"max_words ({max_words}) must be at least max_len ({self.hparams.max_len})")
         self.item_projection = nn.Linear(self.feature_size, hidden_size)
         self.item_positions = nn.Embedding(max_items, hidden_size)
         self.embedding = nn.Embedding(len(self.vocab), embed_size, padding_idx=self.vocab.pad_id)
