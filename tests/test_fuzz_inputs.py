@@ -24,9 +24,8 @@ import av
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from omegaconf import open_dict
 from PIL import Image
+from tiny import compose_app
 
 from capsal import __version__
 from capsal.cli.explain import explain, read_media
@@ -213,12 +212,6 @@ def lightning_checkpoint(path: Path) -> Path:
 
 
 # -- running capsal-explain ----------------------------------------------------------------------------------------
-def explain_cfg(output_dir: Path, *overrides: str):
-    with initialize_config_module(config_module="capsal.conf", version_base="1.3"):
-        cfg = compose(config_name="explain", overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.output_dir = str(output_dir)
-    return cfg
 
 
 def run_in_process(capsys, output_dir: Path, *overrides: str) -> tuple[str, object]:
@@ -226,7 +219,7 @@ def run_in_process(capsys, output_dir: Path, *overrides: str) -> tuple[str, obje
     capsys.readouterr()
     try:
         with exit_on_user_error("capsal-explain"):
-            return "works", explain(explain_cfg(output_dir, *overrides))
+            return "works", explain(compose_app("explain", output_dir, *overrides))
     except SystemExit as stop:
         assert stop.code == 2
         lines = capsys.readouterr().err.strip().splitlines()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir, initialize_config_module
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 TINY_OVERRIDES = [
@@ -50,3 +50,20 @@ def train_tiny(output_dir: Path, *overrides: str) -> Path:
 
     summary = train(tiny_cfg(output_dir, *overrides))
     return Path(summary["last_checkpoint"])
+
+
+def compose_app(name: str, output_dir: Path, *overrides: str, conf: Path | None = None) -> DictConfig:
+    """The config ``capsal-<name>`` (``train``, ``eval``, ``explain``, ``extract``) composes with ``overrides``,
+    writing into ``output_dir``, without progress bars; from the config folder ``conf`` when given, else capsal's."""
+    context = (
+        initialize_config_dir(config_dir=str(conf), version_base="1.3")
+        if conf is not None
+        else initialize_config_module(config_module="capsal.conf", version_base="1.3")
+    )
+    with context:
+        cfg = compose(config_name=name, overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.output_dir = str(output_dir)
+        if "progress" in cfg:
+            cfg.progress = False
+    return cfg

@@ -6,24 +6,16 @@ import csv
 import json
 
 import pytest
-from hydra import compose, initialize_config_module
-from omegaconf import open_dict
+from tiny import compose_app
 
 from capsal.cli.evaluate import evaluate
 from capsal.datamodules import ShapesImageDataModule
 
 
-def eval_cfg(tmp_path, *overrides):
-    with initialize_config_module(config_module="capsal.conf", version_base="1.3"):
-        cfg = compose(config_name="eval", overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.output_dir = str(tmp_path)
-        cfg.progress = False
-    return cfg
-
-
 def test_image_tables_for_every_default_explainer(image_checkpoint, tmp_path):
-    results = evaluate(eval_cfg(tmp_path, f"ckpt_path={image_checkpoint}", "max_samples=12", "caption_metrics=[bleu]"))
+    results = evaluate(
+        compose_app("eval", tmp_path, f"ckpt_path={image_checkpoint}", "max_samples=12", "caption_metrics=[bleu]")
+    )
     localisation = results["localisation"]
     assert list(localisation) == ["caption_guided", "gradient", "uniform", "center", "random"]  # no attention in S2VT
     for values in localisation.values():
@@ -53,7 +45,8 @@ def test_image_tables_for_every_default_explainer(image_checkpoint, tmp_path):
 
 def test_sanity_check_separates_model_based_explainers_from_baselines(image_checkpoint, tmp_path):
     results = evaluate(
-        eval_cfg(
+        compose_app(
+            "eval",
             tmp_path,
             f"ckpt_path={image_checkpoint}",
             "max_samples=6",
@@ -74,7 +67,8 @@ def test_sanity_check_separates_model_based_explainers_from_baselines(image_chec
 
 def test_video_tables_report_temporal_and_spatial_pointing(video_checkpoint, tmp_path):
     results = evaluate(
-        eval_cfg(
+        compose_app(
+            "eval",
             tmp_path,
             f"ckpt_path={video_checkpoint}",
             "max_samples=6",

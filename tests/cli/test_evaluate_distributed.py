@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from omegaconf import open_dict
+from tiny import compose_app
 
 from capsal.cli.evaluate import evaluate
 from capsal.explainers import build_explainer
@@ -65,17 +64,8 @@ def test_two_processes_with_uneven_samples_match_one_process(image_checkpoint, t
     assert phrase_rows(tmp_path / "two") == phrase_rows(tmp_path / "one")
 
 
-def eval_cfg(tmp_path, *overrides):
-    with initialize_config_module(config_module="capsal.conf", version_base="1.3"):
-        cfg = compose(config_name="eval", overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.output_dir = str(tmp_path)
-        cfg.progress = False
-    return cfg
-
-
 def test_the_phrase_file_holds_every_scored_phrase_and_agrees_with_the_tables(image_checkpoint, tmp_path):
-    results = evaluate(eval_cfg(tmp_path, f"ckpt_path={image_checkpoint}", "max_samples=6", EXPLAINERS))
+    results = evaluate(compose_app("eval", tmp_path, f"ckpt_path={image_checkpoint}", "max_samples=6", EXPLAINERS))
     with (tmp_path / "phrases.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     for name in ("caption_guided", "uniform", "random"):
@@ -90,7 +80,7 @@ def test_the_phrase_file_holds_every_scored_phrase_and_agrees_with_the_tables(im
 
 
 def test_no_explainers_is_captioning_only(image_checkpoint, tmp_path, caplog):
-    results = evaluate(eval_cfg(tmp_path, f"ckpt_path={image_checkpoint}", "max_samples=4", "explainers=[]"))
+    results = evaluate(compose_app("eval", tmp_path, f"ckpt_path={image_checkpoint}", "max_samples=4", "explainers=[]"))
     assert results["localisation"] == {} and set(results["captioning"]) >= {"bleu4", "meteor"}
     assert not (tmp_path / "phrases.csv").exists()
     assert "Table 3: captioning" in (tmp_path / "tables.md").read_text()

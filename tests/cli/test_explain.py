@@ -12,20 +12,11 @@ import av
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from omegaconf import open_dict
 from PIL import Image
+from tiny import compose_app
 
 from capsal.cli.explain import explain
 from capsal.errors import UserError
-
-
-def explain_cfg(tmp_path, *overrides):
-    with initialize_config_module(config_module="capsal.conf", version_base="1.3"):
-        cfg = compose(config_name="explain", overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.output_dir = str(tmp_path)
-    return cfg
 
 
 def assert_picture(path, min_size=(200, 150)):
@@ -36,7 +27,9 @@ def assert_picture(path, min_size=(200, 150)):
 
 
 def test_explain_a_dataset_sample_with_its_reference_phrases(image_checkpoint, tmp_path):
-    summary = explain(explain_cfg(tmp_path, f"ckpt_path={image_checkpoint}", "sample=val:1", "reference=true"))
+    summary = explain(
+        compose_app("explain", tmp_path, f"ckpt_path={image_checkpoint}", "sample=val:1", "reference=true")
+    )
     assert_picture(tmp_path / "saliency.png")
     arrays = np.load(tmp_path / "saliency.npz")
     words = summary["sentence"].split()
@@ -53,14 +46,16 @@ def test_explain_an_image_file_of_another_size_with_a_query(image_checkpoint, tm
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (90, 150, 3), dtype=np.uint8)).save(path)
     out = tmp_path / "out"
-    summary = explain(explain_cfg(out, f"ckpt_path={image_checkpoint}", f"input={path}", "query='a red circle'"))
+    summary = explain(
+        compose_app("explain", out, f"ckpt_path={image_checkpoint}", f"input={path}", "query='a red circle'")
+    )
     assert summary["sentence"] == "a red circle"
     assert np.load(out / "saliency.npz")["maps"].shape == (3, 90, 150)  # one map per word at the input's size
     assert_picture(out / "saliency.png")
 
 
 def test_explain_a_video_sample_gives_temporal_and_spatial_maps(video_checkpoint, tmp_path):
-    summary = explain(explain_cfg(tmp_path, f"ckpt_path={video_checkpoint}", "sample=val:0"))
+    summary = explain(compose_app("explain", tmp_path, f"ckpt_path={video_checkpoint}", "sample=val:0"))
     arrays = np.load(tmp_path / "saliency.npz")
     n = len(summary["sentence"].split())
     assert summary["kind"] == "video" and arrays["temporal"].shape == (n, 8)
@@ -119,7 +114,9 @@ def test_bad_files_get_one_line_and_exit_code_2(tmp_path, image_checkpoint):
 
 
 def test_unknown_query_words_are_reported_and_explained_as_unk(image_checkpoint, tmp_path, caplog):
-    summary = explain(explain_cfg(tmp_path, f"ckpt_path={image_checkpoint}", "sample=val:0", "query='a red zebra'"))
+    summary = explain(
+        compose_app("explain", tmp_path, f"ckpt_path={image_checkpoint}", "sample=val:0", "query='a red zebra'")
+    )
     assert summary["unknown_words"] == ["zebra"]
     assert summary["sentence"] == "a red <unk>"
     assert "zebra" in caplog.text
@@ -234,7 +231,7 @@ def test_every_option_combination_writes_its_figure_arrays_and_summary(
 ):
     checkpoint = image_checkpoint if kind == "image" else video_checkpoint
     args = [f"ckpt_path={checkpoint}", f"explainer={explainer}", *CASES[case](kind, media)]
-    summary = explain(explain_cfg(tmp_path, *args))
+    summary = explain(compose_app("explain", tmp_path, *args))
     check_outputs(tmp_path, summary, kind, explainer, case)
     if case == "sample+reference":
         assert summary["input"].startswith("val:0")
@@ -246,7 +243,7 @@ def test_every_option_combination_writes_its_figure_arrays_and_summary(
 def test_kl_mode_of_caption_guided_is_the_one_explained(kind, media, image_checkpoint, video_checkpoint, tmp_path):
     checkpoint = image_checkpoint if kind == "image" else video_checkpoint
     args = [f"ckpt_path={checkpoint}", f"input={media[kind]}", "explainer_options.caption_guided.mode=kl"]
-    summary = explain(explain_cfg(tmp_path, *args))
+    summary = explain(compose_app("explain", tmp_path, *args))
     assert "mode='kl'" in summary["explainer_options"]
     check_outputs(tmp_path, summary, kind, "caption_guided", "input")
 
@@ -254,7 +251,7 @@ def test_kl_mode_of_caption_guided_is_the_one_explained(kind, media, image_check
 @pytest.mark.parametrize("case", ["input+query", "sample+reference", "input+phrases"])
 def test_soft_attention_explains_a_soft_attention_model(case, media, soft_attention_checkpoint, tmp_path):
     args = [f"ckpt_path={soft_attention_checkpoint}", "explainer=soft_attention", *CASES[case]("image", media)]
-    summary = explain(explain_cfg(tmp_path, *args))
+    summary = explain(compose_app("explain", tmp_path, *args))
     check_outputs(tmp_path, summary, "image", "soft_attention", case)
     weights = np.load(tmp_path / "saliency.npz")["scores"][: len(summary["sentence"].split())]
     np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)  # attention weights over the 64 items
@@ -277,7 +274,7 @@ def mute_checkpoint(image_checkpoint, tmp_path_factory) -> Path:
 def test_an_empty_caption_is_one_line_pointing_to_query(mute_checkpoint, media, tmp_path):
     for args in (["sample=val:0"], [f"input={media['image']}"], ["sample=val:0", "explainer=gradient"]):
         with pytest.raises(UserError, match="the model produced no words") as error:
-            explain(explain_cfg(tmp_path, f"ckpt_path={mute_checkpoint}", *args))
+            explain(compose_app("explain", tmp_path, f"ckpt_path={mute_checkpoint}", *args))
         assert "query=" in str(error.value) and "\n" not in str(error.value)
     result = run_cli(f"ckpt_path={mute_checkpoint}", "sample=val:0", f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
@@ -285,7 +282,9 @@ def test_an_empty_caption_is_one_line_pointing_to_query(mute_checkpoint, media, 
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out" / "saliency.png").exists()
     # the way out the message names works
-    summary = explain(explain_cfg(tmp_path, f"ckpt_path={mute_checkpoint}", "sample=val:0", "query='a red circle'"))
+    summary = explain(
+        compose_app("explain", tmp_path, f"ckpt_path={mute_checkpoint}", "sample=val:0", "query='a red circle'")
+    )
     assert summary["sentence"] == "a red circle"
 
 
@@ -310,7 +309,7 @@ BAD_PHRASES = [
 def test_bad_phrase_spans_are_one_line(override, message, image_checkpoint, tmp_path):
     args = [f"ckpt_path={image_checkpoint}", "sample=val:0", "query='a red circle'", override]
     with pytest.raises(UserError, match=re.escape(message)) as error:
-        explain(explain_cfg(tmp_path, *args))
+        explain(compose_app("explain", tmp_path, *args))
     assert "\n" not in str(error.value)
     assert not (tmp_path / "saliency.png").exists()
 
@@ -318,11 +317,11 @@ def test_bad_phrase_spans_are_one_line(override, message, image_checkpoint, tmp_
 def test_spans_are_checked_against_the_own_captions_real_words(image_checkpoint, tmp_path):
     """The model's own caption: a span up to its last word works, one more word (its eos slot) is refused."""
     args = [f"ckpt_path={image_checkpoint}", "sample=val:0"]
-    n = len(explain(explain_cfg(tmp_path / "a", *args))["sentence"].split())
-    summary = explain(explain_cfg(tmp_path / "b", *args, f"phrases=[[0,{n}]]"))
+    n = len(explain(compose_app("explain", tmp_path / "a", *args))["sentence"].split())
+    summary = explain(compose_app("explain", tmp_path / "b", *args, f"phrases=[[0,{n}]]"))
     assert [p["span"] for p in summary["panels"]] == [[0, n]]
     with pytest.raises(UserError, match=f"is not inside the sentence's {n} words"):
-        explain(explain_cfg(tmp_path / "c", *args, f"phrases=[[0,{n + 1}]]"))
+        explain(compose_app("explain", tmp_path / "c", *args, f"phrases=[[0,{n + 1}]]"))
 
 
 OTHER_BAD = [
@@ -346,7 +345,7 @@ def test_other_bad_input_is_one_line(args, message, image_checkpoint, media, tmp
     paths = {"IMAGE": media["image"], "FOLDER": tmp_path, "MISSING": tmp_path / "missing.jpg"}
     args = [next((a.replace(k, str(v)) for k, v in paths.items() if a.endswith(k)), a) for a in args]
     with pytest.raises(UserError, match=message) as error:
-        explain(explain_cfg(tmp_path / "out", f"ckpt_path={image_checkpoint}", *args))
+        explain(compose_app("explain", tmp_path / "out", f"ckpt_path={image_checkpoint}", *args))
     assert "\n" not in str(error.value)
 
 

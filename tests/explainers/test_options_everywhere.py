@@ -8,9 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf, open_dict
-from tiny import TINY_OVERRIDES
+from omegaconf import OmegaConf
+from tiny import TINY_OVERRIDES, compose_app
 
 from capsal.cli.evaluate import evaluate
 from capsal.cli.explain import explain
@@ -20,31 +19,20 @@ CONF = Path(__file__).parents[2] / "capsal" / "conf"
 KL = "CaptionGuided(mode='kl'"
 
 
-def compose_app(conf: Path, name: str, output_dir: Path, *overrides: str):
-    """The config ``capsal-<name>`` composes from the config folder ``conf``, writing into ``output_dir``."""
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(config_name=name, overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.output_dir = str(output_dir)
-        if "progress" in cfg:
-            cfg.progress = False
-    return cfg
-
-
 def run_explain(conf, checkpoint, out, *overrides) -> str:
-    summary = explain(compose_app(conf, "explain", out, f"ckpt_path={checkpoint}", "sample=val:0", *overrides))
+    summary = explain(compose_app("explain", out, f"ckpt_path={checkpoint}", "sample=val:0", *overrides, conf=conf))
     return summary["explainer_options"]
 
 
 def run_eval(conf, checkpoint, out, *overrides) -> str:
     args = [f"ckpt_path={checkpoint}", "explainers=[caption_guided]", "max_samples=4", "caption_metrics=[]"]
-    evaluate(compose_app(conf, "eval", out, *args, *overrides))
+    evaluate(compose_app("eval", out, *args, *overrides, conf=conf))
     return json.loads((out / "results.json").read_text())["explainers"]["caption_guided"]
 
 
 def run_callback(conf, _checkpoint, out, *overrides) -> str:
     args = [*TINY_OVERRIDES, "datamodule.num_val=4", "callbacks.saliency.num_samples=1"]
-    cfg = compose_app(conf, "train", out, *args, *[f"callbacks.saliency.{o}" for o in overrides])
+    cfg = compose_app("train", out, *args, *[f"callbacks.saliency.{o}" for o in overrides], conf=conf)
     OmegaConf.resolve(cfg)
     train(cfg)
     (record,) = json.loads((out / "gallery" / "gallery.json").read_text())["epochs"]
