@@ -96,19 +96,11 @@ def query_text(query: Any) -> str | None:
 
 
 def parse_phrases(phrases: Any) -> list[tuple[int, int]] | None:
-    """``phrases=[[start, end], ...]`` as integer pairs (None or ``[]``: not given); one line for any other form."""
+    """``phrases=[[start, end], ...]`` as integer pairs (None or ``[]``: not given). Their form was checked with the
+    rest of the config (``capsal.config_checks``); whether they lie inside the sentence is checked once it is known."""
     if phrases is None:
         return None
-    example = "e.g. phrases=[[0,2],[3,5]] (half-open word spans, words counted from 0)"
-    if not isinstance(phrases, (ListConfig, list)):
-        raise UserError(f"phrases={phrases} is not a list of [start, end] word spans; {example}")
-    spans = []
-    for span in phrases:
-        pair = list(span) if isinstance(span, (ListConfig, list)) else None
-        if pair is None or len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
-            raise UserError(f"phrase {span} is not a [start, end] pair of whole numbers; {example}")
-        spans.append((pair[0], pair[1]))
-    return spans or None
+    return [(int(start), int(end)) for start, end in phrases] or None
 
 
 def explain(cfg: DictConfig) -> dict[str, Any]:
