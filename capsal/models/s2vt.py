@@ -71,17 +71,20 @@ class S2VT(CaptioningModule):
         words = self.embedding(tokens)
         inputs = torch.cat([words, repeat(state["z"], "b d -> b n d", n=tokens.shape[1])], dim=-1)
         hidden, (h, c) = self.decoder(inputs, hc)
-        return torch.log_softmax(self.output(hidden), dim=-1), (h, c)
+        return self.output(hidden), (h, c)
+
+    def token_logits(self, state: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+        hc = (rearrange(state["h"], "b d -> 1 b d").contiguous(), rearrange(state["c"], "b d -> 1 b d").contiguous())
+        logits, _ = self._decode(state, tokens, hc)
+        return logits
 
     def token_logprobs(self, state: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
-        hc = (rearrange(state["h"], "b d -> 1 b d").contiguous(), rearrange(state["c"], "b d -> 1 b d").contiguous())
-        logprobs, _ = self._decode(state, tokens, hc)
-        return logprobs
+        return torch.log_softmax(self.token_logits(state, tokens), dim=-1)
 
     def init_decoder(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"h": state["h"], "c": state["c"]}
 
     def decode_step(self, state: dict[str, torch.Tensor], cache: Any, tokens: torch.Tensor):
         hc = (rearrange(cache["h"], "b d -> 1 b d").contiguous(), rearrange(cache["c"], "b d -> 1 b d").contiguous())
-        logprobs, (h, c) = self._decode(state, tokens[:, -1:], hc)
-        return logprobs[:, -1], {"h": h[0], "c": c[0]}
+        logits, (h, c) = self._decode(state, tokens[:, -1:], hc)
+        return torch.log_softmax(logits[:, -1], dim=-1), {"h": h[0], "c": c[0]}
