@@ -18,6 +18,9 @@ from capsal.models.base import CaptioningModule
 
 
 class S2VT(CaptioningModule):
+    """``input_projection_size``: the width items are projected to before the encoder (the paper: 2048-d
+    descriptors to 1300); ``None`` (default): ``hidden_size``, as checkpoints without it were built."""
+
     RANDOMISATION_STAGES = ("output", "decoder", "embedding", "encoder", "initial_state", "item_projection", "backbone")
 
     def __init__(
@@ -27,6 +30,7 @@ class S2VT(CaptioningModule):
         hidden_size: int = 256,
         embed_size: int = 64,
         dropout: float = 0.1,
+        input_projection_size: int | None = None,
         **kwargs,
     ):
         super().__init__(vocab, **kwargs)
@@ -35,13 +39,17 @@ class S2VT(CaptioningModule):
         self.save_hyperparameters(
             {"encoder": encoder, "hidden_size": hidden_size, "embed_size": embed_size, "dropout": dropout}
         )
-        self.item_projection = nn.Sequential(nn.Linear(self.feature_size, hidden_size), nn.ReLU(), nn.Dropout(dropout))
+        if input_projection_size is not None:
+            self.save_hyperparameters({"input_projection_size": input_projection_size})
+        projected = input_projection_size or hidden_size
+        self.item_projection = nn.Sequential(nn.Linear(self.feature_size, projected), nn.ReLU(), nn.Dropout(dropout))
         if encoder == "lstm":
-            self.encoder = nn.LSTM(hidden_size, hidden_size, batch_first=True)
+            self.encoder = nn.LSTM(projected, hidden_size, batch_first=True)
         else:
-            self.initial_state = nn.Linear(hidden_size, 2 * hidden_size)
+            self.initial_state = nn.Linear(projected, 2 * hidden_size)
         self.embedding = nn.Embedding(len(self.vocab), embed_size, padding_idx=self.vocab.pad_id)
-        self.decoder = nn.LSTM(embed_size + hidden_size, hidden_size, batch_first=True)
+        z_size = hidden_size if encoder == "lstm" else projected
+        self.decoder = nn.LSTM(embed_size + z_size, hidden_size, batch_first=True)
         self.output = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, len(self.vocab)))
 
     def encode(
