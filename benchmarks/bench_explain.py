@@ -14,7 +14,7 @@ Per sentence length: the explainer's median time; the floor (one teacher-forced 
 single-item inputs, target log-probabilities only, unchunked); the naive loop (one call per item and word, the
 definition; with ``--naive-items K`` only K items are timed and the time is scaled to all, marked "extrapolated");
 Captum FeatureAblation (image only) with its default configuration, one ``attribute`` call per word
-(``--captum-words K``: K words timed, scaled to all, marked) and at its best, ``perturbations_per_eval=m``; the
+and at its best, ``perturbations_per_eval=m`` (``--captum-words K``: K words timed, scaled to all, marked); the
 peak memory of one explanation under the budget it ran with (CUDA: ``max_memory_allocated``; CPU: the peak of the
 live tensor storages its ops created, measured over the whole call); captions explained per second.
 """
@@ -129,12 +129,11 @@ def main() -> None:
             if not args.video:
                 words = targets.shape[1]
                 k = min(args.captum_words or words, words)
-                t_default = timed(captum_run(model, items, inputs, targets, 1, k), device, 1) * words / k
-                captum_default = f"{t_default / t_explainer:.1f}" + (
-                    f" (extrapolated from {k} words)" if k < words else ""
-                )
-                t_best = timed(captum_run(model, items, inputs, targets, m, words), device, 1)
-                captum_best = f"{t_best / t_explainer:.1f}"
+                subset = f" (extrapolated from {k} words)" if k < words else ""
+                t_default = timed(captum_run(model, items, inputs, targets, 1, k), device, 1, False) * words / k
+                captum_default = f"{t_default / t_explainer:.1f}{subset}"
+                t_best = timed(captum_run(model, items, inputs, targets, m, k), device, 1, False) * words / k
+                captum_best = f"{t_best / t_explainer:.1f}{subset}"
         print(
             f"| {n_words} | {t_explainer:.3f} | {t_floor:.3f} | {t_explainer / t_floor:.2f} | {naive} | "
             f"{captum_default} | {captum_best} | {peak / 2**20:.0f} ({args.budget_mb:g}) | {chunk} | "
