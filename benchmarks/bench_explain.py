@@ -1,11 +1,22 @@
-"""Speed of the batched caption-guided explainer against its floor, naive loops and Captum's FeatureAblation.
+"""Speed and memory of the batched caption-guided explainer against its floor, a naive loop and Captum's
+FeatureAblation.
 
     .venv/bin/pip install -e ".[bench]"        # captum, for the comparison only
-    .venv/bin/python benchmarks/bench_explain.py [--device cuda] [--video]
+    .venv/bin/python benchmarks/bench_explain.py [--device cuda] [--video] [--size demo|paper] [--words 16 40]
+        [--budget-mb 256] [--naive-items K] [--captum-words K] [--repeats R]
 
-Image case: a 16-word sentence over m = 64 items (an 8x8 grid). Video case (--video): 26 frames x 64 regions
-(r*m + m = 1690 single-item inputs). The model is a demo-size S2VT (hidden 256) with random weights: timing does
-not depend on what it learned.
+Image case: one image of m = 64 items (an 8x8 grid). Video case (--video): 26 frames x 64 regions (r*m + m = 1690
+single-item inputs). ``--size demo``: a demo-size S2VT (hidden 256) over an 18-word vocabulary; ``--size paper``:
+the paper's S2VT (2048-d descriptors projected to 1300, hidden 1000, embedding 300) over a synthetic vocabulary of
+10,000 words. Random weights: timing does not depend on what the model learned.
+
+Per sentence length: the explainer's median time; the floor (one teacher-forced pass of the same batch of
+single-item inputs, target log-probabilities only, unchunked); the naive loop (one call per item and word, the
+definition; with ``--naive-items K`` only K items are timed and the time is scaled to all, marked "extrapolated");
+Captum FeatureAblation (image only) with its default configuration, one ``attribute`` call per word
+and at its best, ``perturbations_per_eval=m`` (``--captum-words K``: K words timed, scaled to all, marked); the
+peak memory of one explanation under the budget it ran with (CUDA: ``max_memory_allocated``; CPU: the peak of the
+live tensor storages its ops created, measured over the whole call); captions explained per second.
 """
 
 from __future__ import annotations
@@ -17,33 +28,28 @@ from collections.abc import Callable
 import torch
 
 from capsal.explainers import build_explainer
+from capsal.explainers.chunking import peak_bytes
+from capsal.models.protocol import target_logprobs
 from capsal.models.s2vt import S2VT
 
-WORDS = [
-    "a",
-    "big",
-    "small",
-    "red",
-    "green",
-    "blue",
-    "yellow",
-    "circle",
-    "square",
-    "triangle",
-    "diamond",
-    "and",
-    "moves",
-    "left",
-    "right",
-    "up",
-    "down",
-    "then",
-]
+DEMO_WORDS = "a big small red green blue yellow circle square triangle diamond and moves left right up down then"
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median seconds of ``repeats`` runs after one warm-up."""
-    fn()
+def build_model(size: str, device: torch.device) -> S2VT:
+    if size == "demo":
+        return S2VT(DEMO_WORDS.split(), hidden_size=256, embed_size=64, caption_metrics=[]).to(device).eval()
+    words = [f"w{i}" for i in range(10_000 - 4)]  # + pad, bos, eos, unk = 10,000
+    backbone = {"_target_": "capsal.models.backbones.SmallCNN", "channels": [4, 2048]}  # 2048-d descriptors
+    model = S2VT(
+        words, hidden_size=1000, embed_size=300, input_projection_size=1300, backbone=backbone, caption_metrics=[]
+    )
+    return model.to(device).eval()
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int, warm_up: bool = True) -> float:
+    """Median seconds of ``repeats`` runs (after one warm-up unless ``warm_up`` is False)."""
+    if warm_up:
+        fn()
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -60,84 +66,111 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--video", action="store_true", help="26 frames x 8x8 regions instead of one 8x8 image")
+    parser.add_argument("--size", choices=("demo", "paper"), default="demo")
+    parser.add_argument("--words", type=int, nargs="+", default=[16], help="sentence lengths (words, eos added)")
+    parser.add_argument("--budget-mb", type=float, default=1024.0, help="the explainer's memory_budget_mb")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--skip-slow", action="store_true", help="skip the per-item-per-word loop and Captum")
+    parser.add_argument("--naive-items", type=int, default=None, help="time the naive loop on K items, extrapolate")
+    parser.add_argument("--captum-words", type=int, default=None, help="time Captum's default on K words, extrapolate")
+    parser.add_argument("--skip-slow", action="store_true", help="skip the naive loop and Captum")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = S2VT(WORDS, hidden_size=256, embed_size=64, caption_metrics=[]).to(device).eval()
+    model = build_model(args.size, device)
     d = model.feature_size
-    sentence = " ".join((WORDS * 2)[:16])
-    explainer = build_explainer("caption_guided", memory_budget_mb=1024)
-    if args.video:
-        grid = torch.randn(1, 26, 8, 8, d, device=device)
-        items = model.items(grid)
-    else:
-        grid = torch.randn(1, 1, 8, 8, d, device=device)
-        items = model.items(grid)
-    tokens = torch.tensor([model.vocab.encode(sentence)], device=device)
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    grid = torch.randn(1, 26 if args.video else 1, 8, 8, d, device=device)
+    items = model.items(grid)
     m = items.shape[1]
     singles = (grid.flatten(1, 3) if args.video else items).transpose(0, 1)  # every single-item input
-    batch = singles.shape[0] + (m if args.video else 0)
     all_singles = torch.cat([items.transpose(0, 1), singles]) if args.video else singles
+    batch = all_singles.shape[0]
+    explainer = build_explainer("caption_guided", memory_budget_mb=args.budget_mb)
+    print(
+        f"device {device}, size {args.size} (V = {len(model.vocab)}, d = {d}), "
+        f"{'video 26 frames x 64 regions' if args.video else 'image 8x8 grid'}, {batch} single-item inputs, "
+        f"memory_budget_mb {args.budget_mb:g}, median of {args.repeats}\n"
+    )
+    print(
+        "| words | explainer s | floor s | explainer/floor | naive/explainer | Captum default/explainer "
+        "| Captum best/explainer | peak MB (budget) | chunk | captions/s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for n_words in args.words:
+        vocab_words = model.vocab.to_list()[4:]
+        sentence = " ".join((vocab_words * (n_words // len(vocab_words) + 1))[:n_words])
+        tokens = torch.tensor([model.vocab.encode(sentence)], device=device)
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+
+        @torch.no_grad()
+        def explainer_run(tokens=tokens):
+            return explainer.explain(model, items, grid=grid, tokens=tokens)
+
+        @torch.no_grad()
+        def floor_run(inputs=inputs, targets=targets):  # one teacher-forced pass of the same batch
+            state = model.encode(all_singles)
+            return target_logprobs(model, state, inputs.expand(batch, -1), targets.expand(batch, -1))
+
+        t_explainer = timed(explainer_run, device, args.repeats)
+        t_floor = timed(floor_run, device, args.repeats)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            explainer_run()
+            peak = torch.cuda.max_memory_allocated() - base
+        else:
+            peak = peak_bytes(explainer_run, device)[1]
+        chunk = explainer.last_chunking["chunk"]
+        naive = captum_default = captum_best = "-"
+        if not args.skip_slow:
+            k = min(args.naive_items or batch, batch)
+            t_naive = timed(naive_run(model, all_singles[:k], inputs), device, 1, warm_up=False) * batch / k
+            naive = f"{t_naive / t_explainer:.1f}" + (f" (extrapolated from {k} items)" if k < batch else "")
+            if not args.video:
+                words = targets.shape[1]
+                k = min(args.captum_words or words, words)
+                subset = f" (extrapolated from {k} words)" if k < words else ""
+                t_default = timed(captum_run(model, items, inputs, targets, 1, k), device, 1, False) * words / k
+                captum_default = f"{t_default / t_explainer:.1f}{subset}"
+                t_best = timed(captum_run(model, items, inputs, targets, m, k), device, 1, False) * words / k
+                captum_best = f"{t_best / t_explainer:.1f}{subset}"
+        print(
+            f"| {n_words} | {t_explainer:.3f} | {t_floor:.3f} | {t_explainer / t_floor:.2f} | {naive} | "
+            f"{captum_default} | {captum_best} | {peak / 2**20:.0f} ({args.budget_mb:g}) | {chunk} | "
+            f"{1 / t_explainer:.2f} |"
+        )
+
+
+def naive_run(model, singles, inputs) -> Callable[[], object]:
+    """One call per item and word: the definition, literally."""
 
     @torch.no_grad()
-    def explainer_run():
-        return explainer.explain(model, items, grid=grid, tokens=tokens)
-
-    @torch.no_grad()
-    def floor_run():  # one teacher-forced forward of the same batch of single-item inputs
-        return model.token_logprobs(model.encode(all_singles), inputs.expand(batch, -1))
-
-    @torch.no_grad()
-    def per_item_run():  # one call per item, all words from it
-        for i in range(all_singles.shape[0]):
-            model.token_logprobs(model.encode(all_singles[i : i + 1]), inputs)
-
-    @torch.no_grad()
-    def per_item_word_run():  # one call per item and word: the definition, literally
-        for i in range(all_singles.shape[0]):
-            state = model.encode(all_singles[i : i + 1])
+    def run():
+        for i in range(singles.shape[0]):
+            state = model.encode(singles[i : i + 1])
             for t in range(inputs.shape[1]):
                 model.token_logprobs(state, inputs[:, : t + 1])
 
-    rows = [("caption_guided explainer (batched)", timed(explainer_run, device, args.repeats))]
-    rows.append(("floor: one teacher-forced pass of the same batch", timed(floor_run, device, args.repeats)))
-    rows.append(("naive: one call per item", timed(per_item_run, device, max(1, args.repeats // 2))))
-    if not args.skip_slow:
-        rows.append(("naive: one call per item and word", timed(per_item_word_run, device, 1)))
-        rows.append(
-            (
-                "Captum FeatureAblation, one item at a time, every word",
-                timed(captum_run(model, items, inputs, targets), device, 1),
-            )
-        )
-    explainer_time = rows[0][1]
-    print(
-        f"device {device}, {'video 26 frames x 64 regions' if args.video else 'image 8x8 grid'}, "
-        f"{batch} single-item inputs, {targets.shape[1] - 1} words + eos\n"
-    )
-    print("| method | seconds | / explainer |")
-    print("|---|---|---|")
-    for name, seconds in rows:
-        print(f"| {name} | {seconds:.4f} | {seconds / explainer_time:.2f} |")
+    return run
 
 
-def captum_run(model, items, inputs, targets) -> Callable[[], object]:
-    """FeatureAblation occluding one item (all its channels) at a time, once per word of the sentence."""
+def captum_run(model, items, inputs, targets, per_eval: int, words: int) -> Callable[[], object]:
+    """FeatureAblation occluding one item (all its channels) at a time, one ``attribute`` call per word (the first
+    ``words``), ``per_eval`` occlusions per forward pass."""
     from captum.attr import FeatureAblation
 
     def word_logprobs(x: torch.Tensor) -> torch.Tensor:
-        logprobs = model.token_logprobs(model.encode(x), inputs.expand(x.shape[0], -1))
-        return logprobs.gather(-1, targets.expand(x.shape[0], -1)[..., None])[..., 0]  # (B, n)
+        return target_logprobs(model, model.encode(x), inputs.expand(x.shape[0], -1), targets.expand(x.shape[0], -1))
 
     ablation = FeatureAblation(word_logprobs)
     feature_mask = torch.arange(items.shape[1], device=items.device)[None, :, None].expand_as(items)
 
     @torch.no_grad()
     def run():
-        return [ablation.attribute(items, target=t, feature_mask=feature_mask) for t in range(targets.shape[1])]
+        return [
+            ablation.attribute(items, target=t, feature_mask=feature_mask, perturbations_per_eval=per_eval)
+            for t in range(words)
+        ]
 
     return run
 

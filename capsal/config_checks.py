@@ -432,6 +432,7 @@ RULES: list[Row] = [
     Row("model.embed_size", Int(1, null=True), target="*TransformerCaptioner"),
     Row("model.embed_size", POSITIVE),
     Row("model.attention_size", Int(1, null=True)),
+    Row("model.input_projection_size", Int(1, null=True)),
     Row("model.dropout", Float(0.0, 1.0, high_open=True)),
     Row("model.doubly_stochastic", Float(0.0)),
     Row("model.item_mode", Choice(values=("auto", "grid", "frames"))),

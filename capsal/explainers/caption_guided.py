@@ -4,7 +4,8 @@ For each item i the model sees the length-1 input ``(v_i)`` (at its original pos
 positional embeddings) and gives ``q_i(y_t)``. ``Loss(t, i, w) = -log q_i(y_t = w)`` (Eq. 7) or
 ``KL(p(y_t) || q_i(y_t))`` against the full-input distribution (Eq. 6). For video, region (a, b) of frame i is
 the input ``f_i(a, b)`` alone (Eq. 13): frame descriptors are grid means, so both are on one scale.
-All ``r*m + m`` inputs of every sample go through the model as one batched teacher-forced pass, in chunks.
+All ``r*m + m`` inputs of every sample go through the model as one batched teacher-forced pass, in chunks whose
+measured peak memory stays under ``memory_budget_mb`` (:mod:`capsal.explainers.chunking`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from einops import rearrange, repeat
 
 from capsal.errors import UserError
 from capsal.explainers.base import Explainer, Sentence, eval_mode, prepare
+from capsal.explainers.chunking import run_in_chunks
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
+from capsal.models.protocol import target_logprobs
 
 MODES = ("information_gain", "kl")
 
@@ -27,8 +30,14 @@ class CaptionGuided(Explainer):
     """The paper's explainer. Works with any model implementing the encoder-decoder protocol.
 
     Options: ``mode`` (``information_gain``, Eq. 7, or ``kl``, Eq. 6); ``spatial`` (video: also the regions
-    inside each frame, Eq. 13, when a grid is given); ``memory_budget_mb``: the largest chunk of the batched
-    pass, estimated from its log-probability tensor; ``beam_size`` for the model's own caption.
+    inside each frame, Eq. 13, when a grid is given); ``memory_budget_mb``: the most memory one chunk of the
+    batched pass may allocate at its peak (encoder and decoder activations, logits, losses: everything beyond the
+    model, the inputs and, for ``kl``, the full-input reference). A probe pass of one input measures its peak
+    (CUDA: ``max_memory_allocated``; elsewhere the live tensors its ops create) and the other chunks hold
+    ``budget / probe peak`` inputs; on CUDA out-of-memory a chunk is halved and retried, with one warning
+    (:mod:`capsal.explainers.chunking`). ``information_gain`` reads only the target words' log-probabilities
+    (the protocol's optional ``target_logprobs``: no ``(chunk, n, V)`` log-probabilities next to the logits);
+    ``beam_size`` for the model's own caption. ``last_chunking`` holds the last call's probe and chunk size.
     """
 
     def __init__(
@@ -43,6 +52,7 @@ class CaptionGuided(Explainer):
         self.spatial = spatial
         self.memory_budget_mb = memory_budget_mb
         self.beam_size = beam_size
+        self.last_chunking: dict | None = None
 
     @torch.no_grad()
     def explain(
@@ -113,21 +123,15 @@ class CaptionGuided(Explainer):
     def _losses(self, model, singles, positions, owners, tokens, reference) -> torch.Tensor:
         """``Loss(t, i, w)`` for every single-item input, ``(N, n)``, in chunks under the memory budget."""
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
-        chunk = self.chunk_size(inputs.shape[1], len(model.vocab), singles.element_size())
-        out = []
-        for start in range(0, singles.shape[0], chunk):
-            part = slice(start, start + chunk)
-            who = owners[part]
-            state = model.encode(singles[part], None, positions[part])
-            logq = model.token_logprobs(state, inputs[who])  # (c, n, V)
-            if self.mode == "information_gain":
-                out.append(-logq.gather(-1, targets[who][..., None])[..., 0])
-            else:
-                logp = reference[who]
-                out.append((logp.exp() * (logp - logq)).sum(-1))
-        return torch.cat(out)
 
-    def chunk_size(self, steps: int, vocab_size: int, element_size: int) -> int:
-        """How many single-item inputs fit in one pass: ~3 ``(steps, V)`` tensors per input within the budget."""
-        per_input = 3 * steps * vocab_size * element_size
-        return max(1, int(self.memory_budget_mb * 2**20 // per_input))
+        def run(start: int, stop: int) -> torch.Tensor:
+            who = owners[start:stop]
+            state = model.encode(singles[start:stop], None, positions[start:stop])
+            if self.mode == "information_gain":
+                return -target_logprobs(model, state, inputs[who], targets[who])
+            logq = model.token_logprobs(state, inputs[who])  # (c, n, V)
+            logp = reference[who]
+            return (logp.exp() * (logp - logq)).sum(-1)
+
+        losses, self.last_chunking = run_in_chunks(run, singles.shape[0], self.memory_budget_mb, singles.device)
+        return losses

@@ -21,7 +21,7 @@ from capsal import __version__
 from capsal.devices import gather_dicts
 from capsal.errors import UserError
 from capsal.models.decoding import beam_decode, greedy_decode
-from capsal.models.protocol import fit_sentences, visual_grid
+from capsal.models.protocol import fit_sentences, logprobs_at, visual_grid
 from capsal.text import Vocabulary
 from capsal.types import Batch, ItemLayout
 
@@ -110,6 +110,21 @@ class CaptioningModule(L.LightningModule):
 
     def token_logprobs(self, state: Any, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def token_logits(self, state: Any, tokens: torch.Tensor) -> torch.Tensor:
+        """Optional for a subclass: the ``(B, n, V)`` logits whose ``log_softmax`` is ``token_logprobs``; with it,
+        :meth:`target_logprobs` never holds log-probabilities next to the logits."""
+        raise NotImplementedError
+
+    def target_logprobs(self, state: Any, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``(B, n)`` log-probabilities of ``targets`` (the protocol's optional method): from :meth:`token_logits`
+        with an in-place log-sum-exp when the subclass has them (peak: one ``(B, n, V)`` tensor instead of two),
+        else ``token_logprobs`` gathered at ``targets``."""
+        if type(self).token_logits is CaptioningModule.token_logits:
+            logprobs = self.token_logprobs(state, tokens)
+            return logprobs.gather(-1, targets[:, : logprobs.shape[1], None])[..., 0]
+        logits = self.token_logits(state, tokens)
+        return logprobs_at(logits, targets[:, : logits.shape[1]])
 
     def init_decoder(self, state: Any) -> Any:
         raise NotImplementedError

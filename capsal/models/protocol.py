@@ -44,7 +44,11 @@ class EncoderDecoder(Protocol):
     module), ...]`` output first, for the sanity check (default: the top-level children with parameters, in
     reverse order of assignment, :func:`randomisation_stages`); ``max_sentence_tokens() -> int | None``: the most
     teacher-forced tokens (bos included) ``token_logprobs`` takes, for models with a real capacity such as learned
-    word positions (default: None, any length; longer sentences are cut to it by :func:`fit_sentences`).
+    word positions (default: None, any length; longer sentences are cut to it by :func:`fit_sentences`);
+    ``target_logprobs(state, tokens, targets) -> (B, n)``: ``token_logprobs(state, tokens)`` read at ``targets``
+    ``(B, n)`` only (default: exactly that, :func:`target_logprobs`). A model that has the logits can take the
+    log-sum-exp in place and never hold the ``(B, n, V)`` log-probabilities next to them, or, stepping, never
+    hold ``(B, n, V)`` at all (:func:`logprobs_at`).
     """
 
     vocab: Vocabulary
@@ -76,6 +80,7 @@ OPTIONAL = {
     "item_layout": "item_layout((T, h, w)) -> ItemLayout (default: T == 1 is an image grid, else video frames)",
     "randomisation_stages": "randomisation_stages() -> [(name, module)] output first (default: children reversed)",
     "max_sentence_tokens": "max_sentence_tokens() -> int | None (default: None, sentences of any length)",
+    "target_logprobs": "target_logprobs(state, tokens, targets) -> (B, n) (default: token_logprobs at targets)",
 }
 
 
@@ -188,3 +193,26 @@ def fit_sentences(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     explainer's words and loss columns cover exactly the kept words. Unchanged for models of any length."""
     capacity = max_sentence_tokens(model)
     return tokens if capacity is None else cut_tokens(model, tokens, capacity + 1, capacity)
+
+
+def target_logprobs(model: Any, state: Any, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log q(y_{t+1} = targets[:, t])`` ``(B, n)`` under teacher forcing of ``tokens`` ``(B, n)``: the model's own
+    ``target_logprobs`` when it has one (it may save memory), else ``token_logprobs`` gathered at ``targets``."""
+    own = getattr(model, "target_logprobs", None)
+    if callable(own):
+        return own(state, tokens, targets)
+    logprobs = model.token_logprobs(state, tokens)
+    return logprobs.gather(-1, targets[:, : logprobs.shape[1], None])[..., 0]
+
+
+def logprobs_at(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits)`` read at ``targets`` (``logits`` ``(..., V)``, ``targets`` ``(...)``) without a second
+    ``(..., V)`` tensor: without gradients the log-sum-exp is taken in place, CONSUMING ``logits`` (they are
+    overwritten), so the peak is the logits alone instead of logits + log-probabilities."""
+    picked = logits.gather(-1, targets[..., None])[..., 0]
+    if torch.is_grad_enabled() and logits.requires_grad:
+        return picked - torch.logsumexp(logits, dim=-1)
+    top = logits.amax(dim=-1, keepdim=True)
+    top = top.masked_fill(~torch.isfinite(top), 0.0)
+    total = logits.sub_(top).exp_().sum(dim=-1)
+    return picked - (total.log() + top[..., 0])

@@ -18,6 +18,9 @@ from capsal.models.base import CaptioningModule
 
 
 class S2VT(CaptioningModule):
+    """``input_projection_size``: the width items are projected to before the encoder (the paper: 2048-d
+    descriptors to 1300); ``None`` (default): ``hidden_size``, as checkpoints without it were built."""
+
     RANDOMISATION_STAGES = ("output", "decoder", "embedding", "encoder", "initial_state", "item_projection", "backbone")
 
     def __init__(
@@ -27,6 +30,7 @@ class S2VT(CaptioningModule):
         hidden_size: int = 256,
         embed_size: int = 64,
         dropout: float = 0.1,
+        input_projection_size: int | None = None,
         **kwargs,
     ):
         super().__init__(vocab, **kwargs)
@@ -35,13 +39,17 @@ class S2VT(CaptioningModule):
         self.save_hyperparameters(
             {"encoder": encoder, "hidden_size": hidden_size, "embed_size": embed_size, "dropout": dropout}
         )
-        self.item_projection = nn.Sequential(nn.Linear(self.feature_size, hidden_size), nn.ReLU(), nn.Dropout(dropout))
+        if input_projection_size is not None:
+            self.save_hyperparameters({"input_projection_size": input_projection_size})
+        projected = input_projection_size or hidden_size
+        self.item_projection = nn.Sequential(nn.Linear(self.feature_size, projected), nn.ReLU(), nn.Dropout(dropout))
         if encoder == "lstm":
-            self.encoder = nn.LSTM(hidden_size, hidden_size, batch_first=True)
+            self.encoder = nn.LSTM(projected, hidden_size, batch_first=True)
         else:
-            self.initial_state = nn.Linear(hidden_size, 2 * hidden_size)
+            self.initial_state = nn.Linear(projected, 2 * hidden_size)
         self.embedding = nn.Embedding(len(self.vocab), embed_size, padding_idx=self.vocab.pad_id)
-        self.decoder = nn.LSTM(embed_size + hidden_size, hidden_size, batch_first=True)
+        z_size = hidden_size if encoder == "lstm" else projected
+        self.decoder = nn.LSTM(embed_size + z_size, hidden_size, batch_first=True)
         self.output = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, len(self.vocab)))
 
     def encode(
@@ -71,17 +79,20 @@ class S2VT(CaptioningModule):
         words = self.embedding(tokens)
         inputs = torch.cat([words, repeat(state["z"], "b d -> b n d", n=tokens.shape[1])], dim=-1)
         hidden, (h, c) = self.decoder(inputs, hc)
-        return torch.log_softmax(self.output(hidden), dim=-1), (h, c)
+        return self.output(hidden), (h, c)
+
+    def token_logits(self, state: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+        hc = (rearrange(state["h"], "b d -> 1 b d").contiguous(), rearrange(state["c"], "b d -> 1 b d").contiguous())
+        logits, _ = self._decode(state, tokens, hc)
+        return logits
 
     def token_logprobs(self, state: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
-        hc = (rearrange(state["h"], "b d -> 1 b d").contiguous(), rearrange(state["c"], "b d -> 1 b d").contiguous())
-        logprobs, _ = self._decode(state, tokens, hc)
-        return logprobs
+        return torch.log_softmax(self.token_logits(state, tokens), dim=-1)
 
     def init_decoder(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"h": state["h"], "c": state["c"]}
 
     def decode_step(self, state: dict[str, torch.Tensor], cache: Any, tokens: torch.Tensor):
         hc = (rearrange(cache["h"], "b d -> 1 b d").contiguous(), rearrange(cache["c"], "b d -> 1 b d").contiguous())
-        logprobs, (h, c) = self._decode(state, tokens[:, -1:], hc)
-        return logprobs[:, -1], {"h": h[0], "c": c[0]}
+        logits, (h, c) = self._decode(state, tokens[:, -1:], hc)
+        return torch.log_softmax(logits[:, -1], dim=-1), {"h": h[0], "c": c[0]}

@@ -20,6 +20,7 @@ from torch import nn
 
 from capsal.errors import UserError
 from capsal.models.base import CaptioningModule
+from capsal.models.protocol import logprobs_at
 
 State = dict[str, torch.Tensor]
 
@@ -90,6 +91,16 @@ class SoftAttention(CaptioningModule):
     def token_logprobs(self, state: State, tokens: torch.Tensor) -> torch.Tensor:
         return self._teacher_forced(state, tokens)[0]
 
+    def target_logprobs(self, state: State, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``(B, n)`` log-probabilities of ``targets``, step by step: only one step's ``(B, V)`` logits are ever
+        held, never the ``(B, n, V)`` log-probabilities (nor their per-step list) of ``token_logprobs``."""
+        h, c = state["h"], state["c"]
+        out = []
+        for t in range(tokens.shape[1]):
+            logits, h, c, _ = self._step_logits(state, h, c, tokens[:, t])
+            out.append(logprobs_at(logits, targets[:, t]))
+        return torch.stack(out, dim=1)
+
     def attention(self, state: State, tokens: torch.Tensor) -> torch.Tensor:
         """``(B, n, m)`` attention weights; row t is ``alpha_{t}``, used to predict token t+1. Rows sum to 1 over
         the real items and are 0 on masked ones."""
@@ -109,12 +120,15 @@ class SoftAttention(CaptioningModule):
         energy = energy.masked_fill(~state["mask"], torch.finfo(energy.dtype).min)
         return torch.softmax(energy, dim=-1)
 
-    def _step(self, state: State, h: torch.Tensor, c: torch.Tensor, token: torch.Tensor):
+    def _step_logits(self, state: State, h: torch.Tensor, c: torch.Tensor, token: torch.Tensor):
         alpha = self._attend(state, h)
         context = einsum(alpha, state["items"], "b m, b m d -> b d")  # Eq. 4
         h, c = self.decoder(torch.cat([self.embedding(token), context], dim=-1), (h, c))
-        logprobs = torch.log_softmax(self.output(torch.cat([h, context], dim=-1)), dim=-1)
-        return logprobs, h, c, alpha
+        return self.output(torch.cat([h, context], dim=-1)), h, c, alpha
+
+    def _step(self, state: State, h: torch.Tensor, c: torch.Tensor, token: torch.Tensor):
+        logits, h, c, alpha = self._step_logits(state, h, c, token)
+        return torch.log_softmax(logits, dim=-1), h, c, alpha
 
     def _teacher_forced(self, state: State, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities ``(B, n, V)`` and attention weights ``(B, n, m)`` of teacher forcing ``tokens``."""

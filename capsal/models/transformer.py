@@ -138,6 +138,10 @@ class TransformerCaptioner(CaptioningModule):
     def token_logprobs(self, state: State, tokens: torch.Tensor) -> torch.Tensor:
         """``(B, n, V)`` for ``n = min(tokens' length, max_words)``: steps beyond the word positions are dropped
         (counted, a warning the first time) rather than an error."""
+        return torch.log_softmax(self.token_logits(state, tokens), dim=-1)
+
+    def token_logits(self, state: State, tokens: torch.Tensor) -> torch.Tensor:
+        """The logits under ``token_logprobs``, with its cut to ``max_words`` steps."""
         limit = self.max_sentence_tokens()
         tokens = cut_tokens(self, tokens, limit, limit)
         length = tokens.shape[1]
@@ -151,7 +155,7 @@ class TransformerCaptioner(CaptioningModule):
             tgt_is_causal=True,
             memory_key_padding_mask=~state["mask"],
         )
-        return torch.log_softmax(self.output(hidden), dim=-1)
+        return self.output(hidden)
 
     def generate(
         self,

@@ -120,3 +120,19 @@ def test_backbone_weights_from_a_local_file_and_a_clear_error_for_a_missing_one(
         TorchvisionBackbone(name="resnet50", weights=str(tmp_path / "missing.pth"))
     with pytest.raises(UserError, match="unknown backbone"):
         TorchvisionBackbone(name="vgg0")
+
+
+@pytest.mark.parametrize("encoder", ["lstm", "mean"])
+def test_input_projection_size_widens_the_projection_and_its_default_keeps_the_old_shapes(encoder):
+    backbone = {"_target_": "capsal.models.backbones.SmallCNN", "channels": [4, 5]}
+    words = ["a", "red", "circle"]
+    default = S2VT(words, encoder=encoder, hidden_size=12, embed_size=6, backbone=backbone)
+    same = S2VT(words, encoder=encoder, hidden_size=12, embed_size=6, backbone=backbone, input_projection_size=12)
+    shapes = {k: v.shape for k, v in default.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in same.state_dict().items()}
+    assert "input_projection_size" not in default.hparams  # checkpoints written before the option load unchanged
+    wide = S2VT(words, encoder=encoder, hidden_size=12, embed_size=6, backbone=backbone, input_projection_size=20)
+    assert wide.item_projection[0].out_features == 20
+    items = torch.randn(2, 3, wide.feature_size)
+    tokens = torch.tensor([wide.vocab.encode("a red circle")] * 2)
+    assert wide.token_logprobs(wide.encode(items), tokens[:, :-1]).shape == (2, 4, len(wide.vocab))

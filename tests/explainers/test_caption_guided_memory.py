@@ -1,0 +1,183 @@
+"""The caption-guided explainer's memory: target log-probabilities without a full log-softmax (the protocol's
+optional ``target_logprobs``), a budget that bounds a chunk's measured peak, and halving on CUDA out-of-memory."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from capsal.explainers import build_explainer
+from capsal.models.protocol import OPTIONAL, check_protocol, max_sentence_tokens
+from capsal.models.s2vt import S2VT
+from capsal.models.soft_attention import SoftAttention
+from capsal.models.transformer import TransformerCaptioner
+
+WORDS = ["a", "red", "blue", "circle", "square", "and"]
+BACKBONE = {"_target_": "capsal.models.backbones.SmallCNN", "channels": [4, 5]}
+MODELS = {
+    "s2vt": lambda: S2VT(WORDS, hidden_size=12, embed_size=6, dropout=0.0, backbone=BACKBONE),
+    "s2vt_mean": lambda: S2VT(WORDS, encoder="mean", hidden_size=12, embed_size=6, dropout=0.0, backbone=BACKBONE),
+    "soft_attention": lambda: SoftAttention(WORDS, hidden_size=12, embed_size=6, dropout=0.0, backbone=BACKBONE),
+    "transformer": lambda: TransformerCaptioner(
+        WORDS, hidden_size=12, num_heads=2, dropout=0.0, max_words=6, max_len=6, backbone=BACKBONE
+    ),
+}
+QUERIES = ["a red circle and a blue square", "a blue square"]
+
+
+class WithoutTargetLogprobs(torch.nn.Module):
+    """A user's model with the required protocol only: no ``target_logprobs``, no logits."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+        self.vocab = model.vocab
+
+    def features(self, pixels):
+        return self.inner.features(pixels)
+
+    def items(self, grid):
+        return self.inner.items(grid)
+
+    def encode(self, items, mask=None, positions=None):
+        return self.inner.encode(items, mask, positions)
+
+    def token_logprobs(self, state, tokens):
+        return self.inner.token_logprobs(state, tokens)
+
+    def generate(self, items, mask=None, beam_size=1, max_len=None):
+        return self.inner.generate(items, mask, beam_size, max_len)
+
+    def item_layout(self, grid_shape):
+        return self.inner.item_layout(grid_shape)
+
+    def max_sentence_tokens(self):
+        return max_sentence_tokens(self.inner)
+
+
+def tiny(name: str):
+    torch.manual_seed(0)
+    return MODELS[name]().double().eval()
+
+
+def test_target_logprobs_is_an_optional_protocol_method():
+    assert "target_logprobs" in OPTIONAL
+    model = WithoutTargetLogprobs(tiny("s2vt"))
+    assert check_protocol(model) == []
+    model.target_logprobs = 3
+    assert any("target_logprobs" in problem for problem in check_protocol(model))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_target_logprobs_equal_the_gathered_log_softmax(name):
+    model = tiny(name)
+    torch.manual_seed(1)
+    items = torch.randn(3, 4, model.feature_size, dtype=torch.float64)
+    tokens = torch.randint(4, len(model.vocab), (3, 5))
+    with torch.no_grad():
+        state = model.encode(items)
+        expected = model.token_logprobs(state, tokens).gather(-1, tokens.roll(-1, 1)[..., None])[..., 0]
+        got = model.target_logprobs(state, tokens, tokens.roll(-1, 1))
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("video", [False, True], ids=["image", "video"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_losses_are_identical_with_and_without_the_optional_method(name, video):
+    model = tiny(name)
+    torch.manual_seed(2)
+    grid = torch.randn(2, 3 if video else 1, 2, 3, model.feature_size, dtype=torch.float64)
+    items = model.items(grid)
+    for budget in (256.0, 1e-4):  # one pass, and one input per chunk
+        explainer = build_explainer("caption_guided", memory_budget_mb=budget)
+        own = explainer.explain(model, items, grid=grid, tokens=QUERIES)
+        user = explainer.explain(WithoutTargetLogprobs(model), items, grid=grid, tokens=QUERIES)
+        torch.testing.assert_close(own.losses, user.losses, atol=1e-10, rtol=0)
+        if video:
+            torch.testing.assert_close(own.region_losses, user.region_losses, atol=1e-10, rtol=0)
+
+
+class GpuLimit(WithoutTargetLogprobs):
+    """A test double of a GPU limit: ``encode`` of more than ``limit`` inputs raises CUDA's out-of-memory error."""
+
+    def __init__(self, model, limit: int):
+        super().__init__(model)
+        self.limit = limit
+        self.sizes: list[int] = []
+
+    def encode(self, items, mask=None, positions=None):
+        self.sizes.append(items.shape[0])
+        if items.shape[0] > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate (test double)")
+        return super().encode(items, mask, positions)
+
+
+@pytest.mark.parametrize("mode", ["information_gain", "kl"])
+def test_cuda_out_of_memory_halves_the_chunk_retries_and_logs_once(mode, caplog):
+    model = tiny("s2vt")
+    torch.manual_seed(3)
+    items = torch.randn(2, 11, model.feature_size, dtype=torch.float64)  # 22 single-item inputs
+    whole = build_explainer("caption_guided", mode=mode, memory_budget_mb=1024).explain(model, items, tokens=QUERIES)
+    limited = GpuLimit(model, limit=5)
+    explainer = build_explainer("caption_guided", mode=mode, memory_budget_mb=1024)
+    with caplog.at_level(logging.WARNING, logger="capsal"):
+        halved = explainer.explain(limited, items, tokens=QUERIES)
+    torch.testing.assert_close(halved.losses, whole.losses, atol=1e-10, rtol=0)
+    lines = [r for r in caplog.records if "out of memory" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in caplog.records]
+    # probe of 1, then 21 -> 10 -> 5 (fits), 5 per chunk after
+    assert explainer.last_chunking["halved_to"] == 5
+    singles = [s for s in limited.sizes if s != 2]  # 2: the full-input reference (kl)
+    assert singles == [1, 21, 10, 5, 5, 5, 5, 1]
+
+
+def test_out_of_memory_with_one_input_is_raised():
+    model = GpuLimit(tiny("s2vt"), limit=0)
+    items = torch.randn(1, 3, model.inner.feature_size, dtype=torch.float64)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        build_explainer("caption_guided").explain(model, items, tokens="a red circle")
+
+
+PEAK = textwrap.dedent(
+    """
+    import resource, sys, torch
+    torch.set_num_threads(1)
+    from capsal.explainers import build_explainer
+    from capsal.models.s2vt import S2VT
+    words = [f"w{i}" for i in range(10000)]
+    torch.manual_seed(0)
+    backbone = {"_target_": "capsal.models.backbones.SmallCNN", "channels": [4, 32]}
+    model = S2VT(words, hidden_size=64, embed_size=16, caption_metrics=[], backbone=backbone).eval()
+    items = torch.randn(4, 64, model.feature_size)  # 256 single-item inputs, 16 words + eos over V = 10,004
+    sentences = [" ".join(words[1:17])] * 4
+    explainer = build_explainer("caption_guided", memory_budget_mb=float(sys.argv[1]))
+    explainer.explain(model, items[:1, :2], tokens=sentences[:1])  # warm-up: the runtime's lazy initialisations
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    explainer.explain(model, items, tokens=sentences)
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)  # Linux: KiB -> MiB
+    """
+)
+
+
+def peak_mb(budget_mb: float) -> float:
+    """Growth of the peak resident memory of a fresh process over one explanation, in MiB (measured, not
+    estimated)."""
+    root = Path(__file__).parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK, str(budget_mb)], capture_output=True, text=True, cwd=root, check=True
+    )
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss is in KiB on Linux")
+def test_a_small_budget_bounds_the_measured_peak_and_a_large_one_uses_more():
+    # measured on a 2-core CPU: 32 MB -> +33.5 MiB, 1024 MB (one pass) -> +171 MiB
+    small, large = peak_mb(32), peak_mb(1024)
+    assert small < 32 * 1.5 + 16, small  # 16 MiB: allocator slack, the probe, the losses
+    assert large > 3 * small, (small, large)
