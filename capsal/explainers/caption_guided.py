@@ -16,6 +16,7 @@ from einops import rearrange, repeat
 
 from capsal.errors import UserError
 from capsal.explainers.base import Explainer, Sentence, eval_mode, prepare
+from capsal.explainers.precision import autocast, normalize_precision
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
 
@@ -28,11 +29,17 @@ class CaptionGuided(Explainer):
 
     Options: ``mode`` (``information_gain``, Eq. 7, or ``kl``, Eq. 6); ``spatial`` (video: also the regions
     inside each frame, Eq. 13, when a grid is given); ``memory_budget_mb``: the largest chunk of the batched
-    pass, estimated from its log-probability tensor; ``beam_size`` for the model's own caption.
+    pass, estimated from its log-probability tensor; ``beam_size`` for the model's own caption; ``precision``
+    (``32``, ``bf16-mixed``, ``16-mixed``: the model calls' autocast, :mod:`capsal.explainers.precision`).
     """
 
     def __init__(
-        self, mode: str = "information_gain", spatial: bool = True, memory_budget_mb: float = 256.0, beam_size: int = 1
+        self,
+        mode: str = "information_gain",
+        spatial: bool = True,
+        memory_budget_mb: float = 256.0,
+        beam_size: int = 1,
+        precision: int | str = 32,
     ):
         if mode not in MODES:
             raise UserError(
@@ -43,6 +50,8 @@ class CaptionGuided(Explainer):
         self.spatial = spatial
         self.memory_budget_mb = memory_budget_mb
         self.beam_size = beam_size
+        self.precision = precision
+        normalize_precision(precision)  # a wrong name stops here, not at the first batch
 
     @torch.no_grad()
     def explain(
@@ -53,7 +62,7 @@ class CaptionGuided(Explainer):
         grid: torch.Tensor | None = None,
         tokens: Sentence = None,
     ) -> Saliency:
-        with eval_mode(model):
+        with eval_mode(model), autocast(self.precision, items.device):
             return self._explain(model, items, mask, grid, tokens)
 
     def _explain(self, model, items, mask, grid, tokens) -> Saliency:
@@ -72,7 +81,7 @@ class CaptionGuided(Explainer):
         reference = None
         if self.mode == "kl":
             reference = model.token_logprobs(model.encode(items, mask), tokens[:, :-1])
-        losses = self._losses(model, singles, positions, owners, tokens, reference)  # (N, n)
+        losses = self._losses(model, singles, positions, owners, tokens, reference).float()  # (N, n), float32
 
         item_losses = rearrange(losses[: batch * m], "(b m) n -> b n m", b=batch)
         region_losses = None

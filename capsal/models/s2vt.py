@@ -71,7 +71,7 @@ class S2VT(CaptioningModule):
         words = self.embedding(tokens)
         inputs = torch.cat([words, repeat(state["z"], "b d -> b n d", n=tokens.shape[1])], dim=-1)
         hidden, (h, c) = self.decoder(inputs, hc)
-        return torch.log_softmax(self.output(hidden), dim=-1), (h, c)
+        return torch.log_softmax(self.output(hidden).float(), dim=-1), (h, c)
 
     def token_logprobs(self, state: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
         hc = (rearrange(state["h"], "b d -> 1 b d").contiguous(), rearrange(state["c"], "b d -> 1 b d").contiguous())

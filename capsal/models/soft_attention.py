@@ -113,7 +113,7 @@ class SoftAttention(CaptioningModule):
         alpha = self._attend(state, h)
         context = einsum(alpha, state["items"], "b m, b m d -> b d")  # Eq. 4
         h, c = self.decoder(torch.cat([self.embedding(token), context], dim=-1), (h, c))
-        logprobs = torch.log_softmax(self.output(torch.cat([h, context], dim=-1)), dim=-1)
+        logprobs = torch.log_softmax(self.output(torch.cat([h, context], dim=-1)).float(), dim=-1)
         return logprobs, h, c, alpha
 
     def _teacher_forced(self, state: State, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -151,7 +151,7 @@ class TransformerCaptioner(CaptioningModule):
             tgt_is_causal=True,
             memory_key_padding_mask=~state["mask"],
         )
-        return torch.log_softmax(self.output(hidden), dim=-1)
+        return torch.log_softmax(self.output(hidden).float(), dim=-1)
 
     def generate(
         self,
