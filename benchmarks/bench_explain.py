@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--video", action="store_true", help="26 frames x 8x8 regions instead of one 8x8 image")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--precision", default="32", help="the explainer's precision: 32, bf16-mixed or 16-mixed")
     parser.add_argument("--skip-slow", action="store_true", help="skip the per-item-per-word loop and Captum")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -68,7 +69,7 @@ def main() -> None:
     model = S2VT(WORDS, hidden_size=256, embed_size=64, caption_metrics=[]).to(device).eval()
     d = model.feature_size
     sentence = " ".join((WORDS * 2)[:16])
-    explainer = build_explainer("caption_guided", memory_budget_mb=1024)
+    explainer = build_explainer("caption_guided", memory_budget_mb=1024, precision=args.precision)
     if args.video:
         grid = torch.randn(1, 26, 8, 8, d, device=device)
         items = model.items(grid)
@@ -116,7 +117,7 @@ def main() -> None:
     explainer_time = rows[0][1]
     print(
         f"device {device}, {'video 26 frames x 64 regions' if args.video else 'image 8x8 grid'}, "
-        f"{batch} single-item inputs, {targets.shape[1] - 1} words + eos\n"
+        f"{batch} single-item inputs, {targets.shape[1] - 1} words + eos, precision {args.precision}\n"
     )
     print("| method | seconds | / explainer |")
     print("|---|---|---|")
