@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--naive-items", type=int, default=None, help="time the naive loop on K items, extrapolate")
     parser.add_argument("--captum-words", type=int, default=None, help="time Captum's default on K words, extrapolate")
     parser.add_argument("--skip-slow", action="store_true", help="skip the naive loop and Captum")
+    parser.add_argument("--precision", default="32", help="the explainer's precision: 32, bf16-mixed or 16-mixed")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -84,7 +85,7 @@ def main() -> None:
     singles = (grid.flatten(1, 3) if args.video else items).transpose(0, 1)  # every single-item input
     all_singles = torch.cat([items.transpose(0, 1), singles]) if args.video else singles
     batch = all_singles.shape[0]
-    explainer = build_explainer("caption_guided", memory_budget_mb=args.budget_mb)
+    explainer = build_explainer("caption_guided", memory_budget_mb=args.budget_mb, precision=args.precision)
     print(
         f"device {device}, size {args.size} (V = {len(model.vocab)}, d = {d}), "
         f"{'video 26 frames x 64 regions' if args.video else 'image 8x8 grid'}, {batch} single-item inputs, "

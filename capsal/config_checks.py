@@ -336,6 +336,12 @@ def _explainers() -> list[str]:
     return available_explainers()
 
 
+def _precisions() -> tuple[Any, ...]:
+    from capsal.explainers.precision import PRECISIONS
+
+    return PRECISIONS
+
+
 def _caption_metrics() -> tuple[str, ...]:
     from capsal.metrics.captioning import CAPTION_METRICS
 
@@ -559,6 +565,7 @@ RULES: list[Row] = [
     Row("*explainer_options.caption_guided.spatial", Bool()),
     Row("*explainer_options.caption_guided.memory_budget_mb", Float(0.0, low_open=True)),
     Row("*explainer_options.*.beam_size", POSITIVE),
+    Row("*explainer_options.*.precision", Choice(values=_precisions)),
     Row("*explainer_options.center.sigma", Float(0.0, low_open=True)),
     Row("*explainer_options.random.seed", SEED),
 ]

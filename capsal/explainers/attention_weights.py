@@ -8,6 +8,7 @@ import torch
 
 from capsal.errors import UserError
 from capsal.explainers.base import Explainer, Sentence, eval_mode, prepare
+from capsal.explainers.precision import autocast, normalize_precision
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
 from capsal.models.protocol import has_attention
@@ -15,10 +16,13 @@ from capsal.models.protocol import has_attention
 
 @register_explainer("soft_attention")
 class SoftAttentionWeights(Explainer):
-    """Reads ``model.attention(state, tokens)`` under teacher forcing: ``scores`` are the softmax weights."""
+    """Reads ``model.attention(state, tokens)`` under teacher forcing: ``scores`` are the softmax weights (float32;
+    ``precision``: the model calls' autocast, :mod:`capsal.explainers.precision`)."""
 
-    def __init__(self, beam_size: int = 1):
+    def __init__(self, beam_size: int = 1, precision: int | str = 32):
         self.beam_size = beam_size
+        self.precision = precision
+        normalize_precision(precision)  # a wrong name stops here, not at the first batch
 
     @torch.no_grad()
     def explain(
@@ -34,7 +38,7 @@ class SoftAttentionWeights(Explainer):
                 f"explainer soft_attention needs a model with attention weights (model=soft_attention); "
                 f"{type(model).__name__} has none: use explainer=caption_guided"
             )
-        with eval_mode(model):
+        with eval_mode(model), autocast(self.precision, items.device):
             s = prepare(model, items, mask, grid, tokens, self.beam_size)
-            weights = model.attention(model.encode(items, s.mask), s.tokens[:, :-1])
+            weights = model.attention(model.encode(items, s.mask), s.tokens[:, :-1]).float()
         return Saliency(s.words, s.word_mask, weights, s.mask, s.layout, tokens=s.tokens, explainer=self.name)

@@ -18,6 +18,7 @@ from einops import rearrange, repeat
 from capsal.errors import UserError
 from capsal.explainers.base import Explainer, Sentence, eval_mode, prepare
 from capsal.explainers.chunking import run_in_chunks
+from capsal.explainers.precision import autocast, normalize_precision
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
 from capsal.models.protocol import target_logprobs
@@ -37,11 +38,17 @@ class CaptionGuided(Explainer):
     ``budget / probe peak`` inputs; on CUDA out-of-memory a chunk is halved and retried, with one warning
     (:mod:`capsal.explainers.chunking`). ``information_gain`` reads only the target words' log-probabilities
     (the protocol's optional ``target_logprobs``: no ``(chunk, n, V)`` log-probabilities next to the logits);
-    ``beam_size`` for the model's own caption. ``last_chunking`` holds the last call's probe and chunk size.
+    ``beam_size`` for the model's own caption; ``precision`` (``32``, ``bf16-mixed``, ``16-mixed``: the model
+    calls' autocast, :mod:`capsal.explainers.precision`). ``last_chunking`` holds the last call's probe and chunk size.
     """
 
     def __init__(
-        self, mode: str = "information_gain", spatial: bool = True, memory_budget_mb: float = 256.0, beam_size: int = 1
+        self,
+        mode: str = "information_gain",
+        spatial: bool = True,
+        memory_budget_mb: float = 256.0,
+        beam_size: int = 1,
+        precision: int | str = 32,
     ):
         if mode not in MODES:
             raise UserError(
@@ -53,6 +60,8 @@ class CaptionGuided(Explainer):
         self.memory_budget_mb = memory_budget_mb
         self.beam_size = beam_size
         self.last_chunking: dict | None = None
+        self.precision = precision
+        normalize_precision(precision)  # a wrong name stops here, not at the first batch
 
     @torch.no_grad()
     def explain(
@@ -63,7 +72,7 @@ class CaptionGuided(Explainer):
         grid: torch.Tensor | None = None,
         tokens: Sentence = None,
     ) -> Saliency:
-        with eval_mode(model):
+        with eval_mode(model), autocast(self.precision, items.device):
             return self._explain(model, items, mask, grid, tokens)
 
     def _explain(self, model, items, mask, grid, tokens) -> Saliency:
@@ -82,7 +91,7 @@ class CaptionGuided(Explainer):
         reference = None
         if self.mode == "kl":
             reference = model.token_logprobs(model.encode(items, mask), tokens[:, :-1])
-        losses = self._losses(model, singles, positions, owners, tokens, reference)  # (N, n)
+        losses = self._losses(model, singles, positions, owners, tokens, reference).float()  # (N, n), float32
 
         item_losses = rearrange(losses[: batch * m], "(b m) n -> b n m", b=batch)
         region_losses = None

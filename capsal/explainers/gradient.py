@@ -8,6 +8,7 @@ import torch
 from einops import rearrange
 
 from capsal.explainers.base import Explainer, Sentence, eval_mode, prepare
+from capsal.explainers.precision import autocast, normalize_precision
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
 
@@ -20,12 +21,17 @@ class GradientTimesInput(Explainer):
     under ``no_grad``; the model runs in eval mode and every submodule's train/eval flag is restored after
     (``eval_mode``). Lightning's default inference mode forbids autograd altogether: validate/test with
     ``Trainer(inference_mode=False)`` to use this explainer.
+
+    ``precision`` (``32``, ``bf16-mixed``, ``16-mixed``): the forward pass's autocast (the backward follows it);
+    the gradients are taken with respect to the float32 inputs, so scores are float32.
     """
 
     needs_grad = True
 
-    def __init__(self, beam_size: int = 1):
+    def __init__(self, beam_size: int = 1, precision: int | str = 32):
         self.beam_size = beam_size
+        self.precision = precision
+        normalize_precision(precision)  # a wrong name stops here, not at the first batch
 
     def explain(
         self,
@@ -35,7 +41,7 @@ class GradientTimesInput(Explainer):
         grid: torch.Tensor | None = None,
         tokens: Sentence = None,
     ) -> Saliency:
-        with eval_mode(model):
+        with eval_mode(model), autocast(self.precision, items.device):
             s = prepare(model, items, mask, grid, tokens, self.beam_size)
             with torch.inference_mode(False), torch.enable_grad():
                 scores, regions = self._attributions(model, items, s.mask, grid, s.tokens, s.layout.is_video)
@@ -53,7 +59,7 @@ class GradientTimesInput(Explainer):
         per_word = []
         for t in range(targets.shape[1]):
             (gradient,) = torch.autograd.grad(targets[:, t].sum(), source, retain_graph=t + 1 < targets.shape[1])
-            per_word.append((gradient * source).sum(-1).detach())
+            per_word.append((gradient.float() * source).sum(-1).detach())
         attributions = torch.stack(per_word, dim=1)  # (B, n, m) or (B, n, T, h, w)
         if not use_grid:
             return attributions, None

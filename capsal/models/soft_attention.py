@@ -128,7 +128,7 @@ class SoftAttention(CaptioningModule):
 
     def _step(self, state: State, h: torch.Tensor, c: torch.Tensor, token: torch.Tensor):
         logits, h, c, alpha = self._step_logits(state, h, c, token)
-        return torch.log_softmax(logits, dim=-1), h, c, alpha
+        return torch.log_softmax(logits.float(), dim=-1), h, c, alpha
 
     def _teacher_forced(self, state: State, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities ``(B, n, V)`` and attention weights ``(B, n, m)`` of teacher forcing ``tokens``."""

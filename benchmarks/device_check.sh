@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One device check, no install and no network: the gpu-marked tests, then the explainer benchmarks, printed as
+# BENCHMARKS.md rows under the card's (or the CPU's) name. Fits in 5 minutes on one GPU.
+#   benchmarks/device_check.sh [--device cuda|cpu]
+set -u
+cd "$(dirname "$0")/.."
+DEVICE=cuda
+[ "${1:-}" = "--device" ] && DEVICE="${2:-cuda}"
+PY="${PYTHON:-}"
+[ -z "$PY" ] && for p in .venv/bin/python /work/main/.venv/bin/python python3; do command -v "$p" >/dev/null && PY=$p && break; done
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+NAME=$("$PY" -c "import torch,platform; print(torch.cuda.get_device_name() if '$DEVICE'=='cuda' and torch.cuda.is_available() else 'CPU ' + (platform.processor() or platform.machine()) + f' ({torch.get_num_threads()} threads)')")
+echo "## Device check: $NAME, torch $("$PY" -c 'import torch; print(torch.__version__)')"
+echo
+echo "### gpu tests (pytest -m gpu)"
+timeout 200 "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -15
+echo
+echo "### $NAME: caption_guided explainer (benchmarks/bench_explain.py --skip-slow --device $DEVICE)"
+for args in "" "--video"; do
+  timeout 150 "$PY" benchmarks/bench_explain.py --device "$DEVICE" --skip-slow --repeats 5 $args || echo "(bench_explain $args stopped: exit $?)"
+  echo
+done
+echo "### $NAME: precision (benchmarks/bench_precision.py --device $DEVICE)"
+MIXED=bf16-mixed
+for args in "" "--video"; do
+  timeout 60 "$PY" benchmarks/bench_precision.py --device "$DEVICE" --repeats 7 --mixed $MIXED $args
+  echo
+done
