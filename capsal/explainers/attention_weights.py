@@ -11,7 +11,7 @@ from capsal.explainers.base import Explainer, Sentence, eval_mode, prepare
 from capsal.explainers.precision import autocast, normalize_precision
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
-from capsal.models.protocol import has_attention
+from capsal.models.protocol import has_attention, widened
 
 
 @register_explainer("soft_attention")
@@ -40,5 +40,5 @@ class SoftAttentionWeights(Explainer):
             )
         with eval_mode(model), autocast(self.precision, items.device):
             s = prepare(model, items, mask, grid, tokens, self.beam_size)
-            weights = model.attention(model.encode(items, s.mask), s.tokens[:, :-1]).float()
+            weights = widened(model.attention(model.encode(items, s.mask), s.tokens[:, :-1]))
         return Saliency(s.words, s.word_mask, weights, s.mask, s.layout, tokens=s.tokens, explainer=self.name)

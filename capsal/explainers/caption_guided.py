@@ -21,7 +21,7 @@ from capsal.explainers.chunking import run_in_chunks
 from capsal.explainers.precision import autocast, normalize_precision
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
-from capsal.models.protocol import target_logprobs
+from capsal.models.protocol import target_logprobs, widened
 
 MODES = ("information_gain", "kl")
 
@@ -91,7 +91,7 @@ class CaptionGuided(Explainer):
         reference = None
         if self.mode == "kl":
             reference = model.token_logprobs(model.encode(items, mask), tokens[:, :-1])
-        losses = self._losses(model, singles, positions, owners, tokens, reference).float()  # (N, n), float32
+        losses = widened(self._losses(model, singles, positions, owners, tokens, reference))  # (N, n), >= float32
 
         item_losses = rearrange(losses[: batch * m], "(b m) n -> b n m", b=batch)
         region_losses = None

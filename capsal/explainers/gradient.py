@@ -11,6 +11,7 @@ from capsal.explainers.base import Explainer, Sentence, eval_mode, prepare
 from capsal.explainers.precision import autocast, normalize_precision
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
+from capsal.models.protocol import widened
 
 
 @register_explainer("gradient")
@@ -59,7 +60,7 @@ class GradientTimesInput(Explainer):
         per_word = []
         for t in range(targets.shape[1]):
             (gradient,) = torch.autograd.grad(targets[:, t].sum(), source, retain_graph=t + 1 < targets.shape[1])
-            per_word.append((gradient.float() * source).sum(-1).detach())
+            per_word.append((widened(gradient) * source).sum(-1).detach())
         attributions = torch.stack(per_word, dim=1)  # (B, n, m) or (B, n, T, h, w)
         if not use_grid:
             return attributions, None

@@ -205,10 +205,17 @@ def target_logprobs(model: Any, state: Any, tokens: torch.Tensor, targets: torch
     return logprobs.gather(-1, targets[:, : logprobs.shape[1], None])[..., 0]
 
 
+def widened(values: torch.Tensor) -> torch.Tensor:
+    """``values`` in float32 when they are half precision (autocast), else as they are (float32, float64)."""
+    return values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
+
+
 def logprobs_at(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``log_softmax(logits)`` read at ``targets`` (``logits`` ``(..., V)``, ``targets`` ``(...)``) without a second
     ``(..., V)`` tensor: without gradients the log-sum-exp is taken in place, CONSUMING ``logits`` (they are
-    overwritten), so the peak is the logits alone instead of logits + log-probabilities."""
+    overwritten), so the peak is the logits alone instead of logits + log-probabilities. Half-precision logits
+    (autocast) are widened to float32 first."""
+    logits = widened(logits)
     picked = logits.gather(-1, targets[..., None])[..., 0]
     if torch.is_grad_enabled() and logits.requires_grad:
         return picked - torch.logsumexp(logits, dim=-1)

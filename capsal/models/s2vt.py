@@ -15,6 +15,7 @@ from torch import nn
 
 from capsal.errors import UserError
 from capsal.models.base import CaptioningModule
+from capsal.models.protocol import widened
 
 
 class S2VT(CaptioningModule):
@@ -87,7 +88,7 @@ class S2VT(CaptioningModule):
         return logits
 
     def token_logprobs(self, state: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.token_logits(state, tokens).float(), dim=-1)
+        return torch.log_softmax(widened(self.token_logits(state, tokens)), dim=-1)
 
     def init_decoder(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"h": state["h"], "c": state["c"]}
@@ -95,4 +96,4 @@ class S2VT(CaptioningModule):
     def decode_step(self, state: dict[str, torch.Tensor], cache: Any, tokens: torch.Tensor):
         hc = (rearrange(cache["h"], "b d -> 1 b d").contiguous(), rearrange(cache["c"], "b d -> 1 b d").contiguous())
         logits, (h, c) = self._decode(state, tokens[:, -1:], hc)
-        return torch.log_softmax(logits[:, -1].float(), dim=-1), {"h": h[0], "c": c[0]}
+        return torch.log_softmax(widened(logits[:, -1]), dim=-1), {"h": h[0], "c": c[0]}

@@ -20,7 +20,7 @@ from torch import nn
 
 from capsal.errors import UserError
 from capsal.models.base import CaptioningModule
-from capsal.models.protocol import logprobs_at
+from capsal.models.protocol import logprobs_at, widened
 
 State = dict[str, torch.Tensor]
 
@@ -128,7 +128,7 @@ class SoftAttention(CaptioningModule):
 
     def _step(self, state: State, h: torch.Tensor, c: torch.Tensor, token: torch.Tensor):
         logits, h, c, alpha = self._step_logits(state, h, c, token)
-        return torch.log_softmax(logits.float(), dim=-1), h, c, alpha
+        return torch.log_softmax(widened(logits), dim=-1), h, c, alpha
 
     def _teacher_forced(self, state: State, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities ``(B, n, V)`` and attention weights ``(B, n, m)`` of teacher forcing ``tokens``."""

@@ -21,7 +21,7 @@ from torch import nn
 
 from capsal.errors import UserError
 from capsal.models.base import CaptioningModule
-from capsal.models.protocol import cut_tokens
+from capsal.models.protocol import cut_tokens, widened
 
 State = dict[str, torch.Tensor]
 
@@ -138,7 +138,7 @@ class TransformerCaptioner(CaptioningModule):
     def token_logprobs(self, state: State, tokens: torch.Tensor) -> torch.Tensor:
         """``(B, n, V)`` for ``n = min(tokens' length, max_words)``: steps beyond the word positions are dropped
         (counted, a warning the first time) rather than an error."""
-        return torch.log_softmax(self.token_logits(state, tokens).float(), dim=-1)
+        return torch.log_softmax(widened(self.token_logits(state, tokens)), dim=-1)
 
     def token_logits(self, state: State, tokens: torch.Tensor) -> torch.Tensor:
         """The logits under ``token_logprobs``, with its cut to ``max_words`` steps."""
