@@ -12,7 +12,7 @@ import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from capsal.checkpoints import checkpoint_datamodule, load_captioner
 from capsal.config_checks import check_config
@@ -42,9 +42,7 @@ def load_input(cfg: DictConfig, model) -> ExplainInput:
         raise UserError("give exactly one of input=<image or video file> or sample=<split>:<index>")
     if cfg.input is not None:
         return ExplainInput(read_media(Path(cfg.input), model), str(cfg.input))
-    split, _, index = str(cfg.sample).partition(":")
-    if not index.lstrip("-").isdigit():
-        raise UserError(f"sample={cfg.sample} must look like <split>:<index>, e.g. sample=val:3")
+    split, _, index = str(cfg.sample).partition(":")  # its form was checked with the config
     datamodule = checkpoint_datamodule(model, cfg.get("datamodule"))
     try:
         sample = datamodule.sample(split, int(index))
@@ -84,15 +82,11 @@ def choose_sentence(cfg: DictConfig, given: ExplainInput) -> tuple[str | None, C
     return query_text(cfg.query), None
 
 
-def query_text(query: Any) -> str | None:
-    """The query as one sentence (Hydra turns ``query=123`` into a number and ``query=[a,b]`` into a list)."""
-    if query is None:
-        return None
-    if isinstance(query, (ListConfig, DictConfig, list, dict)):
-        raise UserError(f"query={query} is not one sentence; quote it, e.g. query='a red circle'")
-    if not str(query).strip():
+def query_text(query: str | None) -> str | None:
+    """The query (its type was checked with the config: null or a string), refused when it has no characters."""
+    if query is not None and not query.strip():
         raise UserError("the query is empty; give a sentence such as query='a red circle' or leave it out")
-    return str(query)
+    return query
 
 
 def parse_phrases(phrases: Any) -> list[tuple[int, int]] | None:
