@@ -10,25 +10,31 @@ single-item inputs). ``--size demo``: a demo-size S2VT (hidden 256) over an 18-w
 the paper's S2VT (2048-d descriptors projected to 1300, hidden 1000, embedding 300) over a synthetic vocabulary of
 10,000 words. Random weights: timing does not depend on what the model learned.
 
-Per sentence length: the explainer's median time; the floor (one teacher-forced pass of the same batch of
-single-item inputs, target log-probabilities only, unchunked); the naive loop (one call per item and word, the
-definition; with ``--naive-items K`` only K items are timed and the time is scaled to all, marked "extrapolated");
-Captum FeatureAblation (image only) with its default configuration, one ``attribute`` call per word
+Per sentence length: the explainer's first call (a fresh explainer: it probes the pass's memory cost) and its median
+time once the cost is known (an evaluation probes once per sentence length); the floor (one teacher-forced pass of
+the same batch of single-item inputs, target log-probabilities only, unchunked); the naive loop (one call per item
+and word, the definition; with ``--naive-items K`` only K items are timed and the time is scaled to all, marked
+"extrapolated"); Captum FeatureAblation (image only) with its default configuration, one ``attribute`` call per word
 and at its best, ``perturbations_per_eval=m`` (``--captum-words K``: K words timed, scaled to all, marked); the
-peak memory of one explanation under the budget it ran with (CUDA: ``max_memory_allocated``; CPU: the peak of the
-live tensor storages its ops created, measured over the whole call); captions explained per second.
+peak memory of a first call under the budget it ran with, measured apart from the explainer's own probes (CUDA:
+``max_memory_allocated``; CPU on Linux: the growth of the process's peak resident size, ``VmHWM`` reset just before
+the call); captions explained per second (steady state).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from capsal.explainers import build_explainer
-from capsal.explainers.chunking import peak_bytes
 from capsal.models.protocol import target_logprobs
 from capsal.models.s2vt import S2VT
 
@@ -74,6 +80,7 @@ def main() -> None:
     parser.add_argument("--captum-words", type=int, default=None, help="time Captum's default on K words, extrapolate")
     parser.add_argument("--skip-slow", action="store_true", help="skip the naive loop and Captum")
     parser.add_argument("--precision", default="32", help="the explainer's precision: 32, bf16-mixed or 16-mixed")
+    parser.add_argument("--peak-of", type=int, default=None, help=argparse.SUPPRESS)  # measured_peak's subprocess
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -81,6 +88,8 @@ def main() -> None:
     d = model.feature_size
     grid = torch.randn(1, 26 if args.video else 1, 8, 8, d, device=device)
     items = model.items(grid)
+    if args.peak_of is not None:
+        return print_peak_growth(model, grid, sentence_tokens(model, args.peak_of, device), args)
     m = items.shape[1]
     singles = (grid.flatten(1, 3) if args.video else items).transpose(0, 1)  # every single-item input
     all_singles = torch.cat([items.transpose(0, 1), singles]) if args.video else singles
@@ -92,19 +101,21 @@ def main() -> None:
         f"memory_budget_mb {args.budget_mb:g}, median of {args.repeats}\n"
     )
     print(
-        "| words | explainer s | floor s | explainer/floor | naive/explainer | Captum default/explainer "
+        "| words | first call s | explainer s | floor s | explainer/floor | naive/explainer | Captum default/explainer "
         "| Captum best/explainer | peak MB (budget) | chunk | captions/s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n_words in args.words:
-        vocab_words = model.vocab.to_list()[4:]
-        sentence = " ".join((vocab_words * (n_words // len(vocab_words) + 1))[:n_words])
-        tokens = torch.tensor([model.vocab.encode(sentence)], device=device)
+        tokens = sentence_tokens(model, n_words, device)
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
 
         @torch.no_grad()
         def explainer_run(tokens=tokens):
             return explainer.explain(model, items, grid=grid, tokens=tokens)
+
+        def fresh_run(tokens=tokens):  # a new explainer: no cost known, it probes
+            fresh = build_explainer("caption_guided", memory_budget_mb=args.budget_mb, precision=args.precision)
+            return torch.no_grad()(fresh.explain)(model, items, grid=grid, tokens=tokens)
 
         @torch.no_grad()
         def floor_run(inputs=inputs, targets=targets):  # one teacher-forced pass of the same batch
@@ -112,15 +123,9 @@ def main() -> None:
             return target_logprobs(model, state, inputs.expand(batch, -1), targets.expand(batch, -1))
 
         t_explainer = timed(explainer_run, device, args.repeats)
+        t_first = timed(fresh_run, device, 1, warm_up=False)
         t_floor = timed(floor_run, device, args.repeats)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            explainer_run()
-            peak = torch.cuda.max_memory_allocated() - base
-        else:
-            peak = peak_bytes(explainer_run, device)[1]
+        peak = measured_peak(fresh_run, device) if device.type == "cuda" else subprocess_peak(n_words)
         chunk = explainer.last_chunking["chunk"]
         naive = captum_default = captum_best = "-"
         if not args.skip_slow:
@@ -136,10 +141,57 @@ def main() -> None:
                 t_best = timed(captum_run(model, items, inputs, targets, m, k), device, 1, False) * words / k
                 captum_best = f"{t_best / t_explainer:.1f}{subset}"
         print(
-            f"| {n_words} | {t_explainer:.3f} | {t_floor:.3f} | {t_explainer / t_floor:.2f} | {naive} | "
+            f"| {n_words} | {t_first:.3f} | {t_explainer:.3f} | {t_floor:.3f} | {t_explainer / t_floor:.2f} | "
+            f"{naive} | "
             f"{captum_default} | {captum_best} | {peak / 2**20:.0f} ({args.budget_mb:g}) | {chunk} | "
             f"{1 / t_explainer:.2f} |"
         )
+
+
+def sentence_tokens(model: S2VT, n_words: int, device: torch.device) -> torch.Tensor:
+    """A sentence of ``n_words`` vocabulary words (bos ... eos), ``(1, n_words + 2)``."""
+    vocab_words = model.vocab.to_list()[4:]
+    sentence = " ".join((vocab_words * (n_words // len(vocab_words) + 1))[:n_words])
+    return torch.tensor([model.vocab.encode(sentence)], device=device)
+
+
+def measured_peak(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak bytes ``fn()`` added on CUDA (``max_memory_allocated``)."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def subprocess_peak(n_words: int) -> float:
+    """Peak bytes of a fresh explainer's call on CPU, measured apart from the explainer in a new process of this
+    script (same arguments): the growth of its peak resident size. glibc is told to map every block >= 64 KiB on
+    its own, so freed blocks leave the resident size and it follows the live memory."""
+    argv = [*sys.argv[1:], "--peak-of", str(n_words)]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    done = subprocess.run([sys.executable, __file__, *argv], env=env, capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1]) * 2**20
+
+
+def print_peak_growth(model: S2VT, grid: torch.Tensor, tokens: torch.Tensor, args) -> None:
+    """In the subprocess: warm the runtime up on a two-item input, reset the peak resident size (``VmHWM``) to the
+    current one, explain with a fresh explainer, print the peak's growth in MiB."""
+    if not Path("/proc/self/clear_refs").exists():
+        raise SystemExit("measuring the CPU peak needs Linux /proc (clear_refs, VmHWM)")
+    options = {"memory_budget_mb": args.budget_mb, "precision": args.precision}
+    with torch.no_grad():
+        build_explainer("caption_guided", **options).explain(model, grid[:, :, :1, :2].flatten(1, 3), tokens=tokens)
+        gc.collect()
+        Path("/proc/self/clear_refs").write_text("5")
+        before = proc_status_kib("VmRSS:")
+        build_explainer("caption_guided", **options).explain(model, model.items(grid), grid=grid, tokens=tokens)
+    print((proc_status_kib("VmHWM:") - before) / 1024)
+
+
+def proc_status_kib(key: str) -> int:
+    lines = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in lines if line.startswith(key))
 
 
 def naive_run(model, singles, inputs) -> Callable[[], object]:

@@ -10,6 +10,7 @@ measured peak memory stays under ``memory_budget_mb`` (:mod:`capsal.explainers.c
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from einops import rearrange, repeat
 
 from capsal.errors import UserError
 from capsal.explainers.base import Explainer, Sentence, eval_mode, prepare
-from capsal.explainers.chunking import run_in_chunks
+from capsal.explainers.chunking import ChunkCost, run_in_chunks, unseen_bytes
 from capsal.explainers.precision import autocast, normalize_precision
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
@@ -33,13 +34,14 @@ class CaptionGuided(Explainer):
     Options: ``mode`` (``information_gain``, Eq. 7, or ``kl``, Eq. 6); ``spatial`` (video: also the regions
     inside each frame, Eq. 13, when a grid is given); ``memory_budget_mb``: the most memory one chunk of the
     batched pass may allocate at its peak (encoder and decoder activations, logits, losses: everything beyond the
-    model, the inputs and, for ``kl``, the full-input reference). A probe pass of one input measures its peak
-    (CUDA: ``max_memory_allocated``; elsewhere the live tensors its ops create) and the other chunks hold
-    ``budget / probe peak`` inputs; on CUDA out-of-memory a chunk is halved and retried, with one warning
+    model, the inputs and, for ``kl``, the full-input reference). Probe passes of one and two inputs measure the
+    peak (CUDA: ``max_memory_allocated``; elsewhere the live tensors their ops create) and the other chunks hold
+    ``(budget - fixed part) / per-input peak`` inputs; the measured cost is kept per model and sentence length, so
+    an evaluation probes once per length; on CUDA out-of-memory a chunk is halved and retried, with one warning
     (:mod:`capsal.explainers.chunking`). ``information_gain`` reads only the target words' log-probabilities
     (the protocol's optional ``target_logprobs``: no ``(chunk, n, V)`` log-probabilities next to the logits);
     ``beam_size`` for the model's own caption; ``precision`` (``32``, ``bf16-mixed``, ``16-mixed``: the model
-    calls' autocast, :mod:`capsal.explainers.precision`). ``last_chunking`` holds the last call's probe and chunk size.
+    calls' autocast, :mod:`capsal.explainers.precision`). ``last_chunking`` holds the last call's cost and chunk size.
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class CaptionGuided(Explainer):
         self.memory_budget_mb = memory_budget_mb
         self.beam_size = beam_size
         self.last_chunking: dict | None = None
+        self._costs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {pass shape: ChunkCost}
         self.precision = precision
         normalize_precision(precision)  # a wrong name stops here, not at the first batch
 
@@ -142,5 +145,30 @@ class CaptionGuided(Explainer):
             logp = reference[who]
             return (logp.exp() * (logp - logq)).sum(-1)
 
-        losses, self.last_chunking = run_in_chunks(run, singles.shape[0], self.memory_budget_mb, singles.device)
+        key = (
+            tokens.shape[1],
+            tuple(singles.shape[1:]),
+            singles.dtype,
+            str(singles.device),
+            torch.is_autocast_enabled(),
+        )
+        known = self._known_costs(model)
+        losses, self.last_chunking = run_in_chunks(
+            run,
+            singles.shape[0],
+            self.memory_budget_mb,
+            singles.device,
+            cost=known.get(key),
+            unseen=unseen_bytes(model, singles.device) if isinstance(model, torch.nn.Module) else 0,
+        )
+        if self.last_chunking["cost"] is not None:
+            known[key] = self.last_chunking["cost"]
         return losses
+
+    def _known_costs(self, model) -> dict[tuple, ChunkCost]:
+        """The pass costs measured for ``model`` so far (per sentence length, input shape, dtype, device, autocast);
+        models that cannot be weakly referenced are probed on every call."""
+        try:
+            return self._costs.setdefault(model, {})
+        except TypeError:
+            return {}

@@ -80,7 +80,9 @@ class S2VT(CaptioningModule):
         words = self.embedding(tokens)
         inputs = torch.cat([words, repeat(state["z"], "b d -> b n d", n=tokens.shape[1])], dim=-1)
         hidden, (h, c) = self.decoder(inputs, hc)
-        return self.output(hidden), (h, c)
+        # one (b n) x d matrix: a fused addmm, where the LSTM's non-contiguous 3-d output would add a second (b, n, V)
+        logits = self.output(rearrange(hidden, "b n d -> (b n) d"))
+        return rearrange(logits, "(b n) v -> b n v", b=tokens.shape[0]), (h, c)
 
     def token_logits(self, state: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
         hc = (rearrange(state["h"], "b d -> 1 b d").contiguous(), rearrange(state["c"], "b d -> 1 b d").contiguous())
