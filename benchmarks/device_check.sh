@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device check, no install and no network: the gpu-marked tests, then the explainer benchmarks, printed as
-# BENCHMARKS.md rows under the card's (or the CPU's) name. Fits in 5 minutes on one GPU.
+# BENCHMARKS.md rows under the card's (or the CPU's) name, demo and paper sizes. Fits in 5 minutes on one GPU.
 #   benchmarks/device_check.sh [--device cuda|cpu]
 set -u
 cd "$(dirname "$0")/.."
@@ -18,6 +18,12 @@ echo
 echo "### $NAME: caption_guided explainer (benchmarks/bench_explain.py --skip-slow --device $DEVICE)"
 for args in "" "--video"; do
   timeout 150 "$PY" benchmarks/bench_explain.py --device "$DEVICE" --skip-slow --repeats 5 $args || echo "(bench_explain $args stopped: exit $?)"
+  echo
+done
+echo "### $NAME: caption_guided at the paper's size (bench_explain.py --size paper --skip-slow --budget-mb 2048)"
+for args in "--words 16 40" "--words 16 40 --precision bf16-mixed" "--video --words 16"; do
+  timeout 240 "$PY" benchmarks/bench_explain.py --device "$DEVICE" --size paper --skip-slow --repeats 3 --budget-mb 2048 $args \
+    || echo "(bench_explain --size paper $args stopped: exit $?)"
   echo
 done
 echo "### $NAME: precision (benchmarks/bench_precision.py --device $DEVICE)"

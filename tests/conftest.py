@@ -58,3 +58,40 @@ def image_checkpoint(tmp_path_factory) -> Path:
 def video_checkpoint(tmp_path_factory) -> Path:
     """A tiny S2VT trained one short epoch on shapes_video (8 frames of 32x32)."""
     return train_tiny(tmp_path_factory.mktemp("video_ckpt"), "datamodule=shapes_video")
+
+
+@pytest.fixture(scope="session")
+def localising_image_model():
+    """``(model, datamodule)``: S2VT trained 250 steps on one-object shapes images, enough for its saliency to point
+    at the named object (tests/integration/test_localises.py); shared by the tests that need maps with structure."""
+    import lightning as L
+
+    from capsal.datamodules import ShapesImageDataModule
+    from capsal.models.s2vt import S2VT
+
+    L.seed_everything(0)
+    datamodule = ShapesImageDataModule(
+        num_train=2000, num_val=48, num_test=48, min_objects=1, max_objects=1, captions_per_image=1, batch_size=32
+    )
+    datamodule.setup("fit")
+    model = S2VT(
+        datamodule.vocab,
+        hidden_size=128,
+        embed_size=32,
+        backbone={"_target_": "capsal.models.backbones.SmallCNN", "channels": [16, 32, 64]},
+        optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 2e-3},
+        caption_metrics=[],
+    )
+    trainer = L.Trainer(
+        max_steps=250,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        accelerator="cpu",
+    )
+    trainer.fit(model, datamodule=datamodule)
+    datamodule.setup("test")
+    return model.eval(), datamodule
