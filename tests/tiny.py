@@ -112,30 +112,30 @@ def _wordpiece_file(folder: Path) -> Path:
     return path
 
 
-def save_tiny_hf(folder: Path, family: str = "vit_gpt2", seed: int = 0, image_size: int = 32) -> Path:
+def save_tiny_hf(folder: Path, family: str = "vit_gpt2", seed: int = 0, image_size: int = 32, width: int = 32) -> Path:
     """A tiny random captioner of ``family`` (``HF_FAMILIES``) saved with ``save_pretrained`` (model, tokenizer, image
-    processor) into ``folder``: ``image_size`` pixels square, 8 x 8 patches (a 4 x 4 grid at 32), width 32, two
+    processor) into ``folder``: ``image_size`` pixels square, 8 x 8 patches (a 4 x 4 grid at 32), ``width`` wide, two
     layers. The ViT-GPT2 one pads with eos, as ``nlpconnect/vit-gpt2-image-captioning`` does."""
     import torch
     import transformers as tf
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    width = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
-    vision = {**width, "image_size": image_size, "patch_size": 8}
+    layers = {"hidden_size": width, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 2 * width}
+    vision = {**layers, "image_size": image_size, "patch_size": 8}
     size = {"height": image_size, "width": image_size}
     processor = tf.ViTImageProcessor(size=size)
     if family == "blip":
         tokenizer = tf.BertTokenizer(vocab=str(_wordpiece_file(folder)), do_lower_case=True)
         ids = tokenizer.convert_tokens_to_ids
-        text = {**width, "vocab_size": len(tokenizer), "max_position_embeddings": 64, "pad_token_id": 0}
+        text = {**layers, "vocab_size": len(tokenizer), "max_position_embeddings": 64, "pad_token_id": 0}
         text.update(bos_token_id=ids("[DEC]"), sep_token_id=ids("[SEP]"), eos_token_id=ids("[SEP]"))
         model = tf.BlipForConditionalGeneration(tf.BlipConfig(text_config=text, vision_config=vision))
         processor = tf.BlipImageProcessor(size=size)
     elif family == "deit_bert":
         tokenizer = tf.BertTokenizer(vocab=str(_wordpiece_file(folder)), do_lower_case=True)
         ids = tokenizer.convert_tokens_to_ids
-        decoder = tf.BertConfig(**width, vocab_size=len(tokenizer), max_position_embeddings=64, pad_token_id=0)
+        decoder = tf.BertConfig(**layers, vocab_size=len(tokenizer), max_position_embeddings=64, pad_token_id=0)
         config = tf.VisionEncoderDecoderConfig.from_encoder_decoder_configs(tf.DeiTConfig(**vision), decoder)
         config.decoder_start_token_id, config.eos_token_id, config.pad_token_id = ids("[CLS]"), ids("[SEP]"), 0
         model = tf.VisionEncoderDecoderModel(config)
@@ -143,7 +143,7 @@ def save_tiny_hf(folder: Path, family: str = "vit_gpt2", seed: int = 0, image_si
         vocab_file, merges_file = _bpe_files(folder)
         tokenizer = tf.GPT2Tokenizer(vocab=str(vocab_file), merges=str(merges_file))
         decoder = tf.GPT2Config(
-            vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0
+            vocab_size=len(tokenizer), n_embd=width, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0
         )
         config = tf.VisionEncoderDecoderConfig.from_encoder_decoder_configs(tf.ViTConfig(**vision), decoder)
         config.decoder_start_token_id = config.eos_token_id = config.pad_token_id = 0

@@ -173,12 +173,13 @@ def _write_image(saliency: Saliency, given: ExplainInput, spans, caption, output
     labels = [label for _, _, label in spans]
     fig = overlay_figure(image, list(heats), labels, " ".join(saliency.words[0]), _boxes_for(caption, spans))
     save_figure(fig, output_dir / "saliency.png")
+    n = len(saliency.words[0])  # one row per word
     np.savez_compressed(
         output_dir / "saliency.npz",
         words=np.array(saliency.words[0]),
-        scores=saliency.scores[0].cpu().numpy(),
-        e=saliency.e[0].cpu().numpy(),
-        losses=saliency.losses[0].cpu().numpy() if saliency.losses is not None else np.array([]),
+        scores=saliency.scores[0, :n].cpu().numpy(),
+        e=saliency.e[0, :n].cpu().numpy(),
+        losses=saliency.losses[0, :n].cpu().numpy() if saliency.losses is not None else np.array([]),
         spans=np.array([(s, e) for s, e, _ in spans]),
         maps=heats,
     )

@@ -239,6 +239,7 @@ class HFCaptioner(CaptioningModule):
             }
         )
         self.hf, tokenizer, processor = load_parts(str(name_or_path), from_config)
+        self.hf.train()  # from_pretrained gives eval mode; a LightningModule starts in training mode (dropout on)
         self.processor = _whole_image(processor)
         self.tokenizer = tokenizer
         bos, eos, pad = _special_ids(self.hf, tokenizer)
