@@ -113,9 +113,9 @@ def _wordpiece_file(folder: Path) -> Path:
 
 
 def save_tiny_hf(folder: Path, family: str = "vit_gpt2", seed: int = 0, image_size: int = 32, width: int = 32) -> Path:
-    """A tiny random captioner of ``family`` (``HF_FAMILIES``) saved with ``save_pretrained`` (model, tokenizer, image
-    processor) into ``folder``: ``image_size`` pixels square, 8 x 8 patches (a 4 x 4 grid at 32), ``width`` wide, two
-    layers. The ViT-GPT2 one pads with eos, as ``nlpconnect/vit-gpt2-image-captioning`` does."""
+    """A tiny random captioner of ``family`` (``HF_FAMILIES``, or ``swin_gpt2``) saved with ``save_pretrained``
+    (model, tokenizer, image processor) into ``folder``: ``image_size`` pixels square, 8 x 8 patches (a 4 x 4 grid at
+    32), ``width`` wide, two layers. The GPT-2 ones pad with eos, as ``nlpconnect/vit-gpt2-image-captioning`` does."""
     import torch
     import transformers as tf
 
@@ -139,13 +139,16 @@ def save_tiny_hf(folder: Path, family: str = "vit_gpt2", seed: int = 0, image_si
         config = tf.VisionEncoderDecoderConfig.from_encoder_decoder_configs(tf.DeiTConfig(**vision), decoder)
         config.decoder_start_token_id, config.eos_token_id, config.pad_token_id = ids("[CLS]"), ids("[SEP]"), 0
         model = tf.VisionEncoderDecoderModel(config)
-    elif family == "vit_gpt2":
+    elif family in ("vit_gpt2", "swin_gpt2"):
         vocab_file, merges_file = _bpe_files(folder)
         tokenizer = tf.GPT2Tokenizer(vocab=str(vocab_file), merges=str(merges_file))
         decoder = tf.GPT2Config(
             vocab_size=len(tokenizer), n_embd=width, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0
         )
-        config = tf.VisionEncoderDecoderConfig.from_encoder_decoder_configs(tf.ViTConfig(**vision), decoder)
+        # Swin: 4 x 4 patches, one patch merging: the same 4 x 4 output grid at 32 pixels, as wide as the decoder
+        swin = {"embed_dim": width // 2, "depths": [1, 1], "num_heads": [2, 2], "window_size": 2}
+        encoder = tf.ViTConfig(**vision) if family == "vit_gpt2" else tf.SwinConfig(image_size=image_size, **swin)
+        config = tf.VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
         config.decoder_start_token_id = config.eos_token_id = config.pad_token_id = 0
         model = tf.VisionEncoderDecoderModel(config)
     else:

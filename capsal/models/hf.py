@@ -40,11 +40,10 @@ from typing import Any
 
 import torch
 from einops import rearrange, repeat
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from capsal.errors import UserError
-from capsal.models.base import CaptioningModule
+from capsal.models.base import CaptioningModule, _plain
 from capsal.models.protocol import widened
 from capsal.text import Tokenizer, tokenize
 from capsal.types import ItemLayout
@@ -463,10 +462,6 @@ class HFCaptioner(CaptioningModule):
         model.load_state_dict(checkpoint["state_dict"])
         model.on_load_checkpoint(checkpoint)
         return model.to(map_location) if map_location is not None else model
-
-
-def _plain(config: Any) -> Any:
-    return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
 
 
 def _whole_image(processor: Any) -> Any:

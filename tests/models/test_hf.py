@@ -14,8 +14,10 @@ from hydra.utils import instantiate
 from tiny import HF_FAMILIES, compose_train, save_tiny_hf
 
 from capsal import check_protocol
+from capsal.errors import UserError
 from capsal.explainers import available_explainers, build_explainer
 from capsal.explainers.base import word_rows
+from capsal.models.hf import HFCaptioner
 
 KEEP = ("input", "encoder_output")
 QUERY = "a big yellow triangle"  # yellow and triangle are two tokens each in every tiny tokenizer
@@ -133,6 +135,17 @@ def test_soft_attention_reads_the_last_layers_cross_attention_on_the_patches(fol
     assert saliency.words == [["a", "circle"]] * 2
     # encoder_output has no class token: each one-token word's weights are a distribution over the 16 patches
     torch.testing.assert_close(saliency.scores[:, :2].sum(-1), torch.ones(2, 2))
+
+
+def test_a_swin_encoder_is_explained_at_its_output_and_refused_at_its_input(tmp_path):
+    folder = save_tiny_hf(tmp_path / "swin", "swin_gpt2")
+    with pytest.raises(UserError, match=r"SwinModel mixes patches before its output: use model\.keep=encoder_output"):
+        HFCaptioner(str(folder), keep="input")
+    model = load(folder, "swin_gpt2", "encoder_output")
+    assert check_protocol(model) == []
+    items = model.items(model.features(images()))
+    saliency = build_explainer("caption_guided").explain(model, items, tokens=QUERY)
+    assert saliency.words == [["a", "big", "yellow", "triangle"]] * 2 and saliency.scores.shape[-1] == 16
 
 
 def test_an_undownloadable_hub_id_stops_with_one_line_naming_the_offline_routes(tmp_path):
