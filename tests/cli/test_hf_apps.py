@@ -69,14 +69,14 @@ def test_eval_writes_the_tables_for_a_pretrained_folder(folders, tmp_path):
 
 @pytest.mark.slow
 def test_a_fine_tuned_vit_gpt2_checkpoint_loads_alone_and_its_saliency_points_at_the_named_object(tmp_path):
-    """Seeded: a tiny ViT-GPT2 (64 x 64 pixels, an 8 x 8 patch grid) fine-tuned 100 steps on single-object
+    """Seeded: a tiny ViT-GPT2 (64 x 64 pixels, an 8 x 8 patch grid) fine-tuned 60 steps on single-object
     shapes_image; its checkpoint loads with the pretrained folder deleted, and caption-guided maxima fall on the
     named object far more often than random points (capsal-eval on 48 held-out images)."""
     folder = save_tiny_hf(tmp_path / "vit_gpt2", "vit_gpt2", image_size=64)
     data = ["datamodule.num_train=2000", "datamodule.num_val=16", "datamodule.num_test=48", "datamodule.batch_size=32"]
     data += ["datamodule.min_objects=1", "datamodule.max_objects=1", "datamodule.captions_per_image=1"]
-    steps = ["trainer.max_steps=100", "trainer.max_epochs=null", "trainer.check_val_every_n_epoch=null"]
-    steps += ["trainer.val_check_interval=100", "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false"]
+    steps = ["trainer.max_steps=60", "trainer.max_epochs=null", "trainer.check_val_every_n_epoch=null"]
+    steps += ["trainer.val_check_interval=60", "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false"]
     model = ["model=hf_captioner", f"model.name_or_path={folder}", "model.optimizer.lr=0.003"]
     model += ["model.caption_metrics=[]"]
     cfg = compose_app("train", tmp_path / "train", *model, *data, *steps, "logger=csv", "seed=0", "summary_examples=1")
