@@ -1,4 +1,5 @@
-"""Loading a capsal checkpoint alone: the model class, vocabulary, data config and input shape travel inside it."""
+"""Loading a capsal checkpoint alone (the model class, vocabulary, data config and input shape travel inside it), or
+a pretrained model named by its config in its place (:func:`load_model`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from capsal import __version__
 from capsal.errors import UserError
@@ -53,6 +54,33 @@ def load_captioner(path: str | Path, map_location: str | torch.device = "cpu") -
     return model.eval()
 
 
+def load_model(cfg: DictConfig, map_location: str | torch.device = "cpu") -> CaptioningModule:
+    """What ``capsal-explain`` and ``capsal-eval`` explain: the checkpoint ``ckpt_path=``, or the pretrained model
+    ``model=`` (``model=hf_captioner model.name_or_path=...``), in eval mode; exactly one of the two."""
+    node = cfg.get("model")
+    if (cfg.get("ckpt_path") is None) == (node is None):
+        raise UserError(
+            "give exactly one of ckpt_path=<the .ckpt capsal-train saved> or a pretrained model "
+            "(model=hf_captioner model.name_or_path=<hub id or save_pretrained folder>)"
+        )
+    if node is None:
+        return load_captioner(cfg.ckpt_path, map_location)
+    target = str(node.get("_target_", ""))
+    if not getattr(get_class(target), "PRETRAINED", False):
+        raise UserError(
+            f"model={target.rpartition('.')[2]} is untrained; pass ckpt_path= the checkpoint capsal-train saved, "
+            "or a pretrained model such as model=hf_captioner"
+        )
+    return instantiate(node).to(map_location).eval()
+
+
+def model_source(cfg: DictConfig) -> str:
+    """What was explained, for summaries: the checkpoint's path or the pretrained model's name."""
+    if cfg.get("ckpt_path") is not None:
+        return str(Path(cfg.ckpt_path).expanduser().resolve())
+    return str(cfg.model.get("name_or_path", cfg.model.get("_target_")))
+
+
 def _is_newer(saved: str) -> bool:
     """Whether version ``saved`` is newer than this capsal, by release numbers (unparsable versions are not)."""
 
@@ -84,7 +112,10 @@ def checkpoint_datamodule(model: CaptioningModule, config: Any = None):
     vocabulary."""
     config = config if config is not None else model.datamodule_config
     if config is None:
-        raise UserError("this checkpoint records no datamodule; pass datamodule=... or use input=<file>")
+        raise UserError(
+            "the model records no datamodule (a pretrained model, or a checkpoint without one); pass datamodule=... "
+            "(e.g. datamodule=shapes_image) or use input=<file>"
+        )
     datamodule = instantiate(OmegaConf.create(config) if isinstance(config, dict) else config, _convert_="all")
     datamodule.vocab = model.vocab
     return datamodule

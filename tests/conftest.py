@@ -11,6 +11,9 @@ from omegaconf import DictConfig
 from tiny import compose_train as _compose_train
 from tiny import tiny_cfg, train_tiny
 
+# tests never download: Hugging Face models are built from configs and saved to tmp_path (tiny.save_tiny_hf)
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

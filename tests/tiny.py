@@ -67,3 +67,93 @@ def compose_app(name: str, output_dir: Path, *overrides: str, conf: Path | None 
         if "progress" in cfg:
             cfg.progress = False
     return cfg
+
+
+# ---- tiny Hugging Face captioners (capsal.models.hf), built from configs and vocabulary files, never downloaded ----
+# words of the synthetic captions (and BLIP's prompt); these are split into several subword tokens
+HF_WORDS = ("a", "big", "small", "and", "red", "green", "blue", "yellow", "circle", "square", "picture", "of")
+HF_SPLIT = {"triangle": ("tri", "angle"), "diamond": ("dia", "mond"), "yellow": ("yel", "low")}
+HF_FAMILIES = ("vit_gpt2", "deit_bert", "blip")
+
+
+def _bpe_files(folder: Path) -> tuple[Path, Path]:
+    """GPT-2 byte-level BPE files: letters, the space mark ``Ġ``, and merges that build each word after a space
+    (``Ġcircle``) whole, or in the pieces of ``HF_SPLIT``; a word without a space before it falls into letters."""
+    import json
+
+    letters = list("abcdefghijklmnopqrstuvwxyz")
+    vocab = {token: i for i, token in enumerate(["<|endoftext|>", "Ġ", *letters])}
+    merges: list[str] = []
+
+    def build(piece: str) -> None:
+        for end in range(2, len(piece) + 1):
+            left, right = piece[: end - 1], piece[end - 1]
+            if piece[:end] not in vocab:
+                merges.append(f"{left} {right}")
+                vocab[piece[:end]] = len(vocab)
+
+    for word in sorted({*HF_WORDS, *HF_SPLIT}):
+        pieces = HF_SPLIT.get(word, (word,))
+        build("Ġ" + pieces[0])
+        for piece in pieces[1:]:
+            build(piece)
+    vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
+    vocab_file.write_text(json.dumps(vocab))
+    merges_file.write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return vocab_file, merges_file
+
+
+def _wordpiece_file(folder: Path) -> Path:
+    """A BERT WordPiece vocabulary: the specials (with BLIP's ``[DEC]``), whole words and ``HF_SPLIT``'s pieces."""
+    pieces = [p if k == 0 else "##" + p for split in HF_SPLIT.values() for k, p in enumerate(split)]
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", *[w for w in HF_WORDS if w not in HF_SPLIT]]
+    path = folder / "vocab.txt"
+    path.write_text("\n".join([*tokens, *pieces]) + "\n")
+    return path
+
+
+def save_tiny_hf(folder: Path, family: str = "vit_gpt2", seed: int = 0, image_size: int = 32, width: int = 32) -> Path:
+    """A tiny random captioner of ``family`` (``HF_FAMILIES``, or ``swin_gpt2``) saved with ``save_pretrained``
+    (model, tokenizer, image processor) into ``folder``: ``image_size`` pixels square, 8 x 8 patches (a 4 x 4 grid at
+    32), ``width`` wide, two layers. The GPT-2 ones pad with eos, as ``nlpconnect/vit-gpt2-image-captioning`` does."""
+    import torch
+    import transformers as tf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    layers = {"hidden_size": width, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 2 * width}
+    vision = {**layers, "image_size": image_size, "patch_size": 8}
+    size = {"height": image_size, "width": image_size}
+    processor = tf.ViTImageProcessor(size=size)
+    if family == "blip":
+        tokenizer = tf.BertTokenizer(vocab=str(_wordpiece_file(folder)), do_lower_case=True)
+        ids = tokenizer.convert_tokens_to_ids
+        text = {**layers, "vocab_size": len(tokenizer), "max_position_embeddings": 64, "pad_token_id": 0}
+        text.update(bos_token_id=ids("[DEC]"), sep_token_id=ids("[SEP]"), eos_token_id=ids("[SEP]"))
+        model = tf.BlipForConditionalGeneration(tf.BlipConfig(text_config=text, vision_config=vision))
+        processor = tf.BlipImageProcessor(size=size)
+    elif family == "deit_bert":
+        tokenizer = tf.BertTokenizer(vocab=str(_wordpiece_file(folder)), do_lower_case=True)
+        ids = tokenizer.convert_tokens_to_ids
+        decoder = tf.BertConfig(**layers, vocab_size=len(tokenizer), max_position_embeddings=64, pad_token_id=0)
+        config = tf.VisionEncoderDecoderConfig.from_encoder_decoder_configs(tf.DeiTConfig(**vision), decoder)
+        config.decoder_start_token_id, config.eos_token_id, config.pad_token_id = ids("[CLS]"), ids("[SEP]"), 0
+        model = tf.VisionEncoderDecoderModel(config)
+    elif family in ("vit_gpt2", "swin_gpt2"):
+        vocab_file, merges_file = _bpe_files(folder)
+        tokenizer = tf.GPT2Tokenizer(vocab=str(vocab_file), merges=str(merges_file))
+        decoder = tf.GPT2Config(
+            vocab_size=len(tokenizer), n_embd=width, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0
+        )
+        # Swin: 4 x 4 patches, one patch merging: the same 4 x 4 output grid at 32 pixels, as wide as the decoder
+        swin = {"embed_dim": width // 2, "depths": [1, 1], "num_heads": [2, 2], "window_size": 2}
+        encoder = tf.ViTConfig(**vision) if family == "vit_gpt2" else tf.SwinConfig(image_size=image_size, **swin)
+        config = tf.VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+        config.decoder_start_token_id = config.eos_token_id = config.pad_token_id = 0
+        model = tf.VisionEncoderDecoderModel(config)
+    else:
+        raise ValueError(f"unknown tiny family {family!r}; use one of {HF_FAMILIES}")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

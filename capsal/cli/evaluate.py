@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
-from capsal.checkpoints import checkpoint_datamodule, load_captioner
+from capsal.checkpoints import checkpoint_datamodule, load_model, model_source
 from capsal.config_checks import check_config
 from capsal.datamodules.base import ShardedSampler, collate_samples, removed_crop_key
 from capsal.devices import model_device
@@ -93,7 +93,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run ``capsal-eval`` as ``cfg`` says; returns every number it wrote."""
     check_config(cfg)
     center_crop = removed_crop_key(cfg.center_crop)
-    model = load_captioner(cfg.ckpt_path)
+    model = load_model(cfg)
     explainers = choose_explainers(cfg, model)
     datamodule = checkpoint_datamodule(model, cfg.get("datamodule"))
     loader = test_loader(cfg, datamodule, model)
@@ -110,7 +110,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     trainer.test(module, dataloaders=loader, verbose=False)
     counts = module.results["counts"]
-    results: dict[str, Any] = {"checkpoint": str(Path(cfg.ckpt_path).expanduser().resolve()), "split": cfg.split}
+    results: dict[str, Any] = {"checkpoint": model_source(cfg), "split": cfg.split}
     results.update(samples=counts["samples"], phrases=counts["phrases"])
     results["captions"] = counts["captions"]
     results["localisation"] = module.results.get("localisation", {})

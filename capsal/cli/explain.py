@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from capsal.checkpoints import checkpoint_datamodule, load_captioner
+from capsal.checkpoints import checkpoint_datamodule, load_model, model_source
 from capsal.config_checks import check_config
 from capsal.devices import resolve_device
 from capsal.errors import UserError, exit_on_user_error
@@ -102,7 +102,7 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     phrases = parse_phrases(cfg.phrases)
     device = resolve_device(cfg.device)
-    model = load_captioner(cfg.ckpt_path, device)
+    model = load_model(cfg, device)
     options = OmegaConf.to_container(cfg.explainer_options, resolve=True) or {}
     explainer = build_explainers([cfg.explainer], options)[cfg.explainer]
     given = load_input(cfg, model)
@@ -127,7 +127,7 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
         summary = _write_image(saliency, given, spans, caption, output_dir)
     summary.update(
         {
-            "checkpoint": str(cfg.ckpt_path),
+            "checkpoint": model_source(cfg),
             "input": given.source,
             "explainer": saliency.explainer,
             "explainer_options": repr(explainer),
@@ -173,12 +173,13 @@ def _write_image(saliency: Saliency, given: ExplainInput, spans, caption, output
     labels = [label for _, _, label in spans]
     fig = overlay_figure(image, list(heats), labels, " ".join(saliency.words[0]), _boxes_for(caption, spans))
     save_figure(fig, output_dir / "saliency.png")
+    n = len(saliency.words[0])  # one row per word
     np.savez_compressed(
         output_dir / "saliency.npz",
         words=np.array(saliency.words[0]),
-        scores=saliency.scores[0].cpu().numpy(),
-        e=saliency.e[0].cpu().numpy(),
-        losses=saliency.losses[0].cpu().numpy() if saliency.losses is not None else np.array([]),
+        scores=saliency.scores[0, :n].cpu().numpy(),
+        e=saliency.e[0, :n].cpu().numpy(),
+        losses=saliency.losses[0, :n].cpu().numpy() if saliency.losses is not None else np.array([]),
         spans=np.array([(s, e) for s, e, _ in spans]),
         maps=heats,
     )

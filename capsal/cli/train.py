@@ -10,7 +10,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from capsal.config_checks import check_config
@@ -46,6 +46,18 @@ def checkpoint_vocabulary(path: str) -> Vocabulary:
     return Vocabulary(words)
 
 
+def build_model(cfg: DictConfig, datamodule) -> L.LightningModule:
+    """The model ``cfg.model`` describes, and the datamodule encoding with its tokenizer: a vocabulary of the training
+    captions (the checkpoint's when resuming, so words keep their ids), or a pretrained model's own tokenizer."""
+    if getattr(get_class(cfg.model._target_), "OWN_TOKENIZER", False):
+        model = instantiate(cfg.model)
+        datamodule.vocab = model.vocab
+        return model
+    if cfg.get("ckpt_path"):
+        datamodule.vocab = checkpoint_vocabulary(cfg.ckpt_path)
+    return instantiate(cfg.model, vocab=datamodule.vocab.to_list())
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train a captioner as ``cfg`` says; returns the summary (checkpoint, metrics, example captions)."""
     check_config(cfg)
@@ -55,9 +67,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     datamodule = instantiate(cfg.datamodule, _convert_="all")
     datamodule.setup("fit")
-    if cfg.get("ckpt_path"):  # resuming: the words keep their ids whatever the data now holds
-        datamodule.vocab = checkpoint_vocabulary(cfg.ckpt_path)
-    model = instantiate(cfg.model, vocab=datamodule.vocab.to_list())
+    model = build_model(cfg, datamodule)
     model.datamodule_config = OmegaConf.to_container(cfg.datamodule, resolve=True)
     for split in ("train", "val"):  # a model trained from a cache must use the backbone that made it
         data = datamodule.get_split(split)

@@ -41,4 +41,4 @@ class SoftAttentionWeights(Explainer):
         with eval_mode(model), autocast(self.precision, items.device):
             s = prepare(model, items, mask, grid, tokens, self.beam_size)
             weights = widened(model.attention(model.encode(items, s.mask), s.tokens[:, :-1]))
-        return Saliency(s.words, s.word_mask, weights, s.mask, s.layout, tokens=s.tokens, explainer=self.name)
+        return s.saliency(weights, explainer=self.name)

@@ -1,4 +1,5 @@
-"""What every explainer shares: one ``explain`` method and turning a sentence (or none) into tokens."""
+"""What every explainer shares: one ``explain`` method, turning a sentence (or none) into tokens, and turning
+per-token values into per-word rows (:meth:`Sentences.saliency`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from capsal.errors import UserError
 from capsal.explainers.saliency import Saliency
 from capsal.models.protocol import fit_sentences, layout_of_items
-from capsal.text import Vocabulary, tokenize
+from capsal.text import Tokenizer, tokenize
 from capsal.types import ItemLayout
 
 log = logging.getLogger("capsal")
@@ -70,7 +71,7 @@ class Explainer:
         return f"{type(self).__name__}({options})"
 
 
-def encode_query(vocab: Vocabulary, text: str) -> list[int]:
+def encode_query(vocab: Tokenizer, text: str) -> list[int]:
     """Token ids of a query sentence; unknown words are reported by name and become unk.
 
     Any length: explaining a sentence teacher-forces it, so the model's generation limit does not apply."""
@@ -91,7 +92,7 @@ def resolve_tokens(
     """``(B, L)`` bos ... eos tokens: the model's caption (None), a query string (for every sample), one string
     per sample, or given ids (``(L,)`` is used for every sample)."""
     batch = items.shape[0]
-    vocab: Vocabulary = model.vocab
+    vocab: Tokenizer = model.vocab
     if tokens is None:
         with torch.no_grad():
             kwargs = {"beam_size": beam_size} if beam_size else {}
@@ -109,25 +110,73 @@ def resolve_tokens(
     return tokens
 
 
-def word_table(vocab: Vocabulary, tokens: torch.Tensor) -> tuple[list[list[str]], torch.Tensor]:
-    """Words of each token row (after bos, before eos) and the ``(B, n)`` word mask, n = tokens' length - 1."""
-    words = [vocab.decode(row) for row in tokens.tolist()]
+def word_rows(owners: list[int], width: int) -> list[int]:
+    """The ``Saliency`` row of each of ``width`` target columns, given the word each column's token belongs to
+    (``owners``, -1 for none): word w's tokens go to row w; the columns of no word (prompt, eos, pad) take the rows
+    after the words, in order. One token per word keeps every column in its place."""
+    owners = (list(owners) + [-1] * width)[:width]
+    spare = iter(range(max(owners, default=-1) + 1, width))
+    return [owner if owner >= 0 else next(spare) for owner in owners]
+
+
+def word_table(vocab: Tokenizer, tokens: torch.Tensor) -> tuple[list[list[str]], torch.Tensor, torch.Tensor]:
+    """Words of each token row, the ``(B, n)`` word mask and the ``(B, n)`` row of each target column (the token
+    after it) in the per-word result (:func:`word_rows`), n = tokens' length - 1."""
     width = tokens.shape[1] - 1
+    words, rows = [], []
+    for row in tokens.tolist():
+        sentence, owners = vocab.words_of(row)
+        words.append(sentence)
+        rows.append(word_rows(owners[1:], width))
     mask = torch.zeros(tokens.shape[0], width, dtype=torch.bool, device=tokens.device)
     for row, sentence in enumerate(words):
         mask[row, : len(sentence)] = True
-    return words, mask
+    return words, mask, torch.tensor(rows, dtype=torch.long, device=tokens.device).reshape(-1, width)
 
 
 @dataclass
 class Sentences:
-    """What every explainer needs before it starts: the item mask, the tokens, their words and the item layout."""
+    """What every explainer needs before it starts: the item mask, the tokens, their words, the row of each token's
+    values in the per-word result and the item layout."""
 
     mask: torch.Tensor
     tokens: torch.Tensor
     words: list[list[str]]
     word_mask: torch.Tensor
     layout: ItemLayout
+    rows: torch.Tensor | None = None  # (B, n) long; None: every token is its own word
+
+    def per_word(self, values: torch.Tensor | None) -> torch.Tensor | None:
+        """``(B, n, ...)`` values per target token -> per word: a word's tokens summed (the rule of Eq. 9 for
+        phrases), the other columns after the words. Unchanged when every token is one word."""
+        if values is None or self.rows is None:
+            return values
+        if torch.equal(self.rows, torch.arange(self.rows.shape[1], device=self.rows.device).expand_as(self.rows)):
+            return values
+        index = self.rows.reshape(*self.rows.shape, *([1] * (values.dim() - 2))).expand_as(values)
+        return torch.zeros_like(values).scatter_add_(1, index, values)
+
+    def saliency(
+        self,
+        scores: torch.Tensor,
+        losses: torch.Tensor | None = None,
+        region_scores: torch.Tensor | None = None,
+        region_losses: torch.Tensor | None = None,
+        explainer: str = "",
+    ) -> Saliency:
+        """The per-word :class:`Saliency` of per-token values ``(B, n, m[, r])``."""
+        return Saliency(
+            words=self.words,
+            word_mask=self.word_mask,
+            scores=self.per_word(scores),
+            item_mask=self.mask,
+            layout=self.layout,
+            losses=self.per_word(losses),
+            region_scores=self.per_word(region_scores),
+            region_losses=self.per_word(region_losses),
+            tokens=self.tokens,
+            explainer=explainer,
+        )
 
 
 def prepare(
@@ -145,8 +194,8 @@ def prepare(
     column cover the same kept words."""
     mask = default_mask(items, mask)
     tokens = fit_sentences(model, resolve_tokens(model, items, mask, tokens, beam_size))
-    words, word_mask = word_table(model.vocab, tokens)
-    return Sentences(mask, tokens, words, word_mask, layout_of_items(model, items, grid))
+    words, word_mask, rows = word_table(model.vocab, tokens)
+    return Sentences(mask, tokens, words, word_mask, layout_of_items(model, items, grid), rows)
 
 
 def default_mask(items: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

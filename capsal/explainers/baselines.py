@@ -45,9 +45,7 @@ class _ConstantMapExplainer(Explainer):
         scores = self.scores(batch, n, s.layout, items.device, keys).to(items.dtype)
         video = s.layout.is_video and grid is not None
         regions = self.regions(batch, n, s.layout, items.device, keys) if video else None
-        return Saliency(
-            s.words, s.word_mask, scores, s.mask, s.layout, region_scores=regions, tokens=s.tokens, explainer=self.name
-        )
+        return s.saliency(scores, region_scores=regions, explainer=self.name)
 
     def scores(self, batch: int, n: int, layout: ItemLayout, device: torch.device, keys=None) -> torch.Tensor:
         return repeat(self.item_map(layout, device), "m -> b n m", b=batch, n=n).clone()

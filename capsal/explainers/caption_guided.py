@@ -101,16 +101,11 @@ class CaptionGuided(Explainer):
         if regions is not None:
             h, w = grid.shape[2:4]
             region_losses = rearrange(losses[batch * m :], "(b m r) n -> b n m r", b=batch, m=m, r=h * w)
-        return Saliency(
-            words=sentences.words,
-            word_mask=sentences.word_mask,
+        return sentences.saliency(
             scores=-item_losses,
             losses=item_losses,
             region_scores=None if region_losses is None else -region_losses,
             region_losses=region_losses,
-            item_mask=mask,
-            layout=layout,
-            tokens=tokens,
             explainer=self.name,
         )
 

@@ -46,9 +46,7 @@ class GradientTimesInput(Explainer):
             s = prepare(model, items, mask, grid, tokens, self.beam_size)
             with torch.inference_mode(False), torch.enable_grad():
                 scores, regions = self._attributions(model, items, s.mask, grid, s.tokens, s.layout.is_video)
-        return Saliency(
-            s.words, s.word_mask, scores, s.mask, s.layout, region_scores=regions, tokens=s.tokens, explainer=self.name
-        )
+        return s.saliency(scores, region_scores=regions, explainer=self.name)
 
     @staticmethod
     def _attributions(model, items, mask, grid, tokens, is_video):

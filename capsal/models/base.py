@@ -21,7 +21,7 @@ from capsal import __version__
 from capsal.devices import gather_dicts
 from capsal.errors import UserError
 from capsal.models.decoding import beam_decode, greedy_decode
-from capsal.models.protocol import fit_sentences, logprobs_at, visual_grid
+from capsal.models.protocol import fit_sentences, logprobs_at, sentence_targets, visual_grid
 from capsal.text import Vocabulary
 from capsal.types import Batch, ItemLayout
 
@@ -73,6 +73,10 @@ class CaptioningModule(L.LightningModule):
         self.vocab = Vocabulary(words)
         self.backbone = instantiate(backbone)
         self.feature_size: int = self.backbone.out_channels
+        self._init_bookkeeping()
+
+    def _init_bookkeeping(self) -> None:
+        """What every captioner holds besides its layers (a subclass with its own ``__init__`` calls this)."""
         self._predictions: dict[str, str] = {}
         self._references: dict[str, list[str]] = {}
         # Set by capsal-train, saved in checkpoints so a checkpoint alone can rebuild its data and inputs.
@@ -150,15 +154,15 @@ class CaptioningModule(L.LightningModule):
 
     # ---- training -----------------------------------------------------------------------------------------
     def caption_loss(self, items: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Masked cross-entropy of teacher-forced ``tokens``; captions longer than the model takes
-        (``max_sentence_tokens()``) are trained on their first words (counted, a warning logged), never a crash."""
+        """Mean cross-entropy of the teacher-forced targets up to and including each row's first eos (pad may equal
+        eos, as in GPT-2); captions longer than the model takes (``max_sentence_tokens()``) are trained on their
+        first words (counted, a warning logged), never a crash."""
         tokens = fit_sentences(self, tokens)
         logprobs = self.token_logprobs(self.encode(items, mask), tokens[:, :-1])
-        return F.nll_loss(
-            rearrange(logprobs, "b n v -> (b n) v"),
-            rearrange(tokens[:, 1:], "b n -> (b n)"),
-            ignore_index=self.vocab.pad_id,
-        )
+        targets = tokens[:, 1 : logprobs.shape[1] + 1]
+        losses = F.nll_loss(rearrange(logprobs, "b n v -> b v n"), targets, reduction="none")
+        real = sentence_targets(targets, self.vocab.eos_id)
+        return (losses * real).sum() / real.sum().clamp(min=1)
 
     # ---- Lightning hooks ----------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
-from capsal.text import Vocabulary
+from capsal.text import Tokenizer
 from capsal.types import ItemLayout
 
 if TYPE_CHECKING:
@@ -36,7 +36,9 @@ class EncoderDecoder(Protocol):
       given sentence needs no generation.
     - ``generate(items, mask=None, beam_size=1, max_len=None)``: ``(B, L)`` tokens starting with bos, ending with
       eos (unless the model's own generation limit, or ``max_len``, was reached), right-padded with pad.
-    - ``vocab``: the :class:`~capsal.text.Vocabulary`.
+    - ``vocab``: a :class:`~capsal.text.Tokenizer`: capsal's word-level :class:`~capsal.text.Vocabulary`, or a
+      pretrained model's subword tokenizer (:class:`capsal.models.hf.PretrainedTokenizer`). Explainers work on
+      tokens and report per word: a word's token values are summed (the rule of Eq. 9).
 
     Optional, each with a default here: ``attention(state, tokens) -> (B, n, m)`` for models with soft attention
     (:func:`has_attention`); ``item_layout(grid_shape) -> ItemLayout`` for ``grid_shape = (T, h, w)`` (default:
@@ -51,7 +53,7 @@ class EncoderDecoder(Protocol):
     hold ``(B, n, V)`` at all (:func:`logprobs_at`).
     """
 
-    vocab: Vocabulary
+    vocab: Tokenizer
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
@@ -91,8 +93,8 @@ def check_protocol(model: object) -> list[str]:
     'missing method features(pixels) -> grid'
     """
     problems = [f"missing method {SIGNATURES[name]}" for name in SIGNATURES if not callable(getattr(model, name, None))]
-    if not isinstance(getattr(model, "vocab", None), Vocabulary):
-        problems.append("missing attribute vocab (a capsal.text.Vocabulary)")
+    if not isinstance(getattr(model, "vocab", None), Tokenizer):
+        problems.append("missing attribute vocab (a capsal.text.Tokenizer, such as capsal.text.Vocabulary)")
     for name in OPTIONAL:
         value = getattr(model, name, None)
         if value is not None and not callable(value):
@@ -193,6 +195,13 @@ def fit_sentences(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     explainer's words and loss columns cover exactly the kept words. Unchanged for models of any length."""
     capacity = max_sentence_tokens(model)
     return tokens if capacity is None else cut_tokens(model, tokens, capacity + 1, capacity)
+
+
+def sentence_targets(targets: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """``(B, n)`` True for the teacher-forced targets a caption consists of: every target up to and including the
+    row's first eos (what follows is padding, whatever its id: GPT-2 pads with eos)."""
+    ended = (targets == eos_id).long().cumsum(dim=1)
+    return (ended == 0) | ((ended == 1) & (targets == eos_id))
 
 
 def target_logprobs(model: Any, state: Any, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

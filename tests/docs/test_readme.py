@@ -37,3 +37,16 @@ def test_the_plugin_example_explains_a_capsal_model():
     saliency = namespace["Occlusion"]().explain(model, items, tokens="a red circle")
     assert saliency.scores.shape == (2, 4, 5) and torch.isfinite(saliency.scores).all()
     assert saliency.e[saliency.word_mask].max() == 1
+
+
+def test_the_save_pretrained_example_makes_a_folder_capsal_loads_offline(tmp_path):
+    from tiny import save_tiny_hf
+
+    from capsal.models.hf import HFCaptioner
+
+    source = save_tiny_hf(tmp_path / "hub", "vit_gpt2")  # stands in for the hub id
+    block = python_block("save_pretrained(folder)")
+    block = block.replace('"nlpconnect/vit-gpt2-image-captioning"', repr(str(source)))
+    exec(block.replace('"/models/vit-gpt2"', repr(str(tmp_path / "saved"))), {})
+    model = HFCaptioner(str(tmp_path / "saved"))
+    assert model.vocab.decode(model.vocab.encode("a yellow triangle")) == ["a", "yellow", "triangle"]

@@ -1,0 +1,172 @@
+"""Pretrained Hugging Face captioners through the protocol: tiny random models of each supported family, built from
+configs and tokenizer vocabulary files written here, saved with ``save_pretrained`` and loaded by path through the
+Hydra config (never a download: ``HF_HUB_OFFLINE=1`` in ``conftest.py``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from tiny import HF_FAMILIES, compose_train, save_tiny_hf
+
+from capsal import check_protocol
+from capsal.errors import UserError
+from capsal.explainers import available_explainers, build_explainer
+from capsal.explainers.base import word_rows
+from capsal.models.hf import HFCaptioner
+
+KEEP = ("input", "encoder_output")
+QUERY = "a big yellow triangle"  # yellow and triangle are two tokens each in every tiny tokenizer
+PROMPT = {"blip": "a picture of"}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("hf")
+    return {family: save_tiny_hf(root / family, family) for family in HF_FAMILIES}
+
+
+def load(folder: Path, family: str, keep: str = "input", *overrides: str):
+    """The captioner ``model=hf_captioner model.name_or_path=<folder>`` composes, in eval mode."""
+    prompt = [f"model.prompt='{PROMPT[family]}'"] if family in PROMPT else []
+    cfg = compose_train("model=hf_captioner", f"model.name_or_path={folder}", f"model.keep={keep}", *prompt, *overrides)
+    return instantiate(cfg.model).eval()
+
+
+def images(batch: int = 2, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 1, 3, 40, 48, generator=generator)  # any size: the image processor resizes
+
+
+@pytest.mark.parametrize("keep", KEEP)
+@pytest.mark.parametrize("family", HF_FAMILIES)
+def test_a_saved_folder_loads_through_the_config_and_implements_the_protocol(folders, family, keep):
+    model = load(folders[family], family, keep)
+    assert check_protocol(model) == []
+    grid = model.features(images())
+    assert grid.shape == (2, 1, 4, 4, 32)  # 32 x 32 pixels in 8 x 8 patches
+    assert model.item_layout(tuple(grid.shape[1:4])).num_items == 16
+
+
+@pytest.mark.parametrize("family", HF_FAMILIES)
+def test_keep_input_with_every_item_is_the_models_own_encoder_and_generation(folders, family):
+    """All items at their own positions give exactly the vision encoder's output, and ``generate`` the model's own
+    greedy caption."""
+    model = load(folders[family], family)
+    pixels = images()
+    values = model.pixel_values(pixels[:, 0])
+    state = model.encode(model.items(model.features(pixels)))
+    torch.testing.assert_close(state["memory"], model.project(model.vision(pixel_values=values).last_hidden_state))
+    ours = model.generate(model.items(model.features(pixels)), max_len=6)
+    prompt = torch.tensor([[*model.vocab.prefix, model.vocab.eos_id]] * 2)  # BLIP drops the prompt's last token
+    extra = {"input_ids": prompt} if family == "blip" else {}
+    theirs = model.hf.generate(pixel_values=values, max_new_tokens=6, num_beams=1, do_sample=False, **extra)
+    prefix, eos = len(model.vocab.prefix), model.vocab.eos_id
+
+    def until_eos(row: list[int]) -> list[int]:
+        body = row[prefix:]
+        return body[: body.index(eos) + 1] if eos in body else body
+
+    assert [until_eos(row) for row in ours.tolist()] == [until_eos(row) for row in theirs.tolist()]
+
+
+@pytest.mark.parametrize("family", HF_FAMILIES)
+def test_subword_tokens_belong_to_their_words_and_prompts_to_none(folders, family):
+    vocab = load(folders[family], family).vocab
+    ids = vocab.encode("A big, yellow triangle.")
+    words, owners = vocab.words_of(ids)
+    assert words == ["a", "big", "yellow", "triangle"]
+    prefix = len(vocab.prefix)
+    assert owners[:prefix] == [-1] * prefix and owners[-1] == -1  # bos, prompt and eos belong to no word
+    assert owners[prefix:-1] == [0, 1, 2, 2, 3, 3]  # yellow and triangle are two tokens each
+    assert vocab.unknown_words("a purple triangle") == (["purple"] if family != "vit_gpt2" else [])
+
+
+def reference_losses(model, items: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``Loss(t, i, w)`` per word, one item at a time, summing each word's subword tokens by hand: ``(B, n, m)``."""
+    batch, m = items.shape[:2]
+    per_token = torch.zeros(batch, tokens.shape[1] - 1, m, dtype=torch.float64)
+    for i in range(m):
+        state = model.encode(items[:, i : i + 1], None, torch.full((batch, 1), i))
+        logprobs = model.token_logprobs(state, tokens[:, :-1])
+        per_token[:, :, i] = -logprobs.gather(-1, tokens[:, 1:, None])[..., 0]
+    words = torch.zeros_like(per_token)
+    for b, row in enumerate(tokens.tolist()):
+        for column, owner in enumerate(word_rows(model.vocab.words_of(row)[1][1:], tokens.shape[1] - 1)):
+            words[b, owner] += per_token[b, column]
+    return words
+
+
+@pytest.mark.parametrize("keep", KEEP)
+@pytest.mark.parametrize("family", HF_FAMILIES)
+def test_batched_caption_guided_equals_one_item_at_a_time_in_float64_with_one_row_per_word(folders, family, keep):
+    model = load(folders[family], family, keep).double()
+    items = model.items(model.features(images().double()))
+    saliency = build_explainer("caption_guided").explain(model, items, tokens=QUERY)
+    assert saliency.words == [["a", "big", "yellow", "triangle"]] * 2
+    assert saliency.word_mask.sum(dim=1).tolist() == [4, 4]
+    expected = reference_losses(model, items, saliency.tokens)
+    torch.testing.assert_close(saliency.losses[:, :4], expected[:, :4], atol=1e-6, rtol=0)
+    assert saliency.e.shape == (2, saliency.word_mask.shape[1], 16)
+
+
+@pytest.mark.parametrize("keep", KEEP)
+@pytest.mark.parametrize("family", HF_FAMILIES)
+def test_every_builtin_explainer_runs_on_the_models_caption_and_a_query(folders, family, keep):
+    model = load(folders[family], family, keep)
+    items = model.items(model.features(images()))
+    for name in available_explainers():
+        for sentence in (None, QUERY):
+            saliency = build_explainer(name).explain(model, items, tokens=sentence)
+            n = saliency.word_mask.shape[1]
+            assert saliency.scores.shape == (2, n, 16), name
+            real = saliency.e[saliency.word_mask]
+            assert torch.isfinite(real).all() and real.amax(dim=-1).eq(1).all(), name
+
+
+def test_soft_attention_reads_the_last_layers_cross_attention_on_the_patches(folders):
+    model = load(folders["vit_gpt2"], "vit_gpt2", "encoder_output")
+    items = model.items(model.features(images()))
+    saliency = build_explainer("soft_attention").explain(model, items, tokens="a circle")
+    assert saliency.words == [["a", "circle"]] * 2
+    # encoder_output has no class token: each one-token word's weights are a distribution over the 16 patches
+    torch.testing.assert_close(saliency.scores[:, :2].sum(-1), torch.ones(2, 2))
+
+
+def test_a_swin_encoder_is_explained_at_its_output_and_refused_at_its_input(tmp_path):
+    folder = save_tiny_hf(tmp_path / "swin", "swin_gpt2")
+    with pytest.raises(UserError, match=r"SwinModel mixes patches before its output: use model\.keep=encoder_output"):
+        HFCaptioner(str(folder), keep="input")
+    model = load(folder, "swin_gpt2", "encoder_output")
+    assert check_protocol(model) == []
+    items = model.items(model.features(images()))
+    saliency = build_explainer("caption_guided").explain(model, items, tokens=QUERY)
+    assert saliency.words == [["a", "big", "yellow", "triangle"]] * 2 and saliency.scores.shape[-1] == 16
+
+
+def test_an_undownloadable_hub_id_stops_with_one_line_naming_the_offline_routes(tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "capsal.cli.explain",
+        "model=hf_captioner",
+        "model.name_or_path=nlpconnect/vit-gpt2-image-captioning",
+        f"input={tmp_path / 'photo.png'}",
+        f"hydra.run.dir={tmp_path}",
+    ]
+    cache = {"HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env={**_env(), **cache}, timeout=240)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("capsal-explain: error: model.name_or_path=nlpconnect")
+    assert "save_pretrained" in lines[0] and "Hugging Face cache" in lines[0]
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
