@@ -26,6 +26,15 @@ PROBE_INPUTS = (1, 2)  # the smallest probes: they alone may exceed a budget bel
 
 
 @dataclass(frozen=True)
+class Probe:
+    """One measured pass: its inputs, its peak extra bytes, and the bytes it left allocated beyond its result."""
+
+    inputs: int
+    peak: int
+    kept: int
+
+
+@dataclass(frozen=True)
 class ChunkCost:
     """Measured peak bytes of one pass: ``fixed + per_input * inputs``."""
 
@@ -33,11 +42,14 @@ class ChunkCost:
     per_input_bytes: float
 
     @classmethod
-    def from_probes(cls, small: tuple[int, int], large: tuple[int, int]) -> ChunkCost:
-        """From two ``(inputs, peak bytes)`` probes; a per-input cost of at least one byte, a fixed part >= 0."""
-        (n_small, peak_small), (n_large, peak_large) = small, large
-        per_input = max(1.0, (peak_large - peak_small) / (n_large - n_small))
-        return cls(fixed_bytes=max(0.0, peak_small - per_input * n_small), per_input_bytes=per_input)
+    def from_probes(cls, small: Probe, large: Probe) -> ChunkCost:
+        """From two probes; a per-input cost of at least one byte, a fixed part >= 0. What a probe left allocated
+        (a cache filled on first use, such as autocast's casts of the weights) is left out of its peak for the
+        slope, and added to the fixed part: it stays allocated while the later chunks run."""
+        peak_small, peak_large = small.peak - small.kept, large.peak - large.kept
+        per_input = max(1.0, (peak_large - peak_small) / (large.inputs - small.inputs))
+        fixed = max(0.0, peak_small - per_input * small.inputs) + small.kept + large.kept
+        return cls(fixed_bytes=fixed, per_input_bytes=per_input)
 
     def plus_fixed(self, extra_bytes: float) -> ChunkCost:
         return ChunkCost(self.fixed_bytes + extra_bytes, self.per_input_bytes)
@@ -92,8 +104,9 @@ class _LiveTensorBytes(TorchDispatchMode):
         return out
 
 
-def peak_bytes(fn: Callable[[], object], device: torch.device) -> tuple[object, int]:
-    """``fn()`` and the peak memory it allocated beyond what was allocated before it (its result included).
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> tuple[object, int, int]:
+    """``fn()``, the peak memory it allocated beyond what was allocated before it (its result included), and what
+    it left allocated beyond its result (caches it filled).
 
     CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (this resets the device's peak
     statistics). Elsewhere: the peak of the live tensor storages its aten ops created (:class:`_LiveTensorBytes`)."""
@@ -103,10 +116,21 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> tuple[object, 
         torch.cuda.reset_peak_memory_stats(device)
         result = fn()
         torch.cuda.synchronize(device)
-        return result, max(0, torch.cuda.max_memory_allocated(device) - before)
+        grown = torch.cuda.memory_allocated(device) - before
+        return result, max(0, torch.cuda.max_memory_allocated(device) - before), max(0, grown - _bytes_of(result))
     with _LiveTensorBytes() as mode:
         result = fn()
-    return result, mode.peak
+    return result, mode.peak, max(0, mode.live - _bytes_of(result))
+
+
+def _bytes_of(result: object) -> int:
+    """Bytes of the distinct storages of the tensors in ``result``."""
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+        for t in tree_leaves(result)
+        if isinstance(t, torch.Tensor)
+    }
+    return sum(storages.values())
 
 
 def unseen_bytes(model: torch.nn.Module, device: torch.device) -> int:
@@ -137,9 +161,9 @@ def run_in_chunks(
         for size in PROBE_INPUTS:
             if start + size > total:
                 break
-            result, peak = peak_bytes(lambda start=start, size=size: run(start, start + size), device)
+            result, peak, kept = peak_bytes(lambda start=start, size=size: run(start, start + size), device)
             out.append(result)
-            peaks.append((size, peak))
+            peaks.append(Probe(size, peak, kept))
             start += size
         if len(peaks) == len(PROBE_INPUTS):
             cost = ChunkCost.from_probes(*peaks).plus_fixed(unseen)

@@ -218,3 +218,18 @@ def test_the_cost_is_measured_once_per_model_and_sentence_length():
         probed.append(explainer.last_chunking["probed"])
     assert probed == [True, False, True]  # the second query has the first one's length
     assert explainer.last_chunking["chunk"] == 1  # the tiny budget: one input per chunk after the probes
+
+
+def test_a_cache_filled_by_the_first_probe_counts_as_fixed_not_as_a_negative_slope():
+    cache: dict[str, torch.Tensor] = {}  # like autocast's casts of the weights, made once and kept
+
+    def run(start: int, stop: int) -> torch.Tensor:
+        if "weights" not in cache:
+            cache["weights"] = torch.ones(100_000)
+        per = torch.ones((stop - start) * 1_000)
+        return per[: stop - start] + cache["weights"][: stop - start]
+
+    _, info = run_in_chunks(run, total=50, budget_mb=1.0, device=CPU)
+    assert info["cost"].per_input_bytes == pytest.approx(4_000, rel=0.01)
+    assert info["cost"].fixed_bytes >= 400_000  # the cache stays allocated while the other chunks run
+    assert info["chunk"] == (2**20 - info["cost"].fixed_bytes) // info["cost"].per_input_bytes
