@@ -59,7 +59,8 @@ def test_explain_a_video_sample_gives_temporal_and_spatial_maps(video_checkpoint
     arrays = np.load(tmp_path / "saliency.npz")
     n = len(summary["sentence"].split())
     assert summary["kind"] == "video" and arrays["temporal"].shape == (n, 8)
-    assert arrays["spatial"].shape == (n, 8, 32, 32)
+    assert arrays["regions"].shape == (n, 8, 4, 4)  # the grid-level spatial saliency in every frame
+    assert arrays["spatial"].shape == (n, 32, 32)  # each word's map in its most salient frame, at the frame's size
     assert all(0 <= p["best_frame"] < 8 for p in summary["panels"])
     assert_picture(tmp_path / "saliency.png")
 
@@ -208,7 +209,8 @@ def check_outputs(out: Path, summary: dict, kind: str, explainer: str, case: str
         height, width = (40, 48) if from_file else (32, 32)
         assert summary["kind"] == "video" and summary["frames"] == FRAMES
         assert arrays["temporal"].shape == (len(spans), FRAMES)
-        assert arrays["spatial"].shape == (len(spans), FRAMES, height, width)
+        assert arrays["regions"].shape == (len(spans), FRAMES, 4, 4)
+        assert arrays["spatial"].shape == (len(spans), height, width)
         assert all(0 <= p["best_frame"] < FRAMES for p in summary["panels"])
 
 
