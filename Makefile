@@ -52,11 +52,13 @@ endef
 #   eval/      capsal-eval: temporal and spatial pointing, captioning, sanity check
 # DEMO_VIDEO_DATA: the video datamodule's overrides, given to extraction and training alike (the cache checks them);
 # DEMO_BACKBONE_ARGS / DEMO_EXTRACT_ARGS: more overrides for the first two steps. Paths are absolute: the checkpoints
-# record the backbone's path.
+# record the backbone's path. DEMO_THREADS: torch threads per process; on a busy 2-core machine two threads fight
+# for the cores (README: a training step took 4.4 s with two threads, 0.12 s with one).
 DEMO_VIDEO_DATA ?= datamodule.frame_size=64
 DEMO_BACKBONE_ARGS ?=
 DEMO_EXTRACT_ARGS ?=
-DEMO_VIDEO_STEPS = mkdir -p "$$run" && abs="$$(cd "$$run" && pwd)" && \
+DEMO_THREADS ?= 1
+DEMO_VIDEO_STEPS = export OMP_NUM_THREADS=$(DEMO_THREADS) && mkdir -p "$$run" && abs="$$(cd "$$run" && pwd)" && \
 	$(BIN)/capsal-train experiment=demo_video_backbone hydra.run.dir="$$abs/backbone" $(DEMO_BACKBONE_ARGS) && \
 	$(BIN)/capsal-extract datamodule=shapes_video $(DEMO_VIDEO_DATA) backbone=checkpoint \
 		backbone.checkpoint="$$abs/backbone/checkpoints/last.ckpt" features_dir="$$abs/features" \
