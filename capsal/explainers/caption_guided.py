@@ -6,8 +6,9 @@ positional embeddings) and gives ``q_i(y_t)``. ``Loss(t, i, w) = -log q_i(y_t = 
 the grid feature ``f_i(a, b)`` alone, a length-1 input (Eq. 13), fed as ``region_input`` says: ``pooled`` (default)
 ``f_i(a, b) / (h*w)``, the frame descriptor (the grid mean) of frame i with every other cell zeroed; ``cell``: the
 raw ``f_i(a, b)``, Eq. 13 as printed; ``rescaled``: ``f_i(a, b)`` scaled to the norm of frame i's descriptor. The
-README's study measures the three: an object's cell alone is several times the norm of any frame descriptor the
-model was trained on, and only ``pooled`` keeps it in that range.
+README's study ("Eq. 13 measured") compares the three on the video demo: raw, an object's cell is six times the norm
+of the frame descriptors the model was trained on and the background cells look like whole frames; ``pooled`` keeps
+the cells' relative strengths (background near zero) and is the only one that localises.
 All ``r*m + m`` inputs of every sample go through the model as one batched teacher-forced pass, in chunks whose
 measured peak memory stays under ``memory_budget_mb`` (:mod:`capsal.explainers.chunking`).
 """

@@ -153,5 +153,5 @@ def test_checkpoint_backbone_is_the_trained_encoder_frozen(image_checkpoint, tmp
     torch.save({"state_dict": {}}, not_capsal)
     with pytest.raises(UserError, match="is not a capsal checkpoint with a backbone"):
         CheckpointBackbone(str(not_capsal))
-    with pytest.raises(UserError, match="does not exist; pass backbone.checkpoint="):
+    with pytest.raises(UserError, match=r"does not exist; pass backbone\.checkpoint="):
         CheckpointBackbone(str(tmp_path / "missing.ckpt"))
