@@ -11,8 +11,11 @@ Caption-guided maps of these one-epoch models are nearly flat: an item's loss di
 nats at most on average over the image grid and by 0.00032 nats over the 8 frames, while bf16 moves a loss by
 ~0.0003 nats (1e-4 relative: bf16 has 8 significant bits, log-probabilities stay float32). So bf16 reorders near-ties:
 measured (torch 2.14.1, 2-core CPU) image mean rank correlation 0.82, same hit 96% of 102 phrases; video frames 0.49,
-same frame 50% of 26 phrases, regions 0.85. The thresholds below sit under those numbers and the loss error itself
-is held to 1e-3 nats, the check that does not depend on how flat a map is. A trained model's maps (spread of whole
+same frame 50% of 26 phrases. Regions are fed ``pooled`` (a cell over h*w, README "Eq. 13 measured"): their losses
+spread by 0.00012 nats over a frame's 16 regions on average, less than bf16's error, so their rank correlation
+(measured 0.23) says nothing here and is not checked. The thresholds below sit under the other numbers and the loss
+error itself, of the items and the regions, is held to 1e-3 nats (measured 0.00025), the check that does not depend
+on how flat a map is. A trained model's maps (spread of whole
 nats) are what the 0.99 target is about; the tiny fixtures cannot show it.
 """
 
@@ -32,7 +35,7 @@ from capsal.sanity import rank_correlation
 # (explainer, layout) -> (mean rank correlation, same hit / frame, mean region rank correlation): see the docstring
 THRESHOLDS = {
     ("caption_guided", "image"): (0.75, 0.90, None),
-    ("caption_guided", "video"): (0.30, 0.35, 0.75),
+    ("caption_guided", "video"): (0.30, 0.35, None),  # regions: held by the loss error (see the docstring)
     ("gradient", "image"): (0.97, 0.99, None),
     ("gradient", "video"): (0.95, 0.99, 0.99),
 }
@@ -45,7 +48,7 @@ def compare(checkpoint, name: str) -> dict[str, float]:
     datamodule = checkpoint_datamodule(model)
     samples = [datamodule.sample("test", i) for i in range(datamodule.sizes["test"])]
     explainers = {p: build_explainer(name, precision=p) for p in ("32", "bf16-mixed")}
-    correlations, same, regions, errors = [], [], [], []
+    correlations, same, regions, errors, spreads = [], [], [], [], []
     for batch in batches_of(caption_pairs(samples), model.vocab, 16):
         with torch.no_grad():
             grid = visual_grid(model, batch)
@@ -56,7 +59,10 @@ def compare(checkpoint, name: str) -> dict[str, float]:
         assert all(s.scores.dtype == torch.float32 for s in out.values())
         if full.losses is not None:
             assert mixed.losses.dtype == torch.float32
-            errors.append((full.losses - mixed.losses).abs()[full.word_mask])
+            errors.append((full.losses - mixed.losses).abs()[full.word_mask].flatten())
+        if full.region_losses is not None:
+            errors.append((full.region_losses - mixed.region_losses).abs()[full.word_mask].flatten())
+            spreads.append(full.region_losses.amax(-1) - full.region_losses.amin(-1))
         a, b = full.phrase_maps(spans), mixed.phrase_maps(spans)
         correlations.append(rank_correlation(a.flatten(1), b.flatten(1)))
         if full.layout.is_video:
@@ -76,6 +82,7 @@ def compare(checkpoint, name: str) -> dict[str, float]:
         "same_peak": torch.cat(same).float().mean().item(),
         "mean_region_rank_correlation": torch.cat(regions).mean().item() if regions else None,
         "mean_loss_error": torch.cat(errors).mean().item() if errors else None,
+        "mean_region_loss_spread": torch.cat([x.flatten() for x in spreads]).mean().item() if spreads else None,
     }
     print(f"\n{name}: {result}")  # pytest -s shows the measured numbers
     return result
