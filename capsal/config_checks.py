@@ -342,6 +342,12 @@ def _precisions() -> tuple[Any, ...]:
     return PRECISIONS
 
 
+def _region_inputs() -> tuple[str, ...]:
+    from capsal.explainers.caption_guided import REGION_INPUTS
+
+    return REGION_INPUTS
+
+
 def _caption_metrics() -> tuple[str, ...]:
     from capsal.metrics.captioning import CAPTION_METRICS
 
@@ -432,6 +438,7 @@ RULES: list[Row] = [
     Row("*backbone.channels", IntList(low=1)),
     Row("*backbone.convs_per_stage", POSITIVE),
     Row("*backbone.in_channels", POSITIVE),
+    Row("*backbone.checkpoint", Exempt(reason=PATH)),
     # -- models
     Row("model.encoder", Choice(values=("lstm", "mean"))),
     Row("model.hidden_size", POSITIVE),
@@ -567,6 +574,7 @@ RULES: list[Row] = [
     # -- explainer options (explainer_options.<name>.*, also under callbacks.saliency)
     Row("*explainer_options.caption_guided.mode", Choice(values=("information_gain", "kl"))),
     Row("*explainer_options.caption_guided.spatial", Bool()),
+    Row("*explainer_options.caption_guided.region_input", Choice(values=_region_inputs)),
     Row("*explainer_options.caption_guided.memory_budget_mb", Float(0.0, low_open=True)),
     Row("*explainer_options.*.beam_size", POSITIVE),
     Row("*explainer_options.*.precision", Choice(values=_precisions)),

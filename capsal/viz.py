@@ -1,10 +1,12 @@
-"""Pictures of saliency: per-word overlays (paper Fig. 3/4) and video strips with salient frames (Fig. 5)."""
+"""Pictures of saliency: per-word overlays (paper Fig. 3/4) and video figures (Fig. 5): per word a grey temporal
+strip over the frames and its most salient frame with the spatial map over it."""
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ from einops import rearrange
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from capsal.maxima import peak_frames, peak_location
+from capsal.maxima import peak_frame, peak_location
 from capsal.types import Box
 
 COLORMAP = "jet"  # red = high, blue = low, as in the paper's figures
@@ -67,35 +69,6 @@ def overlay_figure(
     return fig
 
 
-def video_figure(
-    frames: np.ndarray,
-    temporal: np.ndarray,
-    words: Sequence[str],
-    spatial: np.ndarray | None = None,
-    sentence: str = "",
-):
-    """Fig. 5: per word, temporal saliency over frames as a grey strip (darker = more salient); below, each
-    word's most salient frame (:func:`capsal.maxima.peak_frames`) with its spatial overlay (when ``spatial``
-    ``(n, T, H, W)`` is given)."""
-    n, num_frames = temporal.shape
-    show_frames = spatial is not None
-    height = 0.35 * n + 1.0 + (2.4 if show_frames else 0.0)
-    fig = Figure(figsize=(max(8.0, 1.8 * n), height))
-    top = fig.add_axes((0.12, 1 - (0.35 * n + 0.6) / height, 0.85, (0.35 * n) / height))
-    top.imshow(1.0 - temporal, cmap="gray", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
-    top.set_yticks(range(n), list(words))
-    top.set_xticks(range(0, num_frames, max(1, num_frames // 13)))
-    top.set_xlabel("frame")
-    if show_frames:
-        best = peak_frames(torch.as_tensor(temporal)).tolist()
-        width = 1.0 / n
-        for k in range(n):
-            ax = fig.add_axes((k * width + 0.01, 0.05, width - 0.02, 2.0 / height))
-            draw_overlay(ax, frames[best[k]], spatial[k, best[k]], f"{words[k]} @ {best[k]}")
-    fig.suptitle(sentence, fontsize=11)
-    return fig
-
-
 def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +104,8 @@ def resize(array: np.ndarray, height: int, width: int, mode: str = "bilinear") -
         return array
     tensor = torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32)
     planar = tensor[None, None] if tensor.dim() == 2 else rearrange(tensor, "h w c -> 1 c h w")
-    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    shrink = height < array.shape[0] or width < array.shape[1]
+    kwargs = {"align_corners": False, "antialias": shrink} if mode == "bilinear" else {}
     out = torch.nn.functional.interpolate(planar, size=(height, width), mode=mode, **kwargs)[0]
     return (out[0] if tensor.dim() == 2 else rearrange(out, "c h w -> h w c")).numpy()
 
@@ -188,14 +162,6 @@ def overlay_cell(
     if point is not None:
         _marker(canvas, (point[0] + 0.5) * sx - 0.5, (point[1] + 0.5) * sy - 0.5, max(3, min(cell_h, cell_w) // 20))
     return np.clip(canvas, 0.0, 1.0)
-
-
-def strip_cell(temporal: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Word x frame saliency ``(n, T)`` in [0, 1] as a grey cell (darker = more salient, as in Fig. 5)."""
-    if temporal.size == 0:
-        return np.ones((*shape, 3))
-    grey = resize(1.0 - temporal, *shape, mode="nearest")
-    return np.repeat(grey[..., None], 3, axis=-1)
 
 
 def figure_to_array(fig: Figure) -> np.ndarray:
@@ -286,33 +252,6 @@ def mosaic_figure(
     return np.asarray(image).copy()
 
 
-def strip_figure(temporals: Sequence[np.ndarray], words: Sequence[str], row_labels: Sequence[str], sentence: str = ""):
-    """Video: per explainer the word x frame temporal saliency as grey levels (darker = more salient), as an
-    ``(H, W, 3)`` uint8 array."""
-    n = max(1, len(words))
-    frames = temporals[0].shape[1] if temporals and temporals[0].ndim == 2 else 1
-    panel = 0.22 * n + 0.7
-    fig = Figure(figsize=(max(6.0, 0.25 * frames + 2.0), panel * len(temporals) + 0.6), dpi=DPI)
-    axes = fig.subplots(len(temporals), 1, squeeze=False)[:, 0]
-    for ax, temporal, label in zip(axes, temporals, row_labels, strict=True):
-        ax.imshow(
-            1.0 - temporal if temporal.size else np.ones((1, 1)),
-            cmap="gray",
-            vmin=0.0,
-            vmax=1.0,
-            aspect="auto",
-            interpolation="nearest",
-        )
-        ax.set_yticks(range(len(words)), list(words), fontsize=8)
-        ax.set_xticks(range(0, frames, max(1, frames // 13)))
-        ax.tick_params(axis="x", labelsize=7)
-        ax.set_title(label, fontsize=9, loc="left")
-    axes[-1].set_xlabel("frame", fontsize=8)
-    fig.suptitle(_fit_text(sentence, fig.get_figwidth() * DPI, 1), fontsize=10)
-    fig.tight_layout()
-    return figure_to_array(fig)
-
-
 def save_png(array: np.ndarray, path: str | Path) -> Path:
     """Write an ``(H, W, 3)`` uint8 array as a PNG (parent folders created)."""
     from PIL import Image
@@ -381,3 +320,123 @@ def gallery_html(epochs: Sequence[dict], title: str = "capsal saliency gallery")
         parts.append("<p>No validation epoch has been explained yet.</p>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+# ---- video figures (paper Fig. 5), drawn as arrays ------------------------------------------------------------------
+WORD_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+STRIP_LABEL = 110  # pixels for the word labels left of the strip
+STRIP_ROW = 18  # pixels per word row of the strip
+FRAME_CELL = 112  # long side of each most-salient-frame cell
+VIDEO_WIDTH = 600  # the figure's width: the HTML gallery's column, so it shows at its own size
+
+
+@dataclass
+class VideoPanel:
+    """What a video panel shows for each word (or phrase): the frame under it and the point marked there."""
+
+    labels: list[str]
+    frames: list[int]  # the most salient frame of each label
+    points: list[tuple[int, int] | None]  # the maximum of its spatial map in that frame, frame pixels (None: no map)
+    image: np.ndarray  # uint8 (H, W, 3)
+
+
+def video_panel(
+    frames: Sequence[np.ndarray] | Mapping[int, np.ndarray],
+    temporal: np.ndarray,
+    labels: Sequence[str],
+    maps: np.ndarray | None = None,
+    boxes: Sequence[Sequence[Box]] | None = None,
+    hits: Sequence[bool | None] | None = None,
+    title: str = "",
+    width: int = VIDEO_WIDTH,
+) -> VideoPanel:
+    """Fig. 5 for one sentence under one explainer, as an ``(H, W, 3)`` uint8 array of ``width`` pixels.
+
+    On top, per label (a word or a phrase) its temporal saliency ``temporal`` ``(n, T)`` in [0, 1] as grey levels over
+    the frames (darker = more salient), the most salient frame (:func:`capsal.maxima.peak_frame`) outlined in the
+    label's colour. Below, per label that frame (``frames[t]``: ``(H, W, 3)`` in [0, 1]; only the shown ones are read)
+    with its spatial map ``maps[k]`` (``(H, W)`` in [0, 1], the label's map in that frame) over it, the maximum marked,
+    ground-truth ``boxes[k]`` in white, framed in the label's colour and titled "label @ frame" (with a tick or cross
+    when ``hits[k]`` is known). Drawn with numpy and PIL."""
+    from PIL import Image, ImageDraw
+
+    n, length = temporal.shape
+    best = [peak_frame(torch.as_tensor(row)) for row in temporal]
+    points = [peak_location(torch.as_tensor(maps[k])) if maps is not None else None for k in range(n)]
+    cell_w = max(4, (width - STRIP_LABEL - 2 * GAP) // max(1, length))
+    frame_h, frame_w = cell_shape(*frames[best[0]].shape[:2], FRAME_CELL) if n else (FRAME_CELL, FRAME_CELL)
+    per_row = max(1, (width - GAP) // (frame_w + GAP))
+    title_h, axis_h, caption_h = (22 if title else 0), 18, 18
+    strip_top = title_h + GAP
+    frames_top = strip_top + n * STRIP_ROW + axis_h + GAP
+    rows = math.ceil(n / per_row)
+    height = frames_top + rows * (caption_h + frame_h + 2 * GAP) + GAP
+    canvas = np.ones((height, width, 3))
+    colors = [_rgb(WORD_COLORS[k % len(WORD_COLORS)]) for k in range(n)]
+    for k in range(n):
+        top = strip_top + k * STRIP_ROW
+        grey = np.repeat(1.0 - np.clip(temporal[k], 0.0, 1.0), cell_w)
+        canvas[top + 1 : top + STRIP_ROW - 1, STRIP_LABEL : STRIP_LABEL + grey.size] = grey[None, :, None]
+        left = STRIP_LABEL + best[k] * cell_w
+        _rectangle(canvas, left, top, left + cell_w - 1, top + STRIP_ROW - 1, colors[k], 2)
+    cells = []
+    for k in range(n):
+        cell = overlay_cell(
+            frames[best[k]], None if maps is None else maps[k], (frame_h, frame_w), points[k], boxes[k] if boxes else ()
+        )
+        _rectangle(cell, 0, 0, frame_w - 1, frame_h - 1, colors[k], 3)
+        top = frames_top + (k // per_row) * (caption_h + frame_h + 2 * GAP) + caption_h
+        left = GAP + (k % per_row) * (frame_w + GAP)
+        canvas[top : top + frame_h, left : left + frame_w] = cell
+        cells.append((left, top))
+    image = Image.fromarray(to_uint8(canvas))
+    draw = ImageDraw.Draw(image)
+    label_font, small, title_font = _font(12, bold=True), _font(10), _font(13, bold=True)
+    if title:
+        (text,) = _wrap(draw, title, title_font, width - 2 * GAP, 1)
+        draw.text((GAP, title_h / 2 + 2), text, fill="black", font=title_font, anchor="lm")
+    for k, label in enumerate(labels):
+        (text,) = _wrap(draw, label, label_font, STRIP_LABEL - 2 * GAP, 1)
+        middle = strip_top + k * STRIP_ROW + STRIP_ROW / 2
+        draw.text((STRIP_LABEL - GAP, middle), text, fill=colors_hex(k), font=label_font, anchor="rm")
+    axis_y = strip_top + n * STRIP_ROW + 2
+    for t in range(0, length, 5 if length > 10 else 1):
+        draw.text((STRIP_LABEL + (t + 0.5) * cell_w, axis_y), str(t), fill="black", font=small, anchor="mt")
+    draw.text((STRIP_LABEL - GAP, axis_y), "frame", fill="black", font=small, anchor="rt")
+    for k, (left, top) in enumerate(cells):
+        mark = {True: " \u2713", False: " \u2717"}.get(hits[k] if hits else None, "")
+        (text,) = _wrap(draw, f"{labels[k]} @ {best[k]}{mark}", label_font, frame_w, 1)
+        draw.text((left + frame_w / 2, top - 3), text, fill=colors_hex(k), font=label_font, anchor="md")
+    return VideoPanel(list(labels), best, points, np.asarray(image).copy())
+
+
+def colors_hex(k: int) -> str:
+    return WORD_COLORS[k % len(WORD_COLORS)]
+
+
+def _rgb(color: str) -> tuple[float, float, float]:
+    from matplotlib.colors import to_rgb
+
+    return tuple(float(c) for c in to_rgb(color))  # type: ignore[return-value]
+
+
+def stack_panels(panels: Sequence[np.ndarray], title: str = "") -> np.ndarray:
+    """Panels of one width stacked top to bottom under a title of up to two lines, as one uint8 array."""
+    from PIL import Image, ImageDraw
+
+    width = max(p.shape[1] for p in panels)
+    header = FOOTER if title else 0
+    height = header + sum(p.shape[0] for p in panels)
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    top = header
+    for panel in panels:
+        canvas[top : top + panel.shape[0], : panel.shape[1]] = panel
+        top += panel.shape[0]
+    if not title:
+        return canvas
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    font = _font(14)
+    text = "\n".join(_wrap(draw, title, font, width - 2 * GAP, 2))
+    draw.multiline_text((GAP, header / 2), text, fill="black", font=font, anchor="lm", spacing=2)
+    return np.asarray(image).copy()

@@ -28,7 +28,7 @@ APP_GROUPS = {
     "train": ["model", "model/backbone", "datamodule", "trainer", "logger", "callbacks", "experiment"],
     "eval": ["datamodule", "trainer"],
     "explain": ["datamodule"],
-    "extract": ["datamodule"],
+    "extract": ["datamodule", "backbone"],
 }
 
 

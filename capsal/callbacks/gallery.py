@@ -170,48 +170,50 @@ def explain_gallery(
             all_words = first.words[row]
             words = all_words[:max_words]
             truth = captions[b] if kind == "reference" else None
-            cells, titles, colors, results, strips = [], [], [], [], []
-            for name in saliencies:
-                maps, temporal, points, best = computed[name]
-                if video:
-                    first_cell = viz.strip_cell(temporal[row, : len(words)], shape)
-                    first_title = "word x frame"
-                else:
-                    every_box = [box for p in truth.phrases for box in p.boxes] if truth else []
-                    first_cell = viz.overlay_cell(frames_np[b][0], None, shape, boxes=every_box)
-                    first_title = "input"
-                row_cells, row_titles, row_colors = [first_cell], [first_title], ["black"]
-                for t, word in enumerate(words):
-                    frame = int(best[row, t]) if best is not None else None
-                    point = tuple(int(v) for v in points[row, t]) if points is not None else None
-                    phrase = _phrase_of(truth, t)
-                    hit = _hit(phrase, point, frame, video, tolerance)
-                    image = frames_np[b][frame if video else 0]
-                    heat = maps[row, t] if maps is not None else None
-                    cell = viz.overlay_cell(image, heat, shape, point, _boxes(phrase, frame, video))
-                    row_cells.append(cell)
-                    row_titles.append(f"{word} @{frame}" if video else word)
-                    row_colors.append(viz.HIT_COLORS[hit])
-                    results.append(
-                        WordResult(
-                            name,
-                            t,
-                            word,
-                            viz.to_uint8(cell),
-                            point[0] if point else None,
-                            point[1] if point else None,
-                            frame,
-                            hit,
-                        )
-                    )
-                cells.append(row_cells)
-                titles.append(row_titles)
-                colors.append(row_colors)
-                if video:
-                    strips.append(temporal[row, : len(words)])
             sentence = " ".join(all_words) if all_words else "(empty caption)"
             shown = sentence + (f" [+{len(all_words) - len(words)} more words]" if len(all_words) > len(words) else "")
-            image = viz.mosaic_figure(cells, titles, list(saliencies), f"{kind}: {shown}", columns, colors)
-            strip = viz.strip_figure(strips, words, list(saliencies), f"{kind}: {sentence}") if video else None
-            figures.append(GalleryFigure(b, sample.sample_id, kind, sentence, list(words), image, strip, results))
+            rows = [
+                _word_row(name, computed[name], row, words, truth, frames_np[b], shape, video, tolerance)
+                for name in saliencies
+            ]
+            results = [result for _, result_row in rows for result in result_row]
+            if video:
+                image = viz.stack_panels([panel for panel, _ in rows], f"{kind}: {shown}")
+            else:
+                every_box = [box for p in truth.phrases for box in p.boxes] if truth else []
+                first_cell = viz.overlay_cell(frames_np[b][0], None, shape, boxes=every_box)
+                cells = [[first_cell, *(r.cell / 255.0 for r in result_row)] for _, result_row in rows]
+                titles = [["input", *(r.word for r in result_row)] for _, result_row in rows]
+                colors = [["black", *(viz.HIT_COLORS[r.hit] for r in result_row)] for _, result_row in rows]
+                image = viz.mosaic_figure(cells, titles, list(saliencies), f"{kind}: {shown}", columns, colors)
+            figures.append(GalleryFigure(b, sample.sample_id, kind, sentence, list(words), image, None, results))
     return figures
+
+
+def _word_row(name: str, computed, row: int, words, truth, frames: np.ndarray, shape, video: bool, tolerance: float):
+    """One explainer's results for the words of one sentence: per word the overlay cell (on the video word's most
+    salient frame) and where its maximum is; for video also the Fig. 5 panel (strip and frames), else None."""
+    maps, temporal, points, best = computed
+    results = []
+    for t, word in enumerate(words):
+        frame = int(best[row, t]) if best is not None else None
+        point = tuple(int(v) for v in points[row, t]) if points is not None else None
+        phrase = _phrase_of(truth, t)
+        hit = _hit(phrase, point, frame, video, tolerance)
+        heat = maps[row, t] if maps is not None else None
+        cell = viz.overlay_cell(frames[frame if video else 0], heat, shape, point, _boxes(phrase, frame, video))
+        x, y = point if point else (None, None)
+        results.append(WordResult(name, t, word, viz.to_uint8(cell), x, y, frame, hit))
+    if not video:
+        return None, results
+    boxes = [_boxes(_phrase_of(truth, t), int(best[row, t]), True) for t in range(len(words))]
+    panel = viz.video_panel(
+        list(frames),
+        temporal[row, : len(words)],
+        list(words),
+        None if maps is None else maps[row, : len(words)],
+        boxes,
+        [r.hit for r in results],
+        title=name,
+    )
+    return panel.image, results

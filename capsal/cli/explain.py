@@ -12,6 +12,7 @@ import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from omegaconf import DictConfig, OmegaConf
 
 from capsal.checkpoints import checkpoint_datamodule, load_model, model_source
@@ -22,7 +23,7 @@ from capsal.explainers import build_explainers
 from capsal.explainers.saliency import Saliency
 from capsal.maxima import peak_frames, peak_location
 from capsal.types import Box, Caption, Sample
-from capsal.viz import overlay_figure, save_figure, to_numpy_image, video_figure
+from capsal.viz import overlay_figure, save_figure, save_png, to_numpy_image, video_panel
 
 log = logging.getLogger("capsal")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -65,13 +66,16 @@ def read_media(path: Path, model) -> torch.Tensor:
 
 
 def model_pixels(pixels: torch.Tensor, model) -> torch.Tensor:
-    """Float ``(1, T, 3, H, W)`` at the size the model was trained on (any input size and aspect ratio)."""
-    frames = pixels.float() / 255.0
-    if model.input_shape:
-        _, height, width = model.input_shape
-        if frames.shape[-2:] != (height, width):
-            frames = F.interpolate(frames, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-    return frames[None]
+    """Float ``(1, T, 3, H, W)`` at the size the model was trained on (any input size and aspect ratio), resized
+    frame by frame so a large clip is never held in float at its own size."""
+    if not model.input_shape or tuple(pixels.shape[-2:]) == tuple(model.input_shape[1:]):
+        return (pixels.float() / 255.0)[None]
+    size = tuple(int(v) for v in model.input_shape[1:])
+    frames = [
+        F.interpolate(frame[None].float() / 255.0, size=size, mode="bilinear", antialias=True, align_corners=False)
+        for frame in pixels
+    ]
+    return torch.cat(frames)[None]
 
 
 def choose_sentence(cfg: DictConfig, given: ExplainInput) -> tuple[str | None, Caption | None]:
@@ -194,33 +198,34 @@ def _write_image(saliency: Saliency, given: ExplainInput, spans, caption, output
 
 
 def _write_video(saliency: Saliency, given: ExplainInput, spans, output_dir: Path) -> dict[str, Any]:
-    frames = given.pixels
+    """Fig. 5 of the explained sentence (per panel the temporal strip and its most salient frame with the spatial
+    map over it), the arrays and the summary. Only the frames shown are converted, and spatial maps are upsampled
+    for those frames only, so a clip of any size fits in memory."""
+    frames = given.pixels  # uint8 (T, 3, H, W), the decoded size
     height, width = frames.shape[-2:]
-    temporal = torch.stack([saliency.phrase(s, e)[0] for s, e, _ in spans]).cpu().numpy()  # (P, T)
+    temporal = torch.stack([saliency.phrase(s, e)[0] for s, e, _ in spans]).float().cpu()  # (P, T)
+    best = peak_frames(temporal).tolist()
+    arrays = {"words": np.array(saliency.words[0]), "temporal": temporal.numpy()}
+    arrays["spans"] = np.array([(s, e) for s, e, _ in spans])
     spatial = None
     if saliency.region_scores is not None:
-        regions = torch.stack([saliency.phrase_regions(s, e)[0] for s, e, _ in spans])  # (P, T, r)
-        spatial = saliency.to_image_size(height, width, regions).cpu().numpy()
-    images = np.stack([to_numpy_image(f) for f in frames])
-    labels = [label for _, _, label in spans]
-    save_figure(
-        video_figure(images, temporal, labels, spatial, " ".join(saliency.words[0])), output_dir / "saliency.png"
-    )
-    arrays = {
-        "words": np.array(saliency.words[0]),
-        "temporal": temporal,
-        "spans": np.array([(s, e) for s, e, _ in spans]),
-    }
-    if spatial is not None:
+        regions = torch.stack([saliency.phrase_regions(s, e)[0] for s, e, _ in spans]).float().cpu()  # (P, T, r)
+        h, w = saliency.layout.grid_size
+        arrays["regions"] = rearrange(regions, "p t (h w) -> p t h w", h=h, w=w).numpy()
+        at_best = regions[torch.arange(len(spans)), torch.tensor(best)]  # (P, r): each panel's most salient frame
+        spatial = saliency.to_image_size(height, width, at_best).numpy()  # (P, H, W)
         arrays["spatial"] = spatial
+    shown = {t: to_numpy_image(frames[t]) for t in set(best)}
+    labels = [label for _, _, label in spans]
+    panel = video_panel(shown, temporal.numpy(), labels, spatial, title=" ".join(saliency.words[0]))
+    save_png(panel.image, output_dir / "saliency.png")
     np.savez_compressed(output_dir / "saliency.npz", **arrays)
-    best = peak_frames(torch.as_tensor(temporal)).tolist()
     panels = []
     for k, (s, e, label) in enumerate(spans):
-        panel = {"span": [s, e], "text": label, "best_frame": best[k]}
-        if spatial is not None:
-            panel["max_xy"] = list(peak_location(torch.as_tensor(spatial[k, best[k]])))
-        panels.append(panel)
+        entry = {"span": [s, e], "text": label, "best_frame": best[k]}
+        if panel.points[k] is not None:
+            entry["max_xy"] = list(panel.points[k])
+        panels.append(entry)
     return {"kind": "video", "frames": int(temporal.shape[1]), "panels": panels}
 
 

@@ -91,7 +91,7 @@ class FeatureSample(Sample):
 
 # -- settings ------------------------------------------------------------------------------------------------------
 def _plain(value: Any) -> Any:
-    if isinstance(value, DictConfig):
+    if OmegaConf.is_config(value):  # DictConfig and ListConfig (a datamodule given lists by Hydra)
         return OmegaConf.to_container(value, resolve=True)
     if isinstance(value, Path):
         return str(value)

@@ -6,8 +6,9 @@ the ``num_frames`` target times ``t_0 + (k + 1/2) * D / num_frames`` (``D`` the 
 the centres of equal time segments), the frame on screen at that time, stopping as soon as the last target is served.
 Sampling by time is exact for variable frame rates; on a constant frame rate it picks frame ``floor((k + 1/2) * N /
 num_frames)`` of ``N``. A clip with fewer frames than asked repeats frames evenly (3 frames asked for 6 give frames
-0, 0, 1, 1, 2, 2). Streams without timestamps fall back to the decoded frame count. Any container and codec FFmpeg
-reads works (mp4, avi, mkv, webm...; h264, mpeg4, vp9...).
+0, 0, 1, 1, 2, 2) and a log line says so; a clip without a decodable frame raises ``VideoDecodeError``. Streams
+without timestamps fall back to the decoded frame count. Any container and codec FFmpeg reads works (mp4, avi, mkv,
+webm...; h264, mpeg4, vp9...).
 
 ``read_image(path, size)`` reads any PIL format as RGB (EXIF orientation is not applied: annotation boxes refer to the
 stored pixels): palette, grey, CMYK and alpha pictures are converted, 16-bit ones scaled to 8 bits (value / 257, not
@@ -21,6 +22,7 @@ a run.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import warnings
@@ -33,6 +35,7 @@ import torch
 
 from capsal.errors import UserError
 
+log = logging.getLogger("capsal")
 Size = int | tuple[int, int] | Sequence[int] | None
 MAX_IMAGE_PIXELS = 89_478_485  # PIL's default Image.MAX_IMAGE_PIXELS: about 0.25 GiB of 24-bit pixels
 
@@ -202,6 +205,8 @@ def decode_video(path: str | os.PathLike, num_frames: int = 26, size: Size = Non
         raise UserError(f"num_frames={num_frames} must be at least 1")
     hw = _hw(size)
     times, count = _packet_times(path)
+    if count < num_frames:
+        log.info("video %s has %d frames, fewer than the %d asked for: frames repeated evenly", path, count, num_frames)
     axis: list[float] = list(times) if times is not None else list(range(count))
     targets = sample_times(axis, num_frames)
     chosen: list[np.ndarray] = []

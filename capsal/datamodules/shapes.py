@@ -94,7 +94,9 @@ class _ShapesModule(CaptionDataModule):
             )
 
     def caption_texts(self, split: str) -> list[str]:
-        return [c.text for caps in self.get_split(split).captions for c in caps]  # type: ignore[attr-defined]
+        data = self.get_split(split)
+        data = getattr(data, "base", data)  # a feature cache over the split: the captions are the split's
+        return [c.text for caps in data.captions for c in caps]
 
 
 # -- images ------------------------------------------------------------------------------------------------------------
@@ -164,6 +166,7 @@ class ShapesImageDataModule(_ShapesModule):
         min_vocab_count: int = 1,
         seed: int = 0,
         eval_batch_size: int | None = None,
+        features_dir: str | None = None,
     ):
         super().__init__(
             num_train,
@@ -177,6 +180,7 @@ class ShapesImageDataModule(_ShapesModule):
             min_vocab_count=min_vocab_count,
             seed=seed,
             eval_batch_size=eval_batch_size,
+            features_dir=features_dir,
         )
         check_positive(captions_per_image=captions_per_image)
         self._check_count("objects", min_objects, max_objects)
@@ -297,6 +301,7 @@ class ShapesVideoDataModule(_ShapesModule):
         min_vocab_count: int = 1,
         seed: int = 0,
         eval_batch_size: int | None = None,
+        features_dir: str | None = None,
     ):
         super().__init__(
             num_train,
@@ -310,6 +315,7 @@ class ShapesVideoDataModule(_ShapesModule):
             min_vocab_count=min_vocab_count,
             seed=seed,
             eval_batch_size=eval_batch_size,
+            features_dir=features_dir,
         )
         check_positive(captions_per_clip=captions_per_clip, num_frames=num_frames)
         self._check_count("events", min_events, max_events)

@@ -3,7 +3,12 @@
 For each item i the model sees the length-1 input ``(v_i)`` (at its original position, for models with
 positional embeddings) and gives ``q_i(y_t)``. ``Loss(t, i, w) = -log q_i(y_t = w)`` (Eq. 7) or
 ``KL(p(y_t) || q_i(y_t))`` against the full-input distribution (Eq. 6). For video, region (a, b) of frame i is
-the input ``f_i(a, b)`` alone (Eq. 13): frame descriptors are grid means, so both are on one scale.
+the grid feature ``f_i(a, b)`` alone, a length-1 input (Eq. 13), fed as ``region_input`` says: ``pooled`` (default)
+``f_i(a, b) / (h*w)``, the frame descriptor (the grid mean) of frame i with every other cell zeroed; ``cell``: the
+raw ``f_i(a, b)``, Eq. 13 as printed; ``rescaled``: ``f_i(a, b)`` scaled to the norm of frame i's descriptor. The
+README's study ("Eq. 13 measured") compares the three on the video demo: raw, an object's cell is six times the norm
+of the frame descriptors the model was trained on and the background cells look like whole frames; ``pooled`` keeps
+the cells' relative strengths (background near zero) and is the only one that localises.
 All ``r*m + m`` inputs of every sample go through the model as one batched teacher-forced pass, in chunks whose
 measured peak memory stays under ``memory_budget_mb`` (:mod:`capsal.explainers.chunking`).
 """
@@ -25,6 +30,7 @@ from capsal.explainers.saliency import Saliency
 from capsal.models.protocol import target_logprobs, widened
 
 MODES = ("information_gain", "kl")
+REGION_INPUTS = ("pooled", "cell", "rescaled")
 
 
 @register_explainer("caption_guided")
@@ -32,7 +38,8 @@ class CaptionGuided(Explainer):
     """The paper's explainer. Works with any model implementing the encoder-decoder protocol.
 
     Options: ``mode`` (``information_gain``, Eq. 7, or ``kl``, Eq. 6); ``spatial`` (video: also the regions
-    inside each frame, Eq. 13, when a grid is given); ``memory_budget_mb``: the most memory one chunk of the
+    inside each frame, Eq. 13, when a grid is given); ``region_input`` (how a region is fed: ``pooled``, ``cell``
+    or ``rescaled``, see the module doc); ``memory_budget_mb``: the most memory one chunk of the
     batched pass may allocate at its peak (encoder and decoder activations, logits, losses: everything beyond the
     model, the inputs and, for ``kl``, the full-input reference). Probe passes of one and two inputs measure the
     peak (CUDA: ``max_memory_allocated``; elsewhere the live tensors their ops create) and the other chunks hold
@@ -51,14 +58,21 @@ class CaptionGuided(Explainer):
         memory_budget_mb: float = 256.0,
         beam_size: int = 1,
         precision: int | str = 32,
+        region_input: str = "pooled",
     ):
         if mode not in MODES:
             raise UserError(
                 f"caption_guided mode must be one of {', '.join(MODES)}, got {mode!r} "
                 "(explainer_options.caption_guided.mode=kl, for example)"
             )
+        if region_input not in REGION_INPUTS:
+            raise UserError(
+                f"caption_guided region_input must be one of {', '.join(REGION_INPUTS)}, got {region_input!r} "
+                "(explainer_options.caption_guided.region_input=cell, for example)"
+            )
         self.mode = mode
         self.spatial = spatial
+        self.region_input = region_input
         self.memory_budget_mb = memory_budget_mb
         self.beam_size = beam_size
         self.last_chunking: dict | None = None
@@ -86,7 +100,7 @@ class CaptionGuided(Explainer):
         singles, positions, owners = self._single_item_inputs(items)
         regions = None
         if layout.is_video and self.spatial and grid is not None:
-            regions = self._single_region_inputs(grid)
+            regions = self._single_region_inputs(grid, self.region_input)
             singles = torch.cat([singles, regions[0]])
             positions = torch.cat([positions, regions[1]])
             owners = torch.cat([owners, regions[2]])
@@ -119,10 +133,11 @@ class CaptionGuided(Explainer):
         return singles, positions, owners
 
     @staticmethod
-    def _single_region_inputs(grid: torch.Tensor):
-        """Every region of every frame alone (Eq. 13), positioned at its frame: ``(B*T*h*w, 1, d)``."""
+    def _single_region_inputs(grid: torch.Tensor, region_input: str = "pooled"):
+        """Every region of every frame alone (Eq. 13), positioned at its frame: ``(B*T*h*w, 1, d)``, each fed as
+        ``region_input`` says (see the module doc)."""
         batch, frames, h, w = grid.shape[:4]
-        singles = rearrange(grid, "b t h w d -> (b t h w) 1 d")
+        singles = rearrange(region_inputs(grid, region_input), "b t h w d -> (b t h w) 1 d")
         positions = repeat(torch.arange(frames, device=grid.device), "t -> (b t r) 1", b=batch, r=h * w)
         owners = repeat(torch.arange(batch, device=grid.device), "b -> (b t r)", t=frames, r=h * w)
         return singles, positions, owners
@@ -167,3 +182,16 @@ class CaptionGuided(Explainer):
             return self._costs.setdefault(model, {})
         except TypeError:
             return {}
+
+
+def region_inputs(grid: torch.Tensor, region_input: str = "pooled") -> torch.Tensor:
+    """The grid ``(B, T, h, w, d)`` as the one-region inputs of Eq. 13: each cell ``pooled`` (divided by ``h*w``:
+    the grid mean of its frame with every other cell zeroed), as a raw ``cell``, or ``rescaled`` to the norm of its
+    frame's descriptor (the grid mean)."""
+    h, w = grid.shape[2:4]
+    if region_input == "pooled":
+        return grid / (h * w)
+    if region_input == "rescaled":
+        frame_norm = grid.mean(dim=(2, 3), keepdim=True).norm(dim=-1, keepdim=True)
+        return grid * frame_norm / grid.norm(dim=-1, keepdim=True).clamp(min=torch.finfo(grid.dtype).tiny)
+    return grid

@@ -1,7 +1,8 @@
 """Visual encoders: pixels ``(N, 3, H, W)`` in [0, 1] -> descriptor grids ``(N, d, h, w)``.
 
 A small CNN trained end to end serves the synthetic data; frozen torchvision backbones serve real datasets
-(InceptionV3 ``mixed_10`` as in the paper, ResNet-50 ``layer4``).
+(InceptionV3 ``mixed_10`` as in the paper, ResNet-50 ``layer4``); ``CheckpointBackbone`` freezes the visual encoder
+of a trained capsal checkpoint (the video demo's backbone, pre-trained by captioning ``shapes_image``).
 """
 
 from __future__ import annotations
@@ -108,6 +109,57 @@ class TorchvisionBackbone(nn.Module):
     def _resize(self, pixels: torch.Tensor) -> torch.Tensor:
         size = self.input_size
         return F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
+
+
+class CheckpointBackbone(nn.Module):
+    """The visual encoder of a trained capsal checkpoint, frozen: its grids are features whose every cell was
+    trained to mean something (an image captioner reads the cells one by one), as an ImageNet CNN's are.
+
+    ``checkpoint``: a ``.ckpt`` that ``capsal-train`` saved; the encoder is rebuilt from the backbone config recorded
+    in it and gets its weights. Models built on it record the path, so that file must stay where it is (as a
+    torchvision backbone needs its weights file in the hub cache).
+    """
+
+    def __init__(self, checkpoint: str, frozen: bool = True):
+        super().__init__()
+        from hydra.utils import instantiate
+
+        self.checkpoint = str(checkpoint)
+        config, weights = _checkpoint_backbone(Path(checkpoint).expanduser())
+        self.body = instantiate(config)
+        self.body.load_state_dict(weights)
+        self.out_channels = int(self.body.out_channels)
+        self.stride = getattr(self.body, "stride", None)
+        self.frozen = frozen
+        if frozen:
+            self.requires_grad_(False)
+            self.eval()
+
+    def train(self, mode: bool = True) -> CheckpointBackbone:
+        """A frozen encoder stays in eval mode (its batch-norm statistics are the pre-training's)."""
+        return super().train(mode and not self.frozen)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.body(pixels)
+
+
+def _checkpoint_backbone(path: Path) -> tuple[dict, dict]:
+    """The backbone config and weights a capsal checkpoint holds; one line when ``path`` holds none."""
+    if not path.is_file():
+        raise UserError(
+            f"backbone checkpoint {path} does not exist; pass backbone.checkpoint= the .ckpt of a capsal-train run"
+        )
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        config = dict(saved["hyper_parameters"]["backbone"])
+        state = saved["state_dict"]
+    except Exception as error:  # a truncated or foreign file surfaces as many exception types
+        raise UserError(
+            f"{path} is not a capsal checkpoint with a backbone ({type(error).__name__}); pass the .ckpt of a "
+            f"capsal-train run as backbone.checkpoint"
+        ) from error
+    weights = {key.removeprefix("backbone."): value for key, value in state.items() if key.startswith("backbone.")}
+    return config, weights
 
 
 def _load_weights(name: str, weights: str) -> dict:

@@ -238,7 +238,7 @@ def test_gradient_explainer_runs_with_inference_mode_off(tiny_train_cfg, tmp_pat
     assert [f["explainers"] for f in record["figures"]] == [["gradient", "caption_guided"]] * 2
 
 
-def test_video_fit_logs_temporal_scalars_and_strip_images(tiny_train_cfg, tmp_path):
+def test_video_fit_logs_temporal_scalars_and_fig5_images(tiny_train_cfg, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
     cfg = tiny_train_cfg("datamodule=shapes_video", "logger=tensorboard", "callbacks.saliency.num_samples=2")
@@ -251,15 +251,18 @@ def test_video_fit_logs_temporal_scalars_and_strip_images(tiny_train_cfg, tmp_pa
     assert {"val/temporal_pointing/caption_guided", "val/spatial_pointing/caption_guided"} <= set(
         events.Tags()["scalars"]
     )
-    strips = {f"val/saliency/sample_{k}/{kind}_strip" for k in range(2) for kind in KINDS}
-    assert strips <= set(events.Tags()["images"])
+    figures = {f"val/saliency/sample_{k}/{kind}" for k in range(2) for kind in KINDS}
+    assert figures <= set(events.Tags()["images"])
     (record,) = manifest(tmp_path / "gallery")
     for figure in record["figures"]:
-        strip = Image.open(tmp_path / "gallery" / figure["strip"])
-        assert strip.mode == "RGB" and strip.width > 200 and strip.height > 100
-        pixels = list(strip.convert("L").getdata())
-        assert len(set(pixels)) > 10  # grey levels, not a blank canvas
-        # a video figure's cells are titled "word @frame": its words are those of the sentence
+        assert figure["strip"] is None  # Fig. 5: the strips are part of the figure
+        image = Image.open(tmp_path / "gallery" / figure["png"])
+        assert image.mode == "RGB" and image.width == viz.VIDEO_WIDTH
+        words = len(figure["words"])
+        # title, then the strip (a row per word) and the words' most salient frames, rows of 5
+        assert image.height >= viz.FOOTER + words * viz.STRIP_ROW + (words + 4) // 5 * viz.FRAME_CELL
+        pixels = list(image.convert("L").getdata())
+        assert len(set(pixels)) > 10  # grey levels and frames, not a blank canvas
         assert " ".join(figure["words"]) in figure["sentence"]
 
 

@@ -59,7 +59,8 @@ def test_explain_a_video_sample_gives_temporal_and_spatial_maps(video_checkpoint
     arrays = np.load(tmp_path / "saliency.npz")
     n = len(summary["sentence"].split())
     assert summary["kind"] == "video" and arrays["temporal"].shape == (n, 8)
-    assert arrays["spatial"].shape == (n, 8, 32, 32)
+    assert arrays["regions"].shape == (n, 8, 4, 4)  # the grid-level spatial saliency in every frame
+    assert arrays["spatial"].shape == (n, 32, 32)  # each word's map in its most salient frame, at the frame's size
     assert all(0 <= p["best_frame"] < 8 for p in summary["panels"])
     assert_picture(tmp_path / "saliency.png")
 
@@ -208,7 +209,8 @@ def check_outputs(out: Path, summary: dict, kind: str, explainer: str, case: str
         height, width = (40, 48) if from_file else (32, 32)
         assert summary["kind"] == "video" and summary["frames"] == FRAMES
         assert arrays["temporal"].shape == (len(spans), FRAMES)
-        assert arrays["spatial"].shape == (len(spans), FRAMES, height, width)
+        assert arrays["regions"].shape == (len(spans), FRAMES, 4, 4)
+        assert arrays["spatial"].shape == (len(spans), height, width)
         assert all(0 <= p["best_frame"] < FRAMES for p in summary["panels"])
 
 
@@ -370,3 +372,35 @@ def test_each_kind_of_bad_input_exits_2_with_one_line(args, message, image_check
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == result.stderr.strip().splitlines()[0], "more than one line"
     assert result.stderr.startswith("capsal-explain: error: ") and message in result.stderr
+
+
+def test_a_video_of_any_size_and_length_gives_the_fig5_figure(video_checkpoint, tmp_path, caplog):
+    from capsal import viz
+
+    clips = {
+        "short_large.mp4": write_clip(tmp_path / "short_large.mp4", frames=3, size=(360, 480)),  # < the model's 8
+        "long.mp4": write_clip(tmp_path / "long.mp4", frames=40, size=(96, 128)),
+    }
+    for name, clip in clips.items():
+        out = tmp_path / f"out_{clip.stem}"
+        with caplog.at_level("INFO", logger="capsal"):
+            summary = explain(compose_app("explain", out, f"ckpt_path={video_checkpoint}", f"input={clip}"))
+        assert summary["kind"] == "video" and summary["frames"] == FRAMES
+        figure = Image.open(out / "saliency.png")
+        assert figure.width == viz.VIDEO_WIDTH and figure.height > viz.FRAME_CELL  # strip, then frames
+        assert_picture(out / "saliency.png")
+        height, width = (360, 480) if name.startswith("short") else (96, 128)
+        assert np.load(out / "saliency.npz")["spatial"].shape == (len(summary["panels"]), height, width)
+    assert f"video {clips['short_large.mp4']} has 3 frames, fewer than the {FRAMES} asked for" in caplog.text
+
+
+def test_a_video_without_a_decodable_frame_exits_2_in_one_line(video_checkpoint, tmp_path):
+    empty = tmp_path / "no_frames.mp4"
+    with av.open(str(empty), "w") as container:  # a video stream, not one frame in it
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.height, stream.width = 32, 32
+        stream.pix_fmt = "yuv420p"
+    result = run_cli(f"ckpt_path={video_checkpoint}", f"input={empty}", f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and str(empty) in result.stderr
+    assert result.stderr.startswith("capsal-explain: error: ")

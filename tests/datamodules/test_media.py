@@ -55,10 +55,15 @@ def test_frames_are_sampled_evenly_over_the_clip(tmp_path, name, codec):
     assert indices_of(decode_video(path, num_frames=1)) == [10]
 
 
-def test_short_clips_repeat_frames_evenly(tmp_path):
+def test_short_clips_repeat_frames_evenly_and_say_so(tmp_path, caplog):
     path = write_video(tmp_path / "short.mp4", frame_levels(3), "libx264")
-    assert indices_of(decode_video(path, num_frames=6)) == [0, 0, 1, 1, 2, 2]
-    assert indices_of(decode_video(path, num_frames=3)) == [0, 1, 2]
+    with caplog.at_level("INFO", logger="capsal"):
+        assert indices_of(decode_video(path, num_frames=6)) == [0, 0, 1, 1, 2, 2]
+    assert f"video {path} has 3 frames, fewer than the 6 asked for: frames repeated evenly" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="capsal"):
+        assert indices_of(decode_video(path, num_frames=3)) == [0, 1, 2]
+    assert "repeated" not in caplog.text
 
 
 def test_variable_frame_rate_is_sampled_by_time_not_frame_count(tmp_path):

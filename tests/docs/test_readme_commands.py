@@ -22,6 +22,13 @@ PLACEHOLDERS = {
     '"$$run': '"outputs/demo/image/run',
     "$(DEMO_ARGS)": "",
     "$(DEMO_EVAL_ARGS)": "",
+    # the video demo's first steps: $$abs is the run folder's absolute path
+    '"$$abs': '"/home/user/outputs/demo/video/run',
+    "$(DEMO_VIDEO_DATA)": "datamodule.frame_size=64",
+    "$(DEMO_BACKBONE_ARGS)": "",
+    "$(DEMO_EXTRACT_ARGS)": "",
+    "$(2)": "",
+    "$(3)": "",
 }
 
 
@@ -39,6 +46,8 @@ def _commands(source: str, lines: list[tuple[int, str]]) -> list[tuple[str, str,
             written = written.replace(old, new)
         written = re.sub(r"<([A-Za-z_]+)>", r"\1", written)  # <run> -> run
         for command in written.split("&&"):  # a recipe line may chain several commands
+            if not re.search(r"capsal-\w+", command):  # e.g. a shell step of the recipe
+                continue
             argv = shlex.split(command, comments=True)
             for i, word in enumerate(argv):
                 if Path(word).name in APPS:
@@ -58,9 +67,23 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
             block = None
         elif block is not None:
             block.append((number, line))
-    makefile = [(n, line.strip()) for n, line in enumerate((ROOT / "Makefile").read_text().splitlines(), start=1)]
+    makefile = _joined((ROOT / "Makefile").read_text().splitlines())
     commands += _commands("Makefile", [(n, line) for n, line in makefile if re.search(r"capsal-\w+ ", line)])
     return commands
+
+
+def _joined(lines: list[str]) -> list[tuple[int, str]]:
+    """``(first line number, text)`` of every logical line: backslash continuations joined, each part stripped."""
+    joined, pending, start = [], "", 0
+    for number, line in enumerate(lines, start=1):
+        if not pending:
+            start = number
+        if line.rstrip().endswith("\\"):
+            pending += line.strip()[:-1] + " "
+            continue
+        joined.append((start, pending + line.strip()))
+        pending = ""
+    return joined
 
 
 COMMANDS = documented_commands()

@@ -118,24 +118,49 @@ def test_explaining_the_own_caption_equals_explaining_it_as_a_query(model, items
     torch.testing.assert_close(explainer.explain(model, items, tokens=own.tokens).losses, own.losses)
 
 
-def test_video_regions_are_single_grid_features_on_the_frame_scale(model):
+def region_loss(model, saliency, region: torch.Tensor, frame: int) -> torch.Tensor:
+    """Loss of word 1 of the explained sentence with ``region`` ``(d,)`` alone as the input, at ``frame``."""
+    state = model.encode(region[None, None], None, torch.tensor([[frame]]))
+    logq = model.token_logprobs(state, saliency.tokens[:, :-1])
+    return -logq[0, 1, saliency.tokens[0, 2]]
+
+
+def test_video_regions_are_single_grid_features_fed_as_region_input_says(model):
     torch.manual_seed(2)
     grid = torch.randn(1, 4, 2, 3, model.feature_size, dtype=torch.float64)
     items = model.items(grid)
-    saliency = build_explainer("caption_guided").explain(model, items, grid=grid, tokens="a red circle")
+    explained = {
+        kind: build_explainer("caption_guided", region_input=kind).explain(
+            model, items, grid=grid, tokens="a red circle"
+        )
+        for kind in ("pooled", "cell", "rescaled")
+    }
+    saliency = explained["pooled"]
     assert saliency.layout.is_video and saliency.layout.grid_size == (2, 3)
     assert saliency.region_losses.shape == (1, 4, 4, 6)  # words+eos slot, frames, regions
-    # a frame whose every region equals its mean: region saliency equals the frame's temporal saliency
+    cell = grid[0, 2, 1, 0]  # region (frame 2, row 1, col 0): the grid feature f_2(1, 0)
+    frame_norm = items[0, 2].norm()
+    expected = {"pooled": cell / 6, "cell": cell, "rescaled": cell * frame_norm / cell.norm()}
+    for kind, region in expected.items():
+        torch.testing.assert_close(explained[kind].region_losses[0, 1, 2, 3], region_loss(model, saliency, region, 2))
+    # pooled: a region is the frame descriptor (grid mean) of its frame with every other cell zeroed
+    alone = torch.zeros_like(grid)
+    alone[0, 2, 1, 0] = cell
+    temporal = build_explainer("caption_guided").explain(model, model.items(alone), tokens=saliency.tokens)
+    torch.testing.assert_close(saliency.region_losses[0, :, 2, 3], temporal.losses[0, :, 2])
+    # cell and rescaled: a frame whose every region equals its mean gives each region the frame's temporal saliency
     flat = items[:, :, None, None, :].expand(1, 4, 2, 3, model.feature_size).contiguous()
-    same = build_explainer("caption_guided").explain(model, items, grid=flat, tokens="a red circle")
-    torch.testing.assert_close(same.region_losses, same.losses[..., None].expand_as(same.region_losses))
-    # region (frame 2, row 1, col 0) is the grid feature f_2(1, 0) alone
-    state = model.encode(grid[:, 2, 1, 0][:, None], None, torch.tensor([[2]]))
-    logq = model.token_logprobs(state, saliency.tokens[:, :-1])
-    expected = -logq[0, 1, saliency.tokens[0, 2]]
-    torch.testing.assert_close(saliency.region_losses[0, 1, 2, 3], expected)
-    regions = saliency.to_image_size(30, 45)
-    assert regions.shape == (1, 4, 4, 30, 45)
+    for kind in ("cell", "rescaled"):
+        same = build_explainer("caption_guided", region_input=kind).explain(model, items, grid=flat, tokens="a red")
+        torch.testing.assert_close(same.region_losses, same.losses[..., None].expand_as(same.region_losses))
+    assert saliency.to_image_size(30, 45).shape == (1, 4, 4, 30, 45)
+
+
+def test_an_unknown_region_input_is_one_line_naming_the_choices():
+    from capsal.errors import UserError
+
+    with pytest.raises(UserError, match="region_input must be one of pooled, cell, rescaled, got 'mean'"):
+        build_explainer("caption_guided", region_input="mean")
 
 
 def test_spatial_maps_put_grid_values_at_receptive_field_centres(model):

@@ -12,9 +12,11 @@ Measured there (torch 2.14.1, 2-core CPU): caption_guided 0.998 and 100% of 48 p
 The tiny one-epoch fixtures (``image_checkpoint`` / ``video_checkpoint``) keep a looser check: their caption-guided
 maps are nearly flat (an item's loss differs from the others' by 0.0033 nats on average over the image grid, 0.00032
 over the 8 frames, while bf16 moves a loss by ~0.0003 nats), so bf16 reorders near-ties: measured image 0.84 / 99%
-of 102 phrases, video frames 0.35 / 42% of 26, regions 0.87 (gradient: image 0.988 / 100%, video 1.00 / 100%).
-Their thresholds sit under those numbers and the loss error is held to 1e-3 nats, the check that does not depend on
-how flat a map is.
+of 102 phrases, video frames 0.35 / 42% of 26 (gradient: image 0.988 / 100%, video 1.00 / 100%). Regions are fed
+``pooled`` (a cell over h*w, README "Eq. 13 measured"): their losses spread by 0.00012 nats over a frame's 16
+regions on average, less than bf16's error, so their rank correlation (measured 0.23) says nothing here and is not
+checked. Their thresholds sit under those numbers and the loss error, of the items and the regions, is held to
+1e-3 nats (measured 0.00025), the check that does not depend on how flat a map is.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ THRESHOLDS = {
     ("caption_guided", "localising image"): (0.99, 0.99, None, None),
     ("gradient", "localising image"): (0.94, 0.99, None, None),
     ("caption_guided", "image"): (0.75, 0.90, None, 1e-3),
-    ("caption_guided", "video"): (0.30, 0.35, 0.75, 1e-3),
+    ("caption_guided", "video"): (0.30, 0.35, None, 1e-3),  # regions: held by the loss error (see the docstring)
     ("gradient", "image"): (0.97, 0.99, None, None),
     ("gradient", "video"): (0.95, 0.99, 0.99, None),
 }
@@ -47,7 +49,7 @@ def compare(model, datamodule, name: str) -> dict[str, float]:
     """Both precisions on every test phrase: mean rank correlation, share of equal hits / peak frames."""
     samples = [datamodule.sample("test", i) for i in range(datamodule.sizes["test"])]
     explainers = {p: build_explainer(name, precision=p) for p in ("32", "bf16-mixed")}
-    correlations, same, regions, errors = [], [], [], []
+    correlations, same, regions, errors, spreads = [], [], [], [], []
     for batch in batches_of(caption_pairs(samples), model.vocab, 16):
         with torch.no_grad():
             grid = visual_grid(model, batch)
@@ -58,7 +60,10 @@ def compare(model, datamodule, name: str) -> dict[str, float]:
         assert all(s.scores.dtype == torch.float32 for s in out.values())
         if full.losses is not None:
             assert mixed.losses.dtype == torch.float32
-            errors.append((full.losses - mixed.losses).abs()[full.word_mask])
+            errors.append((full.losses - mixed.losses).abs()[full.word_mask].flatten())
+        if full.region_losses is not None:
+            errors.append((full.region_losses - mixed.region_losses).abs()[full.word_mask].flatten())
+            spreads.append(full.region_losses.amax(-1) - full.region_losses.amin(-1))
         a, b = full.phrase_maps(spans), mixed.phrase_maps(spans)
         correlations.append(rank_correlation(a.flatten(1), b.flatten(1)))
         if full.layout.is_video:
@@ -78,6 +83,7 @@ def compare(model, datamodule, name: str) -> dict[str, float]:
         "same_peak": torch.cat(same).float().mean().item(),
         "mean_region_rank_correlation": torch.cat(regions).mean().item() if regions else None,
         "mean_loss_error": torch.cat(errors).mean().item() if errors else None,
+        "mean_region_loss_spread": torch.cat([x.flatten() for x in spreads]).mean().item() if spreads else None,
     }
     print(f"\n{name}: {result}")  # pytest -s shows the measured numbers
     return result

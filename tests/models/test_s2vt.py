@@ -136,3 +136,22 @@ def test_input_projection_size_widens_the_projection_and_its_default_keeps_the_o
     items = torch.randn(2, 3, wide.feature_size)
     tokens = torch.tensor([wide.vocab.encode("a red circle")] * 2)
     assert wide.token_logprobs(wide.encode(items), tokens[:, :-1]).shape == (2, 4, len(wide.vocab))
+
+
+def test_checkpoint_backbone_is_the_trained_encoder_frozen(image_checkpoint, tmp_path):
+    from capsal.checkpoints import load_captioner
+    from capsal.models.backbones import CheckpointBackbone
+
+    trained = load_captioner(image_checkpoint).backbone
+    backbone = CheckpointBackbone(str(image_checkpoint))
+    pixels = torch.rand(2, 3, 64, 64)
+    backbone.train()  # a frozen encoder keeps its batch-norm statistics
+    assert not backbone.training and not any(p.requires_grad for p in backbone.parameters())
+    torch.testing.assert_close(backbone(pixels), trained(pixels))
+    assert backbone.out_channels == trained.out_channels
+    not_capsal = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}}, not_capsal)
+    with pytest.raises(UserError, match="is not a capsal checkpoint with a backbone"):
+        CheckpointBackbone(str(not_capsal))
+    with pytest.raises(UserError, match=r"does not exist; pass backbone\.checkpoint="):
+        CheckpointBackbone(str(tmp_path / "missing.ckpt"))
