@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
+from parity import check, compare
 from tiny import compose_app, compose_train
 
 from capsal import viz
@@ -156,6 +157,12 @@ def test_the_gallery_of_a_cache_trained_model_shows_the_real_frames(cached_video
         assert figure.image.shape[1] == viz.VIDEO_WIDTH and figure.image.std() > 20
     written = sorted((cached_video_model["root"] / "video" / "gallery").glob("epoch_*/sample_*.png"))
     assert len(written) == 4  # the training callback's gallery: 2 samples x (prediction, reference)
+
+
+@pytest.mark.slow
+def test_bf16_maps_of_the_cache_trained_model_match_float32(cached_video_model):
+    model = load_captioner(cached_video_model["checkpoint"])
+    check(compare(model, checkpoint_datamodule(model), "caption_guided"), "caption_guided", "cache-trained")
 
 
 def _frames(sample) -> list[np.ndarray]:
