@@ -163,13 +163,10 @@ class CaptionGuided(Explainer):
             torch.is_autocast_enabled(),
         )
         known = self._known_costs(model)
+        cost = known.get(key)
+        unseen = unseen_bytes(model, singles.device) if cost is None else 0  # only a new measurement needs it
         losses, self.last_chunking = run_in_chunks(
-            run,
-            singles.shape[0],
-            self.memory_budget_mb,
-            singles.device,
-            cost=known.get(key),
-            unseen=unseen_bytes(model, singles.device) if isinstance(model, torch.nn.Module) else 0,
+            run, singles.shape[0], self.memory_budget_mb, singles.device, cost=cost, unseen=unseen
         )
         if self.last_chunking["cost"] is not None:
             known[key] = self.last_chunking["cost"]

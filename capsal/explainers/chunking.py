@@ -133,11 +133,14 @@ def _bytes_of(result: object) -> int:
     return sum(storages.values())
 
 
-def unseen_bytes(model: torch.nn.Module, device: torch.device) -> int:
+def unseen_bytes(model: object, device: torch.device) -> int:
     """Memory a pass allocates that :func:`peak_bytes` does not see on CPU: oneDNN's recurrent kernels copy their
     module's weights on every call (measured: 36 MB for an LSTM of 35 MB of weights), one module at a time, so the
-    largest recurrent module's weights. Nothing elsewhere (CUDA's peak counts everything)."""
-    if device.type != "cpu" or not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled:
+    largest recurrent module's weights. Nothing elsewhere (CUDA's peak counts everything), nor for a model that is
+    not an ``nn.Module`` (its modules are unknown)."""
+    if not isinstance(model, torch.nn.Module) or device.type != "cpu":
+        return 0
+    if not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled:
         return 0
     recurrent = [module for module in model.modules() if isinstance(module, torch.nn.RNNBase)]
     return max((sum(p.numel() * p.element_size() for p in module.parameters()) for module in recurrent), default=0)
