@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-video test lint format java chromium clean
+.PHONY: demo demo-video test lint format java chromium device-site clean
 
 # (Re)install when the venv is missing or pyproject.toml changed.
 $(STAMP): pyproject.toml
@@ -82,6 +82,13 @@ format: $(STAMP)
 
 test: $(STAMP) java chromium lint
 	$(BIN)/python -m pytest -q
+
+# The pure-Python packages a GPU machine's stock PyTorch image lacks (benchmarks/device_check.sh), copied from the
+# venv into .devsite/ (ignore it in .git/info/exclude; carry it and put it on PYTHONPATH there).
+device-site: $(STAMP)
+	rm -rf .devsite && mkdir .devsite
+	cd $$($(BIN)/python -c "import hydra, os; print(os.path.dirname(os.path.dirname(hydra.__file__)))") && \
+		cp -r hydra omegaconf antlr4 $(CURDIR)/.devsite/
 
 clean:
 	rm -rf $(VENV) outputs multirun wandb .pytest_cache .ruff_cache

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One device check, no install and no network: the gpu-marked tests, then the explainer benchmarks, printed as
-# BENCHMARKS.md rows under the card's (or the CPU's) name, demo and paper sizes. Fits in 5 minutes on one GPU.
+# BENCHMARKS.md rows under the card's (or the CPU's) name, demo and paper sizes. 3 minutes on one H200.
 #   benchmarks/device_check.sh [--device cuda|cpu]
+# A stock PyTorch GPU image lacks hydra-core and omegaconf: `make device-site` copies them into .devsite/, which the
+# device run carries and puts first on PYTHONPATH (PYTHONPATH=$PWD/.devsite PYTHON=python3 benchmarks/device_check.sh).
 set -u
 cd "$(dirname "$0")/.."
 DEVICE=cuda
@@ -13,7 +15,7 @@ NAME=$("$PY" -c "import torch,platform; print(torch.cuda.get_device_name() if '$
 echo "## Device check: $NAME, torch $("$PY" -c 'import torch; print(torch.__version__)')"
 echo
 echo "### gpu tests (pytest -m gpu)"
-timeout 200 "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -15
+timeout 200 "$PY" -m pytest -m gpu -q -rs --tb=short -p no:warnings -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -60
 echo
 echo "### $NAME: caption_guided explainer (benchmarks/bench_explain.py --skip-slow --device $DEVICE)"
 for args in "" "--video"; do

@@ -27,6 +27,16 @@ def model_device(model: object) -> torch.device:
     return torch.device("cpu")
 
 
+def model_dtype(model: object) -> torch.dtype | None:
+    """The dtype of a model's first floating-point parameter (None for a model without one)."""
+    parameters = getattr(model, "parameters", None)
+    if callable(parameters):
+        for tensor in parameters():
+            if tensor.is_floating_point():
+                return tensor.dtype
+    return None
+
+
 def rank_and_world() -> tuple[int, int]:
     """This process's rank and the number of processes (0 and 1 outside ``torch.distributed``)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():

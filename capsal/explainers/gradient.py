@@ -44,7 +44,9 @@ class GradientTimesInput(Explainer):
     ) -> Saliency:
         with eval_mode(model), autocast(self.precision, items.device):
             s = prepare(model, items, mask, grid, tokens, self.beam_size)
-            with torch.inference_mode(False), torch.enable_grad():
+            # cuDNN's RNN backward refuses eval mode (dropout off); PyTorch's own kernels take it, same numbers
+            no_cudnn = torch.backends.cudnn.flags(enabled=False)
+            with torch.inference_mode(False), torch.enable_grad(), no_cudnn:
                 scores, regions = self._attributions(model, items, s.mask, grid, s.tokens, s.layout.is_video)
         return s.saliency(scores, region_scores=regions, explainer=self.name)
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
+from capsal.devices import model_dtype
 from capsal.text import Tokenizer
 from capsal.types import ItemLayout
 
@@ -134,8 +135,13 @@ def layout_of_items(model: object, items: torch.Tensor, grid: torch.Tensor | Non
 
 def visual_grid(model: Any, batch: Batch) -> torch.Tensor:
     """The descriptor grid of a batch: the cached one when the batch carries it, else ``model.features`` of its
-    pixels. Works where the batch's tensors are; move the batch to the model's device first."""
-    return batch.grid if batch.grid is not None else model.features(batch.pixels)
+    pixels. Works where the batch's tensors are; move the batch to the model's device first.
+
+    The grid comes in the model's parameter dtype: a backbone run under a surrounding autocast (Lightning's
+    ``precision=16-mixed`` step) returns half precision, which a float32 explainer's calls could not take."""
+    grid = batch.grid if batch.grid is not None else model.features(batch.pixels)
+    dtype = model_dtype(model)
+    return grid if dtype is None or not grid.is_floating_point() else grid.to(dtype)
 
 
 def randomisation_stages(model: Any) -> list[tuple[str, torch.nn.Module]]:

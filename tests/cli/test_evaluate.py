@@ -80,3 +80,21 @@ def test_video_tables_report_temporal_and_spatial_pointing(video_checkpoint, tmp
         assert set(values) == {"temporal_pointing", "spatial_pointing"}
         assert 0.0 <= values["temporal_pointing"]["avg"] <= 1.0
     assert "Temporal pointing" in (tmp_path / "tables.md").read_text()
+
+
+def test_mixed_precision_trainer_gives_the_float32_tables(image_checkpoint, tmp_path):
+    """Under ``trainer.precision=bf16-mixed`` the backbone's grid comes out of Lightning's autocast in bfloat16;
+    the explainers (precision 32 by default) still run in float32 and give the float32 run's hits."""
+    overrides = (
+        f"ckpt_path={image_checkpoint}",
+        "max_samples=8",
+        "caption_metrics=[]",
+        "explainers=[caption_guided,gradient]",
+    )
+    mixed = evaluate(compose_app("eval", tmp_path / "mixed", *overrides, "trainer.precision=bf16-mixed"))
+    full = evaluate(compose_app("eval", tmp_path / "full", *overrides))
+    assert mixed["phrases"] == full["phrases"] > 0
+    for name in ("caption_guided", "gradient"):
+        assert mixed["localisation"][name]["pointing_game"]["avg"] == pytest.approx(
+            full["localisation"][name]["pointing_game"]["avg"], abs=1.01 / full["phrases"]
+        ), "more than one phrase's hit changed"
