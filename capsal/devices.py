@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import time
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from capsal.errors import UserError
+
+log = logging.getLogger("capsal")
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
@@ -25,6 +33,43 @@ def model_device(model: object) -> torch.device:
             for tensor in tensors():
                 return tensor.device
     return torch.device("cpu")
+
+
+def idle_cpus(sample_s: float = 0.5) -> int:
+    """How many of this process's CPUs were idle over the next ``sample_s`` seconds (Linux ``/proc/stat``; at least
+    one; all of them where that cannot be read)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+    def times() -> tuple[int, int] | None:
+        try:
+            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        return sum(fields[:8]), fields[3] + fields[4]  # total, idle + iowait
+
+    before = times()
+    time.sleep(sample_s)
+    after = times()
+    if before is None or after is None or after[0] <= before[0]:
+        return available
+    idle_share = (after[1] - before[1]) / (after[0] - before[0])
+    return max(1, min(available, round(idle_share * (os.cpu_count() or available))))
+
+
+def set_cpu_threads(option: int | str | None, key: str = "cpu_threads") -> None:
+    """Torch's CPU threads as the config's ``cpu_threads`` says: null leaves torch's default (every core), ``auto``
+    takes the cores idle at start (on a busy machine, threads that wait for a core slow every step), a number is
+    taken as given."""
+    if option is None:
+        return
+    if option == "auto":
+        threads = idle_cpus()
+        log.info("torch CPU threads: %d (cpu_threads=auto: the cores idle at start)", threads)
+    elif isinstance(option, int) and not isinstance(option, bool) and option > 0:
+        threads = option
+    else:
+        raise UserError(f"{key} must be null, auto or a positive number of threads, got {option!r}")
+    torch.set_num_threads(threads)
 
 
 def model_dtype(model: object) -> torch.dtype | None:

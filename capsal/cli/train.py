@@ -11,12 +11,13 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from capsal.config_checks import check_config
 from capsal.datamodules.base import collate_samples
 from capsal.datamodules.features import CachedFeatures, check_model_backbone
-from capsal.devices import model_device
+from capsal.devices import model_device, set_cpu_threads
 from capsal.errors import UserError, exit_on_user_error
 from capsal.evaluation import generate_captions
 from capsal.text import Vocabulary
@@ -61,6 +62,7 @@ def build_model(cfg: DictConfig, datamodule) -> L.LightningModule:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train a captioner as ``cfg`` says; returns the summary (checkpoint, metrics, example captions)."""
     check_config(cfg)
+    set_cpu_threads(cfg.get("cpu_threads"))
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     output_dir = Path(cfg.output_dir)
@@ -84,12 +86,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        save_final_checkpoint(trainer)
     finally:
         _finish_wandb(logger)
     summary = _summarise(trainer, model, datamodule, output_dir, logger, int(cfg.get("summary_examples", 5)))
     if trainer.is_global_zero:
         print(format_summary(summary))
     return summary
+
+
+def save_final_checkpoint(trainer: L.Trainer) -> None:
+    """``last.ckpt`` = the weights training ended with. Lightning writes it only beside a new best checkpoint, so a
+    run stopped by ``max_time`` (or improving no more on ``val/loss``) would leave older weights under that name."""
+    checkpoint = trainer.checkpoint_callback
+    if not isinstance(checkpoint, ModelCheckpoint) or not checkpoint.save_last or checkpoint.dirpath is None:
+        return
+    path = Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
+    trainer.save_checkpoint(path)
+    checkpoint.last_model_path = str(path)
 
 
 def _finish_wandb(logger) -> None:

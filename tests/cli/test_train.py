@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -125,3 +126,26 @@ def test_bad_datamodule_options_get_one_line_and_exit_code_2(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "image_size" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_last_checkpoint_holds_the_weights_training_ended_with(tiny_train_cfg):
+    # 4 batches per epoch, 6 steps: training stops half-way through the second epoch, after the last validation
+    summary = train(tiny_train_cfg("trainer.max_epochs=5", "trainer.max_steps=6"))
+    assert summary["global_step"] == 6
+    assert torch.load(summary["last_checkpoint"], map_location="cpu", weights_only=False)["global_step"] == 6
+
+
+def test_cpu_threads_auto_leaves_a_busy_core_alone(tiny_train_cfg):
+    from capsal.devices import idle_cpus
+
+    before = torch.get_num_threads()
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert idle_cpus(sample_s=1.0) <= len(os.sched_getaffinity(0)) - 1
+        train(tiny_train_cfg("cpu_threads=1", "trainer.max_steps=1"))
+        assert torch.get_num_threads() == 1
+        with pytest.raises(UserError, match="cpu_threads must be null, auto or a positive number"):
+            train(tiny_train_cfg("cpu_threads=many"))
+    finally:
+        busy.kill()
+        torch.set_num_threads(before)
