@@ -101,9 +101,10 @@ def save_final_checkpoint(trainer: L.Trainer) -> None:
     checkpoint = trainer.checkpoint_callback
     if not isinstance(checkpoint, ModelCheckpoint) or not checkpoint.save_last or checkpoint.dirpath is None:
         return
-    path = Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
+    default = Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
+    path = checkpoint.last_model_path or str(default)  # Lightning's own name for this run's last (last-v1.ckpt...)
     trainer.save_checkpoint(path)
-    checkpoint.last_model_path = str(path)
+    checkpoint.last_model_path = path
 
 
 def _finish_wandb(logger) -> None:

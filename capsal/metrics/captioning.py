@@ -1,4 +1,5 @@
-"""Captioning quality (BLEU-1..4, METEOR, ROUGE-L, CIDEr) through pycocoevalcap and its PTB tokenizer."""
+"""Captioning quality (BLEU-1..4, METEOR, ROUGE-L, CIDEr) through pycocoevalcap and its PTB tokenizer, and the share
+of captions exactly right (equal to one of their references, once tokenized)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Iterable
 
 from capsal.errors import MissingJavaError, UserError
 
-CAPTION_METRICS = ("bleu", "meteor", "rouge", "cider")
+CAPTION_METRICS = ("bleu", "meteor", "rouge", "cider", "exact")
 _NEEDS_JAVA = "METEOR and the PTB tokenizer run on Java; install a JRE (e.g. apt-get install default-jre-headless)"
 
 
@@ -19,9 +20,11 @@ def require_java() -> None:
 def caption_scores(
     predictions: dict[str, str], references: dict[str, list[str]], metrics: Iterable[str] = CAPTION_METRICS
 ) -> dict[str, float]:
-    """Corpus-level scores keyed ``bleu1..bleu4``, ``meteor``, ``rouge_l``, ``cider`` (those asked for).
+    """Corpus-level scores keyed ``bleu1..bleu4``, ``meteor``, ``rouge_l``, ``cider``, ``exact`` (those asked for).
 
-    Only ids present in both dicts are scored. Scores are pycocoevalcap's, in [0, 1] (CIDEr in [0, 10]).
+    Only ids present in both dicts are scored. Scores are pycocoevalcap's, in [0, 1] (CIDEr in [0, 10]); ``exact`` is
+    the share of ids whose caption, PTB-tokenized (lower case, punctuation dropped), equals one of its references:
+    BLEU stays high when most words are right, ``exact`` counts the captions a reader would accept as they are.
     """
     metrics = [m.lower() for m in metrics]
     unknown = sorted(set(metrics) - set(CAPTION_METRICS))
@@ -58,6 +61,8 @@ def caption_scores(
         from pycocoevalcap.cider.cider import Cider
 
         scores["cider"] = float(Cider().compute_score(gts, res)[0])
+    if "exact" in metrics:
+        scores["exact"] = sum(res[i][0] in gts[i] for i in ids) / len(ids)
     return scores
 
 

@@ -20,7 +20,9 @@ from capsal.models.protocol import widened
 
 class S2VT(CaptioningModule):
     """``input_projection_size``: the width items are projected to before the encoder (the paper: 2048-d
-    descriptors to 1300); ``None`` (default): ``hidden_size``, as checkpoints without it were built."""
+    descriptors to 1300); ``None`` (default): ``hidden_size``, as checkpoints without it were built.
+    ``forget_bias``: the LSTMs' initial forget-gate bias (Jozefowicz et al., 2015: 1.0 lets the encoder carry what
+    it read across a long item sequence from the first step); ``None`` (default): PyTorch's initialisation."""
 
     RANDOMISATION_STAGES = ("output", "decoder", "embedding", "encoder", "initial_state", "item_projection", "backbone")
 
@@ -32,6 +34,7 @@ class S2VT(CaptioningModule):
         embed_size: int = 64,
         dropout: float = 0.1,
         input_projection_size: int | None = None,
+        forget_bias: float | None = None,
         **kwargs,
     ):
         super().__init__(vocab, **kwargs)
@@ -52,6 +55,14 @@ class S2VT(CaptioningModule):
         z_size = hidden_size if encoder == "lstm" else projected
         self.decoder = nn.LSTM(embed_size + z_size, hidden_size, batch_first=True)
         self.output = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, len(self.vocab)))
+        if forget_bias is not None:
+            self.save_hyperparameters({"forget_bias": forget_bias})
+            for lstm in (m for m in self.modules() if isinstance(m, nn.LSTM)):
+                with torch.no_grad():
+                    lstm.bias_ih_l0[hidden_size : 2 * hidden_size].fill_(
+                        forget_bias
+                    )  # gates: input, forget, cell, output
+                    lstm.bias_hh_l0[hidden_size : 2 * hidden_size].zero_()
 
     def encode(
         self, items: torch.Tensor, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None
