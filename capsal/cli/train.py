@@ -156,6 +156,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = ["", "capsal-train summary", "-" * 72]
     lines.append(f"{'output dir':<18} {summary['output_dir']}")
     lines.append(f"{'best checkpoint':<18} {summary['best_checkpoint']}")
+    lines.append(f"{'last checkpoint':<18} {summary['last_checkpoint']}")
     lines.append(f"{'epochs / steps':<18} {summary['epochs']} / {summary['global_step']}")
     for key in ("wandb_sync", "log_dir", "gallery"):
         if key in summary:
