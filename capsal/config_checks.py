@@ -401,6 +401,7 @@ RULES: list[Row] = [
     # -- capsal-train
     Row("seed", SEED),
     Row("summary_examples", COUNT),
+    Row("cpu_threads", AnyOf(rules=(Int(1), Choice(values=("auto",))), null=True)),
     # -- capsal-eval
     Row("split", Choice(values=SPLITS)),
     Row("explainers", Names(values=_explainers, null=True)),
@@ -446,6 +447,7 @@ RULES: list[Row] = [
     Row("model.embed_size", POSITIVE),
     Row("model.attention_size", Int(1, null=True)),
     Row("model.input_projection_size", Int(1, null=True)),
+    Row("model.forget_bias", Float(null=True)),
     Row("model.dropout", Float(0.0, 1.0, high_open=True)),
     Row("model.doubly_stochastic", Float(0.0)),
     Row("model.item_mode", Choice(values=("auto", "grid", "frames"))),
@@ -571,6 +573,8 @@ RULES: list[Row] = [
     Row("callbacks.saliency.gallery_dir", Exempt(reason=PATH)),
     Row("callbacks.saliency.seed", SEED),
     Row("callbacks.saliency.max_words", POSITIVE),
+    Row("callbacks.budget_schedule.warmup_steps", COUNT),
+    Row("callbacks.budget_schedule.final_ratio", Float(0.0, 1.0)),
     # -- explainer options (explainer_options.<name>.*, also under callbacks.saliency)
     Row("*explainer_options.caption_guided.mode", Choice(values=("information_gain", "kl"))),
     Row("*explainer_options.caption_guided.spatial", Bool()),

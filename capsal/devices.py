@@ -10,8 +10,6 @@ from typing import Any
 
 import torch
 
-from capsal.errors import UserError
-
 log = logging.getLogger("capsal")
 
 
@@ -56,7 +54,7 @@ def idle_cpus(sample_s: float = 0.5) -> int:
     return max(1, min(available, round(idle_share * (os.cpu_count() or available))))
 
 
-def set_cpu_threads(option: int | str | None, key: str = "cpu_threads") -> None:
+def set_cpu_threads(option: int | str | None) -> None:
     """Torch's CPU threads as the config's ``cpu_threads`` says: null leaves torch's default (every core), ``auto``
     takes the cores idle at start (on a busy machine, threads that wait for a core slow every step), a number is
     taken as given."""
@@ -65,10 +63,8 @@ def set_cpu_threads(option: int | str | None, key: str = "cpu_threads") -> None:
     if option == "auto":
         threads = idle_cpus()
         log.info("torch CPU threads: %d (cpu_threads=auto: the cores idle at start)", threads)
-    elif isinstance(option, int) and not isinstance(option, bool) and option > 0:
-        threads = option
     else:
-        raise UserError(f"{key} must be null, auto or a positive number of threads, got {option!r}")
+        threads = int(option)  # a positive integer: capsal/config_checks.py checked it
     torch.set_num_threads(threads)
 
 

@@ -144,7 +144,7 @@ def test_cpu_threads_auto_leaves_a_busy_core_alone(tiny_train_cfg):
         assert idle_cpus(sample_s=1.0) <= len(os.sched_getaffinity(0)) - 1
         train(tiny_train_cfg("cpu_threads=1", "trainer.max_steps=1"))
         assert torch.get_num_threads() == 1
-        with pytest.raises(UserError, match="cpu_threads must be null, auto or a positive number"):
+        with pytest.raises(UserError, match="cpu_threads="):
             train(tiny_train_cfg("cpu_threads=many"))
     finally:
         busy.kill()
