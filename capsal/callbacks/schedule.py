@@ -42,9 +42,12 @@ class BudgetSchedule(L.Callback):
         return min(1.0, max(shares, default=0.0))
 
     def factor(self, step: int, progress: float) -> float:
-        """The learning rate's multiplier at ``step`` after ``progress`` of the budget."""
-        cosine = self.final_ratio + (1.0 - self.final_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-        return cosine * min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else cosine
+        """The learning rate's multiplier at ``step`` after ``progress`` of the budget. The cosine waits for the
+        warm-up to end: over the first steps the time share measures start-up more than progress, and its
+        wall-clock noise in their learning rates would make two runs of one command train differently."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        return self.final_ratio + (1.0 - self.final_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         factor = self.factor(trainer.global_step, self.progress(trainer))
