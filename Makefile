@@ -37,19 +37,21 @@ DEMO_ARGS ?=
 DEMO_EVAL_ARGS ?=
 
 # $(1): image or video; $(2): steps run first in the run's folder "$$run" (each ending in &&); $(3): more
-# capsal-train overrides.
+# capsal-train overrides; $(4): the checkpoint evaluated (default last: the weights training ended with).
 define demo_run
 	@run="$(DEMO_DIR)/$(1)/$$(date +%Y-%m-%d_%H-%M-%S_%N)"; \
 	$(2) $(BIN)/capsal-train experiment=demo_$(1) hydra.run.dir="$$run" $(3) $(DEMO_ARGS) && \
 	ln -sfn "$$(basename "$$run")" "$(DEMO_DIR)/$(1)/latest" && \
-	$(BIN)/capsal-eval ckpt_path="$$run/checkpoints/last.ckpt" hydra.run.dir="$$run/eval" sanity=true $(DEMO_EVAL_ARGS)
+	$(BIN)/capsal-eval ckpt_path="$$run/checkpoints/$(or $(4),last).ckpt" hydra.run.dir="$$run/eval" sanity=true \
+		$(DEMO_EVAL_ARGS)
 endef
 
 # The video demo is the paper's pipeline, the path users take on MSVD/MSR-VTT, in four steps inside the run's folder:
 #   backbone/  capsal-train experiment=demo_video_backbone: pre-train a CNN by captioning shapes_image (<= 4 min)
 #   features/  capsal-extract backbone=checkpoint: its frozen 8x8 grids of every 64x64 shapes_video frame, cached
 #   .          capsal-train experiment=demo_video: S2VT on the cached grids, frame descriptor = grid mean (<= 4.5 min)
-#   eval/      capsal-eval: temporal and spatial pointing, captioning, sanity check
+#   eval/      capsal-eval of checkpoints/best.ckpt (lowest validation loss): temporal and spatial pointing,
+#              captioning, sanity check
 # DEMO_VIDEO_DATA: the video datamodule's overrides, given to extraction and training alike (the cache checks them);
 # DEMO_BACKBONE_ARGS / DEMO_EXTRACT_ARGS: more overrides for the first two steps. Paths are absolute: the checkpoints
 # record the backbone's path. DEMO_THREADS: torch threads per process; on a busy 2-core machine two threads fight
@@ -70,7 +72,7 @@ demo: $(STAMP) java
 	$(call demo_run,image)
 
 demo-video: $(STAMP) java
-	$(call demo_run,video,$(DEMO_VIDEO_STEPS),$(DEMO_VIDEO_TRAIN))
+	$(call demo_run,video,$(DEMO_VIDEO_STEPS),$(DEMO_VIDEO_TRAIN),best)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -71,6 +71,6 @@ def test_the_video_demo_pretrains_extracts_trains_on_the_cache_and_evaluates(tmp
     assert manifest["settings"]["backbone"]["checkpoint"] == str(backbone)  # the pre-trained CNN made the cache
     assert manifest["grid_shape"] == [8, 8, 8, 8]  # 8 frames of an 8x8 grid of 8 channels
     config = json.loads((run / "eval" / "results.json").read_text())
-    assert config["checkpoint"] == str(run / "checkpoints" / "last.ckpt")
+    assert config["checkpoint"] == str(run / "checkpoints" / "best.ckpt")  # the lowest validation loss
     assert "spatial_pointing" in config["localisation"]["caption_guided"]
     assert list((run / "gallery").glob("epoch_*/sample_0_reference.png"))  # the cache-trained model's gallery
