@@ -37,12 +37,13 @@ DEMO_ARGS ?=
 DEMO_EVAL_ARGS ?=
 
 # $(1): image or video; $(2): steps run first in the run's folder "$$run" (each ending in &&); $(3): more
-# capsal-train overrides; $(4): the checkpoint evaluated (default last: the weights training ended with).
+# capsal-train overrides; $(4): the checkpoint evaluated (last: the weights training ended with; best: the lowest
+# validation loss).
 define demo_run
 	@run="$(DEMO_DIR)/$(1)/$$(date +%Y-%m-%d_%H-%M-%S_%N)"; \
 	$(2) $(BIN)/capsal-train experiment=demo_$(1) hydra.run.dir="$$run" $(3) $(DEMO_ARGS) && \
 	ln -sfn "$$(basename "$$run")" "$(DEMO_DIR)/$(1)/latest" && \
-	$(BIN)/capsal-eval ckpt_path="$$run/checkpoints/$(or $(4),last).ckpt" hydra.run.dir="$$run/eval" sanity=true \
+	$(BIN)/capsal-eval ckpt_path="$$run/checkpoints/$(4).ckpt" hydra.run.dir="$$run/eval" sanity=true \
 		$(DEMO_EVAL_ARGS)
 endef
 
@@ -69,7 +70,7 @@ DEMO_VIDEO_TRAIN = $(DEMO_VIDEO_DATA) datamodule.features_dir="$$abs/features" \
 	model.backbone.checkpoint="$$abs/backbone/checkpoints/last.ckpt"
 
 demo: $(STAMP) java
-	$(call demo_run,image)
+	$(call demo_run,image,,,last)
 
 demo-video: $(STAMP) java
 	$(call demo_run,video,$(DEMO_VIDEO_STEPS),$(DEMO_VIDEO_TRAIN),best)

@@ -29,6 +29,7 @@ PLACEHOLDERS = {
     "$(DEMO_EXTRACT_ARGS)": "",
     "$(2)": "",
     "$(3)": "",
+    "$(4)": "last",  # the checkpoint the demo evaluates (the video demo: best)
 }
 
 
