@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 from tiny import compose_train as _compose_train
-from tiny import tiny_cfg, train_tiny
+from tiny import quiet_trainer, tiny_cfg, train_tiny
 
 # tests never download: Hugging Face models are built from configs and saved to tmp_path (tiny.save_tiny_hf)
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -85,15 +85,10 @@ def localising_image_model():
         optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 2e-3},
         caption_metrics=[],
     )
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_steps=250,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        accelerator="cpu",
     )
     trainer.fit(model, datamodule=datamodule)
     datamodule.setup("test")

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny import compose_app
+from tiny import compose_app, quiet_trainer
 
 from capsal import __version__
 from capsal.cli.explain import explain, read_media
@@ -194,18 +194,9 @@ def make_checkpoints(root: Path, real: Path) -> dict[str, Path]:
 
 def lightning_checkpoint(path: Path) -> Path:
     """A real Lightning checkpoint of a module that is not a capsal captioner (Lightning's BoringModel)."""
-    import lightning as L
     from lightning.pytorch.demos.boring_classes import BoringModel
 
-    trainer = L.Trainer(
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=path.parent,
-        accelerator="cpu",
-    )
+    trainer = quiet_trainer(max_steps=1, default_root_dir=path.parent)
     trainer.fit(BoringModel())
     trainer.save_checkpoint(path)
     return path

@@ -27,6 +27,21 @@ TINY_OVERRIDES = [
 TINY_VIDEO_OVERRIDES = ["datamodule.num_frames=8", "datamodule.frame_size=32", "datamodule.min_event_frames=3"]
 
 
+def quiet_trainer(**options):
+    """A CPU Lightning ``Trainer`` for tests that fit a module directly: no logger, checkpoints, progress bar or model
+    summary; ``options`` add to or override these."""
+    import lightning as L
+
+    quiet = dict(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    return L.Trainer(**{**quiet, **options})
+
+
 def compose_train(*overrides: str) -> DictConfig:
     """The train config with ``overrides``, as ``capsal-train`` would build it."""
     with initialize_config_module(config_module="capsal.conf", version_base="1.3"):
