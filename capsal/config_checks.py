@@ -438,6 +438,7 @@ RULES: list[Row] = [
     Row("*backbone.crop", Choice(values=("resize",), null=True, hint=CROP_HINT)),
     Row("*backbone.channels", IntList(low=1)),
     Row("*backbone.convs_per_stage", POSITIVE),
+    Row("*backbone.cell_bound", Bool()),
     Row("*backbone.in_channels", POSITIVE),
     Row("*backbone.checkpoint", Exempt(reason=PATH)),
     # -- models

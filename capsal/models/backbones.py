@@ -21,21 +21,35 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class SmallCNN(nn.Module):
     """(Conv-BN-ReLU) x ``convs_per_stage`` then MaxPool per stage; each stage halves the grid (64x64 pixels ->
-    8x8 grid with three stages). Fewer convolutions keep each cell's receptive field close to its own cell."""
+    8x8 grid with three stages). Fewer convolutions keep each cell's receptive field close to its own cell.
+
+    ``cell_bound``: each stage is a 2x2 convolution of stride 2 (then ``convs_per_stage - 1`` 1x1 ones), so a grid
+    cell sees its own pixels and nothing else (8x8 with three stages). With 3x3 convolutions a cell also sees the
+    edge of an object in the next cell (22 px for 8 px cells with one convolution per stage), and alone it can
+    explain a word better than the object's own cells (README, "What mattered")."""
 
     frozen = False
 
     def __init__(
-        self, channels: tuple[int, ...] | list[int] = (32, 64, 128), in_channels: int = 3, convs_per_stage: int = 1
+        self,
+        channels: tuple[int, ...] | list[int] = (32, 64, 128),
+        in_channels: int = 3,
+        convs_per_stage: int = 1,
+        cell_bound: bool = False,
     ):
         super().__init__()
         layers: list[nn.Module] = []
         previous = in_channels
         for width in channels:
-            for _ in range(convs_per_stage):
-                layers += [nn.Conv2d(previous, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+            for k in range(convs_per_stage):
+                if not cell_bound:
+                    conv = nn.Conv2d(previous, width, 3, padding=1, bias=False)
+                else:  # a 2x2 patch of the previous grid, then 1x1 convolutions
+                    conv = nn.Conv2d(previous, width, 1 if k else 2, stride=1 if k else 2, bias=False)
+                layers += [conv, nn.BatchNorm2d(width), nn.ReLU()]
                 previous = width
-            layers.append(nn.MaxPool2d(2))
+            if not cell_bound:
+                layers.append(nn.MaxPool2d(2))
         self.body = nn.Sequential(*layers)
         self.out_channels = previous
         self.stride = 2 ** len(channels)

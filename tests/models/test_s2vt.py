@@ -95,6 +95,28 @@ def test_small_cnn_grid_has_one_cell_per_stride():
     assert cnn(torch.rand(2, 3, 64, 64)).shape == (2, 8, 8, 8)
 
 
+def _cells_moved_by_changing_cell_1_2(cnn: SmallCNN) -> set[tuple[int, int]]:
+    pixels = torch.rand(1, 3, 64, 64)
+    changed = pixels.clone()
+    changed[..., 8:16, 16:24] = 0.0  # the pixels of cell (1, 2)
+    with torch.no_grad():
+        moved = (cnn.eval()(pixels) - cnn(changed)).abs().sum(dim=(0, 1)) > 0
+    return {(int(a), int(b)) for a, b in moved.nonzero().tolist()}
+
+
+@pytest.mark.parametrize("convs_per_stage", [1, 2])
+def test_a_cell_bound_cnn_cell_sees_only_its_own_pixels(convs_per_stage):
+    torch.manual_seed(0)
+    cnn = SmallCNN(channels=[4, 8, 8], convs_per_stage=convs_per_stage, cell_bound=True)
+    assert _cells_moved_by_changing_cell_1_2(cnn) == {(1, 2)}
+
+
+def test_a_3x3_cnn_cell_also_sees_its_neighbours():
+    torch.manual_seed(0)
+    cnn = SmallCNN(channels=[4, 8, 8])
+    assert _cells_moved_by_changing_cell_1_2(cnn) == {(a, b) for a in (0, 1, 2) for b in (1, 2, 3)}
+
+
 @pytest.mark.parametrize(("name", "size", "grid"), [("inception_v3", 299, 8), ("resnet50", 224, 7)])
 def test_frozen_torchvision_backbones_give_the_papers_grids_offline(name, size, grid):
     backbone = TorchvisionBackbone(name=name, weights=None)
