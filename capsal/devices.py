@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,18 +55,41 @@ def idle_cpus(sample_s: float = 0.5) -> int:
     return max(1, min(available, round(idle_share * (os.cpu_count() or available))))
 
 
-def set_cpu_threads(option: int | str | None) -> None:
+THREADS_ENV = "CAPSAL_CPU_THREADS"  # rank zero's cpu_threads=auto choice, inherited by the ranks Lightning launches
+
+
+def set_cpu_threads(option: int | str | None, processes: int = 1) -> int | None:
     """Torch's CPU threads as the config's ``cpu_threads`` says: null leaves torch's default (every core), ``auto``
-    takes the cores idle at start (on a busy machine, threads that wait for a core slow every step), a number is
-    taken as given."""
+    takes the cores idle at start (on a busy machine, threads that wait for a core slow every step) shared among
+    the ``processes`` that training runs on this machine (DDP: ``trainer.devices``), a number is taken as given.
+    Under ``auto`` the ranks Lightning launches after rank zero take rank zero's count (:data:`THREADS_ENV`)
+    rather than measure a machine that rank zero already keeps busy. Returns the count set (None: torch's)."""
     if option is None:
-        return
-    if option == "auto":
-        threads = idle_cpus()
-        log.info("torch CPU threads: %d (cpu_threads=auto: the cores idle at start)", threads)
-    else:
+        return None
+    if option != "auto":
         threads = int(option)  # a positive integer: capsal/config_checks.py checked it
+    elif os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get(THREADS_ENV):
+        threads = int(os.environ[THREADS_ENV])
+        log.info("torch CPU threads: %d (rank zero's cpu_threads=auto)", threads)
+    else:
+        idle = idle_cpus()
+        threads = max(1, idle // max(1, processes))
+        os.environ[THREADS_ENV] = str(threads)
+        log.info(
+            "torch CPU threads: %d (cpu_threads=auto: %d cores idle at start, %d process(es))", threads, idle, processes
+        )
     torch.set_num_threads(threads)
+    return threads
+
+
+def processes_per_machine(devices: Any) -> int:
+    """How many training processes Lightning starts on each machine for ``trainer.devices``: the number, the length
+    of a device list, else one (``auto`` on a CPU, a device string)."""
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    if isinstance(devices, Sequence) and not isinstance(devices, str):
+        return max(1, len(devices))
+    return 1
 
 
 def model_dtype(model: object) -> torch.dtype | None:

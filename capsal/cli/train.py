@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from capsal.config_checks import check_config
 from capsal.datamodules.base import collate_samples
 from capsal.datamodules.features import CachedFeatures, check_model_backbone
-from capsal.devices import model_device, set_cpu_threads
+from capsal.devices import model_device, processes_per_machine, set_cpu_threads
 from capsal.errors import UserError, exit_on_user_error
 from capsal.evaluation import generate_captions
 from capsal.text import Vocabulary
@@ -62,7 +62,7 @@ def build_model(cfg: DictConfig, datamodule) -> L.LightningModule:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train a captioner as ``cfg`` says; returns the summary (checkpoint, metrics, example captions)."""
     check_config(cfg)
-    set_cpu_threads(cfg.get("cpu_threads"))
+    set_cpu_threads(cfg.get("cpu_threads"), processes_per_machine(cfg.trainer.get("devices")))
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     output_dir = Path(cfg.output_dir)

@@ -9,6 +9,7 @@ batches), the checkpoint holds exactly the weights the ranks validated with (DDP
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,12 +69,20 @@ def test_ddp_ranks_share_the_metrics_and_rank_zero_alone_draws(compose_train, tm
         "trainer=ddp",  # strategy: ddp
         "trainer.accelerator=cpu",
         "trainer.devices=2",
+        "cpu_threads=auto",
         f"output_dir={tmp_path}",
         f"hydra.run.dir={tmp_path}",
     ]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=540)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
+
+    # cpu_threads=auto shares the idle cores between the two ranks: rank zero measures, the other rank takes its count
+    chosen = re.search(r"torch CPU threads: (\d+) \(cpu_threads=auto: (\d+) cores idle at start, 2 process", output)
+    assert chosen, output[-4000:]
+    threads, idle = int(chosen[1]), int(chosen[2])
+    assert threads == max(1, idle // 2)
+    assert f"torch CPU threads: {threads} (rank zero's cpu_threads=auto)" in output
 
     # rank zero drew each epoch's gallery once; the other rank never did
     assert output.count("saliency gallery: epoch") == EPOCHS, output[-4000:]
