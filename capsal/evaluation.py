@@ -307,16 +307,22 @@ class Evaluation(L.LightningModule):
         self.counts["samples"] += len(firsts)
         self.counts["captions"] += len(batch)
         self.counts["phrases"] += sum(len(caption.phrases) for caption in batch.captions)
+        samples = batch.select(firsts)
+        with torch.no_grad():  # one backbone pass per sample, shared by its caption rows
+            sample_grid = visual_grid(self.model, samples)
+        owner = {sample_id: k for k, sample_id in enumerate(samples.sample_ids)}
+        row_sample = torch.tensor([owner[sample_id] for sample_id in batch.sample_ids], device=sample_grid.device)
         if self.evaluator is not None:
             for start in range(0, len(batch), self.rows_per_step):
-                self.evaluator.update(self.model, batch.select(slice(start, start + self.rows_per_step)))
+                rows = slice(start, start + self.rows_per_step)
+                self.evaluator.update(self.model, batch.select(rows), grid=sample_grid[row_sample[rows]])
         if self.captioning and firsts:
-            self._caption(batch.select(firsts))
+            self._caption(samples, sample_grid)
 
     @torch.no_grad()
-    def _caption(self, samples: Batch) -> None:
-        """The model's caption of each sample (one row per sample) and the sample's references."""
-        tokens = self.model.generate(self.model.items(visual_grid(self.model, samples)))
+    def _caption(self, samples: Batch, grid: torch.Tensor) -> None:
+        """The model's caption of each sample (one row per sample, ``grid`` its descriptors) and its references."""
+        tokens = self.model.generate(self.model.items(grid))
         for sample_id, references, row in zip(samples.sample_ids, samples.references, tokens, strict=True):
             self.predictions[sample_id] = self.model.vocab.decode_text(row)
             self.references[sample_id] = references

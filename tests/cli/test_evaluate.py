@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+import torch
 from tiny import compose_app
 
 from capsal.cli.evaluate import evaluate
@@ -80,6 +81,31 @@ def test_video_tables_report_temporal_and_spatial_pointing(video_checkpoint, tmp
         assert set(values) == {"temporal_pointing", "spatial_pointing"}
         assert 0.0 <= values["temporal_pointing"]["avg"] <= 1.0
     assert "Temporal pointing" in (tmp_path / "tables.md").read_text()
+
+
+def test_the_backbone_sees_each_sample_once_whatever_its_caption_count(image_checkpoint, tmp_path):
+    """Every reference caption is a row of its own (three per shapes image); the backbone's grid of a sample is
+    computed once and shared by its rows and its generated caption."""
+    from capsal.models.backbones import SmallCNN
+
+    images: list[int] = []
+
+    def count(module, inputs, output):
+        if isinstance(module, SmallCNN):
+            images.append(inputs[0].shape[0])
+
+    hook = torch.nn.modules.module.register_module_forward_hook(count)
+    try:
+        results = evaluate(
+            compose_app(
+                "eval", tmp_path, f"ckpt_path={image_checkpoint}", "max_samples=6", "explainers=[caption_guided]"
+            )
+        )
+    finally:
+        hook.remove()
+    assert results["samples"] == 6 and results["captions"] == 18
+    probe, *passes = images  # capsal-eval first reads the grid's shape from one sample
+    assert probe == 1 and sum(passes) == 6
 
 
 def test_mixed_precision_trainer_gives_the_float32_tables(image_checkpoint, tmp_path):
