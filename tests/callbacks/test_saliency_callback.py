@@ -271,7 +271,7 @@ def chromium() -> str:
     """Debian's chromium, which ``make test`` installs (as root); no test installs anything."""
     path = shutil.which("chromium")
     if path is None:
-        pytest.skip("chromium is not installed: run make test as root or apt-get install chromium")
+        pytest.skip("chromium is not installed: run `make chromium` as root (the Makefile installs it)")
     return path
 
 
