@@ -307,6 +307,8 @@ class Evaluation(L.LightningModule):
         self.counts["samples"] += len(firsts)
         self.counts["captions"] += len(batch)
         self.counts["phrases"] += sum(len(caption.phrases) for caption in batch.captions)
+        if self.evaluator is None and not self.captioning:
+            return  # a run that only counts (explainers=[] caption_metrics=[]) needs no grid
         samples = batch.select(firsts)
         with torch.no_grad():  # one backbone pass per sample, shared by its caption rows
             sample_grid = visual_grid(self.model, samples)

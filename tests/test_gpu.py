@@ -29,6 +29,16 @@ def first_batch(model, rows: int = 8):
     return next(iter(batches_of(caption_pairs(samples), model.vocab, rows)))
 
 
+@pytest.mark.parametrize("devices", [-1, "-1", "auto"])
+def test_cpu_threads_auto_counts_every_visible_gpu(devices):
+    """``trainer.devices=-1`` or ``auto`` starts one process per GPU; Lightning's own parser says how many."""
+    from lightning.fabric.utilities.device_parser import _parse_gpu_ids
+
+    from capsal.devices import processes_per_machine
+
+    assert processes_per_machine(devices, "gpu") == len(_parse_gpu_ids(-1, include_cuda=True)) >= 1
+
+
 @pytest.mark.parametrize("checkpoint", ["image_checkpoint", "video_checkpoint"])
 @pytest.mark.parametrize("name", ["caption_guided", "gradient"])
 def test_explainers_on_cuda_match_the_cpu_in_float32(request, checkpoint, name):

@@ -62,7 +62,10 @@ def build_model(cfg: DictConfig, datamodule) -> L.LightningModule:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train a captioner as ``cfg`` says; returns the summary (checkpoint, metrics, example captions)."""
     check_config(cfg)
-    set_cpu_threads(cfg.get("cpu_threads"), processes_per_machine(cfg.trainer.get("devices")))
+    set_cpu_threads(
+        cfg.get("cpu_threads"),
+        processes_per_machine(cfg.trainer.get("devices"), cfg.trainer.get("accelerator", "auto")),
+    )
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     output_dir = Path(cfg.output_dir)

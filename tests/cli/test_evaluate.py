@@ -83,9 +83,17 @@ def test_video_tables_report_temporal_and_spatial_pointing(video_checkpoint, tmp
     assert "Temporal pointing" in (tmp_path / "tables.md").read_text()
 
 
-def test_the_backbone_sees_each_sample_once_whatever_its_caption_count(image_checkpoint, tmp_path):
+@pytest.mark.parametrize(
+    ("consumers", "backbone_images"),
+    # explained: one probe image (capsal-eval reads the grid's shape from one sample), then the six samples
+    [(("explainers=[caption_guided]",), [1, 6]), (("explainers=[]", "caption_metrics=[]"), [])],
+    ids=["explained_and_captioned", "only_counted"],
+)
+def test_the_backbone_sees_each_sample_once_whatever_its_caption_count(
+    image_checkpoint, tmp_path, consumers, backbone_images
+):
     """Every reference caption is a row of its own (three per shapes image); the backbone's grid of a sample is
-    computed once and shared by its rows and its generated caption."""
+    computed once and shared by its rows and its generated caption, and not at all when nothing reads it."""
     from capsal.models.backbones import SmallCNN
 
     images: list[int] = []
@@ -96,16 +104,12 @@ def test_the_backbone_sees_each_sample_once_whatever_its_caption_count(image_che
 
     hook = torch.nn.modules.module.register_module_forward_hook(count)
     try:
-        results = evaluate(
-            compose_app(
-                "eval", tmp_path, f"ckpt_path={image_checkpoint}", "max_samples=6", "explainers=[caption_guided]"
-            )
-        )
+        results = evaluate(compose_app("eval", tmp_path, f"ckpt_path={image_checkpoint}", "max_samples=6", *consumers))
     finally:
         hook.remove()
     assert results["samples"] == 6 and results["captions"] == 18
-    probe, *passes = images  # capsal-eval first reads the grid's shape from one sample
-    assert probe == 1 and sum(passes) == 6
+    probe_and_passes = [images[0], sum(images[1:])] if images else []
+    assert probe_and_passes == backbone_images
 
 
 def test_mixed_precision_trainer_gives_the_float32_tables(image_checkpoint, tmp_path):

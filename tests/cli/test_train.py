@@ -135,6 +135,17 @@ def test_last_checkpoint_holds_the_weights_training_ended_with(tiny_train_cfg):
     assert torch.load(summary["last_checkpoint"], map_location="cpu", weights_only=False)["global_step"] == 6
 
 
+@pytest.mark.parametrize(
+    ("devices", "accelerator", "processes"),
+    [(2, "cpu", 2), ("3", "cpu", 3), ([0, 1], "gpu", 2), ("0,1,", "gpu", 2), ("auto", "cpu", 1), (-1, "cpu", 1)],
+)
+def test_cpu_threads_auto_counts_the_processes_lightning_starts(devices, accelerator, processes):
+    """cpu_threads=auto divides the idle cores by this count (the GPU forms of -1 and auto: tests/test_gpu.py)."""
+    from capsal.devices import processes_per_machine
+
+    assert processes_per_machine(devices, accelerator) == processes
+
+
 def test_cpu_threads_auto_leaves_a_busy_core_alone(tiny_train_cfg):
     from capsal.devices import idle_cpus
 
