@@ -83,14 +83,14 @@ def set_cpu_threads(option: int | str | None, processes: int = 1) -> int | None:
 
 
 def processes_per_machine(devices: Any, accelerator: Any = "auto") -> int:
-    """How many training processes Lightning starts on each machine for ``trainer.devices``: the number (also as a
-    string), the length of a device list (also ``"0,1"``), every visible GPU for ``-1`` and ``auto`` when the
-    accelerator may be a GPU, else one (``auto`` on a CPU)."""
-    if isinstance(devices, str):
-        text = devices.strip()
-        if "," in text:
-            return max(1, len([part for part in text.split(",") if part.strip()]))
-        devices = int(text) if text.lstrip("-").isdigit() else text
+    """How many training processes Lightning starts on each machine for ``trainer.devices`` (as
+    capsal/config_checks.py admits it): the number, the length of a device list, every visible GPU for ``-1`` and
+    ``auto`` when the accelerator may be a GPU, else one (``auto`` on a CPU). Strings are read by Lightning's own
+    parser: ``"3"`` is 3, ``"0,1"`` two GPUs."""
+    from lightning.fabric.utilities.device_parser import _normalize_parse_gpu_string_input
+
+    if devices != "auto":
+        devices = _normalize_parse_gpu_string_input(devices)
     if devices in (-1, "auto"):
         gpu = str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
         return max(1, torch.cuda.device_count()) if gpu else 1

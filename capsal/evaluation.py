@@ -312,9 +312,9 @@ class Evaluation(L.LightningModule):
         samples = batch.select(firsts)
         with torch.no_grad():  # one backbone pass per sample, shared by its caption rows
             sample_grid = visual_grid(self.model, samples)
-        owner = {sample_id: k for k, sample_id in enumerate(samples.sample_ids)}
-        row_sample = torch.tensor([owner[sample_id] for sample_id in batch.sample_ids], device=sample_grid.device)
         if self.evaluator is not None:
+            owner = {sample_id: k for k, sample_id in enumerate(samples.sample_ids)}
+            row_sample = torch.tensor([owner[sample_id] for sample_id in batch.sample_ids], device=sample_grid.device)
             for start in range(0, len(batch), self.rows_per_step):
                 rows = slice(start, start + self.rows_per_step)
                 self.evaluator.update(self.model, batch.select(rows), grid=sample_grid[row_sample[rows]])
