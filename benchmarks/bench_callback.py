@@ -1,6 +1,6 @@
-"""How much of validation time the saliency callback takes on the demo configuration (``make demo``).
+"""How much of validation time the saliency callback takes on the S2VT image demo's configuration.
 
-A demo-size model (``experiment=demo_image``: S2VT on shapes_image, 200 validation images) is trained briefly, then
+A demo-size model (``experiment=demo_image_s2vt``: S2VT on shapes_image, 200 validation images) is trained briefly, then
 ``trainer.validate`` runs alternately without the callback, with the default callback (``conf/callbacks/
 saliency.yaml``), with its gallery alone and with its localisation alone, under the demo's logger (W&B offline,
 files in a temporary folder). Prints a Markdown snippet for BENCHMARKS.md: the callback's share of one validation
@@ -28,7 +28,7 @@ from omegaconf import OmegaConf, open_dict
 
 def compose_demo(output_dir: Path):
     with initialize_config_module(config_module="capsal.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["experiment=demo_image"])
+        cfg = compose(config_name="train", overrides=["experiment=demo_image_s2vt"])
     with open_dict(cfg):
         cfg.output_dir = str(output_dir)
     OmegaConf.resolve(cfg)
@@ -127,7 +127,8 @@ def markdown(args, cfg, times: dict[str, list[float]], train_seconds: float, val
     n_gallery, n_loc = due_epochs(saliency.every_n_epochs, epochs), due_epochs(every_loc, epochs)
     per_epoch = (gallery * n_gallery + localisation * n_loc) / epochs
     lines = [
-        f"### Saliency callback overhead (demo_image, {platform.machine()} CPU, {torch.get_num_threads()} threads)",
+        f"### Saliency callback overhead (demo_image_s2vt, {platform.machine()} CPU, "
+        f"{torch.get_num_threads()} threads)",
         "",
         f"`.venv/bin/python benchmarks/bench_callback.py --train-steps {args.train_steps} --repeats {args.repeats} "
         f"--logger {args.logger}`: S2VT trained {args.train_steps} steps ({train_seconds:.0f} s), then "

@@ -63,21 +63,19 @@ def video_checkpoint(tmp_path_factory) -> Path:
     return train_tiny(tmp_path_factory.mktemp("video_ckpt"), "datamodule=shapes_video")
 
 
-@pytest.fixture(scope="session")
-def localising_image_model():
-    """``(model, datamodule)``: S2VT trained 250 steps on one-object shapes images, enough for its saliency to point
-    at the named object (tests/integration/test_localises.py); shared by the tests that need maps with structure."""
+def _train_localising(model_class: type, steps: int):
+    """``(model, datamodule)``: ``model_class`` trained ``steps`` steps on one-object shapes images, enough for its
+    saliency to point at the named object (tests/integration/test_localises.py)."""
     import lightning as L
 
     from capsal.datamodules import ShapesImageDataModule
-    from capsal.models.s2vt import S2VT
 
     L.seed_everything(0)
     datamodule = ShapesImageDataModule(
         num_train=2000, num_val=48, num_test=48, min_objects=1, max_objects=1, captions_per_image=1, batch_size=32
     )
     datamodule.setup("fit")
-    model = S2VT(
+    model = model_class(
         datamodule.vocab,
         hidden_size=128,
         embed_size=32,
@@ -86,10 +84,27 @@ def localising_image_model():
         caption_metrics=[],
     )
     trainer = quiet_trainer(
-        max_steps=250,
+        max_steps=steps,
         num_sanity_val_steps=0,
         limit_val_batches=0,
     )
     trainer.fit(model, datamodule=datamodule)
     datamodule.setup("test")
     return model.eval(), datamodule
+
+
+@pytest.fixture(scope="session")
+def localising_image_model():
+    """S2VT trained 250 steps (``_train_localising``); shared by the tests that need maps with structure."""
+    from capsal.models.s2vt import S2VT
+
+    return _train_localising(S2VT, 250)
+
+
+@pytest.fixture(scope="session")
+def localising_soft_attention_model():
+    """The model kind ``make demo`` trains (soft attention), 750 steps (``_train_localising``): at 250 its maps do not
+    point yet (0.15)."""
+    from capsal.models.soft_attention import SoftAttention
+
+    return _train_localising(SoftAttention, 750)
