@@ -12,8 +12,8 @@ from capsal.explainers import build_explainer
 @pytest.mark.slow
 @pytest.mark.parametrize("trained", ["localising_image_model", "localising_soft_attention_model"])
 def test_caption_guided_maxima_fall_on_the_named_object_far_more_often_than_random_points(trained, request):
-    """S2VT (the paper's model) and soft attention (the model ``make demo`` trains): its attention weights are not
-    read, each grid cell is given to the model alone (Eq. 7)."""
+    """S2VT (the paper's model) and soft attention (the model ``make demo`` trains); the soft-attention model's
+    weights are not read: each grid cell is given to the model alone (Eq. 7)."""
     model, datamodule = request.getfixturevalue(trained)
     explainers = {name: build_explainer(name) for name in ("caption_guided", "random")}
     evaluator = LocalisationEvaluator(explainers, datamodule.categories)
