@@ -3,9 +3,9 @@ a pretrained model named by its config in its place (:func:`load_model`)."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,25 +17,48 @@ from omegaconf import DictConfig, OmegaConf
 from capsal import __version__
 from capsal.errors import UserError
 from capsal.models.base import CaptioningModule
+from capsal.safe_load import captioner_class, check_targets, load_checkpoint
 
 log = logging.getLogger("capsal")
 
 
 def load_captioner(path: str | Path, map_location: str | torch.device = "cpu") -> CaptioningModule:
-    """The trained captioner in ``path``, in eval mode; one clear line when the file is not a capsal checkpoint or
-    does not load into this capsal's classes.
+    """The trained captioner in ``path``, in eval mode; one clear line when the file is not a capsal checkpoint, does
+    not load into this capsal's classes, or would have capsal run or build anything but what it allows
+    (:func:`open_checkpoint`).
 
     A checkpoint saved by a newer capsal is loaded with a warning naming both versions; if its class or weights
     are not this capsal's, the error names both versions too."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; pass ckpt_path= the .ckpt file capsal-train saved")
+    opened = open_checkpoint(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
+        model = opened.model_class.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+    except (TypeError, KeyError, ValueError, AttributeError, RuntimeError, InstantiationException) as error:
+        reason = " ".join(f"{type(error).__name__}: {error}".split())  # one line, whatever the error's layout
         raise UserError(
-            f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}); pass a capsal .ckpt"
+            f"{path} does not load into {opened.meta['model_class']} ({opened.versions}): {reason}; {opened.fix}"
         ) from error
+    return model.eval()
+
+
+@dataclass
+class OpenedCheckpoint:
+    """A capsal checkpoint read and checked, nothing of it built yet: its path and contents, its capsal metadata, the
+    model class it names, and for messages the versions (saved by, this one) and what to do about them."""
+
+    path: Path
+    contents: dict[str, Any]
+    meta: dict[str, Any]
+    model_class: type
+    versions: str
+    fix: str
+
+
+def open_checkpoint(path: Path) -> OpenedCheckpoint:
+    """The capsal checkpoint ``path``, read weights-only, its model class allowlisted and imported, the configs
+    stored in it (hyper-parameters, datamodule) checked target by target (:mod:`capsal.safe_load`); one line
+    otherwise. What loading and resuming do first, so nothing from the file is imported or called before."""
+    checkpoint = load_checkpoint(path)
     meta = checkpoint.get("capsal") if isinstance(checkpoint, dict) else None
     if not isinstance(meta, dict) or not isinstance(meta.get("model_class"), str):
         raise UserError(f"{path} is not a capsal checkpoint (it has no capsal metadata); train one with capsal-train")
@@ -43,15 +66,12 @@ def load_captioner(path: str | Path, map_location: str | torch.device = "cpu") -
     newer = _is_newer(saved)
     versions = f"saved by capsal {saved}, this is capsal {__version__}"
     fix = f"install capsal {saved} or newer" if newer else "retrain it or use the capsal that saved it"
+    model_class = captioner_class(meta["model_class"], path, f"{versions}; {fix}")
+    check_targets(checkpoint.get("hyper_parameters"), f"{path} (its hyper-parameters)")
+    check_targets(meta.get("datamodule"), f"{path} (its datamodule)")
     if newer:
         log.warning("%s was saved by capsal %s, newer than this capsal %s: loading it anyway", path, saved, __version__)
-    model_class = _model_class(meta["model_class"], path, f"{versions}; {fix}")
-    try:
-        model = model_class.load_from_checkpoint(path, map_location=map_location, weights_only=False)
-    except (TypeError, KeyError, ValueError, AttributeError, RuntimeError, InstantiationException) as error:
-        reason = " ".join(f"{type(error).__name__}: {error}".split())  # one line, whatever the error's layout
-        raise UserError(f"{path} does not load into {meta['model_class']} ({versions}): {reason}; {fix}") from error
-    return model.eval()
+    return OpenedCheckpoint(path, checkpoint, meta, model_class, versions, fix)
 
 
 def load_model(cfg: DictConfig, map_location: str | torch.device = "cpu") -> CaptioningModule:
@@ -95,21 +115,11 @@ def _is_newer(saved: str) -> bool:
     return theirs + (0,) * (width - len(theirs)) > mine + (0,) * (width - len(mine))
 
 
-def _model_class(name: str, path: Path, versions: str) -> type:
-    """The LightningModule class a checkpoint names, or a UserError saying why it cannot be had."""
-    module_name, _, class_name = name.rpartition(".")
-    try:
-        model_class = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise UserError(f"{path} needs model class {name}, which cannot be imported ({versions})") from error
-    if not isinstance(model_class, type) or not callable(getattr(model_class, "load_from_checkpoint", None)):
-        raise UserError(f"{path} names model class {name}, which is not a LightningModule captioner ({versions})")
-    return model_class
-
-
 def checkpoint_datamodule(model: CaptioningModule, config: Any = None):
     """The datamodule ``config`` describes, else the one recorded in the checkpoint, encoding with the model's
     vocabulary."""
+    if config is None and model.datamodule_config is not None:
+        check_targets(model.datamodule_config, "the datamodule config stored in the checkpoint")
     config = config if config is not None else model.datamodule_config
     if config is None:
         raise UserError(

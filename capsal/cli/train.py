@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -14,6 +15,7 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from capsal.checkpoints import open_checkpoint
 from capsal.config_checks import check_config
 from capsal.datamodules.base import collate_samples
 from capsal.datamodules.features import CachedFeatures, check_model_backbone
@@ -35,33 +37,47 @@ def build_logger(cfg: DictConfig):
     return instantiate(node) if node else False
 
 
-def checkpoint_vocabulary(path: str) -> Vocabulary:
-    """The vocabulary a capsal checkpoint was trained with; one line when ``path`` is not such a checkpoint."""
+def resume_vocabulary(path: str | None) -> list[str] | None:
+    """The words of the checkpoint ``ckpt_path=`` resumes from (None without one, or for a model with its own
+    tokenizer), once the file is checked as every checkpoint capsal loads is (weights only, its model class and stored
+    configs allowlisted: :func:`capsal.checkpoints.open_checkpoint`): before anything is built, and before Lightning
+    reads it again to restore the run."""
+    if not path:
+        return None
     checkpoint = Path(path).expanduser()
     if not checkpoint.is_file():
         raise UserError(f"ckpt_path={path} does not exist; pass the .ckpt file a previous capsal-train saved")
+    opened = open_checkpoint(checkpoint)
+    if getattr(opened.model_class, "OWN_TOKENIZER", False):
+        return None
     try:
-        words = torch.load(checkpoint, map_location="cpu", weights_only=False)["hyper_parameters"]["vocab"]
-    except Exception as error:
+        return list(opened.contents["hyper_parameters"]["vocab"])
+    except (KeyError, TypeError) as error:
         raise UserError(f"ckpt_path={path} is not a capsal checkpoint to resume ({type(error).__name__})") from error
-    return Vocabulary(words)
 
 
-def build_model(cfg: DictConfig, datamodule) -> L.LightningModule:
+def build_model(cfg: DictConfig, datamodule, vocabulary: list[str] | None = None) -> L.LightningModule:
     """The model ``cfg.model`` describes, and the datamodule encoding with its tokenizer: a vocabulary of the training
-    captions (the checkpoint's when resuming, so words keep their ids), or a pretrained model's own tokenizer."""
+    captions (``vocabulary``, the resumed checkpoint's, so words keep their ids), or a pretrained model's own one."""
     if getattr(get_class(cfg.model._target_), "OWN_TOKENIZER", False):
         model = instantiate(cfg.model)
         datamodule.vocab = model.vocab
         return model
-    if cfg.get("ckpt_path"):
-        datamodule.vocab = checkpoint_vocabulary(cfg.ckpt_path)
+    if vocabulary is not None:
+        datamodule.vocab = Vocabulary(vocabulary)
     return instantiate(cfg.model, vocab=datamodule.vocab.to_list())
+
+
+def resume_options(trainer: L.Trainer) -> dict[str, bool]:
+    """``weights_only=True`` for ``trainer.fit`` where this Lightning takes it, so Lightning too reads the resumed
+    checkpoint weights-only (elsewhere ``torch.load``'s own default, weights-only since torch 2.6)."""
+    return {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train a captioner as ``cfg`` says; returns the summary (checkpoint, metrics, example captions)."""
     check_config(cfg)
+    vocabulary = resume_vocabulary(cfg.get("ckpt_path"))
     set_cpu_threads(
         cfg.get("cpu_threads"),
         processes_per_machine(cfg.trainer.get("devices"), cfg.trainer.get("accelerator", "auto")),
@@ -72,7 +88,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     datamodule = instantiate(cfg.datamodule, _convert_="all")
     datamodule.setup("fit")
-    model = build_model(cfg, datamodule)
+    model = build_model(cfg, datamodule, vocabulary)
     model.datamodule_config = OmegaConf.to_container(cfg.datamodule, resolve=True)
     for split in ("train", "val"):  # a model trained from a cache must use the backbone that made it
         data = datamodule.get_split(split)
@@ -88,7 +104,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     logger = build_logger(cfg)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), **resume_options(trainer))
         save_final_checkpoint(trainer)
     finally:
         _finish_wandb(logger)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from capsal.errors import UserError
+from capsal.safe_load import check_targets, load_checkpoint
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -163,15 +164,16 @@ def _checkpoint_backbone(path: Path) -> tuple[dict, dict]:
         raise UserError(
             f"backbone checkpoint {path} does not exist; pass backbone.checkpoint= the .ckpt of a capsal-train run"
         )
+    saved = load_checkpoint(path)
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
         config = dict(saved["hyper_parameters"]["backbone"])
         state = saved["state_dict"]
-    except Exception as error:  # a truncated or foreign file surfaces as many exception types
+    except Exception as error:  # a foreign file surfaces as many exception types
         raise UserError(
             f"{path} is not a capsal checkpoint with a backbone ({type(error).__name__}); pass the .ckpt of a "
             f"capsal-train run as backbone.checkpoint"
         ) from error
+    check_targets(config, f"backbone checkpoint {path} (its backbone)")
     weights = {key.removeprefix("backbone."): value for key, value in state.items() if key.startswith("backbone.")}
     return config, weights
 

@@ -8,6 +8,8 @@ a given sentence has no limit) and validation captioning metrics. A subclass sup
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import PurePath
 from typing import Any
 
 import lightning as L
@@ -15,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from capsal import __version__
 from capsal.devices import gather_dicts
@@ -26,9 +28,17 @@ from capsal.text import Vocabulary
 from capsal.types import Batch, ItemLayout
 
 
-def _plain(config: Any) -> Any:
-    """Hydra configs become plain containers so checkpoints hold no OmegaConf objects."""
-    return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
+def _plain(value: Any) -> Any:
+    """``value`` with Hydra configs as dicts and lists and paths as strings, however deeply nested: checkpoints hold
+    plain containers, which capsal's weights-only loading reads without allowlisting anything."""
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        items = [_plain(item) for item in value]
+        return items if isinstance(value, list) else tuple(items)
+    return str(value) if isinstance(value, PurePath) else value
 
 
 class CaptioningModule(L.LightningModule):
@@ -199,6 +209,9 @@ class CaptioningModule(L.LightningModule):
         return bool(self.hparams.caption_metrics) and (self.current_epoch + 1) % every == 0
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        for key in ("hyper_parameters", "datamodule_hyper_parameters"):  # Lightning copies them as they were given
+            if key in checkpoint:
+                checkpoint[key] = _plain(checkpoint[key])
         checkpoint["capsal"] = {
             "version": __version__,
             "model_class": f"{type(self).__module__}.{type(self).__qualname__}",

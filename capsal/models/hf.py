@@ -45,6 +45,7 @@ from torch import nn
 from capsal.errors import UserError
 from capsal.models.base import CaptioningModule, _plain
 from capsal.models.protocol import widened
+from capsal.safe_load import load_checkpoint
 from capsal.text import Tokenizer, tokenize
 from capsal.types import ItemLayout
 
@@ -89,9 +90,10 @@ def load_parts(name_or_path: str, from_config: bool = False):
             "such as nlpconnect/vit-gpt2-image-captioning"
         )
     try:
-        config = transformers.AutoConfig.from_pretrained(name_or_path)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path)
-        processor = transformers.AutoImageProcessor.from_pretrained(name_or_path)
+        # never the code a model repository or a checkpoint's files may name (auto_map): capsal's families are built in
+        config = transformers.AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+        processor = transformers.AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=False)
     except (OSError, ValueError) as error:
         raise UserError(offline_hint(name_or_path, error)) from error
     family = FAMILIES.get(config.model_type)
@@ -446,22 +448,34 @@ class HFCaptioner(CaptioningModule):
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, **kwargs) -> HFCaptioner:  # type: ignore[override]
         """A fine-tuned captioner from its capsal checkpoint alone: the architecture and tokenizer from the files it
         carries, the weights from its state dict (``name_or_path`` is not read)."""
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        files = checkpoint.get("capsal", {}).get("pretrained_files")
-        if not files:
-            raise UserError(f"{checkpoint_path} holds no Hugging Face model files; save it with capsal-train again")
+        checkpoint = load_checkpoint(Path(checkpoint_path))
         options = dict(checkpoint["hyper_parameters"])
         source = options.pop("name_or_path")
         options.pop("item_mode", None)
         with tempfile.TemporaryDirectory() as folder:
-            for name, data in files.items():
-                (Path(folder) / name).write_bytes(data)
+            _write_pretrained_files(checkpoint.get("capsal", {}).get("pretrained_files"), Path(folder), checkpoint_path)
             model = cls(**{**options, "name_or_path": folder, "from_config": True})
         model.hparams["name_or_path"] = source
         model.hparams["from_config"] = options.get("from_config", False)
         model.load_state_dict(checkpoint["state_dict"])
         model.on_load_checkpoint(checkpoint)
         return model.to(map_location) if map_location is not None else model
+
+
+def _write_pretrained_files(files: Any, folder: Path, checkpoint_path: Any) -> None:
+    """The ``save_pretrained`` files a checkpoint carries, written into ``folder`` for ``from_pretrained`` to read:
+    only bytes under plain file names of the kinds ``pretrained_files`` saves, so a crafted name (``../x``, an
+    absolute path) cannot write outside ``folder``."""
+    if not isinstance(files, dict) or not files:
+        raise UserError(f"{checkpoint_path} holds no Hugging Face model files; save it with capsal-train again")
+    for name, data in files.items():
+        plain_name = isinstance(name, str) and name == Path(name).name and not name.startswith(".")
+        if not (plain_name and name.endswith(_FILE_SUFFIXES) and isinstance(data, bytes)):
+            raise UserError(
+                f"{checkpoint_path} carries a Hugging Face file named {name!r}, which capsal does not write (it wants "
+                f"plain file names ending in {', '.join(_FILE_SUFFIXES)}); save the model with capsal-train again"
+            )
+        (folder / name).write_bytes(data)
 
 
 def _whole_image(processor: Any) -> Any:
