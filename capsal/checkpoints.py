@@ -34,6 +34,8 @@ def load_captioner(path: str | Path, map_location: str | torch.device = "cpu") -
     try:
         model = opened.model_class.load_from_checkpoint(path, map_location=map_location, weights_only=True)
     except (TypeError, KeyError, ValueError, AttributeError, RuntimeError, InstantiationException) as error:
+        if isinstance(error, InstantiationException) and isinstance(error.__cause__, UserError):
+            raise  # its own line: e.g. the checkpoint of a CheckpointBackbone refused
         reason = " ".join(f"{type(error).__name__}: {error}".split())  # one line, whatever the error's layout
         raise UserError(
             f"{path} does not load into {opened.meta['model_class']} ({opened.versions}): {reason}; {opened.fix}"

@@ -82,7 +82,7 @@ def _unsafe_globals(path: Path, error: Exception) -> list[str]:
     """The types the weights-only unpickler refused, read from the file without running it (or its error)."""
     try:
         allowed = {f"{t.__module__}.{getattr(t, '__qualname__', t)}" for t in SAFE_TYPES}
-        found = [name for name in torch.serialization.get_unsafe_globals_in_checkpoint(path) if name not in allowed]
+        found = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - allowed)
     except Exception:  # a file in the legacy (non-zip) format: only the error names what stopped it
         found = []
     return found or re.findall(r"GLOBAL (\S+)", str(error)) or ["an object of unknown type"]
