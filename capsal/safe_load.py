@@ -140,10 +140,8 @@ def _targets(node: Any) -> Iterator[str]:
 
 
 def _allowed(target: str) -> bool:
-    """Whether Hydra may build ``target``: registered, or a class that capsal defines, or a ``torch.optim``
-    optimizer or scheduler (only those two packages are imported to find out)."""
-    if _registered(target, GROUPS) is not None:
-        return True
+    """Whether Hydra may build ``target``: a class that capsal defines, a ``torch.optim`` optimizer or scheduler
+    (only those two packages are imported to find out), or a registered class."""
     root = target.split(".")
     if root[0] == "capsal":
         found = _locate_or_none(target)
@@ -152,7 +150,7 @@ def _allowed(target: str) -> bool:
         found = _locate_or_none(target)
         bases = (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
         return isinstance(found, type) and issubclass(found, bases)
-    return False
+    return _registered(target, GROUPS) is not None
 
 
 def _locate(target: str) -> Any:
