@@ -24,6 +24,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(params=["this CPU", "no bf16 kernels"])
+def bf16_kernels(request, monkeypatch) -> str:
+    """Both answers to "does this CPU run bf16 recurrent kernels?" (capsal.cpu_bf16): the machine's own (or what
+    CAPSAL_CPU_BF16_RNN says), and none, which runs the float32 fallback of recurrent layers on any CPU."""
+    if request.param == "no bf16 kernels":
+        from capsal.cpu_bf16 import ENV
+
+        monkeypatch.setenv(ENV, "0")
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def compose_train():
     """``compose_train(*overrides)`` -> the train config, as ``capsal-train`` would build it."""

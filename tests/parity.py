@@ -3,8 +3,13 @@ says what the thresholds rest on)."""
 
 from __future__ import annotations
 
-import torch
+import contextlib
+from collections.abc import Iterator
 
+import torch
+from torch.nn.utils.rnn import PackedSequence
+
+from capsal.cpu_bf16 import cpu_runs_bf16_recurrent
 from capsal.evaluation import batches_of, caption_pairs, explain_batch, grounded_phrases, scored_maps
 from capsal.explainers import build_explainer
 from capsal.maxima import peak_frames
@@ -32,17 +37,37 @@ def temporal_hits(maps: torch.Tensor, intervals: list) -> torch.Tensor:
     return torch.tensor([i is not None and i[0] <= f < i[1] for f, i in zip(peaks, intervals, strict=True)])
 
 
+@contextlib.contextmanager
+def recorded_lstm_dtypes(model: torch.nn.Module) -> Iterator[set[torch.dtype]]:
+    """The dtypes the ``nn.LSTM`` layers of ``model`` return inside the context."""
+    dtypes: set[torch.dtype] = set()
+
+    def record(module, inputs, output) -> None:
+        out = output[0]
+        dtypes.add(out.data.dtype if isinstance(out, PackedSequence) else out.dtype)
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, torch.nn.LSTM)]
+    try:
+        yield dtypes
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def compare(model, datamodule, name: str) -> dict[str, float]:
     """Both precisions on every test phrase: mean rank correlation, share of equal hits / peak frames."""
     samples = [datamodule.sample("test", i) for i in range(datamodule.sizes["test"])]
     explainers = {p: build_explainer(name, precision=p) for p in ("32", "bf16-mixed")}
-    correlations, same, frames, regions, errors, spreads = [], [], [], [], [], []
+    correlations, same, frames, regions, errors, spreads, lstm_dtypes = [], [], [], [], [], [], set()
     for batch in batches_of(caption_pairs(samples), model.vocab, 16):
         with torch.no_grad():
             grid = visual_grid(model, batch)
             items = model.items(grid)
         spans, phrases = grounded_phrases(batch.captions)
-        out = {p: explain_batch(e, model, items, grid, batch.tokens) for p, e in explainers.items()}
+        out = {"32": explain_batch(explainers["32"], model, items, grid, batch.tokens)}
+        with recorded_lstm_dtypes(model) as dtypes:
+            out["bf16-mixed"] = explain_batch(explainers["bf16-mixed"], model, items, grid, batch.tokens)
+        lstm_dtypes |= dtypes
         full, mixed = out["32"], out["bf16-mixed"]
         assert all(s.scores.dtype == torch.float32 for s in out.values())
         if full.losses is not None:
@@ -74,6 +99,7 @@ def compare(model, datamodule, name: str) -> dict[str, float]:
         "mean_region_rank_correlation": torch.cat(regions).mean().item() if regions else None,
         "mean_loss_error": torch.cat(errors).mean().item() if errors else None,
         "mean_region_loss_spread": torch.cat([x.flatten() for x in spreads]).mean().item() if spreads else None,
+        "lstm_dtypes": sorted(str(d) for d in lstm_dtypes),
     }
     print(f"\n{name}: {result}")  # pytest -s shows the measured numbers
     return result
@@ -82,6 +108,8 @@ def compare(model, datamodule, name: str) -> dict[str, float]:
 def check(result: dict, name: str, fixture: str = "") -> None:
     correlation, peak, region, loss_error = THRESHOLDS[name, f"{fixture} {result['layout']}".strip()]
     assert result["phrases"] > 0
+    if result["lstm_dtypes"]:  # bf16 LSTM kernels where the CPU has them, else the float32 fallback
+        assert result["lstm_dtypes"] == ["torch.bfloat16" if cpu_runs_bf16_recurrent() else "torch.float32"]
     assert result["mean_rank_correlation"] >= correlation
     assert result["same_peak"] >= peak  # the same pointing-game hit (images) / most salient frame (videos)
     if region is not None:

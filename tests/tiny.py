@@ -3,6 +3,7 @@ configs: small synthetic splits, a narrow model, one short epoch, CSV logs, no s
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir, initialize_config_module
@@ -172,3 +173,12 @@ def save_tiny_hf(folder: Path, family: str = "vit_gpt2", seed: int = 0, image_si
     tokenizer.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def readme_captioner_class() -> type:
+    """``MyCaptioner``, the README's own-model example (a plain ``nn.Module`` with two ``nn.GRU``), as users copy it."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "class MyCaptioner" in b]
+    namespace: dict = {}
+    exec(block, namespace)
+    return namespace["MyCaptioner"]

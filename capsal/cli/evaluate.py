@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Subset
 
 from capsal.checkpoints import checkpoint_datamodule, load_model, model_source
 from capsal.config_checks import check_config
+from capsal.cpu_bf16 import bf16_fallback
 from capsal.datamodules.base import ShardedSampler, collate_samples, removed_crop_key
 from capsal.devices import model_device
 from capsal.errors import UserError, exit_on_user_error
@@ -108,7 +109,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         enable_progress_bar=bool(cfg.progress),
         num_sanity_val_steps=0,
     )
-    trainer.test(module, dataloaders=loader, verbose=False)
+    with bf16_fallback(model, trainer.precision, trainer.strategy.root_device):
+        trainer.test(module, dataloaders=loader, verbose=False)
     counts = module.results["counts"]
     results: dict[str, Any] = {"checkpoint": model_source(cfg), "split": cfg.split}
     results.update(samples=counts["samples"], phrases=counts["phrases"])

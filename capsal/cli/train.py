@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from capsal.checkpoints import open_checkpoint
 from capsal.config_checks import check_config
+from capsal.cpu_bf16 import bf16_fallback
 from capsal.datamodules.base import collate_samples
 from capsal.datamodules.features import CachedFeatures, check_model_backbone
 from capsal.devices import model_device, processes_per_machine, set_cpu_threads
@@ -104,7 +105,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     logger = build_logger(cfg)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), **resume_options(trainer))
+        with bf16_fallback(model, trainer.precision, trainer.strategy.root_device):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), **resume_options(trainer))
         save_final_checkpoint(trainer)
     finally:
         _finish_wandb(logger)

@@ -38,7 +38,7 @@ class SoftAttentionWeights(Explainer):
                 f"explainer soft_attention needs a model with attention weights (model=soft_attention); "
                 f"{type(model).__name__} has none: use explainer=caption_guided"
             )
-        with eval_mode(model), autocast(self.precision, items.device):
+        with eval_mode(model), autocast(self.precision, items.device, model):
             s = prepare(model, items, mask, grid, tokens, self.beam_size)
             weights = widened(model.attention(model.encode(items, s.mask), s.tokens[:, :-1]))
         return s.saliency(weights, explainer=self.name)

@@ -89,7 +89,7 @@ class CaptionGuided(Explainer):
         grid: torch.Tensor | None = None,
         tokens: Sentence = None,
     ) -> Saliency:
-        with eval_mode(model), autocast(self.precision, items.device):
+        with eval_mode(model), autocast(self.precision, items.device, model):
             return self._explain(model, items, mask, grid, tokens)
 
     def _explain(self, model, items, mask, grid, tokens) -> Saliency:

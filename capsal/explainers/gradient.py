@@ -42,7 +42,7 @@ class GradientTimesInput(Explainer):
         grid: torch.Tensor | None = None,
         tokens: Sentence = None,
     ) -> Saliency:
-        with eval_mode(model), autocast(self.precision, items.device):
+        with eval_mode(model), autocast(self.precision, items.device, model):
             s = prepare(model, items, mask, grid, tokens, self.beam_size)
             # cuDNN's RNN backward refuses eval mode (dropout off); PyTorch's own kernels take it, same numbers
             no_cudnn = torch.backends.cudnn.flags(enabled=False)

@@ -6,7 +6,8 @@
 float16)``. Whatever the precision, explainers return losses and scores in float32.
 
 ``16-mixed`` is refused on the CPU with one line: CPU float16 autocast does not run every layer (oneDNN has no float16
-LSTM, so S2VT fails deep inside torch); ``bf16-mixed`` is the CPU's mixed precision.
+LSTM, so S2VT fails deep inside torch); ``bf16-mixed`` is the CPU's mixed precision. On a CPU without bf16 recurrent
+kernels the model's recurrent layers run in float32 inside it (:mod:`capsal.cpu_bf16`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 
 import torch
 
+from capsal.cpu_bf16 import bf16_fallback
 from capsal.errors import UserError
 
 PRECISIONS = (32, "32", "32-true", "bf16-mixed", "16-mixed")  # what the option accepts (YAML's 32 is an integer)
@@ -33,8 +35,9 @@ def normalize_precision(precision: int | str) -> str:
 
 
 @contextlib.contextmanager
-def autocast(precision: int | str, device: torch.device | str) -> Iterator[None]:
-    """The model calls' context on ``device``: float32 (any surrounding autocast off) or mixed precision."""
+def autocast(precision: int | str, device: torch.device | str, model: torch.nn.Module | None = None) -> Iterator[None]:
+    """The model calls' context on ``device``: float32 (any surrounding autocast off) or mixed precision; ``model``'s
+    recurrent layers stay float32 where the CPU has no bf16 kernels for them (pass it, or they may fail there)."""
     precision = normalize_precision(precision)
     device_type = torch.device(device).type
     if precision == "32":
@@ -49,5 +52,6 @@ def autocast(precision: int | str, device: torch.device | str) -> Iterator[None]
             "explainer precision 16-mixed needs a GPU: CPU float16 autocast cannot run every layer "
             "(oneDNN has no float16 LSTM); use precision=bf16-mixed on the CPU"
         )
-    with torch.autocast(device_type=device_type, dtype=_DTYPES[precision]):
+    fallback = bf16_fallback(model, precision, device) if model is not None else contextlib.nullcontext()
+    with torch.autocast(device_type=device_type, dtype=_DTYPES[precision]), fallback:
         yield

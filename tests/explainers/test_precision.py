@@ -34,7 +34,7 @@ def test_other_names_are_one_line_errors(bad):
 
 
 @pytest.mark.parametrize("name", ["caption_guided", "gradient"])
-def test_bf16_returns_float32_close_to_float32(video, name):
+def test_bf16_returns_float32_close_to_float32(video, name, bf16_kernels):
     model, grid, items = video
     full = build_explainer(name).explain(model, items, grid=grid, tokens="a red circle")
     mixed = build_explainer(name, precision="bf16-mixed").explain(model, items, grid=grid, tokens="a red circle")

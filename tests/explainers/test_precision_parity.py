@@ -38,15 +38,15 @@ def from_checkpoint(checkpoint) -> tuple:
 
 
 @pytest.mark.parametrize("name", ["caption_guided", "gradient"])
-def test_bf16_maps_of_a_localising_model_match_float32(localising_image_model, name):
+def test_bf16_maps_of_a_localising_model_match_float32(localising_image_model, name, bf16_kernels):
     check(compare(*localising_image_model, name), name, "localising")
 
 
 @pytest.mark.parametrize("name", ["caption_guided", "gradient"])
-def test_bf16_image_maps_match_float32(image_checkpoint, name):
+def test_bf16_image_maps_match_float32(image_checkpoint, name, bf16_kernels):
     check(compare(*from_checkpoint(image_checkpoint), name), name)
 
 
 @pytest.mark.parametrize("name", ["caption_guided", "gradient"])
-def test_bf16_video_maps_match_float32(video_checkpoint, name):
+def test_bf16_video_maps_match_float32(video_checkpoint, name, bf16_kernels):
     check(compare(*from_checkpoint(video_checkpoint), name), name)

@@ -160,7 +160,7 @@ def test_the_gallery_of_a_cache_trained_model_shows_the_real_frames(cached_video
 
 
 @pytest.mark.slow
-def test_bf16_maps_of_the_cache_trained_model_match_float32(cached_video_model):
+def test_bf16_maps_of_the_cache_trained_model_match_float32(cached_video_model, bf16_kernels):
     model = load_captioner(cached_video_model["checkpoint"])
     check(compare(model, checkpoint_datamodule(model), "caption_guided"), "caption_guided", "cache-trained")
 

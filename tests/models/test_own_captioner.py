@@ -4,12 +4,11 @@ evaluator behind ``capsal-eval`` (on cached grids) and the saliency callback (wr
 from __future__ import annotations
 
 import json
-import re
-from pathlib import Path
 
 import lightning as L
 import torch
 from einops import rearrange
+from tiny import readme_captioner_class
 
 from capsal.callbacks import SaliencyCallback
 from capsal.datamodules import ShapesImageDataModule
@@ -17,15 +16,6 @@ from capsal.datamodules.features import FeatureSample
 from capsal.evaluation import LocalisationEvaluator, batches_of, caption_pairs
 from capsal.explainers import build_explainers
 from capsal.types import Caption, Phrase
-
-README = (Path(__file__).parents[2] / "README.md").read_text()
-
-
-def readme_captioner_class() -> type:
-    (block,) = [b for b in re.findall(r"```python\n(.*?)```", README, flags=re.S) if "class MyCaptioner" in b]
-    namespace: dict = {}
-    exec(block, namespace)
-    return namespace["MyCaptioner"]
 
 
 def test_the_readme_captioner_goes_through_the_evaluator_on_cached_grids():
