@@ -7,6 +7,10 @@ of a trained capsal checkpoint (the video demo's backbone, pre-trained by captio
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import socket
 from pathlib import Path
 
 import torch
@@ -15,6 +19,8 @@ from torch import nn
 
 from capsal.errors import UserError
 from capsal.safe_load import check_targets, load_checkpoint
+
+log = logging.getLogger("capsal")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,7 +76,7 @@ class TorchvisionBackbone(nn.Module):
     """A frozen torchvision classifier cut at its last convolutional grid.
 
     ``weights``: ``None`` (random, works offline), a torchvision weights name such as ``"DEFAULT"`` (read from the
-    torch hub cache, ``$TORCH_HOME/hub/checkpoints``; never downloaded), or the path of a local ``.pth`` state dict.
+    torch hub cache, ``$TORCH_HOME/hub/checkpoints``, downloaded there when missing), or a local ``.pth`` state dict.
     Frames are resized to ``input_size`` x ``input_size``; which part of an image they show (the whole image, or its
     central square) is the datamodule's ``protocol``, so training, extraction and scoring see the same pixels.
     ``crop`` is gone: ``None`` or ``"resize"`` (what configs and checkpoints before ``protocol`` record) are accepted,
@@ -179,11 +185,11 @@ def _checkpoint_backbone(path: Path) -> tuple[dict, dict]:
 
 
 def _load_weights(name: str, weights: str) -> dict:
-    """A state dict from a local file or, for a torchvision weights name, from the torch hub cache only.
+    """A state dict from a local file or, for a torchvision weights name, from the torch hub cache.
 
-    Nothing is downloaded: a registered name (``DEFAULT``, ``IMAGENET1K_V1``...) is read from
-    ``torch.hub.get_dir()/checkpoints/<file of its url>`` (``$TORCH_HOME/hub/checkpoints``), and a missing file stops
-    with one line saying where to put it, how to pass a local file, or how to ask for random weights.
+    A registered name (``DEFAULT``, ``IMAGENET1K_V1``...) is read from ``torch.hub.get_dir()/checkpoints/<file of
+    its url>`` (``$TORCH_HOME/hub/checkpoints``), as torchvision keeps it; a missing file is downloaded there first
+    (:func:`download_weights`).
     """
     path = Path(weights).expanduser()
     if path.suffix in (".pth", ".pt") or path.exists():
@@ -192,12 +198,49 @@ def _load_weights(name: str, weights: str) -> dict:
         return _read_state_dict(path)
     cached = hub_weights_path(name, weights)
     if not cached.is_file():
-        entry = _weights_entry(name, weights)
-        raise UserError(
-            f"ImageNet weights {weights!r} for {name} are not in the torch hub cache: download {entry.url} to "
-            f"{cached}, or pass backbone.weights=/path/to.pth, or backbone.weights=null for random features"
-        )
+        download_weights(name, weights, cached)
     return _read_state_dict(cached)
+
+
+WEIGHTS_MIRROR = "CAPSAL_WEIGHTS_MIRROR"  # a base URL serving torchvision's weight files under their own names
+WEIGHTS_CHECK_HASH = "CAPSAL_WEIGHTS_CHECK_HASH"  # 0: accept a file whose SHA-256 differs from the one in its name
+CONNECT_TIMEOUT_S = 15.0  # no answer for this long (a firewalled machine): give up instead of hanging
+
+
+def weights_url(url: str) -> str:
+    """Where torchvision's weights file at ``url`` is fetched from: ``url``, or the same file name under
+    ``$CAPSAL_WEIGHTS_MIRROR``."""
+    mirror = os.environ.get(WEIGHTS_MIRROR, "").strip()
+    return f"{mirror.rstrip('/')}/{url.rsplit('/', 1)[-1]}" if mirror else url
+
+
+def download_weights(name: str, weights: str, cached: Path) -> None:
+    """torchvision's file of ``weights`` into ``cached`` with torch hub's downloader (torchvision's own mechanism,
+    progress bar on stderr; the SHA-256 prefix in the file name checked, as torchvision's model builders do). A
+    failure (offline, no answer within :data:`CONNECT_TIMEOUT_S`, a wrong file) leaves nothing behind and stops in
+    one line with the URL and the file to put."""
+    url = weights_url(_weights_entry(name, weights).url)
+    check = os.environ.get(WEIGHTS_CHECK_HASH, "1").strip() != "0"
+    match = _HASH_IN_NAME.search(cached.name)
+    hash_prefix = match.group(1) if match and check else None
+    log.info("downloading %s weights %s from %s to %s", name, weights, url, cached)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(CONNECT_TIMEOUT_S)  # torch hub's urlopen takes no timeout of its own
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(cached), hash_prefix, progress=True)
+    except (OSError, RuntimeError, ValueError) as error:  # offline, timeout: OSError; a wrong hash: RuntimeError
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        raise UserError(
+            f"ImageNet weights {weights!r} for {name} could not be downloaded from {url} ({reason}): download it to "
+            f"{cached}, or set {WEIGHTS_MIRROR}=<a server with torchvision's files>, or pass "
+            f"backbone.weights=/path/to.pth, or backbone.weights=null for random features"
+        ) from error
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]+)\.")  # torch hub's HASH_REGEX: resnet50-11ad3fa6.pth -> 11ad3fa6
 
 
 def _weights_entry(name: str, weights: str):

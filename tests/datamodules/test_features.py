@@ -319,30 +319,139 @@ def test_capsal_extract_reports_a_missing_root_in_one_line(tmp_path):
     assert "YouTubeClips" in result.stderr and "Traceback" not in result.stderr
 
 
-# -- backbone weights: the torch hub cache, never a download ---------------------------------------------------------
-def test_extract_defaults_to_imagenet_weights_and_stops_in_one_line_when_they_are_not_cached(flickr, tmp_path):
-    hub = tmp_path / "torch_home"  # empty: nothing cached, and nothing may be downloaded
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "capsal.cli.extract",
-            f"datamodule.root={flickr}",
-            f"features_dir={tmp_path / 'cache'}",
-            f"hydra.run.dir={tmp_path / 'run'}",
-            "progress=false",
-        ],
+# -- backbone weights: the torch hub cache, downloaded when missing --------------------------------------------------
+class WeightsServer:
+    """An HTTP server on the loopback serving ``files`` (name -> bytes), as a mirror of torchvision's weights would;
+    ``requests`` lists the paths asked for."""
+
+    def __init__(self, files: dict[str, bytes]):
+        import http.server
+        import threading
+
+        served, self.requests = files, []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(handler):
+                self.requests.append(handler.path)
+                data = served.get(handler.path.removeprefix("/mirror/"))
+                handler.send_response(200 if data is not None else 404)
+                handler.send_header("Content-Length", str(len(data or b"")))
+                handler.end_headers()
+                handler.wfile.write(data or b"")
+
+            def log_message(handler, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/mirror"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on: connecting is refused at once, as on a machine without network."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_extract(tmp_path: Path, env: dict[str, str], *overrides: str) -> subprocess.CompletedProcess:
+    """capsal-extract as a user runs it, with ``env`` added to this process's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "capsal.cli.extract", *overrides, f"hydra.run.dir={tmp_path / 'run'}", "progress=false"],
         capture_output=True,
         text=True,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "TORCH_HOME": str(hub)},
-        timeout=180,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", **env},
+        timeout=240,
     )
+
+
+def test_extract_offline_stops_in_one_line_with_the_url_and_the_file_to_put(flickr, tmp_path):
+    hub = tmp_path / "torch_home"  # empty: nothing cached
+    offline = f"http://127.0.0.1:{closed_port()}"
+    env = {"TORCH_HOME": str(hub), "CAPSAL_WEIGHTS_MIRROR": offline}
+    result = run_extract(tmp_path, env, f"datamodule.root={flickr}", f"features_dir={tmp_path / 'cache'}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
     expected = hub / "hub" / "checkpoints" / "inception_v3_google-0cc3c7bd.pth"
-    assert line.startswith("capsal-extract: error: ImageNet weights 'DEFAULT' for inception_v3 are not in the torch")
-    assert str(expected) in line and "backbone.weights=/path/to.pth" in line and "backbone.weights=null" in line
-    assert not expected.exists() and not (tmp_path / "cache").exists()
+    assert line.startswith("capsal-extract: error: ImageNet weights 'DEFAULT' for inception_v3 could not be download")
+    assert f"from {offline}/inception_v3_google-0cc3c7bd.pth (URLError" in line and f"download it to {expected}" in line
+    assert "backbone.weights=/path/to.pth" in line and "backbone.weights=null" in line
+    assert not expected.exists() and not list(expected.parent.glob("*.partial"))
+    assert not (tmp_path / "cache").exists()
+
+
+def test_extract_downloads_missing_weights_from_a_mirror_into_the_hub_cache_and_extracts(flickr, tmp_path):
+    from torchvision.models import resnet50
+
+    torch.manual_seed(0)
+    classifier = resnet50(weights=None)  # stands in for the ImageNet file (whose hash is in its name: not checked)
+    weights = tmp_path / "served.pth"
+    torch.save(classifier.state_dict(), weights)
+    server = WeightsServer({"resnet50-11ad3fa6.pth": weights.read_bytes()})
+    hub = tmp_path / "torch_home"
+    env = {"TORCH_HOME": str(hub), "CAPSAL_WEIGHTS_MIRROR": server.url + "/", "CAPSAL_WEIGHTS_CHECK_HASH": "0"}
+    try:
+        overrides = ["backbone.name=resnet50", "backbone.input_size=64", "datamodule.image_size=32"]
+        result = run_extract(
+            tmp_path, env, f"datamodule.root={flickr}", f"features_dir={tmp_path / 'cache'}", *overrides
+        )
+    finally:
+        server.close()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert server.requests == ["/mirror/resnet50-11ad3fa6.pth"]
+    cached = hub / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"
+    assert cached.read_bytes() == weights.read_bytes()
+    manifest = read_manifest(tmp_path / "cache" / "test")
+    assert manifest["complete"] and manifest["settings"]["backbone"]["weights"] == "DEFAULT"
+    served = extract_split(
+        module(flickr), "test", {**RESNET, "weights": str(weights)}, tmp_path / "ref", progress=False
+    )
+    np.testing.assert_allclose(  # the grids of the downloaded weights, not of random ones
+        np.load(tmp_path / "cache" / "test" / "shard_00000.npy"), np.load(served / "shard_00000.npy"), atol=1e-2
+    )
+
+
+def test_a_downloaded_file_whose_hash_differs_from_its_name_is_refused_and_not_kept(tmp_path, monkeypatch):
+    from capsal.models.backbones import TorchvisionBackbone
+
+    server = WeightsServer({"resnet50-11ad3fa6.pth": b"not the ImageNet file"})
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("CAPSAL_WEIGHTS_MIRROR", server.url)
+    try:
+        with pytest.raises(
+            UserError, match=r"could not be downloaded from http://127\.0\.0\.1:\d+/mirror/resnet50-11ad3fa6"
+        ):
+            TorchvisionBackbone(name="resnet50", weights="DEFAULT")
+    finally:
+        server.close()
+    assert not list((tmp_path / "hub" / "checkpoints").iterdir())  # no file, no partial download
+
+
+def test_a_mirror_that_never_answers_is_given_up_after_the_timeout(tmp_path, monkeypatch):
+    import socket
+
+    from capsal.models import backbones
+
+    silent = socket.socket()  # accepts connections (the kernel's backlog) and never answers, as a firewall drops
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("CAPSAL_WEIGHTS_MIRROR", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    monkeypatch.setattr(backbones, "CONNECT_TIMEOUT_S", 0.5)
+    start = time.perf_counter()
+    try:
+        with pytest.raises(UserError, match=r"could not be downloaded from .*timed out"):
+            backbones.TorchvisionBackbone(name="resnet50", weights="DEFAULT")
+    finally:
+        silent.close()
+    assert time.perf_counter() - start < 30  # not hung (torch hub alone would wait forever)
+    assert socket.getdefaulttimeout() is None  # the process's default is back
 
 
 def test_imagenet_weights_are_read_from_the_torch_hub_cache(tmp_path, monkeypatch):
@@ -356,8 +465,6 @@ def test_imagenet_weights_are_read_from_the_torch_hub_cache(tmp_path, monkeypatc
     torch.save(classifier.state_dict(), tmp_path / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth")
     loaded = TorchvisionBackbone(name="resnet50", weights="DEFAULT")
     torch.testing.assert_close(loaded.body.conv1.weight, classifier.conv1.weight)
-    with pytest.raises(UserError, match=r"'IMAGENET1K_V1' for resnet50 are not in the torch hub cache: download https"):
-        TorchvisionBackbone(name="resnet50", weights="IMAGENET1K_V1")  # another file, not cached
     with pytest.raises(UserError, match="unknown weights 'NOPE' for resnet50"):
         TorchvisionBackbone(name="resnet50", weights="NOPE")
 
