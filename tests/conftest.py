@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 from tiny import compose_train as _compose_train
-from tiny import quiet_trainer, tiny_cfg, train_tiny
+from tiny import one_object_shapes, quiet_trainer, tiny_cfg, train_tiny
 
 # tests never download: Hugging Face models are built from configs and saved to tmp_path (tiny.save_tiny_hf)
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -79,12 +79,8 @@ def _train_localising(model_class: type, steps: int):
     saliency to point at the named object (tests/integration/test_localises.py)."""
     import lightning as L
 
-    from capsal.datamodules import ShapesImageDataModule
-
     L.seed_everything(0)
-    datamodule = ShapesImageDataModule(
-        num_train=2000, num_val=48, num_test=48, min_objects=1, max_objects=1, captions_per_image=1, batch_size=32
-    )
+    datamodule = one_object_shapes()
     datamodule.setup("fit")
     model = model_class(
         datamodule.vocab,

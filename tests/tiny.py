@@ -43,6 +43,16 @@ def quiet_trainer(**options):
     return L.Trainer(**{**quiet, **options})
 
 
+def one_object_shapes(num_test: int = 48):
+    """Shapes images with one object each, the data the localising fixtures train on (conftest.py); ``num_test``
+    test images (the same generator: more of them, for measurements that need more phrases)."""
+    from capsal.datamodules import ShapesImageDataModule
+
+    return ShapesImageDataModule(
+        num_train=2000, num_val=48, num_test=num_test, min_objects=1, max_objects=1, captions_per_image=1, batch_size=32
+    )
+
+
 def compose_train(*overrides: str) -> DictConfig:
     """The train config with ``overrides``, as ``capsal-train`` would build it."""
     with initialize_config_module(config_module="capsal.conf", version_base="1.3"):

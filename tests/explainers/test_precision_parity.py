@@ -6,9 +6,12 @@ pointing-game hit at image size (images) and the temporal-pointing hit of the mo
 :func:`capsal.maxima.peak_frames` inside the phrase's frame interval).
 
 The target (>= 0.99 mean rank correlation, the same hit on >= 99% of phrases) is checked on a model whose maps have
-structure: ``localising_image_model`` (S2VT trained 250 steps; its caption-guided maxima hit the named object).
-Measured there (torch 2.14.1, 2-core CPU): caption_guided 0.998 and 100% of 48 phrases; gradient x input 0.954 and
-100% (its maps are products of gradients and inputs, both rounded: the hits agree, the ranks of weak cells move).
+structure: ``localising_image_model`` (S2VT trained 250 steps; its caption-guided maxima hit the named object), on
+480 test images of its data (at 48, "99%" means "all": one near-tie that bf16 rounding flips fails it, and which one
+flips depends on the CPU's bf16 kernels). Measured there (torch 2.14.1, 2-core Xeon with AMX, bf16 LSTM kernels):
+caption_guided 0.998 and 99.6% of 480 phrases (97.9% of the first 48: one flip); gradient x input 0.942 and 99.2%
+(its maps are products of gradients and inputs, both rounded: the hits agree, the ranks of weak cells move). With the
+LSTM in float32 (capsal.cpu_bf16's fallback): 0.9986 / 100% and 0.9995 / 100% on the first 48.
 Videos (``cached_video_model`` of tests/integration/test_video_localises.py, the demo's pipeline in miniature):
 caption_guided frame maps 0.932, the same temporal hit on 100% of 75 phrases (the same frame on 53%: the frames that
 show the object have near-equal losses, and bf16 reorders them); below the 0.99 rank target, checked at 0.90.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import pytest
 from parity import check, compare
+from tiny import one_object_shapes
 
 from capsal.checkpoints import checkpoint_datamodule, load_captioner
 
@@ -37,9 +41,17 @@ def from_checkpoint(checkpoint) -> tuple:
     return model, checkpoint_datamodule(model)
 
 
+@pytest.fixture(scope="module")
+def many_phrases():
+    """480 test images of the localising model's data: 480 phrases, so that 99% leaves room for a near-tie."""
+    datamodule = one_object_shapes(num_test=480)
+    datamodule.setup("test")
+    return datamodule
+
+
 @pytest.mark.parametrize("name", ["caption_guided", "gradient"])
-def test_bf16_maps_of_a_localising_model_match_float32(localising_image_model, name, bf16_kernels):
-    check(compare(*localising_image_model, name), name, "localising")
+def test_bf16_maps_of_a_localising_model_match_float32(localising_image_model, many_phrases, name, bf16_kernels):
+    check(compare(localising_image_model[0], many_phrases, name), name, "localising")
 
 
 @pytest.mark.parametrize("name", ["caption_guided", "gradient"])
