@@ -83,8 +83,13 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist; default: one per core), a test module at a time on one
+# worker (its module fixtures are built once), each with one torch thread (OMP_NUM_THREADS=1, inherited by the apps
+# the tests start), so the workers do not fight over the cores. TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+
 test: $(STAMP) java chromium lint
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 # The pure-Python packages a GPU machine's stock PyTorch image lacks (benchmarks/device_check.sh), copied from the
 # venv into .devsite/ (ignore it in .git/info/exclude; carry it and put it on PYTHONPATH there).

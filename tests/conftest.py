@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 from tiny import compose_train as _compose_train
-from tiny import one_object_shapes, quiet_trainer, tiny_cfg, train_tiny
+from tiny import one_object_shapes, quiet_trainer, tiny_cfg, torch_threads, train_tiny
 
 # tests never download: Hugging Face models are built from configs and saved to tmp_path (tiny.save_tiny_hf)
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -76,7 +76,8 @@ def video_checkpoint(tmp_path_factory) -> Path:
 
 def _train_localising(model_class: type, steps: int):
     """``(model, datamodule)``: ``model_class`` trained ``steps`` steps on one-object shapes images, enough for its
-    saliency to point at the named object (tests/integration/test_localises.py)."""
+    saliency to point at the named object (tests/integration/test_localises.py), on one torch thread whatever the
+    runner's count, so its weights do not depend on it."""
     import lightning as L
 
     L.seed_everything(0)
@@ -95,7 +96,8 @@ def _train_localising(model_class: type, steps: int):
         num_sanity_val_steps=0,
         limit_val_batches=0,
     )
-    trainer.fit(model, datamodule=datamodule)
+    with torch_threads(1):
+        trainer.fit(model, datamodule=datamodule)
     datamodule.setup("test")
     return model.eval(), datamodule
 

@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import PackedSequence
 from capsal.cpu_bf16 import cpu_runs_bf16_recurrent
 from capsal.evaluation import batches_of, caption_pairs, explain_batch, grounded_phrases, scored_maps
 from capsal.explainers import build_explainer
-from capsal.maxima import peak_frames
+from capsal.maxima import peak_frames, peak_locations
 from capsal.metrics import pointing_hits
 from capsal.models.protocol import visual_grid
 from capsal.sanity import rank_correlation
@@ -54,11 +54,20 @@ def recorded_lstm_dtypes(model: torch.nn.Module) -> Iterator[set[torch.dtype]]:
             hook.remove()
 
 
+def near_tie(full: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
+    """Per phrase map ``(P, H, W)``: whether float32's value at bf16's peak is within the two maps' largest difference
+    of float32's own maximum, so that float32 cannot tell the two peaks apart against bf16's rounding."""
+    x, y = peak_locations(mixed).unbind(1)
+    at_mixed_peak = full[torch.arange(len(full)), y, x]
+    error = (full - mixed).abs().flatten(1).amax(1)
+    return full.flatten(1).amax(1) - at_mixed_peak <= error
+
+
 def compare(model, datamodule, name: str) -> dict[str, float]:
     """Both precisions on every test phrase: mean rank correlation, share of equal hits / peak frames."""
     samples = [datamodule.sample("test", i) for i in range(datamodule.sizes["test"])]
     explainers = {p: build_explainer(name, precision=p) for p in ("32", "bf16-mixed")}
-    correlations, same, frames, regions, errors, spreads, lstm_dtypes = [], [], [], [], [], [], set()
+    correlations, same, ties, frames, regions, errors, spreads, lstm_dtypes = [], [], [], [], [], [], [], set()
     for batch in batches_of(caption_pairs(samples), model.vocab, 16):
         with torch.no_grad():
             grid = visual_grid(model, batch)
@@ -88,18 +97,22 @@ def compare(model, datamodule, name: str) -> dict[str, float]:
         else:
             sizes = [batch.image_size] * len(batch.captions)
             boxes = [p.boxes for p in phrases]
-            hits = [pointing_hits(scored_maps(s, spans, sizes), boxes) for s in (full, mixed)]
+            maps = [scored_maps(s, spans, sizes) for s in (full, mixed)]
+            hits = [pointing_hits(m, boxes) for m in maps]
             same.append(hits[0] == hits[1])
+            ties.append((hits[0] != hits[1]) & near_tie(*maps))
     result = {
         "layout": "video" if full.layout.is_video else "image",
         "phrases": torch.cat(same).numel(),
         "mean_rank_correlation": torch.cat(correlations).mean().item(),
         "same_peak": torch.cat(same).float().mean().item(),
+        "same_peak_or_tie": (torch.cat(same) | torch.cat(ties)).float().mean().item() if ties else None,
         "same_frame": torch.cat(frames).float().mean().item() if frames else None,
         "mean_region_rank_correlation": torch.cat(regions).mean().item() if regions else None,
         "mean_loss_error": torch.cat(errors).mean().item() if errors else None,
         "mean_region_loss_spread": torch.cat([x.flatten() for x in spreads]).mean().item() if spreads else None,
         "lstm_dtypes": sorted(str(d) for d in lstm_dtypes),
+        "bf16_recurrent": cpu_runs_bf16_recurrent(),  # this process's answer (a subprocess may have another)
     }
     print(f"\n{name}: {result}")  # pytest -s shows the measured numbers
     return result
@@ -109,9 +122,10 @@ def check(result: dict, name: str, fixture: str = "") -> None:
     correlation, peak, region, loss_error = THRESHOLDS[name, f"{fixture} {result['layout']}".strip()]
     assert result["phrases"] > 0
     if result["lstm_dtypes"]:  # bf16 LSTM kernels where the CPU has them, else the float32 fallback
-        assert result["lstm_dtypes"] == ["torch.bfloat16" if cpu_runs_bf16_recurrent() else "torch.float32"]
+        assert result["lstm_dtypes"] == ["torch.bfloat16" if result["bf16_recurrent"] else "torch.float32"]
     assert result["mean_rank_correlation"] >= correlation
-    assert result["same_peak"] >= peak  # the same pointing-game hit (images) / most salient frame (videos)
+    # the same pointing-game hit, a near-tie aside (images) / the same temporal hit (videos)
+    assert (result["same_peak_or_tie"] if result["same_peak_or_tie"] is not None else result["same_peak"]) >= peak
     if region is not None:
         assert result["mean_region_rank_correlation"] >= region
     if loss_error is not None:

@@ -3,9 +3,12 @@ configs: small synthetic splits, a narrow model, one short epoch, CSV logs, no s
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir, initialize_config_module
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -26,6 +29,18 @@ TINY_OVERRIDES = [
     "summary_examples=2",
 ]
 TINY_VIDEO_OVERRIDES = ["datamodule.num_frames=8", "datamodule.frame_size=32", "datamodule.min_event_frames=3"]
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` inside the context: a trained fixture gets the same weights whatever
+    thread count the runner has (``make test`` gives each worker one), and tiny passes skip the threading cost."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def quiet_trainer(**options):

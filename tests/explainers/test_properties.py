@@ -21,6 +21,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny import torch_threads
 
 from capsal.explainers import build_explainer
 from capsal.models import S2VT, SoftAttention, TransformerCaptioner
@@ -64,10 +65,8 @@ _models: dict[str, torch.nn.Module] = {}
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny float64 passes run ~10x faster on one intra-op thread than on a shared two-core machine's default."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def tiny_model(name: str) -> torch.nn.Module:

@@ -4,9 +4,7 @@ by captioning shapes_image, frozen; its grids of shapes_video cached by capsal-e
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 from parity import check, compare
-from tiny import compose_app, compose_train
+from tiny import compose_app, compose_train, torch_threads
 
 from capsal import viz
 from capsal.callbacks import gallery
@@ -56,20 +54,10 @@ VIDEO = [
 ]
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """As make demo-video: these small steps gain little from two torch threads and lose much on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def _one_thread():
-    with one_thread():
+    """As make demo-video: these small steps gain little from two torch threads and lose much on a busy machine."""
+    with torch_threads(1):
         yield
 
 
@@ -84,7 +72,7 @@ def _train(output: Path, *overrides: str) -> dict:
 @pytest.fixture(scope="session")
 def cached_video_model(tmp_path_factory) -> dict:
     """One chain for the session, seeded: pre-train the backbone, extract, train S2VT on the cache (paths inside)."""
-    with one_thread():
+    with torch_threads(1):
         return _chain(tmp_path_factory.mktemp("video_chain"))
 
 
