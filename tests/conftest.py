@@ -16,12 +16,20 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def pytest_collection_modifyitems(config, items):
+    _long_modules_first(items)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def _long_modules_first(items: list) -> None:
+    """Modules with ``slow`` tests run first: ``make test`` gives each worker a module at a time, and a long module
+    started last would leave the other workers idle until it ends (longest first shortens the whole run)."""
+    long_modules = {item.path for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: item.path not in long_modules)  # stable: the order inside each module is kept
 
 
 @pytest.fixture(params=["this CPU", "no bf16 kernels"])

@@ -142,11 +142,12 @@ def app_config(app: str, checkpoint: Path, out: Path):
     return function, cfg
 
 
-@pytest.mark.parametrize("app", list(APPS))
-@pytest.mark.parametrize("name", list(EXPECTED))
+# every app with every file, but resuming with a backbone's checkpoint: resuming never reads that file
+CASES = [(app, name) for name in EXPECTED for app in APPS if not (app == "train" and name in NOT_RESUMED)]
+
+
+@pytest.mark.parametrize(("app", "name"), CASES)
 def test_a_malicious_checkpoint_stops_every_app_with_one_line(corpus, tmp_path, capsys, monkeypatch, app, name):
-    if app == "train" and name in NOT_RESUMED:
-        pytest.skip("resuming never reads the stored backbone's checkpoint")
     monkeypatch.syspath_prepend(str(corpus.site))  # evil_captioner is importable: it must not be imported
     function, cfg = app_config(app, corpus.files[name], tmp_path / "out")
     capsys.readouterr()
