@@ -103,6 +103,19 @@ def assert_untouched(corpus: Corpus) -> None:
     assert (corpus.victims / "keep.txt").read_text() == KEPT
 
 
+def test_a_backbone_checkpoint_that_names_itself_is_one_line(tmp_path, capsys):
+    from capsal.models.backbones import CheckpointBackbone
+
+    path = tmp_path / "loop.ckpt"
+    loop = {"_target_": "capsal.models.backbones.CheckpointBackbone", "checkpoint": str(path)}
+    edited(tmp_path, "loop.ckpt", lambda checkpoint: checkpoint["hyper_parameters"].update(backbone=loop))
+    with pytest.raises(SystemExit) as stop, exit_on_user_error("capsal-train"):
+        CheckpointBackbone(str(path))  # the nested one raises inside Hydra's instantiate: seen through its wrapper
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(lines) == 1, lines
+    assert "loop.ckpt has itself as its backbone's checkpoint" in lines[0]
+
+
 def test_the_payloads_are_real(corpus, tmp_path):
     """What the tests below refuse would run if loaded as before: the pickle payload writes its file."""
     proof = tmp_path / "proof.txt"

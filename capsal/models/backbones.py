@@ -132,6 +132,9 @@ class TorchvisionBackbone(nn.Module):
         return F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
 
 
+_REBUILDING: set[Path] = set()  # the checkpoints whose backbones are being rebuilt right now (a cycle stops)
+
+
 class CheckpointBackbone(nn.Module):
     """The visual encoder of a trained capsal checkpoint, frozen: its grids are features whose every cell was
     trained to mean something (an image captioner reads the cells one by one), as an ImageNet CNN's are.
@@ -146,8 +149,18 @@ class CheckpointBackbone(nn.Module):
         from hydra.utils import instantiate
 
         self.checkpoint = str(checkpoint)
-        config, weights = _checkpoint_backbone(Path(checkpoint).expanduser())
-        self.body = instantiate(config)
+        path = Path(checkpoint).expanduser().resolve()
+        if path in _REBUILDING:  # its stored backbone leads back to it: rebuilding would never end
+            raise UserError(
+                f"backbone checkpoint {path} has itself as its backbone's checkpoint (directly or through others); "
+                f"pass backbone.checkpoint= a capsal-train run whose backbone is a network, not this file"
+            )
+        _REBUILDING.add(path)
+        try:
+            config, weights = _checkpoint_backbone(path)
+            self.body = instantiate(config)
+        finally:
+            _REBUILDING.discard(path)
         self.body.load_state_dict(weights)
         self.out_channels = int(self.body.out_channels)
         self.stride = getattr(self.body, "stride", None)
