@@ -37,13 +37,13 @@ def _listed(names: Callable[[], Sequence[Any]], non_empty: bool) -> Callable[[li
     return check
 
 
-def NamesFrom(names: Callable[[], Sequence[Any]], non_empty: bool = False) -> Any:  # noqa: N802 (a type factory)
+def NamesFrom(names: Callable[[], Sequence[Any]], non_empty: bool = False) -> Any:
     """A list of names taken from ``names()`` (called when a value is checked, so plugins registered later count),
     each at most once."""
     return Annotated[list[str], AfterValidator(_listed(names, non_empty))]
 
 
-def NameFrom(names: Callable[[], Sequence[Any]]) -> Any:  # noqa: N802 (a type factory)
+def NameFrom(names: Callable[[], Sequence[Any]]) -> Any:
     """One name taken from ``names()`` (e.g. the explainer registry)."""
 
     def check(value: str) -> str:

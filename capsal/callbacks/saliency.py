@@ -16,9 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -27,12 +26,14 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from capsal import viz
 from capsal.callbacks.gallery import KINDS, TABLE_COLUMNS, GalleryFigure, explain_gallery
+from capsal.constraints import NonNegativeFloat, NonNegativeInt, PositiveInt, Seed
 from capsal.datamodules.base import collate_samples
 from capsal.devices import model_device
 from capsal.errors import UserError
 from capsal.evaluation import LocalisationEvaluator
 from capsal.explainers import build_explainers
 from capsal.explainers.base import Explainer, eval_mode
+from capsal.explainers.registry import ExplainerNames
 from capsal.models.protocol import has_attention, visual_grid
 from capsal.types import Batch, Sample
 
@@ -59,17 +60,17 @@ class SaliencyCallback(L.Callback):
 
     def __init__(
         self,
-        explainers: Sequence[str] | None = None,
+        explainers: ExplainerNames | None = None,
         explainer_options: dict[str, dict[str, Any]] | None = None,
-        num_samples: int = 4,
-        sentences: str = "both",
-        every_n_epochs: int = 1,
+        num_samples: NonNegativeInt = 4,
+        sentences: Literal["prediction", "reference", "both"] = "both",
+        every_n_epochs: PositiveInt = 1,
         localisation: bool = True,
-        localisation_every_n_epochs: int | None = None,
-        tolerance: float = 0.0,
+        localisation_every_n_epochs: PositiveInt | None = None,
+        tolerance: NonNegativeFloat = 0.0,
         gallery_dir: str | None = None,
-        seed: int = 0,
-        max_words: int = 12,
+        seed: Seed = 0,
+        max_words: PositiveInt = 12,
     ):
         if sentences not in SENTENCES:
             raise UserError(f"callbacks.saliency.sentences={sentences!r} must be prediction, reference or both")

@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from capsal.checkpoints import checkpoint_datamodule, load_model, model_source
-from capsal.config_checks import check_config
+from capsal.cli.settings import EvalSettings
+from capsal.config_schema import check_config
 from capsal.cpu_bf16 import bf16_fallback
 from capsal.datamodules.base import ShardedSampler, collate_samples, removed_crop_key
 from capsal.devices import model_device
@@ -92,7 +93,7 @@ def localisation_evaluator(
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run ``capsal-eval`` as ``cfg`` says; returns every number it wrote."""
-    check_config(cfg)
+    check_config(cfg, EvalSettings)
     center_crop = removed_crop_key(cfg.center_crop)
     model = load_model(cfg)
     explainers = choose_explainers(cfg, model)

@@ -16,7 +16,8 @@ from einops import rearrange
 from omegaconf import DictConfig, OmegaConf
 
 from capsal.checkpoints import checkpoint_datamodule, load_model, model_source
-from capsal.config_checks import check_config
+from capsal.cli.settings import ExplainSettings
+from capsal.config_schema import check_config
 from capsal.devices import resolve_device
 from capsal.errors import UserError, exit_on_user_error
 from capsal.explainers import build_explainers
@@ -103,7 +104,7 @@ def parse_phrases(phrases: Any) -> list[tuple[int, int]] | None:
 
 def explain(cfg: DictConfig) -> dict[str, Any]:
     """Run ``capsal-explain`` as ``cfg`` says; returns the JSON summary it writes."""
-    check_config(cfg)
+    check_config(cfg, ExplainSettings)
     phrases = parse_phrases(cfg.phrases)
     device = resolve_device(cfg.device)
     model = load_model(cfg, device)

@@ -16,7 +16,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from capsal.checkpoints import open_checkpoint
-from capsal.config_checks import check_config
+from capsal.cli.settings import TrainSettings
+from capsal.config_schema import check_config
 from capsal.cpu_bf16 import bf16_fallback
 from capsal.datamodules.base import collate_samples
 from capsal.datamodules.features import CachedFeatures, check_model_backbone
@@ -77,7 +78,7 @@ def resume_options(trainer: L.Trainer) -> dict[str, bool]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train a captioner as ``cfg`` says; returns the summary (checkpoint, metrics, example captions)."""
-    check_config(cfg)
+    check_config(cfg, TrainSettings)
     vocabulary = resume_vocabulary(cfg.get("ckpt_path"))
     set_cpu_threads(
         cfg.get("cpu_threads"),

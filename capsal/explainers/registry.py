@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from capsal.constraints import NameFrom, NamesFrom
 from capsal.errors import UserError
 
 ENTRY_POINT_GROUP = "capsal.explainers"
@@ -111,3 +112,7 @@ def build_explainers(names: Iterable[str], options: Mapping[str, Mapping[str, An
     for key in options:
         get_explainer(key)
     return {name: build_explainer(name, **options.get(name, {})) for name in names}
+
+
+ExplainerName = NameFrom(available_explainers)  # a registered explainer's name (plugins included)
+ExplainerNames = NamesFrom(available_explainers)  # a list of them, each at most once

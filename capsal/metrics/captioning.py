@@ -6,9 +6,11 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterable
 
+from capsal.constraints import NamesFrom
 from capsal.errors import MissingJavaError, UserError
 
 CAPTION_METRICS = ("bleu", "meteor", "rouge", "cider", "exact")
+CaptionMetricNames = NamesFrom(lambda: CAPTION_METRICS)  # a list of them, each at most once
 _NEEDS_JAVA = "METEOR and the PTB tokenizer run on Java; install a JRE (e.g. apt-get install default-jre-headless)"
 
 

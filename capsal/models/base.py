@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import PurePath
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -18,10 +18,14 @@ import torch.nn.functional as F
 from einops import rearrange
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from pydantic import ConfigDict
+from typing_extensions import TypedDict
 
 from capsal import __version__
+from capsal.constraints import NonNegativeFloat, PositiveFloat, PositiveInt
 from capsal.devices import gather_dicts
 from capsal.errors import UserError
+from capsal.metrics.captioning import CaptionMetricNames
 from capsal.models.decoding import beam_decode, greedy_decode
 from capsal.models.protocol import fit_sentences, logprobs_at, sentence_targets, visual_grid
 from capsal.text import Vocabulary
@@ -41,6 +45,15 @@ def _plain(value: Any) -> Any:
     return str(value) if isinstance(value, PurePath) else value
 
 
+class OptimizerOptions(TypedDict, total=False):
+    """The optimizer node (``_target_`` an optimizer class, ``_partial_: true``): the ranges capsal's configs set;
+    any other keyword goes to the optimizer, whose own signature checks it."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    lr: PositiveFloat
+    weight_decay: NonNegativeFloat
+
+
 class CaptioningModule(L.LightningModule):
     """Shared training/validation logic. ``vocab`` is a word list (saved in the checkpoint's hyper-parameters).
 
@@ -55,12 +68,12 @@ class CaptioningModule(L.LightningModule):
         self,
         vocab: list[str] | Vocabulary,
         backbone: dict | None = None,
-        optimizer: dict | None = None,
-        item_mode: str = "auto",
-        max_len: int = 20,
-        beam_size: int = 1,
-        caption_metrics: list[str] | tuple[str, ...] = ("bleu", "meteor", "rouge", "cider"),
-        metrics_every_n_epochs: int = 1,
+        optimizer: OptimizerOptions | None = None,
+        item_mode: Literal["auto", "grid", "frames"] = "auto",
+        max_len: PositiveInt = 20,
+        beam_size: PositiveInt = 1,
+        caption_metrics: CaptionMetricNames | None = ("bleu", "meteor", "rouge", "cider"),
+        metrics_every_n_epochs: PositiveInt = 1,
     ):
         super().__init__()
         words = vocab.to_list() if isinstance(vocab, Vocabulary) else list(vocab)

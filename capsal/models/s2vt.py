@@ -7,12 +7,14 @@ to every word embedding (Eq. 3). Teacher forcing runs ``nn.LSTM`` over the whole
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 from einops import rearrange, repeat
+from pydantic import Field
 from torch import nn
 
+from capsal.constraints import DropoutRate, PositiveInt
 from capsal.errors import UserError
 from capsal.models.base import CaptioningModule
 from capsal.models.protocol import widened
@@ -29,12 +31,12 @@ class S2VT(CaptioningModule):
     def __init__(
         self,
         vocab,
-        encoder: str = "lstm",
-        hidden_size: int = 256,
-        embed_size: int = 64,
-        dropout: float = 0.1,
-        input_projection_size: int | None = None,
-        forget_bias: float | None = None,
+        encoder: Literal["lstm", "mean"] = "lstm",
+        hidden_size: PositiveInt = 256,
+        embed_size: PositiveInt = 64,
+        dropout: DropoutRate = 0.1,
+        input_projection_size: PositiveInt | None = None,
+        forget_bias: Annotated[float, Field(strict=True)] | None = None,
         **kwargs,
     ):
         super().__init__(vocab, **kwargs)

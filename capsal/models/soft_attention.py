@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import nn
 
+from capsal.constraints import DropoutRate, NonNegativeFloat, PositiveInt
 from capsal.errors import UserError
 from capsal.models.base import CaptioningModule
 from capsal.models.protocol import logprobs_at, widened
@@ -45,11 +46,11 @@ class SoftAttention(CaptioningModule):
     def __init__(
         self,
         vocab,
-        hidden_size: int = 256,
-        embed_size: int = 64,
-        attention_size: int | None = None,
-        dropout: float = 0.1,
-        doubly_stochastic: float = 0.0,
+        hidden_size: PositiveInt = 256,
+        embed_size: PositiveInt = 64,
+        attention_size: PositiveInt | None = None,
+        dropout: DropoutRate = 0.1,
+        doubly_stochastic: NonNegativeFloat = 0.0,
         **kwargs,
     ):
         super().__init__(vocab, **kwargs)

@@ -19,6 +19,7 @@ import torch
 from einops import repeat
 from torch import nn
 
+from capsal.constraints import DropoutRate, PositiveInt
 from capsal.errors import UserError
 from capsal.models.base import CaptioningModule
 from capsal.models.protocol import cut_tokens, widened
@@ -48,15 +49,15 @@ class TransformerCaptioner(CaptioningModule):
     def __init__(
         self,
         vocab,
-        hidden_size: int = 128,
-        embed_size: int | None = None,
-        num_heads: int = 4,
-        num_encoder_layers: int = 2,
-        num_decoder_layers: int = 2,
-        feedforward_size: int | None = None,
-        dropout: float = 0.1,
-        max_items: int = 256,
-        max_words: int = 64,
+        hidden_size: PositiveInt = 128,
+        embed_size: PositiveInt | None = None,
+        num_heads: PositiveInt = 4,
+        num_encoder_layers: PositiveInt = 2,
+        num_decoder_layers: PositiveInt = 2,
+        feedforward_size: PositiveInt | None = None,
+        dropout: DropoutRate = 0.1,
+        max_items: PositiveInt = 256,
+        max_words: PositiveInt = 64,
         **kwargs,
     ):
         super().__init__(vocab, **kwargs)

@@ -1,0 +1,294 @@
+"""Check a composed config against the signatures of what it configures, before any data is read or anything built.
+
+The constructors are the schema: every node with a ``_target_`` is bound to that class's (or function's) parameters
+and each value is validated against the parameter's annotation (pydantic, strict; :mod:`capsal.constraints`), a
+``**kwargs`` that a class hands to its parent is followed up the class hierarchy, and ``**options:
+Unpack[SomeTypedDict]`` is read as the dict's fields. A command's own settings are a typed dataclass
+(``settings`` below); ``explainer_options.<name>`` are checked against the registered explainer's constructor.
+Checks of options that are only wrong together live with the class that owns them, as its ``check_arguments``
+static method (called with the bound arguments). Lightning's ``Trainer`` is then built once with the given arguments
+(no logger, no callbacks) so Lightning's own checks speak. Every problem is one :class:`UserError` line that starts
+with the full key and its value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import logging
+import shutil
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from functools import cache
+from typing import Any
+
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+from capsal.errors import MissingJavaError, UserError
+
+HYDRA_KEYS = frozenset({"_target_", "_recursive_", "_partial_", "_convert_", "_args_"})
+CROP_HINT = "the datamodule frames the images now; set datamodule.protocol=center_crop (or full, the default) instead"
+# options that are gone, by the last part(s) of their dotted key, with what replaced them
+REMOVED = {"center_crop": CROP_HINT, "backbone.crop": CROP_HINT}
+_STRICT = ConfigDict(strict=True, arbitrary_types_allowed=True)
+
+
+def show(value: Any) -> str:
+    """A value as the command line would spell it: null, true, 'text', [a, b]."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(show(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {show(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def removed_key_hint(key: str) -> str | None:
+    """What replaced ``key`` when it names a removed option, else None."""
+    return next((hint for old, hint in REMOVED.items() if key == old or key.endswith("." + old)), None)
+
+
+# ---- parameters of a target ----------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Parameter:
+    annotation: Any  # typing.Any where the signature has none
+    default: Any  # inspect.Parameter.empty when required
+
+
+def _hints(function: Callable) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(function, include_extras=True)
+    except Exception:  # a name only imported under TYPE_CHECKING: keep what resolves, the rest is Any
+        hints = {}
+        for name, parameter in inspect.signature(function).parameters.items():
+            try:
+                hints[name] = typing.get_type_hints(_Probe(parameter.annotation), include_extras=True)["x"]
+            except Exception:
+                hints[name] = Any
+        return hints
+
+
+class _Probe:
+    """Resolves one annotation at a time (``get_type_hints`` needs an object with ``__annotations__``)."""
+
+    def __init__(self, annotation: Any) -> None:
+        self.__annotations__ = {"x": annotation}
+
+
+@cache
+def parameters(target: Callable) -> tuple[dict[str, Parameter], bool]:
+    """``({name: Parameter}, open)`` of a class's constructor (or a function); ``open``: any keyword is taken."""
+    found: dict[str, Parameter] = {}
+    owners = [c for c in target.__mro__ if "__init__" in vars(c)] if isinstance(target, type) else [target]
+    for owner in owners:
+        function = owner.__init__ if isinstance(target, type) else owner
+        hints, keywords = _hints(function), None
+        for name, parameter in list(inspect.signature(function).parameters.items())[int(isinstance(target, type)) :]:
+            if parameter.kind is parameter.VAR_KEYWORD:
+                keywords = hints.get(name, Any)
+            elif parameter.kind is not parameter.VAR_POSITIONAL:
+                found.setdefault(name, Parameter(hints.get(name, Any), parameter.default))
+        if keywords is None:
+            return found, False
+        if typing.get_origin(keywords) is typing.Unpack:  # **options: Unpack[TypedDict]
+            (fields,) = typing.get_args(keywords)
+            for name, annotation in typing.get_type_hints(fields, include_extras=True).items():
+                found.setdefault(name, Parameter(annotation, inspect.Parameter.empty))
+            return found, False
+        if not isinstance(target, type) or owner is object:
+            return found, True
+    return found, True
+
+
+@cache
+def _adapter(annotation: Any) -> TypeAdapter:
+    return TypeAdapter(annotation, config=_STRICT)
+
+
+def check_value(key: str, annotation: Any, value: Any) -> None:
+    """One line naming ``key`` when ``value`` does not fit ``annotation``."""
+    if annotation is Any:
+        return
+    try:
+        _adapter(annotation).validate_python(value)
+    except ValidationError as error:
+        first = error.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        where = ".".join(str(p) for p in first["loc"])
+        raise UserError(
+            f"{key}={show(value)} is not allowed: {message[0].lower()}{message[1:]}"
+            + (f" (at {where})" if where else "")
+        ) from None
+
+
+def check_arguments(target: Callable, arguments: Mapping[str, Any], prefix: str) -> None:
+    """Validate ``arguments`` (the config's values, by parameter name) against ``target``'s parameters."""
+    known, open_ = parameters(target)
+    for name, value in arguments.items():
+        if name not in known:
+            if not open_:
+                raise UserError(unknown_key(f"{prefix}{name}", known, getattr(target, "__qualname__", str(target))))
+            continue
+        check_value(f"{prefix}{name}", known[name].annotation, value)
+    related = getattr(target, "check_arguments", None)
+    if callable(related):
+        defaults = {n: p.default for n, p in known.items() if p.default is not inspect.Parameter.empty}
+        related({**defaults, **arguments}, prefix)
+
+
+def unknown_key(key: str, known: Mapping[str, Any], owner: str) -> str:
+    """The line for a key nobody takes: what replaced it, or the nearest valid name."""
+    import difflib
+
+    hint = removed_key_hint(key)
+    if hint is not None:
+        return f"{key}= was removed: {hint}"
+    name = key.rpartition(".")[2]
+    nearest = difflib.get_close_matches(name, list(known), n=1)
+    suggestion = f"; did you mean {key[: -len(name)]}{nearest[0]}?" if nearest else ""
+    return f"{key} is not an option of {owner}{suggestion} (options: {', '.join(known) or 'none'})"
+
+
+# ---- walking a config ----------------------------------------------------------------------------------------------
+def values(node: DictConfig) -> Iterator[tuple[str, Any]]:
+    """``(name, plain value)`` of each readable key; ``???`` and unresolvable interpolations are Hydra's to report."""
+    for name in node:
+        if name in HYDRA_KEYS or OmegaConf.is_missing(node, name):
+            continue
+        try:
+            value = node[name]
+        except OmegaConfBaseException:
+            continue
+        if isinstance(value, DictConfig | ListConfig):
+            try:
+                value = OmegaConf.to_container(value, resolve=True)
+            except OmegaConfBaseException:
+                continue
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in HYDRA_KEYS}
+        yield str(name), value
+
+
+def check_node(node: DictConfig, prefix: str) -> None:
+    """A node with a ``_target_``: its arguments (a nested node also against the parameter that takes it), then every
+    nested node with a ``_target_`` against its own."""
+    try:
+        target = get_object(str(node._target_))
+    except Exception as error:
+        raise UserError(f"{prefix}_target_={node._target_!r} cannot be imported ({error})") from None
+    check_arguments(target, dict(values(node)), prefix)
+    for name in node:
+        if _is_target_node(node, name):
+            check_node(node[name], f"{prefix}{name}.")
+    if target is _trainer_class():
+        check_trainer(node, prefix)
+
+
+def _is_target_node(node: DictConfig, name: Any) -> bool:
+    child = node._get_node(name)
+    return isinstance(child, DictConfig) and not child._is_none() and "_target_" in child
+
+
+def check_config(cfg: DictConfig, settings: type) -> None:
+    """Raise a one-line :class:`UserError` for the first bad option of ``cfg`` (a command's composed config, whose
+    top-level keys are the fields of the dataclass ``settings``)."""
+    fields = {f.name: f for f in dataclasses.fields(settings)}
+    hints = typing.get_type_hints(settings, include_extras=True)
+    unknown = [str(name) for name in cfg if name != "hydra" and name not in fields]
+    if unknown:
+        raise UserError(unknown_key(unknown[0], fields, settings.__name__))
+    for name in fields:  # components first: a setting may interpolate one of their values
+        child = cfg._get_node(name) if name in cfg else None
+        if isinstance(child, DictConfig) and "_target_" in child:
+            check_node(child, f"{name}.")
+        elif name == "callbacks" and isinstance(child, DictConfig):
+            for callback in child:
+                if _is_target_node(child, callback):
+                    check_node(child[callback], f"callbacks.{callback}.")
+    for name, value in values(cfg):
+        if name != "hydra" and not _is_target_node(cfg, name) and name != "callbacks":
+            check_value(name, hints[name], value)
+    check_explainer_options(cfg)
+    check_java(cfg)
+
+
+def check_explainer_options(cfg: DictConfig) -> None:
+    """``explainer_options.<name>.*`` (also under ``callbacks.saliency``) against each explainer's constructor."""
+    from capsal.explainers import get_explainer
+
+    for prefix in ("", "callbacks.saliency."):
+        options = OmegaConf.select(cfg, f"{prefix}explainer_options", default=None)
+        if not isinstance(options, DictConfig):
+            continue
+        for name in options:
+            explainer = get_explainer(str(name))
+            node = options[name]
+            if isinstance(node, DictConfig):
+                check_arguments(explainer, dict(values(node)), f"{prefix}explainer_options.{name}.")
+
+
+def check_java(cfg: DictConfig) -> None:
+    """Captioning metrics need Java (the PTB tokenizer and METEOR run on it)."""
+    for key in ("model.caption_metrics", "caption_metrics"):
+        metrics = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+        if metrics and shutil.which("java") is None:
+            raise MissingJavaError(
+                f"{key}={show(list(metrics))} needs Java (the PTB tokenizer and METEOR run on it) and java was not "
+                f"found on PATH; install a JRE (e.g. apt-get install default-jre-headless) or set {key}=[]"
+            )
+
+
+# ---- Lightning's Trainer -------------------------------------------------------------------------------------------
+def _trainer_class() -> type:
+    from lightning.pytorch import Trainer
+
+    return Trainer
+
+
+def check_trainer(node: DictConfig, prefix: str) -> None:
+    """Build the Trainer once (no logger, no callbacks, nothing written) so Lightning's own checks speak, and the
+    ranges Lightning leaves until ``fit`` (:class:`TrainerRanges`); a Lightning error names the first option that
+    fails alone."""
+    import warnings
+
+    from capsal.cli.settings import TrainerRanges
+
+    arguments = dict(values(node))
+    for name, annotation in typing.get_type_hints(TrainerRanges, include_extras=True).items():
+        if name in arguments:
+            check_value(f"{prefix}{name}", annotation, arguments[name])
+    quiet = {"logger": False, "enable_checkpointing": False, "callbacks": []}
+    with warnings.catch_warnings(), _quiet_lightning():
+        warnings.simplefilter("ignore")
+        try:
+            _trainer_class()(**{**arguments, **quiet})
+            return
+        except Exception as error:  # MisconfigurationException, ValueError, TypeError, ...
+            problem = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        for name, value in arguments.items():
+            try:
+                _trainer_class()(**{name: value, **quiet})
+            except Exception:
+                raise UserError(f"{prefix}{name}={show(value)} is not allowed: {problem}") from None
+    raise UserError(f"{prefix.rstrip('.')}: Lightning refuses these options together: {problem}")
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning's start-up lines (GPU available..., precision...) belong to the real Trainer, not this check."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
