@@ -92,7 +92,7 @@ def captioner_class(name: str, path: Path, versions: str) -> type:
     """The LightningModule class ``name`` (a checkpoint's ``capsal.model_class``): one of capsal's captioners
     (``capsal.models``) or a class registered under ``capsal.captioners``. The allowlist is checked before anything
     is imported, so a checkpoint cannot have capsal import a module of its choice."""
-    from capsal.models.base import CaptioningModule
+    from capsal.models.base import LightningCaptioner
 
     registered = _registered(name, groups=("capsal.captioners",))
     if registered is None and not name.startswith("capsal.models."):
@@ -105,7 +105,9 @@ def captioner_class(name: str, path: Path, versions: str) -> type:
         model_class = registered.load() if registered is not None else _locate(name)
     except (ImportError, AttributeError, ValueError) as error:
         raise UserError(f"{path} needs model class {name}, which cannot be imported ({versions})") from error
-    captioner = isinstance(model_class, type) and (registered is not None or issubclass(model_class, CaptioningModule))
+    captioner = isinstance(model_class, type) and (
+        registered is not None or issubclass(model_class, LightningCaptioner)
+    )
     if not captioner or not callable(getattr(model_class, "load_from_checkpoint", None)):
         raise UserError(f"{path} names model class {name}, which is not a LightningModule captioner ({versions})")
     return model_class

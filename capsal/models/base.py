@@ -1,9 +1,14 @@
-"""``CaptioningModule``: the LightningModule every capsal captioner extends.
+"""The LightningModules capsal's captioners extend.
 
-It owns what is shared: the visual backbone (``features``), item layout (``item_layout``, ``items``), vocabulary,
-teacher-forced training with masked cross-entropy, greedy/beam generation (limited to ``max_len`` tokens; explaining
-a given sentence has no limit) and validation captioning metrics. A subclass supplies ``encode``,
-``token_logprobs``, ``init_decoder``, ``decode_step`` and its sanity-check stages (``RANDOMISATION_STAGES``).
+:class:`LightningCaptioner` owns what every captioner shares, whatever its layers: the saved options
+(``hparams``), the item layout (``item_layout``, ``items``), teacher-forced training with masked cross-entropy,
+validation captioning metrics, checkpoint metadata and the optimizer. A subclass supplies ``vocab``, ``features``,
+``encode``, ``token_logprobs`` (or ``token_logits``) and ``generate``. :class:`CaptioningModule` is that subclass for
+capsal's own captioners: a visual backbone built from its config (``features``), a word-level vocabulary and
+greedy/beam generation (limited to ``max_len`` tokens; explaining a given sentence has no limit) over
+``init_decoder`` / ``decode_step``; its subclasses supply ``encode``, ``token_logprobs``, those two and the sanity
+check's stages (``RANDOMISATION_STAGES``). Pretrained models (:mod:`capsal.models.hf`) extend
+:class:`LightningCaptioner` directly.
 """
 
 from __future__ import annotations
@@ -28,19 +33,21 @@ from capsal.errors import UserError
 from capsal.metrics.captioning import CaptionMetricNames
 from capsal.models.decoding import beam_decode, greedy_decode
 from capsal.models.protocol import fit_sentences, logprobs_at, sentence_targets, visual_grid
-from capsal.text import Vocabulary
+from capsal.text import Tokenizer, Vocabulary
 from capsal.types import Batch, ItemLayout
 
+ITEM_MODES = ("auto", "grid", "frames")
 
-def _plain(value: Any) -> Any:
+
+def plain(value: Any) -> Any:
     """``value`` with Hydra configs as dicts and lists and paths as strings, however deeply nested: checkpoints hold
     plain containers, which capsal's weights-only loading reads without allowlisting anything."""
     if isinstance(value, DictConfig | ListConfig):
         return OmegaConf.to_container(value, resolve=True)
     if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: plain(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        items = [_plain(item) for item in value]
+        items = [plain(item) for item in value]
         return items if isinstance(value, list) else tuple(items)
     return str(value) if isinstance(value, PurePath) else value
 
@@ -54,21 +61,22 @@ class OptimizerOptions(TypedDict, total=False):
     weight_decay: NonNegativeFloat
 
 
-class CaptioningModule(L.LightningModule):
-    """Shared training/validation logic. ``vocab`` is a word list (saved in the checkpoint's hyper-parameters).
+class LightningCaptioner(L.LightningModule):
+    """Training, validation metrics, checkpoints and the optimizer of any captioner behind the protocol.
 
-    ``item_mode``: ``"auto"`` reads one-frame inputs as a grid of items and longer clips as frames;
-    ``"grid"`` or ``"frames"`` force one layout.
+    ``options``: the subclass's own constructor options, saved beside the shared ones as ``hparams`` (and in
+    checkpoints, as plain containers). ``optimizer``: a ``_partial_`` optimizer config (given, or the subclass's
+    default). ``item_mode``: ``"auto"`` reads one-frame inputs as a grid of items and longer clips as frames;
+    ``"grid"`` or ``"frames"`` force one layout. ``max_len``/``beam_size``: generation defaults.
+    ``caption_metrics`` are computed on generated captions every ``metrics_every_n_epochs`` validation epochs.
     """
 
-    # attribute names of the sanity check's stages, from the output back to the input (absent ones are skipped)
-    RANDOMISATION_STAGES: tuple[str, ...] = ("output", "decoder", "embedding", "encoder", "item_projection", "backbone")
+    vocab: Tokenizer
 
     def __init__(
         self,
-        vocab: list[str] | Vocabulary,
-        backbone: dict | None = None,
-        optimizer: OptimizerOptions | None = None,
+        options: Mapping[str, Any],
+        optimizer: OptimizerOptions | Mapping[str, Any],
         item_mode: Literal["auto", "grid", "frames"] = "auto",
         max_len: PositiveInt = 20,
         beam_size: PositiveInt = 1,
@@ -76,14 +84,10 @@ class CaptioningModule(L.LightningModule):
         metrics_every_n_epochs: PositiveInt = 1,
     ):
         super().__init__()
-        words = vocab.to_list() if isinstance(vocab, Vocabulary) else list(vocab)
-        backbone = _plain(backbone) or {"_target_": "capsal.models.backbones.SmallCNN"}
-        optimizer = _plain(optimizer) or {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
         self.save_hyperparameters(
             {
-                "vocab": words,
-                "backbone": backbone,
-                "optimizer": optimizer,
+                **options,
+                "optimizer": plain(optimizer),
                 "item_mode": item_mode,
                 "max_len": max_len,
                 "beam_size": beam_size,
@@ -91,15 +95,8 @@ class CaptioningModule(L.LightningModule):
                 "metrics_every_n_epochs": metrics_every_n_epochs,
             }
         )
-        if item_mode not in ("auto", "grid", "frames"):
+        if item_mode not in ITEM_MODES:
             raise UserError(f"item_mode must be auto, grid or frames, got {item_mode!r}")
-        self.vocab = Vocabulary(words)
-        self.backbone = instantiate(backbone)
-        self.feature_size: int = self.backbone.out_channels
-        self._init_bookkeeping()
-
-    def _init_bookkeeping(self) -> None:
-        """What every captioner holds besides its layers (a subclass with its own ``__init__`` calls this)."""
         self._predictions: dict[str, str] = {}
         self._references: dict[str, list[str]] = {}
         # Set by capsal-train, saved in checkpoints so a checkpoint alone can rebuild its data and inputs.
@@ -108,10 +105,7 @@ class CaptioningModule(L.LightningModule):
 
     # ---- the encoder-decoder protocol ---------------------------------------------------------------------
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        frames = rearrange(pixels, "b t c h w -> (b t) c h w")
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not getattr(self.backbone, "frozen", False)):
-            grid = self.backbone(frames)
-        return rearrange(grid, "(b t) d h w -> b t h w d", b=pixels.shape[0])
+        raise NotImplementedError
 
     def items(self, grid: torch.Tensor) -> torch.Tensor:
         if not self.item_layout(tuple(grid.shape[1:4])).is_video:
@@ -125,12 +119,6 @@ class CaptioningModule(L.LightningModule):
         mode = self.hparams.item_mode
         is_video = frames > 1 if mode == "auto" else mode == "frames"
         return ItemLayout(is_video, (h, w), frames if is_video else h * w)
-
-    def randomisation_stages(self) -> list[tuple[str, torch.nn.Module]]:
-        """The sanity check's stages, output first, as ``RANDOMISATION_STAGES`` states them."""
-        children = dict(self.named_children())
-        stages = [(name, children[name]) for name in self.RANDOMISATION_STAGES if name in children]
-        return [(name, child) for name, child in stages if any(True for _ in child.parameters())]
 
     def encode(self, items: torch.Tensor, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None):
         raise NotImplementedError
@@ -147,20 +135,12 @@ class CaptioningModule(L.LightningModule):
         """``(B, n)`` log-probabilities of ``targets`` (the protocol's optional method): from :meth:`token_logits`
         with an in-place log-sum-exp when the subclass has them (peak: one ``(B, n, V)`` tensor instead of two),
         else ``token_logprobs`` gathered at ``targets``."""
-        if type(self).token_logits is CaptioningModule.token_logits:
+        if type(self).token_logits is LightningCaptioner.token_logits:
             logprobs = self.token_logprobs(state, tokens)
             return logprobs.gather(-1, targets[:, : logprobs.shape[1], None])[..., 0]
         logits = self.token_logits(state, tokens)
         return logprobs_at(logits, targets[:, : logits.shape[1]])
 
-    def init_decoder(self, state: Any) -> Any:
-        raise NotImplementedError
-
-    def decode_step(self, state: Any, cache: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """Log-probabilities ``(B, V)`` of the next token given ``tokens`` so far ``(B, t)``, and the new cache."""
-        raise NotImplementedError
-
-    @torch.no_grad()
     def generate(
         self,
         items: torch.Tensor,
@@ -168,12 +148,7 @@ class CaptioningModule(L.LightningModule):
         beam_size: int | None = None,
         max_len: int | None = None,
     ) -> torch.Tensor:
-        beam_size = beam_size or self.hparams.beam_size
-        max_len = max_len or self.hparams.max_len
-        state = self.encode(items, mask)
-        if beam_size == 1:
-            return greedy_decode(self, state, items.shape[0], max_len, items.device)
-        return beam_decode(self, state, items.shape[0], beam_size, max_len, items.device)
+        raise NotImplementedError
 
     # ---- training -----------------------------------------------------------------------------------------
     def caption_loss(self, items: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -224,7 +199,7 @@ class CaptioningModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         for key in ("hyper_parameters", "datamodule_hyper_parameters"):  # Lightning copies them as they were given
             if key in checkpoint:
-                checkpoint[key] = _plain(checkpoint[key])
+                checkpoint[key] = plain(checkpoint[key])
         checkpoint["capsal"] = {
             "version": __version__,
             "model_class": f"{type(self).__module__}.{type(self).__qualname__}",
@@ -239,3 +214,72 @@ class CaptioningModule(L.LightningModule):
 
     def configure_optimizers(self):
         return instantiate(self.hparams.optimizer)(params=[p for p in self.parameters() if p.requires_grad])
+
+
+class CaptioningModule(LightningCaptioner):
+    """capsal's own captioners: a backbone built from its config and a word list ``vocab`` (both saved in the
+    checkpoint's hyper-parameters), stepwise greedy/beam generation. Options as :class:`LightningCaptioner`."""
+
+    # attribute names of the sanity check's stages, from the output back to the input (absent ones are skipped)
+    RANDOMISATION_STAGES: tuple[str, ...] = ("output", "decoder", "embedding", "encoder", "item_projection", "backbone")
+
+    def __init__(
+        self,
+        vocab: list[str] | Vocabulary,
+        backbone: dict | None = None,
+        optimizer: OptimizerOptions | None = None,
+        item_mode: Literal["auto", "grid", "frames"] = "auto",
+        max_len: PositiveInt = 20,
+        beam_size: PositiveInt = 1,
+        caption_metrics: CaptionMetricNames | None = ("bleu", "meteor", "rouge", "cider"),
+        metrics_every_n_epochs: PositiveInt = 1,
+    ):
+        words = vocab.to_list() if isinstance(vocab, Vocabulary) else list(vocab)
+        backbone = plain(backbone) or {"_target_": "capsal.models.backbones.SmallCNN"}
+        super().__init__(
+            {"vocab": words, "backbone": backbone},
+            optimizer=plain(optimizer) or {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+            item_mode=item_mode,
+            max_len=max_len,
+            beam_size=beam_size,
+            caption_metrics=caption_metrics,
+            metrics_every_n_epochs=metrics_every_n_epochs,
+        )
+        self.vocab = Vocabulary(words)
+        self.backbone = instantiate(backbone)
+        self.feature_size: int = self.backbone.out_channels
+
+    # ---- the encoder-decoder protocol ---------------------------------------------------------------------
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        frames = rearrange(pixels, "b t c h w -> (b t) c h w")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not getattr(self.backbone, "frozen", False)):
+            grid = self.backbone(frames)
+        return rearrange(grid, "(b t) d h w -> b t h w d", b=pixels.shape[0])
+
+    def randomisation_stages(self) -> list[tuple[str, torch.nn.Module]]:
+        """The sanity check's stages, output first, as ``RANDOMISATION_STAGES`` states them."""
+        children = dict(self.named_children())
+        stages = [(name, children[name]) for name in self.RANDOMISATION_STAGES if name in children]
+        return [(name, child) for name, child in stages if any(True for _ in child.parameters())]
+
+    def init_decoder(self, state: Any) -> Any:
+        raise NotImplementedError
+
+    def decode_step(self, state: Any, cache: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Log-probabilities ``(B, V)`` of the next token given ``tokens`` so far ``(B, t)``, and the new cache."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def generate(
+        self,
+        items: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        beam_size: int | None = None,
+        max_len: int | None = None,
+    ) -> torch.Tensor:
+        beam_size = beam_size or self.hparams.beam_size
+        max_len = max_len or self.hparams.max_len
+        state = self.encode(items, mask)
+        if beam_size == 1:
+            return greedy_decode(self, state, items.shape[0], max_len, items.device)
+        return beam_decode(self, state, items.shape[0], beam_size, max_len, items.device)

@@ -170,3 +170,22 @@ def _env() -> dict[str, str]:
     import os
 
     return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+
+
+def test_an_unknown_keep_stops_with_one_line_naming_the_choices(folders):
+    with pytest.raises(UserError, match=r"model\.keep='middle' is unknown; use one of input, encoder_output"):
+        HFCaptioner(str(folders["vit_gpt2"]), keep="middle")
+
+
+@pytest.mark.parametrize("family", HF_FAMILIES)
+def test_a_checkpoint_records_the_class_path_configs_name_and_the_models_own_weights(folders, family):
+    """What a saved checkpoint says must keep loading: the class under the path ``conf/model/hf_captioner.yaml``
+    names, weights under the ``hf.`` keys of the ``transformers`` model, the sanity check's stages output first."""
+    model = load(folders[family], family)
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    model.on_save_checkpoint(checkpoint)
+    target = compose_train("model=hf_captioner", "model.name_or_path=x").model._target_
+    assert checkpoint["capsal"]["model_class"] == target == "capsal.models.hf.HFCaptioner"
+    assert all(key.startswith("hf.") for key in checkpoint["state_dict"])
+    assert checkpoint["hyper_parameters"]["keep"] == "input" and checkpoint["hyper_parameters"]["item_mode"] == "grid"
+    assert [name for name, _ in model.randomisation_stages()] == ["decoder", "encoder"]

@@ -1,0 +1,39 @@
+"""``BlipForConditionalGeneration``: BLIP's vision transformer and its BERT-style text decoder that cross-attends to
+it; a prompt (``prompt=``, e.g. "a picture of") conditions the caption."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from capsal.models.hf.family import CrossAttentionFamily
+
+
+class BlipFamily(CrossAttentionFamily):
+    """The encoder is ``model.vision_model`` (a class token, a position table, an ``encoder`` and a
+    ``post_layernorm``), the decoder ``model.text_decoder``; both are as wide, so no projection."""
+
+    model_type = "blip"
+    model_class = "BlipForConditionalGeneration"
+
+    @property
+    def vision(self) -> nn.Module:
+        return self.model.vision_model
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.model.text_decoder
+
+    def special_ids(self, tokenizer: Any) -> tuple[int, int, int]:
+        """BLIP's [DEC] / [SEP] / [PAD], from its text config."""
+        text = self.model.config.text_config
+        return text.bos_token_id, text.sep_token_id, text.pad_token_id
+
+    def embed_patches(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return rearrange(self.vision.embeddings.patch_embedding(pixel_values), "b d h w -> b (h w) d")
+
+    def run_encoder(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.vision.post_layernorm(self.vision.encoder(inputs_embeds=hidden).last_hidden_state)

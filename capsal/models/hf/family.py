@@ -1,0 +1,258 @@
+"""What a Hugging Face model family tells :class:`~capsal.models.hf.HFCaptioner`, and what the families whose text
+decoder cross-attends to a vision encoder's output share.
+
+A family wraps one ``transformers`` model class. It holds the model without owning it: the captioner registers the
+model as its ``hf`` submodule, so parameters, devices and checkpoints stay the model's own, and a family adds no
+weights. :class:`Family` is the interface; :class:`CrossAttentionFamily` implements it for an encoder whose output
+patch tokens a text decoder cross-attends to (``VisionEncoderDecoderModel``, BLIP), leaving each such family to
+name its parts and how its encoder runs on a subset of patches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+from einops import repeat
+from torch import nn
+
+from capsal.errors import UserError
+
+log = logging.getLogger("capsal")
+
+State = dict[str, Any]  # memory, mask, item (the item each memory token is, -1 for none), count (items)
+
+
+class Family(ABC):
+    """One family of pretrained captioners behind the encoder-decoder protocol.
+
+    Items are the image's patch tokens; ``keep`` says where "keep only item i" happens (``input``: the patch
+    embeddings before the vision encoder; ``encoder_output``: the encoder's output tokens for the whole image).
+    """
+
+    model_type: ClassVar[str]  # the ``config.model_type`` this family wraps
+    model_class: ClassVar[str]  # the ``transformers`` class that loads it
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    @property
+    @abstractmethod
+    def vision(self) -> nn.Module:
+        """The vision encoder (its parameters give the dtype pixels are fed in)."""
+
+    @property
+    @abstractmethod
+    def decoder(self) -> nn.Module:
+        """The text decoder (its config gives the vocabulary size and the most tokens it takes)."""
+
+    @abstractmethod
+    def special_ids(self, tokenizer: Any) -> tuple[int, int, int]:
+        """``(bos, eos, pad)`` the model decodes with."""
+
+    def image_processor(self, processor: Any) -> Any:
+        """The processor as capsal uses it: by default the whole image resized (:func:`whole_image`)."""
+        return whole_image(processor)
+
+    @abstractmethod
+    def check_keep(self, keep: str) -> None:
+        """Refuse, in one line, a ``keep`` this model cannot do."""
+
+    @abstractmethod
+    def patch_tokens(self, pixel_values: torch.Tensor, keep: str) -> torch.Tensor:
+        """``(B, h*w, d)``: the tokens ``keep`` keeps, for processed ``pixel_values``."""
+
+    @abstractmethod
+    def encode(self, items: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: str) -> State:
+        """The decoder's state for ``items`` ``(B, m, d)`` (``mask`` True for real ones, at patch ``positions``)."""
+
+    @abstractmethod
+    def decode(self, state: State, tokens: torch.Tensor, **options: Any) -> Any:
+        """The decoder's output (``.logits`` ``(B, n, V)``) on ``tokens`` under teacher forcing."""
+
+    @abstractmethod
+    def generate(self, state: State, prefix: torch.Tensor, config: Any) -> torch.Tensor:
+        """Rows ``prefix, generated tokens`` by the model's own ``generate`` under the generation ``config``."""
+
+    @abstractmethod
+    def randomisation_stages(self) -> list[tuple[str, nn.Module]]:
+        """The sanity check's stages, output first."""
+
+    def attention(self, state: State, tokens: torch.Tensor) -> torch.Tensor | None:
+        """``(B, n, m)`` attention weights on the items, or None for a model without them."""
+        return None
+
+    def max_sentence_tokens(self) -> int | None:
+        """The decoder's position table: the most tokens (prefix included) it takes."""
+        config = self.decoder.config
+        capacity = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        return None if capacity is None else int(capacity)
+
+
+class CrossAttentionFamily(Family):
+    """A vision encoder whose output patch tokens a text decoder cross-attends to.
+
+    ``keep=input`` (the paper's Eq. 7: the model sees nothing of the image but the kept patches): the items are
+    the patch embeddings; ``encode`` puts the kept ones, each at its own position embedding, after the encoder's
+    prefix tokens (class token, DeiT's distillation token) and runs the vision encoder on them. ``keep=
+    encoder_output``: the items are the encoder's output patch tokens for the whole image; ``encode`` hands the
+    kept ones to the cross-attention, leaving out the class token (it summarises the whole image). A subclass
+    names its parts and supplies :meth:`embed_patches` and :meth:`run_encoder`.
+    """
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Encoder width -> decoder width, for models with a projection between them."""
+        return hidden
+
+    @abstractmethod
+    def embed_patches(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``(B, h*w, d)`` patch embeddings, before position embeddings and prefix tokens."""
+
+    @abstractmethod
+    def run_encoder(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The vision encoder's layers and final norm on embedded tokens ``(B, S, d)`` (prefix tokens first)."""
+
+    def randomisation_stages(self) -> list[tuple[str, nn.Module]]:
+        return [("decoder", self.decoder), ("encoder", self.vision)]
+
+    def check_keep(self, keep: str) -> None:
+        if keep == "input" and (position_table(self.vision) is None or not hasattr(self.vision, "embeddings")):
+            raise UserError(
+                f"model.keep=input needs a ViT, DeiT or BLIP vision encoder (class token and position table); "
+                f"{type(self.vision).__name__} mixes patches before its output: use model.keep=encoder_output"
+            )
+
+    def patch_tokens(self, pixel_values: torch.Tensor, keep: str) -> torch.Tensor:
+        if keep == "input":
+            return self.embed_patches(pixel_values)
+        hidden = self.vision(pixel_values=pixel_values).last_hidden_state
+        return hidden[:, len(prefix_tokens(self.vision)) :]
+
+    def encode(self, items: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: str) -> State:
+        """``memory`` ``(B, S, D)``, its ``mask``, the item each memory token is (``item``, -1 for prefix tokens)
+        and the item ``count``. ``keep=input``: a row with masked items is encoded alone with its real items, as
+        the encoders have no padding mask; ``keep=encoder_output`` ignores ``positions``."""
+        batch, count = items.shape[:2]
+        index = repeat(torch.arange(count, device=items.device), "m -> b m", b=batch)
+        if keep == "encoder_output":
+            memory = self.project(items).contiguous()  # GPT-2 views its inputs
+            return {"memory": memory, "mask": mask, "item": index.masked_fill(~mask, -1), "count": count}
+        if bool(mask.all()):
+            return self._with_prefix(self.encode_kept(items, positions), mask, index, count)
+        rows = [self.encode_kept(items[b, mask[b]][None], positions[b, mask[b]][None])[0] for b in range(batch)]
+        memory = nn.utils.rnn.pad_sequence(rows, batch_first=True)
+        lengths = mask.sum(dim=1)
+        width = memory.shape[1] - len(prefix_tokens(self.vision))
+        compact = repeat(torch.arange(width, device=items.device), "m -> b m", b=batch) < lengths[:, None]
+        kept = torch.full_like(compact, -1, dtype=torch.long)
+        kept[compact] = index[mask]
+        return self._with_prefix(memory, compact, kept, count)
+
+    def encode_kept(self, items: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The vision encoder's output for its prefix tokens and patch embeddings ``items`` at ``positions``."""
+        vision = self.vision
+        prefix = prefix_tokens(vision)
+        table = position_table(vision).to(items.dtype)
+        start = torch.cat([token.to(items.dtype) for token in prefix], dim=1) + table[:, : len(prefix)]
+        patches = items + table[0, len(prefix) :][positions]
+        hidden = torch.cat([start.expand(items.shape[0], -1, -1), patches], dim=1)
+        dropout = getattr(vision.embeddings, "dropout", None)
+        return self.run_encoder(dropout(hidden) if dropout is not None else hidden)
+
+    def _with_prefix(self, memory: torch.Tensor, mask: torch.Tensor, item: torch.Tensor, count: int) -> State:
+        """The state of encoder outputs whose first tokens are the encoder's prefix (class token...)."""
+        prefix = memory.shape[1] - mask.shape[1]
+        ones = torch.ones(mask.shape[0], prefix, dtype=torch.bool, device=mask.device)
+        none = torch.full((mask.shape[0], prefix), -1, dtype=torch.long, device=mask.device)
+        return {
+            "memory": self.project(memory),
+            "mask": torch.cat([ones, mask], dim=1),
+            "item": torch.cat([none, item], dim=1),
+            "count": count,
+        }
+
+    def decode(self, state: State, tokens: torch.Tensor, **options: Any) -> Any:
+        return self.decoder(
+            input_ids=tokens,
+            attention_mask=torch.ones_like(tokens),
+            encoder_hidden_states=state["memory"],
+            encoder_attention_mask=state["mask"].long(),
+            use_cache=False,
+            **options,
+        )
+
+    def attention(self, state: State, tokens: torch.Tensor) -> torch.Tensor:
+        """The last decoder layer's cross-attention weights, the mean over its heads, on each item (the class
+        token's share is left out, so a row sums to at most 1)."""
+        with eager_attention(self.decoder):
+            weights = self.decode(state, tokens, output_attentions=True).cross_attentions[-1].mean(dim=1)
+        item = state["item"]
+        out = weights.new_zeros(weights.shape[0], weights.shape[1], state["count"])
+        index = item.clamp(min=0)[:, None, :].expand_as(weights)
+        return out.scatter_add_(2, index, weights * (item >= 0)[:, None, :])
+
+    def generate(self, state: State, prefix: torch.Tensor, config: Any) -> torch.Tensor:
+        """The decoder's own ``generate`` after ``prefix``, cross-attending to the state's memory."""
+        return self.decoder.generate(
+            input_ids=prefix,
+            attention_mask=torch.ones_like(prefix),
+            encoder_hidden_states=state["memory"],
+            encoder_attention_mask=state["mask"].long(),
+            generation_config=config,
+            cache=cross_attention_cache(self.decoder.config),
+        )
+
+
+def prefix_tokens(vision: nn.Module) -> list[torch.Tensor]:
+    """The learned tokens a ViT-style encoder puts before the patches: class (ViT, DeiT, BLIP), distillation (DeiT)."""
+    embeddings = getattr(vision, "embeddings", None)
+    names = ("cls_token", "class_embedding", "distillation_token")
+    return [getattr(embeddings, n) for n in names if isinstance(getattr(embeddings, n, None), nn.Parameter)]
+
+
+def position_table(vision: nn.Module) -> torch.Tensor | None:
+    """A ViT-style encoder's learned position embeddings ``(1, prefix + patches, d)``, or None (Swin...)."""
+    embeddings = getattr(vision, "embeddings", None)
+    for name in ("position_embeddings", "position_embedding"):
+        table = getattr(embeddings, name, None)
+        if isinstance(table, nn.Parameter):
+            return table
+    return None
+
+
+def whole_image(processor: Any) -> Any:
+    """The processor resizing the whole image (no centre crop), so the patch grid covers every original pixel and
+    ``Saliency.to_image_size`` maps cells back onto them."""
+    if getattr(processor, "do_center_crop", False):
+        log.info("%s: centre crop turned off, so saliency maps cover the whole image", type(processor).__name__)
+        processor = copy.deepcopy(processor)
+        crop = processor.crop_size
+        processor.do_center_crop = False
+        processor.size = {"height": crop["height"], "width": crop["width"]}
+    return processor
+
+
+@contextlib.contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Eager attention inside the block (fused kernels return no weights), the model's own afterwards."""
+    before = model.config._attn_implementation
+    if before == "eager":
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+
+
+def cross_attention_cache(config: Any):
+    """A cache for a decoder-only model that cross-attends (``generate`` would give it a self-attention cache only)."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    return EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
