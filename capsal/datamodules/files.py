@@ -17,13 +17,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from capsal.datamodules.base import CaptionDataModule, Protocol, check_protocol
+from capsal.datamodules.base import CaptionDataModule
+from capsal.datamodules.framing import Protocol, center_square, check_protocol
 from capsal.datamodules.media import MediaReadError, Size, decode_video, probe_video, read_image
 from capsal.errors import UserError
-from capsal.metrics.attention_correctness import center_crop_region
 from capsal.text import tokenize
 from capsal.types import Caption, Sample
 
@@ -171,23 +170,6 @@ class MediaDataset(Dataset):
                         f"far, none replaced"
                     )
         return samples
-
-
-def center_square(pixels: torch.Tensor, size: Size = None) -> torch.Tensor:
-    """The central square of uint8 ``(T, 3, H, W)`` pixels (side: the short side), resized to ``size`` when given.
-
-    The crop is ``center_crop_region``'s, the one boxes are clipped to; the resize is bilinear with antialiasing
-    (as PIL's), so a square read this way matches a square image read at that size.
-    """
-    top, left, side = center_crop_region(*pixels.shape[-2:])
-    square = pixels[..., top : top + side, left : left + side]
-    if size is None:
-        return square.contiguous()
-    hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    if tuple(square.shape[-2:]) == hw:
-        return square.contiguous()
-    resized = F.interpolate(square.float(), size=hw, mode="bilinear", align_corners=False, antialias=True)
-    return resized.round().clamp(0, 255).to(torch.uint8)
 
 
 class ImageDataset(MediaDataset):

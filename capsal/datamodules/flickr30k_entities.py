@@ -19,7 +19,7 @@ no-box chains have none. The XML coordinates are 1-based inclusive pixels; they 
   original ``(H, W)`` (``Caption.original_size``, from the XML's ``<size>``, else the image header) and each phrase
   its original boxes (``Phrase.original_boxes``): maps are scored at the original resolution against them.
 - ``center_crop`` (Liu et al.'s protocol, the paper's Table 2): the central square of the image (side: its short
-  side, ``capsal.metrics.attention_correctness.center_crop_region``), resized to ``image_size``. ``original_size`` is
+  side, ``capsal.datamodules.framing.center_crop_region``), resized to ``image_size``. ``original_size`` is
   that square, ``original_boxes`` are the boxes moved into it and clipped (``crop_boxes``); a phrase whose boxes all
   fall outside has none and is skipped (and counted) by the metrics.
 
@@ -37,11 +37,11 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from capsal.datamodules.base import Protocol, check_positive
+from capsal.datamodules.base import check_positive
 from capsal.datamodules.files import FileDataModule, ImageDataset, MediaRecord
+from capsal.datamodules.framing import Protocol, center_crop_region, crop_boxes
 from capsal.datamodules.media import image_size_of
 from capsal.errors import UserError
-from capsal.metrics.attention_correctness import center_crop_region, crop_boxes
 from capsal.text import tokenize
 from capsal.types import Box, Caption, Phrase
 

@@ -151,12 +151,8 @@ def test_a_cache_made_with_other_settings_is_refused(flickr, tmp_path):
     extract_split(module(flickr), "val", RESNET, cache, shard_size=1, progress=False)
     manifest = read_manifest(cache / "val")
     backbone = manifest["settings"]["backbone"]
-    assert (backbone["name"], backbone["weights"], backbone["crop"], backbone["input_size"]) == (
-        "resnet50",
-        None,
-        "resize",
-        64,
-    )
+    assert (backbone["name"], backbone["weights"], backbone["input_size"]) == ("resnet50", None, 64)
+    assert "crop" not in backbone  # the datamodule's protocol frames the images
     assert manifest["grid_shape"] == [1, 2, 2, 2048]
     with pytest.raises(UserError, match=r"datamodule\.protocol='full' but this run has datamodule\.protocol='center"):
         extract_split(module(flickr, protocol="center_crop"), "val", RESNET, cache, shard_size=1, progress=False)
