@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
+from typing_extensions import Unpack
 
-from capsal.datamodules.base import CaptionDataModule
+from capsal.datamodules.base import CaptionDataModule, LoaderOptions
 from capsal.datamodules.framing import Protocol, center_square, check_protocol
 from capsal.datamodules.media import MediaReadError, Size, decode_video, probe_video, read_image
 from capsal.errors import UserError
@@ -229,26 +230,8 @@ class FileDataModule(CaptionDataModule):
     layout = ""
     readme = "Datasets"
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        features_dir: str | None = None,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        min_vocab_count: int = 1,
-        seed: int = 0,
-        eval_batch_size: int | None = None,
-        protocol: Protocol = "full",
-    ):
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            min_vocab_count=min_vocab_count,
-            seed=seed,
-            eval_batch_size=eval_batch_size,
-            features_dir=features_dir,
-            protocol=protocol,
-        )
+    def __init__(self, root: str | os.PathLike, protocol: Protocol = "full", **loader: Unpack[LoaderOptions]):
+        super().__init__(protocol=protocol, **loader)
         self.root = Path(str(root)).expanduser()
         self.skipped: dict[str, list[Path]] = {}  # split -> files dropped when it was built
         self.wordless: dict[str, list[tuple[str, str]]] = {}  # split -> (sample id, caption) without a word, dropped
