@@ -67,8 +67,8 @@ def loader_options(owner: type, given: dict[str, Any]) -> LoaderOptions:
 class ShardedSampler(DistributedSampler):
     """Evaluation order for one rank: samples ``rank, rank + world, ...``, each sample on exactly one rank.
 
-    ``DistributedSampler`` pads the last round with repeated samples so every rank gets as many; scores would then
-    count those samples twice. Being a ``DistributedSampler``, Lightning keeps it instead of wrapping it; the rank is
+    ``DistributedSampler`` pads the split with repeated samples so every rank gets as many; scores would then count
+    those samples twice. Being a ``DistributedSampler``, Lightning keeps it instead of wrapping it; the rank is
     read when iterating, so it can be built before the process group exists.
     """
 

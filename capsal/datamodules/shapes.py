@@ -193,8 +193,8 @@ class ShapesImageDataModule(_ShapesModule):
 
     @staticmethod
     def _fits(canvas: int, count: int) -> bool:
-        """Big objects with their gaps cover at most 85% of the canvas: random placement then still succeeds on most
-        attempts (measured: under 1 in 3 fail at that density), so generation stays fast."""
+        """Big objects with their gaps cover at most 85% of the canvas, a density at which random placement still
+        succeeds on most attempts, so generation stays fast."""
         big = draw.size_range(canvas, IMAGE_BIG)[1]
         return count * (big + IMAGE_GAP) ** 2 <= 0.85 * canvas**2
 
