@@ -122,7 +122,6 @@ class LocalisationEvaluator:
         explainers: dict[str, Explainer],
         categories: Sequence[str],
         tolerance: float = 0.0,
-        center_crop: bool = False,
         device: torch.device | str = "cpu",
         is_video: bool | None = None,
         keep_records: bool = False,
@@ -130,7 +129,6 @@ class LocalisationEvaluator:
         self.explainers = explainers
         self.categories = list(categories)
         self.tolerance = tolerance
-        self.center_crop = center_crop
         self.device = device
         self.metrics: dict[str, dict[str, Any]] = {}
         self.keep_records = keep_records
@@ -148,7 +146,7 @@ class LocalisationEvaluator:
                 else:
                     metrics = {
                         "pointing_game": PointingGame(self.categories, tolerance=self.tolerance),
-                        "attention_correctness": AttentionCorrectness(self.categories, center_crop=self.center_crop),
+                        "attention_correctness": AttentionCorrectness(self.categories),
                     }
                 self.metrics[name] = {key: metric.to(self.device) for key, metric in metrics.items()}
 

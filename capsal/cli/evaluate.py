@@ -21,7 +21,7 @@ from capsal.checkpoints import checkpoint_datamodule, load_model, model_source
 from capsal.cli.settings import EvalSettings
 from capsal.config_schema import check_config
 from capsal.cpu_bf16 import bf16_fallback
-from capsal.datamodules.base import ShardedSampler, collate_samples, removed_crop_key
+from capsal.datamodules.base import ShardedSampler, collate_samples
 from capsal.devices import model_device
 from capsal.errors import UserError, exit_on_user_error
 from capsal.evaluation import (
@@ -73,9 +73,7 @@ def test_loader(cfg: DictConfig, datamodule, model) -> DataLoader:
     )
 
 
-def localisation_evaluator(
-    cfg, datamodule, model, explainers, loader, center_crop: bool
-) -> LocalisationEvaluator | None:
+def localisation_evaluator(cfg, datamodule, model, explainers, loader) -> LocalisationEvaluator | None:
     """The evaluator, or None (with one log line) when there is nothing to localise."""
     categories = list(getattr(datamodule, "categories", None) or [])
     if not explainers:
@@ -86,20 +84,17 @@ def localisation_evaluator(
     probe = collate_samples([loader.dataset[0]], model.vocab)
     with torch.no_grad():
         layout = item_layout(model, tuple(visual_grid(model, probe.to(model_device(model))).shape[1:4]))
-    return LocalisationEvaluator(
-        explainers, categories, cfg.tolerance, center_crop, is_video=layout.is_video, keep_records=True
-    )
+    return LocalisationEvaluator(explainers, categories, cfg.tolerance, is_video=layout.is_video, keep_records=True)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run ``capsal-eval`` as ``cfg`` says; returns every number it wrote."""
     check_config(cfg, EvalSettings)
-    center_crop = removed_crop_key(cfg.center_crop)
     model = load_model(cfg)
     explainers = choose_explainers(cfg, model)
     datamodule = checkpoint_datamodule(model, cfg.get("datamodule"))
     loader = test_loader(cfg, datamodule, model)
-    evaluator = localisation_evaluator(cfg, datamodule, model, explainers, loader, center_crop)
+    evaluator = localisation_evaluator(cfg, datamodule, model, explainers, loader)
     module = Evaluation(model, evaluator, bool(cfg.caption_metrics), int(cfg.rows_per_step))
     trainer = instantiate(
         cfg.trainer,

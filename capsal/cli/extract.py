@@ -11,7 +11,6 @@ from omegaconf import DictConfig
 
 from capsal.cli.settings import ExtractSettings
 from capsal.config_schema import check_config
-from capsal.datamodules.base import removed_crop_key
 from capsal.datamodules.features import extract_split, read_manifest, skipped_files
 from capsal.datamodules.files import REPORT_NAMES
 from capsal.errors import UserError, exit_on_user_error
@@ -25,7 +24,6 @@ def extract(cfg: DictConfig) -> dict[str, str]:
     The images are framed by the datamodule's ``protocol`` (recorded in the cache), not by the backbone.
     """
     check_config(cfg, ExtractSettings)
-    removed_crop_key(cfg.backbone.get("crop"), "backbone.crop")
     if not cfg.get("features_dir"):
         raise UserError("features_dir is not set; pass features_dir=/path/to/cache")
     splits = [str(s) for s in cfg.splits]

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
+from typing_extensions import TypedDict, Unpack
 
+from capsal.constraints import NonNegativeInt, PositiveInt, Seed
 from capsal.datamodules.features import CachedFeatures
+from capsal.datamodules.framing import Protocol, check_protocol
 from capsal.devices import rank_and_world
 from capsal.errors import UserError
 from capsal.text import Vocabulary
@@ -23,17 +26,49 @@ from capsal.types import Batch, Caption, Sample
 
 SPLITS = ("train", "val", "test")  # the split order; SPLITS.index(split) numbers a split wherever one needs a code
 CaptionChoice = Literal["random", "first"]
-# how images are framed, from extraction to scoring: ``full`` (resized whole, scored at the original size against the
-# original boxes) or ``center_crop`` (Liu et al.'s Table 2 protocol: the central square, boxes clipped to it)
-PROTOCOLS = ("full", "center_crop")
-Protocol = Literal["full", "center_crop"]
+
+
+class LoaderOptions(TypedDict, total=False):
+    """The options every datamodule takes besides its own: how samples are batched and loaded, where cached
+    features are read from, and the seed of whatever the dataset draws at random.
+
+    A datamodule declares them as ``**loader: Unpack[LoaderOptions]`` and hands them on to ``CaptionDataModule``;
+    configs keep them flat (``datamodule.batch_size=...``). Each dataset's yaml states its values; the defaults of an
+    option left out are ``LOADER_DEFAULTS``.
+    """
+
+    batch_size: PositiveInt  # training samples per batch
+    eval_batch_size: PositiveInt | None  # validation and test samples per batch (None: batch_size)
+    num_workers: NonNegativeInt  # DataLoader worker processes (0: load in the main process)
+    min_vocab_count: PositiveInt  # training-caption words seen fewer times become <unk>
+    seed: Seed  # what the dataset draws at random (synthetic samples, a seeded split)
+    features_dir: str | None  # a capsal-extract cache: batches carry its backbone grids instead of pixels
+
+
+LOADER_DEFAULTS: LoaderOptions = {
+    "batch_size": 64,
+    "eval_batch_size": None,
+    "num_workers": 0,
+    "min_vocab_count": 1,
+    "seed": 0,
+    "features_dir": None,
+}
+
+
+def loader_options(owner: type, given: dict[str, Any]) -> LoaderOptions:
+    """``given`` with ``LOADER_DEFAULTS`` filled in; a name that is no loader option is a ``TypeError``, as Python
+    raises for an unknown keyword argument."""
+    unknown = [name for name in given if name not in LOADER_DEFAULTS]
+    if unknown:
+        raise TypeError(f"{owner.__name__}.__init__() got an unexpected keyword argument {unknown[0]!r}")
+    return {**LOADER_DEFAULTS, **given}  # type: ignore[typeddict-item]
 
 
 class ShardedSampler(DistributedSampler):
     """Evaluation order for one rank: samples ``rank, rank + world, ...``, each sample on exactly one rank.
 
-    ``DistributedSampler`` pads the last round with repeated samples so every rank gets as many; scores would then
-    count those samples twice. Being a ``DistributedSampler``, Lightning keeps it instead of wrapping it; the rank is
+    ``DistributedSampler`` pads the split with repeated samples so every rank gets as many; scores would then count
+    those samples twice. Being a ``DistributedSampler``, Lightning keeps it instead of wrapping it; the rank is
     read when iterating, so it can be built before the process group exists.
     """
 
@@ -68,24 +103,6 @@ def check_positive(**options: int) -> None:
     for name, value in options.items():
         if value < 1:
             raise UserError(f"{name}={value} must be at least 1; set {name} to a positive integer.")
-
-
-def check_protocol(protocol: str) -> str:
-    """``protocol`` when it is one of ``PROTOCOLS``, else the one-line error a user sees."""
-    if protocol not in PROTOCOLS:
-        raise UserError(f"datamodule.protocol={protocol!r} is unknown; use one of {', '.join(PROTOCOLS)}.")
-    return protocol
-
-
-def removed_crop_key(value: object, key: str = "center_crop") -> bool:
-    """Refuse a crop key that ``datamodule.protocol`` replaced (``capsal-eval center_crop=``, ``capsal-extract
-    backbone.crop=``): it must stay null. Returns False, the metric crop left once the datamodule frames the images."""
-    if value is not None:
-        raise UserError(
-            f"{key}= was removed: the datamodule frames the images now; set datamodule.protocol=center_crop "
-            f"(or full, the default) instead"
-        )
-    return False
 
 
 def collate_samples(samples: Sequence[Sample], vocab: Vocabulary, caption_choice: CaptionChoice = "first") -> Batch:
@@ -155,40 +172,39 @@ class CaptionDataModule(L.LightningDataModule):
     expensive to load (decoding files) should also override ``caption_texts`` so building the vocabulary reads only
     text.
 
-    ``features_dir``: a cache written by ``capsal-extract`` (see ``capsal.datamodules.features``); each split then
-    yields ``FeatureSample``s whose batches carry ``Batch.grid`` instead of pixels.
+    ``loader``: the ``LoaderOptions``. With ``features_dir``, a cache written by ``capsal-extract`` (see
+    ``capsal.datamodules.features``), each split yields ``FeatureSample``s whose batches carry ``Batch.grid`` instead
+    of pixels.
 
-    ``protocol`` (one of ``PROTOCOLS``) frames images for training, extraction and scoring alike; datasets whose
-    images are square (or that have none) may ignore it. Caches record it, so a cache is only read with its own.
+    ``protocol`` (one of ``PROTOCOLS``, see ``capsal.datamodules.framing``) frames images for training, extraction and
+    scoring alike; datasets whose images are square (or that have none) leave it at ``full``. Caches record it, so a
+    cache is only read with its own.
+
+    Every option, the subclass's included, is saved as a hyper-parameter (loader options with their defaults filled
+    in), so checkpoints and feature caches record what data was used.
     """
 
     is_video: bool = False  # samples are clips (T frames) rather than images (T = 1)
     # phrase categories in the order the localisation tables show them (empty: captioning-only data)
     categories: tuple[str, ...] = ()
 
-    def __init__(
-        self,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        min_vocab_count: int = 1,
-        seed: int = 0,
-        eval_batch_size: int | None = None,
-        features_dir: str | None = None,
-        protocol: Protocol = "full",
-    ):
+    def __init__(self, protocol: Protocol = "full", **loader: Unpack[LoaderOptions]):
         super().__init__()
-        self.save_hyperparameters(logger=False)  # the subclass's options too; checkpoints record what data was used
-        check_positive(batch_size=batch_size, min_vocab_count=min_vocab_count)
+        options = loader_options(type(self), loader)
+        self.save_hyperparameters(logger=False)  # every constructor's options in the class chain
+        self.hparams.update({k: v for k, v in options.items() if k not in self.hparams})  # defaults too
+        check_positive(batch_size=options["batch_size"], min_vocab_count=options["min_vocab_count"])
+        eval_batch_size = options["eval_batch_size"]
         if eval_batch_size is not None:
             check_positive(eval_batch_size=eval_batch_size)
-        if num_workers < 0:
-            raise UserError(f"num_workers={num_workers} must be 0 (load in the main process) or more.")
-        self.batch_size = int(batch_size)
+        if options["num_workers"] < 0:
+            raise UserError(f"num_workers={options['num_workers']} must be 0 (load in the main process) or more.")
+        self.batch_size = int(options["batch_size"])
         self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else self.batch_size
-        self.num_workers = int(num_workers)
-        self.min_vocab_count = int(min_vocab_count)
-        self.seed = int(seed)
-        self.features_dir = str(features_dir) if features_dir else None
+        self.num_workers = int(options["num_workers"])
+        self.min_vocab_count = int(options["min_vocab_count"])
+        self.seed = int(options["seed"])
+        self.features_dir = str(options["features_dir"]) if options["features_dir"] else None
         self.protocol: Protocol = check_protocol(protocol)  # type: ignore[assignment]
         self._splits: dict[str, Sequence[Sample]] = {}
         self._vocab: Vocabulary | None = None

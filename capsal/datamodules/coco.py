@@ -22,9 +22,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from typing_extensions import Unpack
 
-from capsal.datamodules.base import Protocol, check_positive
+from capsal.constraints import PositiveInt
+from capsal.datamodules.base import LoaderOptions, check_positive
 from capsal.datamodules.files import FileDataModule, ImageDataset, MediaRecord
+from capsal.datamodules.framing import Protocol
 from capsal.errors import UserError
 from capsal.types import Caption
 
@@ -82,19 +85,12 @@ class CocoCaptionsDataModule(FileDataModule):
     def __init__(
         self,
         root: str,
-        image_size: int | None = 299,
+        image_size: PositiveInt | None = 299,
         karpathy_split: bool = True,
-        features_dir: str | None = None,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        min_vocab_count: int = 1,
-        seed: int = 0,
-        eval_batch_size: int | None = None,
         protocol: Protocol = "full",
+        **loader: Unpack[LoaderOptions],
     ):
-        super().__init__(
-            root, features_dir, batch_size, num_workers, min_vocab_count, seed, eval_batch_size, protocol=protocol
-        )
+        super().__init__(root, protocol=protocol, **loader)
         if image_size is not None:
             check_positive(image_size=image_size)
         self.image_size = int(image_size) if image_size is not None else None

@@ -8,9 +8,10 @@ a progress bar) and writes ``<features_dir>/<split>/``::
     shard_00001.npy      samples [n, 2n) ... (less those that failed to load, listed in the manifest)
     thumbs_00000.npy     uint8 (n, T, 3, h', w'): thumbnails (long side <= 128 px) of shard 0's samples
 
-A shard is written to a temporary file and renamed, then the manifest is rewritten the same way, so a killed
-extraction leaves only whole shards; running it again skips the completed ones. The manifest records the backbone
-config (``_target_``, name, weights, crop, input size), the datamodule's class and data options (everything but
+A shard is written to a temporary file and renamed (``write_shard``), then the manifest (``Manifest``, its shards
+``ShardRecord``s) is rewritten the same way, so a killed extraction leaves only whole shards; running it again skips
+the completed ones. The manifest records the backbone
+config (``_target_``, name, weights, input size), the datamodule's class and data options (everything but
 loader options such as batch_size and num_workers), the split, shard size and seed (the random init of a backbone
 with ``weights: null``), plus the capsal version and dataset root for information. Extracting into a cache made
 with different settings is refused with a ``UserError`` naming the first setting that differs; the version and root
@@ -29,6 +30,7 @@ explanation time (raw inputs) match what it was trained on.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import itertools
 import json
@@ -103,10 +105,10 @@ def _plain(value: Any) -> Any:
 
 
 def backbone_settings(config: dict | DictConfig, backbone: torch.nn.Module | None = None) -> dict[str, Any]:
-    """The backbone config, with the values the built module resolved (input size, crop, weights) filled in."""
+    """The backbone config, with the values the built module resolved (input size, weights) filled in."""
     settings = dict(_plain(config))
     if backbone is not None:
-        for key in ("name", "weights", "crop", "input_size"):
+        for key in ("name", "weights", "input_size"):
             if hasattr(backbone, key):
                 settings[key] = _plain(getattr(backbone, key))
         settings["out_channels"] = int(getattr(backbone, "out_channels", 0))
@@ -126,10 +128,17 @@ def dataset_settings(datamodule, dataset: Sequence | None = None) -> dict[str, A
 
 
 def recorded_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """A manifest's settings as this capsal compares them: caches made before ``protocol`` existed framed whole
-    images, so their datamodule reads as ``protocol="full"`` (and a ``center_crop`` datamodule refuses them)."""
+    """A manifest's settings as this capsal compares them, so caches made before ``protocol`` existed stay usable.
+
+    Those caches framed whole images: their datamodule reads as ``protocol="full"`` (and a ``center_crop`` datamodule
+    refuses them), and the backbone ``crop`` they record as ``"resize"`` (or null), the whole-image framing, is
+    dropped. Any other recorded crop framed the images differently, so it is kept and the cache compares unequal.
+    """
     datamodule = {"protocol": "full", **settings.get("datamodule", {})}
-    return {**settings, "datamodule": datamodule}
+    backbone = dict(settings.get("backbone", {}))
+    if backbone.get("crop", "resize") in (None, "resize"):
+        backbone.pop("crop", None)
+    return {**settings, "datamodule": datamodule, "backbone": backbone}
 
 
 def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -151,13 +160,8 @@ def first_difference(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, Any
     return None
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    """The ``manifest.json`` of a cache's split as stored (a dict), checked to be of this capsal's format."""
     path = Path(directory) / MANIFEST
     try:
         manifest = json.loads(path.read_text())
@@ -176,9 +180,203 @@ def dataset_ids(dataset: Sequence) -> list[str] | None:
     return list(ids) if ids is not None else None
 
 
+# -- the manifest --------------------------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class ShardRecord:
+    """One completed shard of a manifest: samples ``[start, start + count)`` of the split, less ``skipped``.
+
+    ``ids`` are the samples whose grids ``file`` holds, in order; ``skipped`` lists ``[sample id, file]`` of those
+    that failed to load; ``thumbnails`` is None in caches written before thumbnails were stored.
+    """
+
+    index: int
+    file: str
+    start: int
+    ids: list[str]
+    count: int
+    thumbnails: str | None = None
+    skipped: list[list[str]] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ShardRecord:
+        return cls(
+            index=int(data["index"]),
+            file=str(data["file"]),
+            start=int(data["start"]),
+            ids=list(data["ids"]),
+            count=int(data.get("count", len(data["ids"]))),
+            thumbnails=data.get("thumbnails"),
+            skipped=[list(pair) for pair in data.get("skipped", [])],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(kw_only=True)
+class Manifest:
+    """What ``manifest.json`` holds (see the module doc); ``to_json``/``from_json`` keep the file's format, so caches
+    written before this class existed load, and keys this capsal does not know are written back unchanged."""
+
+    settings: dict[str, Any]
+    num_samples: int
+    expected_ids: list[str] | None = None
+    grid_shape: list[int] | None = None  # (T, h, w, d), set by the first shard with a sample
+    pixel_shape: list[int] | None = None  # (T, 3, H, W) of the extracted pixels
+    shards: list[ShardRecord] = field(default_factory=list)
+    complete: bool = False
+    capsal_version: str = __version__
+    dataset_root: str | None = None
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
+    dropped: list[str] = field(default_factory=list)  # files left out of the split before extraction
+    format: int = FORMAT
+    extra: dict[str, Any] = field(default_factory=dict)  # keys of the file this class does not know
+
+    _ORDER = (  # the order of the keys in the file
+        "format",
+        "settings",
+        "num_samples",
+        "expected_ids",
+        "grid_shape",
+        "pixel_shape",
+        "shards",
+        "complete",
+        "capsal_version",
+        "dataset_root",
+        "created",
+        "dropped",
+    )
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        known = {k: data[k] for k in cls._ORDER if k in data}
+        known["shards"] = [ShardRecord.from_json(s) for s in known.get("shards", [])]
+        return cls(**known, extra={k: v for k, v in data.items() if k not in cls._ORDER})
+
+    def to_json(self) -> dict[str, Any]:
+        data = {key: getattr(self, key) for key in self._ORDER}
+        data["shards"] = [shard.to_json() for shard in self.shards]
+        return {**data, **self.extra}
+
+    @classmethod
+    def read(cls, directory: str | os.PathLike) -> Manifest:
+        return cls.from_json(read_manifest(directory))
+
+    def write(self, directory: Path) -> None:
+        """Replace ``directory/manifest.json`` atomically (a temporary file renamed over it)."""
+        tmp = directory / f"{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(self.to_json(), indent=1))
+        os.replace(tmp, directory / MANIFEST)
+
+    def check_resumable(self, settings: dict[str, Any], count: int, ids: list[str] | None, out: Path) -> None:
+        """Refuse (one ``UserError`` line) to extend a cache made with other settings or over other samples; shards
+        whose file vanished are forgotten, so they are extracted again."""
+        difference = first_difference(recorded_settings(self.settings), settings)
+        if difference is not None:
+            key, old, new = difference
+            raise UserError(
+                f"feature cache {out} was made with {key}={old!r} but this run has {key}={new!r}; extract into "
+                f"another features_dir or delete {out}"
+            )
+        same = self.num_samples == count and (ids is None or self.expected_ids is None or self.expected_ids == ids)
+        if not same:
+            raise UserError(
+                f"feature cache {out} lists other samples ({self.num_samples}) than the dataset has now ({count}); "
+                f"extract into another features_dir or delete {out}"
+            )
+        self.shards = [s for s in self.shards if (out / s.file).is_file()]
+
+    def record_shapes(self, grid_shape: list[int] | None, pixel_shape: list[int] | None, split: str) -> None:
+        """Note a shard's grid and pixel shapes (None: none of its samples loaded); every shard must agree."""
+        self.pixel_shape = self.pixel_shape or pixel_shape
+        if grid_shape is None:
+            return
+        if self.grid_shape is None:
+            self.grid_shape = grid_shape
+        elif self.grid_shape != grid_shape:
+            raise UserError(
+                f"samples of split {split!r} give grids of shape {grid_shape} and {self.grid_shape}; every "
+                f"sample must have the same frame count and size (set image_size/frame_size/num_frames)"
+            )
+
+    def add_shard(self, shard: ShardRecord, num_shards: int) -> None:
+        self.shards = sorted([*self.shards, shard], key=lambda s: s.index)
+        self.complete = len(self.shards) == num_shards
+
+    @property
+    def samples_done(self) -> int:
+        return sum(s.count for s in self.shards)
+
+
+def skipped_files(manifest: dict) -> list[str]:
+    """Every file of a cache's split left out: dropped before extraction, or failing to decode during it."""
+    failed = [path for shard in manifest["shards"] for _, path in shard.get("skipped", [])]
+    return list(manifest.get("dropped", [])) + failed
+
+
 # -- extraction ----------------------------------------------------------------------------------------------------
+def _save_atomically(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f"{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        np.save(handle, array)
+    os.replace(tmp, path)
+
+
+def write_shard(out: Path, index: int, grids: np.ndarray, thumbs: np.ndarray) -> tuple[str, str]:
+    """Write shard ``index``'s grids and thumbnails under ``out``; the file names ``(grids, thumbnails)``.
+
+    Each file is written to a temporary name and renamed, thumbnails first: a grids file on disk marks a whole shard,
+    so a killed extraction leaves only whole shards.
+    """
+    name, thumbs_name = f"shard_{index:05d}.npy", f"thumbs_{index:05d}.npy"
+    _save_atomically(out / thumbs_name, thumbs)
+    _save_atomically(out / name, grids)
+    return name, thumbs_name
+
+
 def _as_list(samples: list[Sample]) -> list[Sample]:
     return samples
+
+
+def _source_split(datamodule, split: str):
+    """The split's samples read from the media files, even when the datamodule points at a cache."""
+    cached_from = getattr(datamodule, "features_dir", None)
+    datamodule.features_dir = None
+    try:
+        dataset = datamodule.build_split(split)
+    finally:
+        datamodule.features_dir = cached_from
+    if hasattr(dataset, "warn_failures"):
+        dataset.warn_failures = False  # clips failing to decode are listed in the manifest and summed up by the caller
+    if len(dataset) == 0:
+        raise UserError(f"split {split!r} of {type(datamodule).__name__} is empty; nothing to extract")
+    return dataset
+
+
+def _frozen_backbone(backbone: dict | DictConfig, device: torch.device, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)  # a backbone with random weights gets the same ones on every (resumed) run
+    model = instantiate(backbone)
+    model.requires_grad_(False)
+    model.eval()
+    return model.to(device)
+
+
+def _open_manifest(out: Path, settings: dict[str, Any], dataset, datamodule, dropped: list[str]) -> Manifest:
+    """The manifest of a partial cache in ``out`` to resume (checked against this run), else a new one."""
+    count, ids = len(dataset), dataset_ids(dataset)
+    if (out / MANIFEST).exists():
+        manifest = Manifest.read(out)
+        manifest.check_resumable(settings, count, ids, out)
+    else:
+        root = getattr(datamodule, "root", None)
+        manifest = Manifest(
+            settings=settings,
+            num_samples=count,
+            expected_ids=ids,
+            dataset_root=str(Path(root).resolve()) if root is not None else None,
+        )
+    manifest.dropped = dropped
+    return manifest
 
 
 def extract_split(
@@ -210,24 +408,10 @@ def extract_split(
     for name, value in {"batch_size": batch_size, "frames_per_pass": frames_per_pass, "shard_size": shard_size}.items():
         if value < 1:
             raise UserError(f"{name}={value} must be at least 1")
-    cached_from = getattr(datamodule, "features_dir", None)
-    datamodule.features_dir = None  # extraction reads (and checks) the media files even if the module points at a cache
-    try:
-        dataset = datamodule.build_split(split)
-    finally:
-        datamodule.features_dir = cached_from
-    if hasattr(dataset, "warn_failures"):
-        dataset.warn_failures = False  # clips failing to decode are listed in the manifest and summed up by the caller
+    dataset = _source_split(datamodule, split)
     dropped = [str(p) for p in getattr(datamodule, "skipped", {}).get(split, [])]
-    count = len(dataset)
-    if count == 0:
-        raise UserError(f"split {split!r} of {type(datamodule).__name__} is empty; nothing to extract")
     target = resolve_device(device)
-    torch.manual_seed(seed)  # a backbone with random weights gets the same ones on every (resumed) run
-    model = instantiate(backbone)
-    model.requires_grad_(False)
-    model.eval()
-    model.to(target)
+    model = _frozen_backbone(backbone, target, seed)
     settings = {
         "backbone": backbone_settings(backbone, model),
         "datamodule": dataset_settings(datamodule, dataset),
@@ -238,33 +422,11 @@ def extract_split(
     }
     out = Path(features_dir).expanduser() / split
     out.mkdir(parents=True, exist_ok=True)
-    ids = dataset_ids(dataset)
-    root = getattr(datamodule, "root", None)
-    manifest = {
-        "format": FORMAT,
-        "settings": settings,
-        "num_samples": count,
-        "expected_ids": ids,
-        "grid_shape": None,
-        "pixel_shape": None,
-        "shards": [],
-        "complete": False,
-        "capsal_version": __version__,
-        "dataset_root": str(Path(root).resolve()) if root is not None else None,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    if (out / MANIFEST).exists():
-        manifest = _resume(read_manifest(out), settings, count, ids, out)
-    manifest["dropped"] = dropped  # files left out of the split before extraction (missing, empty, unreadable header)
-    done = {s["index"] for s in manifest["shards"]}
+    manifest = _open_manifest(out, settings, dataset, datamodule, dropped)
+    count = len(dataset)
+    done = {s.index for s in manifest.shards}
     num_shards = (count + shard_size - 1) // shard_size
-    bar = tqdm(
-        total=count,
-        initial=sum(s["count"] for s in manifest["shards"]),
-        desc=f"extract {split}",
-        unit="sample",
-        disable=not progress,
-    )
+    bar = tqdm(total=count, initial=manifest.samples_done, desc=f"extract {split}", unit="sample", disable=not progress)
     try:
         for index in range(num_shards):
             if index in done:
@@ -273,44 +435,27 @@ def extract_split(
             grids, thumbs, shard_ids, pixel_shape = _run_shard(
                 model, dataset, indices, batch_size, frames_per_pass, num_workers, target, bar, thumbnail_size
             )
-            manifest["pixel_shape"] = manifest.get("pixel_shape") or pixel_shape
-            shape = list(grids.shape[1:])
-            if not shard_ids:  # every sample of the shard failed to load
-                pass
-            elif manifest["grid_shape"] is None:
-                manifest["grid_shape"] = shape
-            elif manifest["grid_shape"] != shape:
-                raise UserError(
-                    f"samples of split {split!r} give grids of shape {shape} and {manifest['grid_shape']}; every "
-                    f"sample must have the same frame count and size (set image_size/frame_size/num_frames)"
-                )
-            name, thumbs_name = f"shard_{index:05d}.npy", f"thumbs_{index:05d}.npy"
-            for file, array in ((thumbs_name, thumbs), (name, grids)):  # the grids last: they mark the shard done
-                tmp = out / f"{file}.tmp"
-                with open(tmp, "wb") as handle:
-                    np.save(handle, array)
-                os.replace(tmp, out / file)
-            manifest["shards"].append({"index": index, "file": name, "start": indices[0], "ids": shard_ids})
-            manifest["shards"][-1]["count"] = len(indices)
-            manifest["shards"][-1]["thumbnails"] = thumbs_name
-            manifest["shards"][-1]["skipped"] = _skipped(dataset, indices, shard_ids)
-            manifest["shards"].sort(key=lambda s: s["index"])
-            manifest["complete"] = len(manifest["shards"]) == num_shards
-            _write_json(out / MANIFEST, manifest)
+            manifest.record_shapes(list(grids.shape[1:]) if shard_ids else None, pixel_shape, split)
+            name, thumbs_name = write_shard(out, index, grids, thumbs)
+            shard = ShardRecord(
+                index=index,
+                file=name,
+                start=indices[0],
+                ids=shard_ids,
+                count=len(indices),
+                thumbnails=thumbs_name,
+                skipped=_skipped(dataset, indices, shard_ids),
+            )
+            manifest.add_shard(shard, num_shards)
+            manifest.write(out)
             if on_shard is not None:
                 on_shard(index)
     finally:
         bar.close()
-    if not manifest["complete"] or manifest["dropped"] != dropped:  # every shard was already there
-        manifest["complete"] = True
-        _write_json(out / MANIFEST, manifest)
+    if not manifest.complete:  # every shard was already there
+        manifest.complete = True
+        manifest.write(out)
     return out
-
-
-def skipped_files(manifest: dict) -> list[str]:
-    """Every file of a cache's split left out: dropped before extraction, or failing to decode during it."""
-    failed = [path for shard in manifest["shards"] for _, path in shard.get("skipped", [])]
-    return list(manifest.get("dropped", [])) + failed
 
 
 def _skipped(dataset, indices: list[int], cached_ids: list[str]) -> list[list[str]]:
@@ -321,30 +466,6 @@ def _skipped(dataset, indices: list[int], cached_ids: list[str]) -> list[list[st
     cached = set(cached_ids)
     records = getattr(dataset, "records", None)
     return [[ids[i], str(records[i].path) if records is not None else ids[i]] for i in indices if ids[i] not in cached]
-
-
-def _resume(manifest: dict, settings: dict, count: int, ids: list[str] | None, out: Path) -> dict:
-    """The manifest of an existing cache, checked against this run; shards whose file vanished are redone."""
-    difference = first_difference(recorded_settings(manifest["settings"]), settings)
-    if difference is not None:
-        key, old, new = difference
-        raise UserError(
-            f"feature cache {out} was made with {key}={old!r} but this run has {key}={new!r}; extract into another "
-            f"features_dir or delete {out}"
-        )
-    if not _same_samples(manifest, count, ids):
-        raise UserError(
-            f"feature cache {out} lists other samples ({manifest['num_samples']}) than the dataset has now ({count}); "
-            f"extract into another features_dir or delete {out}"
-        )
-    manifest["shards"] = [s for s in manifest["shards"] if (out / s["file"]).is_file()]
-    return manifest
-
-
-def _same_samples(manifest: dict, count: int, ids: list[str] | None) -> bool:
-    if manifest["num_samples"] != count:
-        return False
-    return ids is None or manifest.get("expected_ids") is None or manifest["expected_ids"] == ids
 
 
 @torch.no_grad()
@@ -594,12 +715,12 @@ def _with_defaults(settings: dict[str, Any]) -> dict[str, Any]:
 def check_model_backbone(cache: CachedFeatures, backbone: dict | DictConfig | None, model: torch.nn.Module) -> None:
     """Refuse (one ``UserError`` line) a model whose backbone is not the one ``cache`` was extracted with.
 
-    The rule: every backbone setting that shapes the grids (``_target_``, name, weights, crop, input size and the
+    The rule: every backbone setting that shapes the grids (``_target_``, name, weights, input size and the
     constructor's other options, defaults filled in; not ``frozen``) must equal the manifest's, and the model's feature
     size must equal the cache's channel count. Otherwise the model would train on one backbone's grids and explain
     raw inputs through another.
     """
-    cached = _with_defaults(cache.manifest["settings"]["backbone"])
+    cached = _with_defaults(recorded_settings(cache.manifest["settings"])["backbone"])
     module = getattr(model, "backbone", None)
     ours = _with_defaults(backbone_settings(backbone or {}, module if isinstance(module, torch.nn.Module) else None))
     keys = [k for k in sorted(set(cached) | set(ours)) if k not in NOT_FEATURE_SETTINGS]

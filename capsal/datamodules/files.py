@@ -17,13 +17,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
+from typing_extensions import Unpack
 
-from capsal.datamodules.base import CaptionDataModule, Protocol, check_protocol
+from capsal.datamodules.base import CaptionDataModule, LoaderOptions
+from capsal.datamodules.framing import Protocol, center_square, check_protocol
 from capsal.datamodules.media import MediaReadError, Size, decode_video, probe_video, read_image
 from capsal.errors import UserError
-from capsal.metrics.attention_correctness import center_crop_region
 from capsal.text import tokenize
 from capsal.types import Caption, Sample
 
@@ -173,23 +173,6 @@ class MediaDataset(Dataset):
         return samples
 
 
-def center_square(pixels: torch.Tensor, size: Size = None) -> torch.Tensor:
-    """The central square of uint8 ``(T, 3, H, W)`` pixels (side: the short side), resized to ``size`` when given.
-
-    The crop is ``center_crop_region``'s, the one boxes are clipped to; the resize is bilinear with antialiasing
-    (as PIL's), so a square read this way matches a square image read at that size.
-    """
-    top, left, side = center_crop_region(*pixels.shape[-2:])
-    square = pixels[..., top : top + side, left : left + side]
-    if size is None:
-        return square.contiguous()
-    hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    if tuple(square.shape[-2:]) == hw:
-        return square.contiguous()
-    resized = F.interpolate(square.float(), size=hw, mode="bilinear", align_corners=False, antialias=True)
-    return resized.round().clamp(0, 255).to(torch.uint8)
-
-
 class ImageDataset(MediaDataset):
     """Images resized to ``image_size`` (None: stored size); under ``protocol="center_crop"`` their central square."""
 
@@ -247,26 +230,8 @@ class FileDataModule(CaptionDataModule):
     layout = ""
     readme = "Datasets"
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        features_dir: str | None = None,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        min_vocab_count: int = 1,
-        seed: int = 0,
-        eval_batch_size: int | None = None,
-        protocol: Protocol = "full",
-    ):
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            min_vocab_count=min_vocab_count,
-            seed=seed,
-            eval_batch_size=eval_batch_size,
-            features_dir=features_dir,
-            protocol=protocol,
-        )
+    def __init__(self, root: str | os.PathLike, protocol: Protocol = "full", **loader: Unpack[LoaderOptions]):
+        super().__init__(protocol=protocol, **loader)
         self.root = Path(str(root)).expanduser()
         self.skipped: dict[str, list[Path]] = {}  # split -> files dropped when it was built
         self.wordless: dict[str, list[tuple[str, str]]] = {}  # split -> (sample id, caption) without a word, dropped

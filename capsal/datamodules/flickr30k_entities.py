@@ -19,7 +19,7 @@ no-box chains have none. The XML coordinates are 1-based inclusive pixels; they 
   original ``(H, W)`` (``Caption.original_size``, from the XML's ``<size>``, else the image header) and each phrase
   its original boxes (``Phrase.original_boxes``): maps are scored at the original resolution against them.
 - ``center_crop`` (Liu et al.'s protocol, the paper's Table 2): the central square of the image (side: its short
-  side, ``capsal.metrics.attention_correctness.center_crop_region``), resized to ``image_size``. ``original_size`` is
+  side, ``capsal.datamodules.framing.center_crop_region``), resized to ``image_size``. ``original_size`` is
   that square, ``original_boxes`` are the boxes moved into it and clipped (``crop_boxes``); a phrase whose boxes all
   fall outside has none and is skipped (and counted) by the metrics.
 
@@ -37,11 +37,14 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from capsal.datamodules.base import Protocol, check_positive
+from typing_extensions import Unpack
+
+from capsal.constraints import PositiveInt
+from capsal.datamodules.base import LoaderOptions, check_positive
 from capsal.datamodules.files import FileDataModule, ImageDataset, MediaRecord
+from capsal.datamodules.framing import Protocol, center_crop_region, crop_boxes
 from capsal.datamodules.media import image_size_of
 from capsal.errors import UserError
-from capsal.metrics.attention_correctness import center_crop_region, crop_boxes
 from capsal.text import tokenize
 from capsal.types import Box, Caption, Phrase
 
@@ -228,18 +231,11 @@ class Flickr30kEntitiesDataModule(FileDataModule):
     def __init__(
         self,
         root: str,
-        image_size: int | None = 299,
-        features_dir: str | None = None,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        min_vocab_count: int = 1,
-        seed: int = 0,
-        eval_batch_size: int | None = None,
+        image_size: PositiveInt | None = 299,
         protocol: Protocol = "full",
+        **loader: Unpack[LoaderOptions],
     ):
-        super().__init__(
-            root, features_dir, batch_size, num_workers, min_vocab_count, seed, eval_batch_size, protocol=protocol
-        )
+        super().__init__(root, protocol=protocol, **loader)
         if image_size is not None:
             check_positive(image_size=image_size)
         self.image_size = int(image_size) if image_size is not None else None

@@ -19,7 +19,10 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from capsal.datamodules.base import check_positive
+from typing_extensions import Unpack
+
+from capsal.constraints import PositiveInt
+from capsal.datamodules.base import LoaderOptions, check_positive
 from capsal.datamodules.files import FileDataModule, MediaRecord, VideoDataset
 from capsal.errors import UserError
 from capsal.types import Caption
@@ -61,17 +64,12 @@ class MSRVTTDataModule(FileDataModule):
     def __init__(
         self,
         root: str,
-        num_frames: int = 26,
-        frame_size: int = 299,
+        num_frames: PositiveInt = 26,
+        frame_size: PositiveInt = 299,
         check_videos: bool = True,
-        features_dir: str | None = None,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        min_vocab_count: int = 1,
-        seed: int = 0,
-        eval_batch_size: int | None = None,
+        **loader: Unpack[LoaderOptions],
     ):
-        super().__init__(root, features_dir, batch_size, num_workers, min_vocab_count, seed, eval_batch_size)
+        super().__init__(root, **loader)
         check_positive(num_frames=num_frames, frame_size=frame_size)
         self.num_frames, self.frame_size, self.check_videos = int(num_frames), int(frame_size), bool(check_videos)
         if not any((self.root / name).is_file() for name in INFO_FILES):

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import torch
 from einops import rearrange
+from pydantic import Field
 from torch.utils.data import Dataset
+from typing_extensions import Unpack
 
 import capsal.datamodules.shapes_draw as draw
-from capsal.datamodules.base import SPLITS, CaptionDataModule, check_positive
+from capsal.constraints import NamesFrom, PositiveInt, UnitInterval
+from capsal.datamodules.base import SPLITS, CaptionDataModule, LoaderOptions, check_positive
 from capsal.errors import UserError
 from capsal.types import Caption, Phrase, Sample
 
@@ -33,6 +37,12 @@ IMAGE_SMALL, IMAGE_BIG = (10 / 64, 13 / 64), (18 / 64, 22 / 64)
 IMAGE_GAP = 2  # background pixels kept between objects, so each object's pixels are separable
 VIDEO_PLAIN, VIDEO_SMALL, VIDEO_BIG = (0.25, 0.31), (0.19, 0.25), (0.34, 0.41)
 VIDEO_CONNECTORS = (["then"], ["and", "then"], ["after", "that"])
+
+
+ShapeNames = NamesFrom(lambda: draw.SHAPES, non_empty=True)  # distinct names of ``shapes_draw.SHAPES``
+ColorNames = NamesFrom(lambda: list(draw.PALETTE), non_empty=True)  # distinct names of ``shapes_draw.PALETTE``
+EventFrames = Annotated[int, Field(strict=True, ge=2)]  # frames of an event: at least two, to show motion
+DEFAULT_COLORS = ("red", "green", "blue", "yellow")
 
 
 def _rng(seed: int, split: str, index: int, stream: int) -> np.random.Generator:
@@ -62,15 +72,15 @@ class _ShapesModule(CaptionDataModule):
 
     def __init__(
         self,
-        num_train: int,
-        num_val: int,
-        num_test: int,
-        noise: float,
-        shapes: Sequence[str],
-        colors: Sequence[str],
-        **common,
+        num_train: PositiveInt,
+        num_val: PositiveInt,
+        num_test: PositiveInt,
+        noise: UnitInterval,
+        shapes: ShapeNames,
+        colors: ColorNames,
+        **loader: Unpack[LoaderOptions],
     ):
-        super().__init__(**common)
+        super().__init__(**loader)
         check_positive(num_train=num_train, num_val=num_val, num_test=num_test)
         if self.seed < 0:
             raise UserError(f"seed={self.seed} must be 0 or more; pick a non-negative seed.")
@@ -150,38 +160,20 @@ class ShapesImageDataModule(_ShapesModule):
 
     def __init__(
         self,
-        num_train: int = 4000,
-        num_val: int = 200,
-        num_test: int = 200,
-        image_size: int = 64,
-        min_objects: int = 1,
-        max_objects: int = 3,
-        captions_per_image: int = 3,
-        noise: float = 0.1,
+        num_train: PositiveInt = 4000,
+        num_val: PositiveInt = 200,
+        num_test: PositiveInt = 200,
+        image_size: PositiveInt = 64,
+        min_objects: PositiveInt = 1,
+        max_objects: PositiveInt = 3,
+        captions_per_image: PositiveInt = 3,
+        noise: UnitInterval = 0.1,
         relations: bool = False,
-        shapes: Sequence[str] = draw.SHAPES,
-        colors: Sequence[str] = ("red", "green", "blue", "yellow"),
-        batch_size: int = 64,
-        num_workers: int = 0,
-        min_vocab_count: int = 1,
-        seed: int = 0,
-        eval_batch_size: int | None = None,
-        features_dir: str | None = None,
+        shapes: ShapeNames = draw.SHAPES,
+        colors: ColorNames = DEFAULT_COLORS,
+        **loader: Unpack[LoaderOptions],
     ):
-        super().__init__(
-            num_train,
-            num_val,
-            num_test,
-            noise,
-            shapes,
-            colors,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            min_vocab_count=min_vocab_count,
-            seed=seed,
-            eval_batch_size=eval_batch_size,
-            features_dir=features_dir,
-        )
+        super().__init__(num_train, num_val, num_test, noise, shapes, colors, **loader)
         check_positive(captions_per_image=captions_per_image)
         self._check_count("objects", min_objects, max_objects)
         self.image_size, self.min_objects, self.max_objects = int(image_size), int(min_objects), int(max_objects)
@@ -201,8 +193,8 @@ class ShapesImageDataModule(_ShapesModule):
 
     @staticmethod
     def _fits(canvas: int, count: int) -> bool:
-        """Big objects with their gaps cover at most 85% of the canvas: random placement then still succeeds on most
-        attempts (measured: under 1 in 3 fail at that density), so generation stays fast."""
+        """Big objects with their gaps cover at most 85% of the canvas, a density at which random placement still
+        succeeds on most attempts, so generation stays fast."""
         big = draw.size_range(canvas, IMAGE_BIG)[1]
         return count * (big + IMAGE_GAP) ** 2 <= 0.85 * canvas**2
 
@@ -283,40 +275,22 @@ class ShapesVideoDataModule(_ShapesModule):
 
     def __init__(
         self,
-        num_train: int = 2000,
-        num_val: int = 100,
-        num_test: int = 100,
-        num_frames: int = 26,
-        frame_size: int = 32,
-        min_events: int = 1,
-        max_events: int = 2,
-        min_event_frames: int = 6,
-        captions_per_clip: int = 1,
+        num_train: PositiveInt = 2000,
+        num_val: PositiveInt = 100,
+        num_test: PositiveInt = 100,
+        num_frames: PositiveInt = 26,
+        frame_size: PositiveInt = 32,
+        min_events: PositiveInt = 1,
+        max_events: PositiveInt = 2,
+        min_event_frames: EventFrames = 6,
+        captions_per_clip: PositiveInt = 1,
         size_words: bool = False,
-        noise: float = 0.1,
-        shapes: Sequence[str] = draw.SHAPES,
-        colors: Sequence[str] = ("red", "green", "blue", "yellow"),
-        batch_size: int = 64,
-        num_workers: int = 0,
-        min_vocab_count: int = 1,
-        seed: int = 0,
-        eval_batch_size: int | None = None,
-        features_dir: str | None = None,
+        noise: UnitInterval = 0.1,
+        shapes: ShapeNames = draw.SHAPES,
+        colors: ColorNames = DEFAULT_COLORS,
+        **loader: Unpack[LoaderOptions],
     ):
-        super().__init__(
-            num_train,
-            num_val,
-            num_test,
-            noise,
-            shapes,
-            colors,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            min_vocab_count=min_vocab_count,
-            seed=seed,
-            eval_batch_size=eval_batch_size,
-            features_dir=features_dir,
-        )
+        super().__init__(num_train, num_val, num_test, noise, shapes, colors, **loader)
         check_positive(captions_per_clip=captions_per_clip, num_frames=num_frames)
         self._check_count("events", min_events, max_events)
         if min_event_frames < 2:

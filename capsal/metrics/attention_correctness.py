@@ -34,27 +34,6 @@ def box_mask(boxes: Sequence[Box], height: int, width: int, device: torch.device
     return (rearrange(in_y, "n h -> n h 1") & rearrange(in_x, "n w -> n 1 w")).any(0)
 
 
-def center_crop_region(height: int, width: int, fraction: float = 1.0) -> tuple[int, int, int]:
-    """``(top, left, side)`` of the central square whose side is ``fraction`` of the short image side.
-
-    Offsets are rounded as torchvision's ``center_crop`` rounds them, so the crop matches a resize-free CenterCrop.
-    """
-    side = max(1, round(min(height, width) * fraction))
-    return round((height - side) / 2.0), round((width - side) / 2.0), side
-
-
-def crop_boxes(boxes: Sequence[Box], top: int, left: int, side: int) -> list[Box]:
-    """Boxes moved into a ``side x side`` crop at ``(top, left)`` and clipped to it; boxes entirely outside dropped."""
-    out: list[Box] = []
-    last = side - 1
-    for x0, y0, x1, y1 in boxes:
-        x0, x1, y0, y1 = x0 - left, x1 - left, y0 - top, y1 - top
-        if x1 < 0 or y1 < 0 or x0 > last or y0 > last:
-            continue
-        out.append((max(x0, 0), max(y0, 0), min(x1, last), min(y1, last)))
-    return out
-
-
 def attention_correctness(saliency: Tensor, boxes: Sequence[Box], negative: Negative = "shift") -> Tensor:
     """Share (float64 scalar) of the saliency of one ``(H, W)`` map inside the union of ``boxes``.
 
@@ -77,10 +56,9 @@ def attention_correctness(saliency: Tensor, boxes: Sequence[Box], negative: Nega
 class AttentionCorrectness(CategoryAccuracy):
     """Mean share of saliency mass inside the phrase's boxes, per category and over all phrases (``avg``).
 
-    ``center_crop``: Liu et al.'s protocol scores the central square crop only (the paper follows it for Table 2).
-    ``True`` crops the square of side = short image side; a float crops that fraction of the short side (Xu et
-    al.'s resize-to-256-then-crop-224 is 0.875). The map is cropped and renormalised, boxes are clipped to the crop,
-    and phrases whose boxes all fall outside it are skipped. Phrases without boxes are skipped too (``skipped``).
+    Maps and boxes are scored as given: the datamodule's ``protocol`` frames the images (``center_crop``, Liu et al.'s
+    protocol, hands over the central square and boxes clipped to it), so the metric never crops. Phrases without
+    boxes are skipped (``skipped``).
 
     ``update(maps, boxes, categories)`` takes the same arguments as :class:`PointingGame`.
     """
@@ -88,7 +66,6 @@ class AttentionCorrectness(CategoryAccuracy):
     def __init__(
         self,
         categories: Sequence[str],
-        center_crop: bool | float = False,
         negative: Negative = "shift",
         unknown: Unknown = OTHER,
         **kwargs: Any,
@@ -96,11 +73,6 @@ class AttentionCorrectness(CategoryAccuracy):
         super().__init__(categories, unknown=unknown, **kwargs)
         if negative not in ("shift", "clamp"):
             raise UserError(f"negative must be 'shift' or 'clamp', got {negative!r}")
-        if center_crop is True:
-            center_crop = 1.0
-        if center_crop is not False and not 0 < float(center_crop) <= 1:
-            raise UserError(f"center_crop must be a bool or a fraction in (0, 1], got {center_crop}")
-        self.crop_fraction: float | None = None if center_crop is False else float(center_crop)
         self.negative: Negative = negative
 
     def update(
@@ -119,10 +91,6 @@ class AttentionCorrectness(CategoryAccuracy):
             saliency = maps[p]
             if saliency.ndim != 2:
                 raise ValueError(f"saliency map {p} must be (H, W), got shape {tuple(saliency.shape)}")
-            if self.crop_fraction is not None:
-                top, left, side = center_crop_region(*saliency.shape, self.crop_fraction)
-                saliency = saliency[top : top + side, left : left + side]
-                phrase_boxes = crop_boxes(phrase_boxes, top, left, side)
             if phrase_boxes:
                 finite.append(torch.isfinite(saliency).all())
                 scores.append(attention_correctness(saliency, phrase_boxes, self.negative))

@@ -79,8 +79,6 @@ class TorchvisionBackbone(nn.Module):
     torch hub cache, ``$TORCH_HOME/hub/checkpoints``, downloaded there when missing), or a local ``.pth`` state dict.
     Frames are resized to ``input_size`` x ``input_size``; which part of an image they show (the whole image, or its
     central square) is the datamodule's ``protocol``, so training, extraction and scoring see the same pixels.
-    ``crop`` is gone: ``None`` or ``"resize"`` (what configs and checkpoints before ``protocol`` record) are accepted,
-    anything else is refused with a pointer to ``datamodule.protocol=center_crop``.
     """
 
     def __init__(
@@ -89,7 +87,6 @@ class TorchvisionBackbone(nn.Module):
         weights: str | None = None,
         frozen: bool = True,
         input_size: int | None = None,
-        crop: str | None = None,
     ):
         super().__init__()
         from torchvision import models
@@ -97,11 +94,6 @@ class TorchvisionBackbone(nn.Module):
 
         if name not in _TORCHVISION_GRIDS:
             raise UserError(f"unknown backbone '{name}'; choose one of {sorted(_TORCHVISION_GRIDS)}")
-        if crop not in (None, "resize"):
-            raise UserError(
-                f"backbone.crop={crop} was removed: the datamodule frames the images now; set "
-                f"datamodule.protocol=center_crop instead"
-            )
         constructor, node, default_size, channels = _TORCHVISION_GRIDS[name]
         kwargs = {"init_weights": False, "aux_logits": True} if name == "inception_v3" else {}
         classifier = getattr(models, constructor)(weights=None, **kwargs)
@@ -109,7 +101,6 @@ class TorchvisionBackbone(nn.Module):
             classifier.load_state_dict(_load_weights(name, weights))
         self.body = create_feature_extractor(classifier, return_nodes={node: "grid"})
         self.name, self.weights = name, weights
-        self.crop = "resize"  # recorded in caches; older caches compare equal
         self.input_size = input_size or default_size
         self.out_channels = channels
         self.frozen = frozen

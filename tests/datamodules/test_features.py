@@ -27,6 +27,7 @@ from capsal.datamodules.base import collate_samples
 from capsal.datamodules.features import (
     CachedFeatures,
     FeatureSample,
+    Manifest,
     check_model_backbone,
     extract_split,
     read_manifest,
@@ -151,12 +152,8 @@ def test_a_cache_made_with_other_settings_is_refused(flickr, tmp_path):
     extract_split(module(flickr), "val", RESNET, cache, shard_size=1, progress=False)
     manifest = read_manifest(cache / "val")
     backbone = manifest["settings"]["backbone"]
-    assert (backbone["name"], backbone["weights"], backbone["crop"], backbone["input_size"]) == (
-        "resnet50",
-        None,
-        "resize",
-        64,
-    )
+    assert (backbone["name"], backbone["weights"], backbone["input_size"]) == ("resnet50", None, 64)
+    assert "crop" not in backbone  # the datamodule's protocol frames the images
     assert manifest["grid_shape"] == [1, 2, 2, 2048]
     with pytest.raises(UserError, match=r"datamodule\.protocol='full' but this run has datamodule\.protocol='center"):
         extract_split(module(flickr, protocol="center_crop"), "val", RESNET, cache, shard_size=1, progress=False)
@@ -169,6 +166,39 @@ def test_a_cache_made_with_other_settings_is_refused(flickr, tmp_path):
     assert computed == []  # same settings: nothing to redo
     with pytest.raises(UserError, match=r"datamodule\.image_size=32 but the datamodule has 48"):
         module(flickr, image_size=48, features_dir=str(cache)).get_split("val")
+
+
+def test_a_cache_recording_the_removed_backbone_crop_still_serves(flickr, tmp_path):
+    """Caches made while backbones had ``crop`` record ``"resize"`` (whole images): they resume and train as before;
+    any other recorded crop framed the images differently and is refused."""
+    cache = tmp_path / "cache"
+    extract_split(module(flickr), "val", RESNET, cache, shard_size=1, progress=False)
+    path = cache / "val" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["settings"]["backbone"]["crop"] = "resize"
+    path.write_text(json.dumps(manifest))
+    computed: list[int] = []
+    extract_split(module(flickr), "val", RESNET, cache, shard_size=1, progress=False, on_shard=computed.append)
+    assert computed == []
+    split = CachedFeatures.open(cache, "val", module(flickr).build_split("val"))
+    check_model_backbone(split, RESNET, torch.nn.Sequential())
+    manifest["settings"]["backbone"]["crop"] = "center"
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=r"made with backbone\.crop='center' but this run has backbone\.crop=None"):
+        extract_split(module(flickr), "val", RESNET, cache, shard_size=1, progress=False)
+
+
+def test_the_manifest_round_trips_through_its_file_format(flickr, tmp_path):
+    out = extract_split(module(flickr), "val", TINY_CNN, tmp_path / "cache", shard_size=1, progress=False)
+    stored = json.loads((out / "manifest.json").read_text())
+    assert Manifest.from_json(stored).to_json() == stored
+    assert list(Manifest.from_json(stored).to_json()) == list(stored)  # the keys in the file's order
+    older = {k: v for k, v in stored.items() if k not in ("pixel_shape", "dropped")}  # an older cache: fewer keys
+    older["shards"] = [{k: v for k, v in s.items() if k not in ("thumbnails", "skipped")} for s in stored["shards"]]
+    older["written_by"] = "a later capsal"  # keys this capsal does not know are kept
+    manifest = Manifest.from_json(older)
+    assert manifest.pixel_shape is None and manifest.shards[0].thumbnails is None and manifest.shards[0].skipped == []
+    assert manifest.to_json()["written_by"] == "a later capsal"
 
 
 def test_training_reads_the_cached_grids(flickr, tmp_path):

@@ -1,5 +1,5 @@
-"""The image protocol (``datamodule.protocol``: full or center_crop) from the datamodule to the scored metrics, the
-cache manifest and the keys it replaced, on a Flickr30k Entities miniature with non-square images."""
+"""The image protocol (``datamodule.protocol``: full or center_crop) from the datamodule to the scored metrics and
+the cache manifest, on a Flickr30k Entities miniature with non-square images."""
 
 from __future__ import annotations
 
@@ -9,22 +9,19 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_module
-from omegaconf import open_dict
 from PIL import Image
 from test_real_datasets import annotation_xml
 
-from capsal.cli.evaluate import evaluate
-from capsal.cli.extract import extract
 from capsal.datamodules.coco import CocoCaptionsDataModule
 from capsal.datamodules.features import extract_split, read_manifest
 from capsal.datamodules.flickr30k_entities import Flickr30kEntitiesDataModule, scale_box
+from capsal.datamodules.framing import center_crop_region, center_square, crop_boxes
 from capsal.errors import UserError
 from capsal.evaluation import LocalisationEvaluator, batches_of, caption_pairs
 from capsal.explainers import build_explainer
 from capsal.models.s2vt import S2VT
 
 TINY_CNN = {"_target_": "capsal.models.backbones.SmallCNN", "channels": [4, 4]}
-DATA = Path(__file__).parents[1] / "data"
 # id -> (width, height, sentence, objects): a landscape and a portrait image; XML boxes are 1-based inclusive
 IMAGES = {
     "1": (
@@ -153,22 +150,20 @@ def test_a_cache_is_only_read_with_its_own_protocol(root, tmp_path):
         reader.get_split("val")
 
 
-def compose_config(name: str, *overrides: str):
+def test_the_crop_geometry_cuts_pixels_and_boxes_alike():
+    assert center_crop_region(10, 20) == (0, 5, 10)  # landscape: columns 5..14
+    assert center_crop_region(20, 10) == (5, 0, 10)  # portrait: rows 5..14
+    assert center_crop_region(7, 7) == (0, 0, 7)
+    boxes = [(0, 0, 9, 9), (0, 0, 3, 9), (16, 0, 19, 9), (12, 0, 14, 4)]
+    # moved into the crop and clipped; those entirely left or right of it dropped
+    assert crop_boxes(boxes, *center_crop_region(10, 20)) == [(0, 0, 4, 9), (7, 0, 9, 4)]
+    pixels = torch.arange(10 * 20, dtype=torch.uint8).reshape(1, 1, 10, 20).expand(1, 3, 10, 20)
+    square = center_square(pixels)
+    assert square.shape == (1, 3, 10, 10) and square[0, 0, 0].tolist() == list(range(5, 15))
+    assert center_square(pixels, 4).shape == (1, 3, 4, 4) and center_square(pixels, (6, 8)).shape == (1, 3, 6, 8)
+
+
+def test_the_extract_config_takes_the_protocol():
     with initialize_config_module(config_module="capsal.conf", version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides))
-
-
-def test_the_removed_crop_keys_point_to_the_protocol(root, tmp_path):
-    cfg = compose_config(
-        "extract", f"datamodule.root={root}", f"features_dir={tmp_path / 'cache'}", "backbone.crop=center"
-    )
-    with pytest.raises(UserError, match=r"^backbone\.crop= was removed.*datamodule\.protocol=center_crop") as error:
-        extract(cfg)
-    assert "\n" not in str(error.value)
-    cfg = compose_config("eval", f"ckpt_path={DATA / 's2vt_v0.1.0.ckpt'}", "center_crop=true", "max_samples=1")
-    with open_dict(cfg):
-        cfg.output_dir, cfg.progress = str(tmp_path / "eval"), False
-    with pytest.raises(UserError, match=r"^center_crop= was removed.*datamodule\.protocol=center_crop") as error:
-        evaluate(cfg)
-    assert "\n" not in str(error.value)
-    assert compose_config("extract", "datamodule.protocol=center_crop", "features_dir=x").datamodule.protocol
+        cfg = compose(config_name="extract", overrides=["datamodule.protocol=center_crop", "features_dir=x"])
+    assert cfg.datamodule.protocol == "center_crop"

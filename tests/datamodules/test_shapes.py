@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from capsal.datamodules import ShapesImageDataModule, ShapesVideoDataModule
+from capsal.datamodules.base import LOADER_DEFAULTS
 from capsal.datamodules.shapes_draw import PALETTE, SHAPES
 from capsal.text import tokenize
 from capsal.types import Batch
@@ -366,8 +367,9 @@ def test_yaml_lists_every_option_with_its_default(name, cls):
     defaults = {
         p.name: list(p.default) if isinstance(p.default, tuple) else p.default
         for p in inspect.signature(cls).parameters.values()
+        if p.kind is not p.VAR_KEYWORD
     }
-    assert cfg == defaults
+    assert cfg == {**defaults, **LOADER_DEFAULTS}  # the loader options at the defaults of LoaderOptions
     from hydra.utils import instantiate
 
     dm = instantiate(OmegaConf.load(CONF / f"{name}.yaml"), num_train=4, num_val=2, num_test=2)

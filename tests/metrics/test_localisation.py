@@ -175,28 +175,13 @@ def test_attention_correctness_metric_aggregates_and_skips():
         metric.update([torch.full((3, 3), float("inf"))], [[(0, 0, 1, 1)]], ["people"])
 
 
-def test_center_crop_protocol():
-    height, width = 10, 20  # central square: columns 5..14
-    saliency = torch.ones(height, width)
-    saliency[:, :5] = 100.0  # mass left of the crop is ignored
-    boxes = [
-        [(0, 0, 9, 9)],  # overlaps the crop in columns 5..9 -> 50 of 100 pixels
-        [(0, 0, 3, 9), (16, 0, 19, 9)],  # entirely outside -> skipped
-        [(0, 0, 3, 9), (12, 0, 14, 4)],  # one box outside, the other inside: 3x5 pixels
-    ]
-    metric = AttentionCorrectness(CATS, center_crop=True)
-    metric.update([saliency] * 3, boxes, CATS)
-    result = as_floats(metric.compute())
-    assert result["people"] == pytest.approx(0.5)
-    assert math.isnan(result["animals"])
-    assert result["scene"] == pytest.approx(0.15)
-    assert result["skipped"] == 1
-    plain = AttentionCorrectness(CATS)
-    plain.update([saliency], boxes[:1], ["people"])
-    assert float(plain.compute()["people"]) == pytest.approx((50 * 100 + 50) / (50 * 100 + 150))
-    portrait = AttentionCorrectness(CATS, center_crop=0.5)  # 20x10 -> 5x5 square at rows 8..12, columns 2..6
-    portrait.update([torch.ones(20, 10)], [[(0, 10, 9, 19)]], ["people"])
-    assert float(portrait.compute()["people"]) == pytest.approx(15 / 25)
+def test_attention_correctness_scores_the_whole_map_it_is_given():
+    """The metric never crops: the datamodule's protocol frames images and boxes (see datamodules/test_protocol.py)."""
+    saliency = torch.ones(10, 20)
+    saliency[:, :5] = 100.0
+    metric = AttentionCorrectness(CATS)
+    metric.update([saliency], [[(0, 0, 9, 9)]], ["people"])
+    assert float(metric.compute()["people"]) == pytest.approx((50 * 100 + 50) / (50 * 100 + 150))
 
 
 # ---------------------------------------------------------------- temporal pointing game

@@ -60,7 +60,7 @@ def make_phrases(seed: int = 0) -> list[dict[str, Any]]:
 def build_metrics() -> dict[str, Any]:
     return {
         "pointing": PointingGame(CATS, tolerance=3),
-        "attention": AttentionCorrectness(CATS, center_crop=True),
+        "attention": AttentionCorrectness(CATS),
         "temporal": TemporalPointingGame(CATS),
     }
 
