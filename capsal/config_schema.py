@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from functools import cache
 from typing import Any
 
+import typing_extensions
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -34,6 +35,7 @@ HYDRA_KEYS = frozenset({"_target_", "_recursive_", "_partial_", "_convert_", "_a
 CROP_HINT = "the datamodule frames the images now; set datamodule.protocol=center_crop (or full, the default) instead"
 # options that are gone, by the last part(s) of their dotted key, with what replaced them
 REMOVED = {"center_crop": CROP_HINT, "backbone.crop": CROP_HINT}
+_UNPACK = {typing.Unpack, typing_extensions.Unpack}  # distinct objects before Python 3.12
 _STRICT = ConfigDict(strict=True, arbitrary_types_allowed=True)
 
 
@@ -97,7 +99,7 @@ def parameters(target: Callable) -> tuple[dict[str, Parameter], bool]:
                 found.setdefault(name, Parameter(hints.get(name, Any), parameter.default))
         if keywords is None:
             return found, False
-        if typing.get_origin(keywords) is typing.Unpack:  # **options: Unpack[TypedDict]
+        if typing.get_origin(keywords) in _UNPACK:  # **options: Unpack[TypedDict]
             (fields,) = typing.get_args(keywords)
             for name, annotation in typing.get_type_hints(fields, include_extras=True).items():
                 found.setdefault(name, Parameter(annotation, inspect.Parameter.empty))
@@ -121,11 +123,10 @@ def check_value(key: str, annotation: Any, value: Any) -> None:
     except ValidationError as error:
         first = error.errors()[0]
         message = first["msg"].removeprefix("Value error, ")
-        where = ".".join(str(p) for p in first["loc"])
-        raise UserError(
-            f"{key}={show(value)} is not allowed: {message[0].lower()}{message[1:]}"
-            + (f" (at {where})" if where else "")
-        ) from None
+        inner = [p for p in first["loc"] if not isinstance(p, int)] if isinstance(value, dict) else []
+        for part in inner:  # a nested key (model.optimizer.lr): name it and show its own value
+            key, value = f"{key}.{part}", value[part] if isinstance(value, dict) and part in value else value
+        raise UserError(f"{key}={show(value)} is not allowed: {message[0].lower()}{message[1:]}") from None
 
 
 def check_arguments(target: Callable, arguments: Mapping[str, Any], prefix: str) -> None:
