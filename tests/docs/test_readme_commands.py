@@ -1,4 +1,5 @@
-"""Every command line the README (and the Makefile) documents composes: Hydra accepts each of its overrides."""
+"""Every command line the README, the pages under docs/ (and the Makefile) document composes: Hydra accepts each of its
+overrides."""
 
 from __future__ import annotations
 
@@ -57,20 +58,35 @@ def _commands(source: str, lines: list[tuple[int, str]]) -> list[tuple[str, str,
     return found
 
 
-def documented_commands() -> list[tuple[str, str, list[str]]]:
-    readme = (ROOT / "README.md").read_text().splitlines()
+def _markdown_commands(path: Path) -> list[tuple[str, str, list[str]]]:
+    """The capsal commands of every shell block (```bash, sh, shell, console) of one Markdown file."""
+    source = path.relative_to(ROOT).as_posix()
     commands, block = [], None
-    for number, line in enumerate(readme, start=1):
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
         if block is None and re.fullmatch(r"```(bash|sh|shell|console)\s*", line):
             block = []
         elif block is not None and line.startswith("```"):
-            commands += _commands("README.md", block)
+            commands += _commands(source, block)
             block = None
         elif block is not None:
             block.append((number, line))
+    return commands
+
+
+def documented_commands() -> list[tuple[str, str, list[str]]]:
+    """The README's and the Makefile's commands."""
+    commands = _markdown_commands(ROOT / "README.md")
     makefile = _joined((ROOT / "Makefile").read_text().splitlines())
     commands += _commands("Makefile", [(n, line) for n, line in makefile if re.search(r"capsal-\w+ ", line)])
     return commands
+
+
+DOCS = sorted((ROOT / "docs").rglob("*.md"))
+
+
+def docs_commands() -> list[tuple[str, str, list[str]]]:
+    """The commands of every page under docs/."""
+    return [command for page in DOCS for command in _markdown_commands(page)]
 
 
 def _joined(lines: list[str]) -> list[tuple[int, str]]:
@@ -87,7 +103,9 @@ def _joined(lines: list[str]) -> list[tuple[int, str]]:
     return joined
 
 
-COMMANDS = documented_commands()
+README_COMMANDS = documented_commands()
+DOCS_COMMANDS = docs_commands()
+COMMANDS = README_COMMANDS + DOCS_COMMANDS
 
 
 def missing_values(node: DictConfig, prefix: str = "") -> list[str]:
@@ -103,12 +121,20 @@ def missing_values(node: DictConfig, prefix: str = "") -> list[str]:
 
 
 def test_the_readme_documents_every_command_and_the_overrides_users_ask_about():
-    apps = {Path(argv[0]).name for _, _, argv in COMMANDS}
+    apps = {Path(argv[0]).name for _, _, argv in README_COMMANDS}
     assert apps == set(APPS), f"commands found in README.md/Makefile: {sorted(apps)}"
-    lines = [written for _, written, _ in COMMANDS]
+    lines = [written for _, written, _ in README_COMMANDS]
     assert any("capsal-eval" in w and "datamodule=flickr30k_entities datamodule.root=" in w for w in lines)
     assert any("explainer_options.caption_guided.mode=kl" in w for w in lines)
-    assert any(where.startswith("Makefile") for where, _, _ in COMMANDS)
+    assert any(where.startswith("Makefile") for where, _, _ in README_COMMANDS)
+
+
+def test_the_docs_pages_commands_are_collected():
+    """The pages under docs/ hold commands of every app, so the composition test below covers them too."""
+    assert DOCS, "no Markdown pages under docs/"
+    pages = {where.split(":")[0] for where, _, _ in DOCS_COMMANDS}
+    assert {"docs/datasets.md", "docs/demo.md", "docs/evaluation.md"} <= pages, sorted(pages)
+    assert {Path(argv[0]).name for _, _, argv in DOCS_COMMANDS} == set(APPS)
 
 
 def _case(where: str, written: str, argv: list[str]):
@@ -121,7 +147,7 @@ def test_a_documented_command_composes(where, written, argv):
     try:
         with initialize_config_module(config_module="capsal.conf", version_base="1.3"):
             cfg = compose(config_name=APPS[Path(argv[0]).name], overrides=overrides)
-    except Exception as error:  # any rejection is the failure, reported with the README line
+    except Exception as error:  # any rejection is the failure, reported with the documented line
         pytest.fail(f"{where}: `{written}` does not compose: {type(error).__name__}: {error}")
     missing = missing_values(cfg)
     assert not missing, f"{where}: `{written}` leaves mandatory values unset: {missing}"
