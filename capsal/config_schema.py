@@ -159,9 +159,10 @@ def unknown_key(key: str, known: Mapping[str, Any], owner: str) -> str:
 
 # ---- walking a config ----------------------------------------------------------------------------------------------
 def values(node: DictConfig) -> Iterator[tuple[str, Any]]:
-    """``(name, plain value)`` of each readable key; ``???`` and unresolvable interpolations are Hydra's to report."""
+    """``(name, plain value)`` of each key set to a value here: ``???`` is Hydra's to report, and an interpolation is
+    checked where its value is set (so an error names the key the user wrote)."""
     for name in node:
-        if name in HYDRA_KEYS or OmegaConf.is_missing(node, name):
+        if name in HYDRA_KEYS or OmegaConf.is_missing(node, name) or OmegaConf.is_interpolation(node, name):
             continue
         try:
             value = node[name]
@@ -293,3 +294,43 @@ def _quiet_lightning() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+# ---- the command line ----------------------------------------------------------------------------------------------
+def check_command_line(program: str, config_name: str, overrides: list[str]) -> None:
+    """Compose ``overrides`` as the command will, and turn Hydra's refusal of a key or group option into one line
+    (with the nearest valid name, or what replaced a removed key) and exit code 2; flags (``--multirun``, ``-cn``...)
+    are left to Hydra."""
+    import difflib
+    import sys
+
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import ConfigKeyError
+
+    if any(arg.startswith("-") for arg in overrides):
+        return
+    with initialize_config_module(config_module="capsal.conf", version_base="1.3"):
+        try:
+            compose(config_name, overrides=overrides)
+            return
+        except HydraException as error:
+            cause, line = error.__cause__, str(error).strip().splitlines()[0]
+            if isinstance(cause, ConfigKeyError | OmegaConfBaseException) and getattr(cause, "full_key", None):
+                key = str(cause.full_key)
+                hint = removed_key_hint(key)
+                kept = [o for o in overrides if not o.lstrip("+~").startswith(f"{key}=")]
+                parent = OmegaConf.select(compose(config_name, overrides=kept), key.rpartition(".")[0] or "")
+                names = [str(k) for k in parent] if isinstance(parent, DictConfig) else []
+                near = difflib.get_close_matches(key.rpartition(".")[2], names, n=1)
+                line = (
+                    f"{key}= was removed: {hint}"
+                    if hint
+                    else f"{line} {key} is not an option"
+                    + (f"; did you mean {key.rpartition('.')[0] + '.' if '.' in key else ''}{near[0]}?" if near else "")
+                )
+            elif "Available options in" in str(error):
+                options = str(error).split("Available options in", 1)[1].split("Config search path")[0]
+                line += "; available: " + ", ".join(o.strip() for o in options.splitlines()[1:] if o.strip())
+    print(f"{program}: error: {line}", file=sys.stderr)
+    sys.exit(2)

@@ -7,6 +7,7 @@ import csv
 import json
 import logging
 import math
+import sys
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader, Subset
 
 from capsal.checkpoints import checkpoint_datamodule, load_model, model_source
 from capsal.cli.settings import EvalSettings
-from capsal.config_schema import check_config
+from capsal.config_schema import check_command_line, check_config
 from capsal.cpu_bf16 import bf16_fallback
 from capsal.datamodules.base import ShardedSampler, collate_samples
 from capsal.devices import model_device
@@ -202,6 +203,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    check_command_line("capsal-eval", "eval", sys.argv[1:])
     _hydra_main()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from capsal.checkpoints import checkpoint_datamodule, load_model, model_source
 from capsal.cli.settings import ExplainSettings
-from capsal.config_schema import check_config
+from capsal.config_schema import check_command_line, check_config
 from capsal.devices import resolve_device
 from capsal.errors import UserError, exit_on_user_error
 from capsal.explainers import build_explainers
@@ -237,6 +238,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    check_command_line("capsal-explain", "explain", sys.argv[1:])
     _hydra_main()
 
 

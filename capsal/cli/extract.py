@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -10,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from capsal.cli.settings import ExtractSettings
-from capsal.config_schema import check_config
+from capsal.config_schema import check_command_line, check_config
 from capsal.datamodules.features import extract_split, read_manifest, skipped_files
 from capsal.datamodules.files import REPORT_NAMES
 from capsal.errors import UserError, exit_on_user_error
@@ -81,6 +82,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    check_command_line("capsal-extract", "extract", sys.argv[1:])
     _hydra_main()
 
 

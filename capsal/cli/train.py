@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from capsal.checkpoints import open_checkpoint
 from capsal.cli.settings import TrainSettings
-from capsal.config_schema import check_config
+from capsal.config_schema import check_command_line, check_config
 from capsal.cpu_bf16 import bf16_fallback
 from capsal.datamodules.base import collate_samples
 from capsal.datamodules.features import CachedFeatures, check_model_backbone
@@ -203,6 +204,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    check_command_line("capsal-train", "train", sys.argv[1:])
     _hydra_main()
 
 

@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from capsal import __version__
 from capsal.devices import resolve_device
 from capsal.errors import UserError
+from capsal.models.backbones import current_backbone_config
 from capsal.types import Caption, Sample
 
 log = logging.getLogger("capsal")
@@ -135,9 +136,7 @@ def recorded_settings(settings: dict[str, Any]) -> dict[str, Any]:
     dropped. Any other recorded crop framed the images differently, so it is kept and the cache compares unequal.
     """
     datamodule = {"protocol": "full", **settings.get("datamodule", {})}
-    backbone = dict(settings.get("backbone", {}))
-    if backbone.get("crop", "resize") in (None, "resize"):
-        backbone.pop("crop", None)
+    backbone = current_backbone_config(settings.get("backbone", {}))
     return {**settings, "datamodule": datamodule, "backbone": backbone}
 
 

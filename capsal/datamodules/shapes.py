@@ -65,6 +65,19 @@ def _min_canvas(fractions: tuple[float, float], start: int) -> int:
     return canvas
 
 
+def check_counts(option: str, low: int, high: int, colors: int, prefix: str = "") -> None:
+    """min_/max_ counts ordered, and each object of an item in a colour of its own."""
+    if low > high:
+        raise UserError(
+            f"{prefix}min_{option}={low} exceeds {prefix}max_{option}={high}; make min_{option} <= max_{option}."
+        )
+    if high > colors:
+        raise UserError(
+            f"{prefix}max_{option}={high} exceeds the {colors} colors, and the {option} of one item get distinct "
+            f"colors; add colors or lower max_{option}."
+        )
+
+
 class _ShapesModule(CaptionDataModule):
     """Options shared by the image and video shapes datamodules."""
 
@@ -93,15 +106,17 @@ class _ShapesModule(CaptionDataModule):
         self.colors = _names(colors, list(draw.PALETTE), "colors")
 
     def _check_count(self, option: str, low: int, high: int) -> None:
-        """min_/max_ counts: positive, ordered, and each object of an item in a colour of its own."""
         check_positive(**{f"min_{option}": low, f"max_{option}": high})
-        if low > high:
-            raise UserError(f"min_{option}={low} exceeds max_{option}={high}; make min_{option} <= max_{option}.")
-        if high > len(self.colors):
-            raise UserError(
-                f"max_{option}={high} exceeds the {len(self.colors)} colors, and the {option} of one item get distinct "
-                f"colors; add colors or lower max_{option}."
-            )
+        check_counts(option, low, high, len(self.colors))
+
+    @classmethod
+    def check_arguments(cls, arguments: dict, prefix: str = "") -> None:
+        """Options wrong only together (``capsal.config_schema`` calls it before anything is built)."""
+        option = "objects" if "min_objects" in arguments else "events"
+        low, high = arguments.get(f"min_{option}"), arguments.get(f"max_{option}")
+        colors = arguments.get("colors")
+        if isinstance(low, int) and isinstance(high, int) and isinstance(colors, list | tuple):
+            check_counts(option, low, high, len(colors), prefix)
 
     def caption_texts(self, split: str) -> list[str]:
         data = self.get_split(split)

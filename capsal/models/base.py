@@ -31,6 +31,7 @@ from capsal.constraints import NonNegativeFloat, PositiveFloat, PositiveInt
 from capsal.devices import gather_dicts
 from capsal.errors import UserError
 from capsal.metrics.captioning import CaptionMetricNames
+from capsal.models.backbones import current_backbone_config
 from capsal.models.decoding import beam_decode, greedy_decode
 from capsal.models.protocol import fit_sentences, logprobs_at, sentence_targets, visual_grid
 from capsal.text import Tokenizer, Vocabulary
@@ -246,7 +247,7 @@ class CaptioningModule(LightningCaptioner):
             metrics_every_n_epochs=metrics_every_n_epochs,
         )
         self.vocab = Vocabulary(words)
-        self.backbone = instantiate(backbone)
+        self.backbone = instantiate(current_backbone_config(backbone))
         self.feature_size: int = self.backbone.out_channels
 
     # ---- the encoder-decoder protocol ---------------------------------------------------------------------

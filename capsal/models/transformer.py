@@ -61,8 +61,7 @@ class TransformerCaptioner(CaptioningModule):
         **kwargs,
     ):
         super().__init__(vocab, **kwargs)
-        if hidden_size % num_heads:
-            raise UserError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
+        self.check_arguments({**kwargs, "hidden_size": hidden_size, "num_heads": num_heads, "max_words": max_words})
         embed_size = embed_size or hidden_size
         feedforward_size = feedforward_size or 4 * hidden_size
         self.save_hyperparameters(
@@ -108,6 +107,18 @@ class TransformerCaptioner(CaptioningModule):
         self.output = nn.Linear(hidden_size, len(self.vocab))
 
     # ---- protocol -------------------------------------------------------------------------------------------
+    @staticmethod
+    def check_arguments(arguments: dict, prefix: str = "") -> None:
+        """Options wrong only together (``capsal.config_schema`` calls it before anything is built)."""
+        hidden, heads = arguments.get("hidden_size", 128), arguments.get("num_heads", 4)
+        if hidden % heads:
+            raise UserError(
+                f"{prefix}hidden_size={hidden} is not divisible by {prefix}num_heads={heads}; choose sizes that divide"
+            )
+        words, length = arguments.get("max_words", 64), arguments.get("max_len", 20)
+        if words < length:
+            raise UserError(f"{prefix}max_words={words} is less than {prefix}max_len={length}; raise max_words")
+
     def encode(
         self, items: torch.Tensor, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None
     ) -> State:
