@@ -73,6 +73,10 @@ class Explainer:
     needs_grad = False
     draws_randomness = False
 
+    def __init__(self) -> None:
+        """No options. A subclass's constructor parameters are its options, each annotated with the type that states
+        its constraint (:mod:`capsal.constraints`, ``Literal`` for choices): configs are validated against them."""
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "explain" in cls.__dict__:
