@@ -94,12 +94,8 @@ def explain_batch(
     tokens: Any,
     sample_ids: Sequence[str] | None = None,
 ) -> Saliency:
-    """One explainer on one batch, under the grad mode it needs; seeded explainers get the rows' sample ids."""
-    extra = (
-        {"sample_ids": sample_ids} if sample_ids is not None and getattr(explainer, "seeded_per_sample", False) else {}
-    )
-    with torch.set_grad_enabled(explainer.needs_grad):
-        return explainer.explain(model, items, grid=grid, tokens=tokens, **extra)
+    """One explainer on one batch; ``explain`` sets the grad mode and seeding the explainer needs."""
+    return explainer.explain(model, items, grid=grid, tokens=tokens, sample_ids=sample_ids)
 
 
 def scored_maps(saliency: Saliency, spans, sizes: Sequence[tuple[int, int]]) -> torch.Tensor | list[torch.Tensor]:

@@ -51,7 +51,7 @@ class SaliencyCallback(L.Callback):
     - ``every_n_epochs``: draw the gallery every n-th epoch (and at the last epoch).
     - ``localisation``: measure localisation (pointing game...) over the whole validation set.
     - ``localisation_every_n_epochs``: how often (and at the last epoch); None: ``every_n_epochs``. Explaining every
-      validation caption costs ~30% of a demo validation, hence a sparser default in ``saliency.yaml``.
+      validation caption costs a large share of a validation, hence a sparser default in ``saliency.yaml``.
     - ``tolerance``: pointing-game tolerance in pixels (0: the paper's protocol).
     - ``gallery_dir``: local gallery folder; None: ``<trainer.default_root_dir>/gallery``.
     - ``seed``: chooses the gallery samples.

@@ -115,10 +115,11 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
     query, caption = choose_sentence(cfg, given)
     pixels = model_pixels(given.pixels, model).to(device)
     cached = getattr(given.sample, "grid", None)  # a sample of a feature cache: the grid the model was trained on
-    with torch.set_grad_enabled(getattr(explainer, "needs_grad", False)):
+    with torch.no_grad():  # the explainer turns gradients on where it needs them, from its inputs
         grid = cached[None].float().to(device) if cached is not None else model.features(pixels)
         items = model.items(grid)
-        saliency = explainer.explain(model, items, grid=grid, tokens=query)
+    sample_ids = [given.sample.sample_id] if given.sample is not None else None
+    saliency = explainer.explain(model, items, grid=grid, tokens=query, sample_ids=sample_ids)
     if not saliency.words[0]:
         raise UserError(
             f"the model produced no words for {given.source}: its own caption is empty (it emitted <eos> first), "

@@ -1,10 +1,11 @@
-"""Explainers: ``build_explainer(name, **options).explain(model, items, mask, grid, tokens) -> Saliency``.
+"""Explainers: ``build_explainer(name, **options).explain(model, items, mask, grid, tokens, sample_ids) -> Saliency``.
 
-Importing this package registers the built-in explainers.
+Importing this package registers the built-in explainers. A new explainer subclasses :class:`Explainer` and
+implements ``_attribute(model, items, grid, sentences)`` (``sentences``: the resolved :class:`Sentences`).
 """
 
 from capsal.explainers import attention_weights, baselines, caption_guided, gradient  # noqa: F401 (registers them)
-from capsal.explainers.base import Explainer
+from capsal.explainers.base import Explainer, Seeds, Sentences
 from capsal.explainers.registry import (
     available_explainers,
     build_explainer,
@@ -19,6 +20,8 @@ __all__ = [
     "Explainer",
     "ItemLayout",
     "Saliency",
+    "Seeds",
+    "Sentences",
     "available_explainers",
     "build_explainer",
     "build_explainers",

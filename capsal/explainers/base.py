@@ -1,17 +1,23 @@
-"""What every explainer shares: one ``explain`` method, turning a sentence (or none) into tokens, and turning
-per-token values into per-word rows (:meth:`Sentences.saliency`)."""
+"""What every explainer shares: the one ``explain`` template (eval mode, grad mode, precision, seeding, the sentence)
+around a subclass's ``_attribute``, turning a sentence (or none) into tokens, and turning per-token values into
+per-word rows (:meth:`Sentences.saliency`)."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
+import inspect
 import logging
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from capsal.errors import UserError
+from capsal.explainers.precision import autocast
 from capsal.explainers.saliency import Saliency
 from capsal.models.protocol import fit_sentences, layout_of_items
 from capsal.text import Tokenizer, tokenize
@@ -27,7 +33,7 @@ def eval_mode(model: Any) -> Iterator[None]:
     """Evaluation mode inside the block (dropout off, batch-norm statistics frozen: the same maps on every call);
     afterwards the model's and every submodule's own train/eval flag is what it was before, even after an error.
 
-    Every built-in explainer runs its whole ``explain`` (captioning included) inside it; plugins should too.
+    ``Explainer.explain`` runs every explainer's whole work (captioning included) inside it.
     A model that is no ``nn.Module`` (no ``modules()``) is left as it is."""
     modules = model.modules() if callable(getattr(model, "modules", None)) else []
     modes = [(m, m.training) for m in modules]
@@ -41,19 +47,47 @@ def eval_mode(model: Any) -> Iterator[None]:
 
 
 class Explainer:
-    """Base class. Subclasses implement :meth:`explain` and are registered with ``@register_explainer``.
+    """Base class of every explainer; register a subclass with ``@register_explainer("name")``.
 
-    ``explain`` should run inside :func:`eval_mode` (``with eval_mode(model): ...``) so that a model left in training
-    mode gives deterministic maps and comes back in the mode it had.
+    :meth:`explain` is the one entry point and is not overridden: it runs the model in eval mode, under the grad mode
+    and precision the explainer needs, resolves the sentence, mask and layout (:func:`prepare`) and seeds the
+    explainer's randomness per sample, then calls :meth:`_attribute`, the one method a subclass implements. So every
+    caller (``capsal-explain``, ``capsal-eval``, the saliency callback) calls ``explain`` the same way and every
+    explainer gets the same plumbing.
 
-    ``needs_grad``: the explainer back-propagates (inside Lightning validation it turns gradients on locally,
-    which needs ``Trainer(inference_mode=False)``).
+    What a subclass declares, and the template reads:
+
+    - ``needs_grad = True``: ``_attribute`` back-propagates; it runs with gradients on (outside inference mode),
+      otherwise under ``no_grad``. Inside a Lightning validation this needs ``Trainer(inference_mode=False)``.
+    - ``draws_randomness = True``: ``_attribute`` draws random values from ``sentences.seeds`` (:class:`Seeds`), seeded
+      by the explainer's ``seed`` option and each row's sample id, so a sample gets the same map in any batch.
+    - a ``precision`` option (attribute): the model calls run under :func:`~capsal.explainers.precision.autocast`.
+    - a ``beam_size`` option (attribute): the beam used to generate the model's own caption.
+
+    A subclass written for earlier versions that overrides ``explain`` itself still works (with one
+    ``DeprecationWarning`` per class): it is called with the grad mode the explainer needs, and with ``sample_ids``
+    only when its signature takes them.
     """
 
     name = "explainer"
     needs_grad = False
-    # ``explain`` takes ``sample_ids=`` (one per row) to draw reproducible per-sample randomness
-    seeded_per_sample = False
+    draws_randomness = False
+
+    def __init__(self) -> None:
+        """No options. A subclass's constructor parameters are its options, each annotated with the type that states
+        its constraint (:mod:`capsal.constraints`, ``Literal`` for choices): configs are validated against them."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "explain" in cls.__dict__:
+            warnings.warn(
+                f"{cls.__module__}.{cls.__qualname__} overrides Explainer.explain; implement "
+                "_attribute(self, model, items, grid, sentences) instead and let explain do eval mode, grad mode, "
+                "precision, seeding and prepare(...) (overriding explain will stop working in a later version)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            cls.explain = _legacy_explain(cls.__dict__["explain"])
 
     def explain(
         self,
@@ -62,13 +96,108 @@ class Explainer:
         mask: torch.Tensor | None = None,
         grid: torch.Tensor | None = None,
         tokens: Sentence = None,
+        sample_ids: Sequence[str] | None = None,
     ) -> Saliency:
-        """Per-word saliency of ``tokens`` (the model's own caption when None) over the ``(B, m, d)`` items."""
-        raise NotImplementedError
+        """Per-word saliency of ``tokens`` (the model's own caption when None) over the ``(B, m, d)`` items.
+
+        ``mask``: ``(B, m)`` items present (all when None); ``grid``: the ``(B, T, h, w, d)`` descriptor grid the items
+        pool (video: per-region maps); ``sample_ids``: one per row, for explainers that draw randomness (ignored by
+        the others, so callers pass them whenever they have them)."""
+        with eval_mode(model), self._grad_mode(), self._precision(items.device, model):
+            sentences = prepare(model, items, mask, grid, tokens, getattr(self, "beam_size", None))
+            if self.draws_randomness:
+                sentences.seeds = self._seeds(sentences, sample_ids)
+            return self._attribute(model, items, grid, sentences)
+
+    def _attribute(self, model: Any, items: torch.Tensor, grid: torch.Tensor | None, sentences: Sentences) -> Saliency:
+        """The explainer's own work: the :class:`Saliency` of ``sentences`` (``sentences.saliency(scores, ...)``)
+        over ``items`` (``grid``: their descriptor grid, or None). It runs in eval mode, under the grad mode and
+        precision the explainer declares; ``sentences`` holds the resolved mask, tokens, words and layout."""
+        raise NotImplementedError(f"{type(self).__qualname__} implements no _attribute")
+
+    def _grad_mode(self) -> contextlib.AbstractContextManager:
+        """Gradients on for explainers that back-propagate (also inside a caller's ``inference_mode``), off for the
+        rest (no autograd graph is kept for a forward-only explainer)."""
+        if not self.needs_grad:
+            return torch.no_grad()
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(torch.enable_grad())
+        return stack
+
+    def _precision(self, device: torch.device, model: Any) -> contextlib.AbstractContextManager:
+        """The model calls' autocast for explainers with a ``precision`` option; nothing changed for the others."""
+        precision = getattr(self, "precision", None)
+        return contextlib.nullcontext() if precision is None else autocast(precision, device, model)
+
+    def _seeds(self, sentences: Sentences, sample_ids: Sequence[str] | None) -> Seeds:
+        """Per-row randomness: row b's key is its sample id and sentence; without ids, the explainer's one generator
+        (seeded once by ``seed``, advancing from call to call)."""
+        if sample_ids is not None and len(sample_ids) != len(sentences.words):
+            raise ValueError(f"got {len(sample_ids)} sample ids for {len(sentences.words)} samples")
+        keys = None
+        if sample_ids is not None:
+            keys = [f"{i}/{' '.join(words)}" for i, words in zip(sample_ids, sentences.words, strict=True)]
+        if getattr(self, "_generator", None) is None:
+            self._generator = torch.Generator().manual_seed(self.seed)
+        return Seeds(self.seed, keys, self._generator)
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({options})"
+
+
+def _legacy_explain(explain: Callable[..., Saliency]) -> Callable[..., Saliency]:
+    """An ``explain`` override of an earlier-style subclass, called as callers call the template: under the grad
+    mode the explainer needs, with ``sample_ids`` only when the override takes them."""
+    parameters = inspect.signature(explain).parameters.values()
+    takes_ids = any(p.name == "sample_ids" or p.kind is p.VAR_KEYWORD for p in parameters)
+
+    @functools.wraps(explain)
+    def wrapper(self: Explainer, model: Any, items: torch.Tensor, *args: Any, sample_ids=None, **kwargs: Any):
+        if takes_ids and sample_ids is not None:
+            kwargs["sample_ids"] = sample_ids
+        with self._grad_mode():
+            return explain(self, model, items, *args, **kwargs)
+
+    return wrapper
+
+
+@dataclass
+class Seeds:
+    """Where an explainer that draws randomness draws it from (``sentences.seeds``).
+
+    With sample ids, each row draws from its own generators, seeded by the explainer's ``seed``, the row's key (its
+    sample id and sentence) and a stream name: the same values whatever batch or process the sample is explained in,
+    and independent across samples and streams. Without ids, every draw comes from the explainer's one ``shared``
+    generator."""
+
+    seed: int
+    keys: list[str] | None
+    shared: torch.Generator
+
+    def generator(self, row: int, stream: str) -> torch.Generator:
+        """Row ``row``'s generator for ``stream`` (a fresh one per call), or the shared one without ids."""
+        if self.keys is None:
+            return self.shared
+        return torch.Generator().manual_seed(_stream_seed(self.seed, self.keys[row], stream))
+
+    def rand(self, shape: tuple[int, ...], stream: str) -> torch.Tensor:
+        """Uniform ``[0, 1)`` values of ``shape = (B, n, ...)`` on the CPU: per row and word from the row's generator
+        (so a word's values do not depend on the padded sentence length), or all at once from the shared one."""
+        if self.keys is None:
+            return torch.rand(*shape, generator=self.shared)
+        rows = []
+        for row in range(shape[0]):
+            generator = self.generator(row, stream)
+            rows.append(torch.stack([torch.rand(*shape[2:], generator=generator) for _ in range(shape[1])]))
+        return torch.stack(rows)
+
+
+def _stream_seed(seed: int, key: str, stream: str) -> int:
+    """A 63-bit generator seed from the explainer's seed, a sample's key and the stream."""
+    digest = hashlib.sha256(f"{seed}/{stream}/{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def encode_query(vocab: Tokenizer, text: str) -> list[int]:
@@ -145,6 +274,7 @@ class Sentences:
     word_mask: torch.Tensor
     layout: ItemLayout
     rows: torch.Tensor | None = None  # (B, n) long; None: every token is its own word
+    seeds: Seeds | None = None  # set by ``Explainer.explain`` for explainers that draw randomness
 
     def per_word(self, values: torch.Tensor | None) -> torch.Tensor | None:
         """``(B, n, ...)`` values per target token -> per word: a word's tokens summed (the rule of Eq. 9 for

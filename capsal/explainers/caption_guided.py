@@ -5,10 +5,9 @@ positional embeddings) and gives ``q_i(y_t)``. ``Loss(t, i, w) = -log q_i(y_t = 
 ``KL(p(y_t) || q_i(y_t))`` against the full-input distribution (Eq. 6). For video, region (a, b) of frame i is
 the grid feature ``f_i(a, b)`` alone, a length-1 input (Eq. 13), fed as ``region_input`` says: ``pooled`` (default)
 ``f_i(a, b) / (h*w)``, the frame descriptor (the grid mean) of frame i with every other cell zeroed; ``cell``: the
-raw ``f_i(a, b)``, Eq. 13 as printed; ``rescaled``: ``f_i(a, b)`` scaled to the norm of frame i's descriptor. The
-README's study ("Eq. 13 measured") compares the three on the video demo: raw, an object's cell is six times the norm
-of the frame descriptors the model was trained on and the background cells look like whole frames; ``pooled`` keeps
-the cells' relative strengths (background near zero) and is the only one that localises.
+raw ``f_i(a, b)``, Eq. 13 as printed; ``rescaled``: ``f_i(a, b)`` scaled to the norm of frame i's descriptor.
+``pooled`` is the default because it keeps the cells' relative strengths at the scale of the frame descriptors the
+model was trained on (a background cell stays near zero), where a raw cell is far from anything the model saw.
 All ``r*m + m`` inputs of every sample go through the model as one batched teacher-forced pass, in chunks whose
 measured peak memory stays under ``memory_budget_mb`` (:mod:`capsal.explainers.chunking`).
 """
@@ -16,21 +15,24 @@ measured peak memory stays under ``memory_budget_mb`` (:mod:`capsal.explainers.c
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from einops import rearrange, repeat
 
+from capsal.constraints import PositiveFloat, PositiveInt
 from capsal.errors import UserError
-from capsal.explainers.base import Explainer, Sentence, eval_mode, prepare
+from capsal.explainers.base import Explainer, Sentences
 from capsal.explainers.chunking import ChunkCost, run_in_chunks, unseen_bytes
-from capsal.explainers.precision import autocast, normalize_precision
+from capsal.explainers.precision import Precision, normalize_precision
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
 from capsal.models.protocol import target_logprobs, widened
 
-MODES = ("information_gain", "kl")
-REGION_INPUTS = ("pooled", "cell", "rescaled")
+Mode = Literal["information_gain", "kl"]
+RegionInput = Literal["pooled", "cell", "rescaled"]
+MODES = get_args(Mode)
+REGION_INPUTS = get_args(RegionInput)
 
 
 @register_explainer("caption_guided")
@@ -53,12 +55,12 @@ class CaptionGuided(Explainer):
 
     def __init__(
         self,
-        mode: str = "information_gain",
+        mode: Mode = "information_gain",
         spatial: bool = True,
-        memory_budget_mb: float = 256.0,
-        beam_size: int = 1,
-        precision: int | str = 32,
-        region_input: str = "pooled",
+        memory_budget_mb: PositiveFloat = 256.0,
+        beam_size: PositiveInt = 1,
+        precision: Precision = 32,
+        region_input: RegionInput = "pooled",
     ):
         if mode not in MODES:
             raise UserError(
@@ -80,20 +82,7 @@ class CaptionGuided(Explainer):
         self.precision = precision
         normalize_precision(precision)  # a wrong name stops here, not at the first batch
 
-    @torch.no_grad()
-    def explain(
-        self,
-        model: Any,
-        items: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        grid: torch.Tensor | None = None,
-        tokens: Sentence = None,
-    ) -> Saliency:
-        with eval_mode(model), autocast(self.precision, items.device, model):
-            return self._explain(model, items, mask, grid, tokens)
-
-    def _explain(self, model, items, mask, grid, tokens) -> Saliency:
-        sentences = prepare(model, items, mask, grid, tokens, self.beam_size)
+    def _attribute(self, model: Any, items: torch.Tensor, grid: torch.Tensor | None, sentences: Sentences) -> Saliency:
         mask, tokens, layout = sentences.mask, sentences.tokens, sentences.layout
         batch, m = items.shape[:2]
 

@@ -135,9 +135,9 @@ def _bytes_of(result: object) -> int:
 
 def unseen_bytes(model: object, device: torch.device) -> int:
     """Memory a pass allocates that :func:`peak_bytes` does not see on CPU: oneDNN's recurrent kernels copy their
-    module's weights on every call (measured: 36 MB for an LSTM of 35 MB of weights), one module at a time, so the
-    largest recurrent module's weights. Nothing elsewhere (CUDA's peak counts everything), nor for a model that is
-    not an ``nn.Module`` (its modules are unknown)."""
+    module's weights on every call, one module at a time, so the largest recurrent module's weights. Nothing
+    elsewhere (CUDA's peak counts everything), nor for a model that is not an ``nn.Module`` (its modules are
+    unknown)."""
     if not isinstance(model, torch.nn.Module) or device.type != "cpu":
         return 0
     if not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled:

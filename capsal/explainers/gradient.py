@@ -7,8 +7,9 @@ from typing import Any
 import torch
 from einops import rearrange
 
-from capsal.explainers.base import Explainer, Sentence, eval_mode, prepare
-from capsal.explainers.precision import autocast, normalize_precision
+from capsal.constraints import PositiveInt
+from capsal.explainers.base import Explainer, Sentences
+from capsal.explainers.precision import Precision, normalize_precision
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
 from capsal.models.protocol import widened
@@ -18,10 +19,9 @@ from capsal.models.protocol import widened
 class GradientTimesInput(Explainer):
     """``score[t, i] = <d log p(y_t) / d v_i, v_i>``; for video also per region of the grid the frames pool.
 
-    Gradients are turned on locally (``torch.enable_grad``), so it runs inside Lightning validation, which computes
-    under ``no_grad``; the model runs in eval mode and every submodule's train/eval flag is restored after
-    (``eval_mode``). Lightning's default inference mode forbids autograd altogether: validate/test with
-    ``Trainer(inference_mode=False)`` to use this explainer.
+    ``needs_grad``: ``explain`` turns gradients on around it, so it runs inside Lightning validation, which computes
+    under ``no_grad``. Lightning's default inference mode makes the batch's tensors unusable for autograd:
+    validate/test with ``Trainer(inference_mode=False)`` to use this explainer.
 
     ``precision`` (``32``, ``bf16-mixed``, ``16-mixed``): the forward pass's autocast (the backward follows it);
     the gradients are taken with respect to the float32 inputs, so scores are float32.
@@ -29,26 +29,18 @@ class GradientTimesInput(Explainer):
 
     needs_grad = True
 
-    def __init__(self, beam_size: int = 1, precision: int | str = 32):
+    def __init__(self, beam_size: PositiveInt = 1, precision: Precision = 32):
         self.beam_size = beam_size
         self.precision = precision
         normalize_precision(precision)  # a wrong name stops here, not at the first batch
 
-    def explain(
-        self,
-        model: Any,
-        items: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        grid: torch.Tensor | None = None,
-        tokens: Sentence = None,
-    ) -> Saliency:
-        with eval_mode(model), autocast(self.precision, items.device, model):
-            s = prepare(model, items, mask, grid, tokens, self.beam_size)
-            # cuDNN's RNN backward refuses eval mode (dropout off); PyTorch's own kernels take it, same numbers
-            no_cudnn = torch.backends.cudnn.flags(enabled=False)
-            with torch.inference_mode(False), torch.enable_grad(), no_cudnn:
-                scores, regions = self._attributions(model, items, s.mask, grid, s.tokens, s.layout.is_video)
-        return s.saliency(scores, region_scores=regions, explainer=self.name)
+    def _attribute(self, model: Any, items: torch.Tensor, grid: torch.Tensor | None, sentences: Sentences) -> Saliency:
+        # cuDNN's RNN backward refuses eval mode (dropout off); PyTorch's own kernels take it, same numbers
+        with torch.backends.cudnn.flags(enabled=False):
+            scores, regions = self._attributions(
+                model, items, sentences.mask, grid, sentences.tokens, sentences.layout.is_video
+            )
+        return sentences.saliency(scores, region_scores=regions, explainer=self.name)
 
     @staticmethod
     def _attributions(model, items, mask, grid, tokens, is_video):

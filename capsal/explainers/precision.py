@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Literal, get_args
 
 import torch
 
 from capsal.cpu_bf16 import bf16_fallback
 from capsal.errors import UserError
 
-PRECISIONS = (32, "32", "32-true", "bf16-mixed", "16-mixed")  # what the option accepts (YAML's 32 is an integer)
+# the ``precision`` option's type: the values it accepts (YAML's 32 is an integer)
+Precision = Literal[32, "32", "32-true", "bf16-mixed", "16-mixed"]
+PRECISIONS = get_args(Precision)
 _DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 

@@ -46,9 +46,7 @@ def test_a_model_left_in_training_mode_gives_the_same_maps_twice_and_keeps_its_m
     runs = []
     for _ in range(2):
         explainer = build_explainer(name)
-        extra = {"sample_ids": ["s0", "s1"]} if explainer.seeded_per_sample else {}
-        with torch.set_grad_enabled(explainer.needs_grad):
-            runs.append(explainer.explain(model, items, grid=grid, tokens=sentence, **extra))
+        runs.append(explainer.explain(model, items, grid=grid, tokens=sentence, sample_ids=["s0", "s1"]))
         assert modes(model) == before, f"{name} changed the model's train/eval modes"
     first, second = runs
     assert first.words == second.words
