@@ -123,9 +123,9 @@ def check_value(key: str, annotation: Any, value: Any) -> None:
     except ValidationError as error:
         first = error.errors()[0]
         message = first["msg"].removeprefix("Value error, ")
-        inner = [p for p in first["loc"] if not isinstance(p, int)] if isinstance(value, dict) else []
-        for part in inner:  # a nested key (model.optimizer.lr): name it and show its own value
-            key, value = f"{key}.{part}", value[part] if isinstance(value, dict) and part in value else value
+        for part in first["loc"]:  # a nested key (model.optimizer.lr): name it and show its own value
+            if isinstance(value, dict) and part in value:
+                key, value = f"{key}.{part}", value[part]
         raise UserError(f"{key}={show(value)} is not allowed: {message[0].lower()}{message[1:]}") from None
 
 
@@ -189,8 +189,8 @@ def check_node(node: DictConfig, prefix: str) -> None:
     for name in node:
         if _is_target_node(node, name):
             check_node(node[name], f"{prefix}{name}.")
-    if target is _trainer_class():
-        check_trainer(node, prefix)
+    if target is _trainer_class() or _is_lightning_callback(target):
+        check_lightning(target, node, prefix)
 
 
 def _is_target_node(node: DictConfig, name: Any) -> bool:
@@ -254,29 +254,35 @@ def _trainer_class() -> type:
     return Trainer
 
 
-def check_trainer(node: DictConfig, prefix: str) -> None:
-    """Build the Trainer once (no logger, no callbacks, nothing written) so Lightning's own checks speak, and the
-    ranges Lightning leaves until ``fit`` (:class:`TrainerRanges`); a Lightning error names the first option that
-    fails alone."""
+def _is_lightning_callback(target: Any) -> bool:
+    from lightning.pytorch.callbacks import Callback
+
+    return isinstance(target, type) and issubclass(target, Callback) and target.__module__.startswith("lightning.")
+
+
+def check_lightning(target: type, node: DictConfig, prefix: str) -> None:
+    """Build a Lightning ``Trainer`` or callback once (nothing written; the Trainer without logger or callbacks) so
+    Lightning's own checks speak, after the Trainer ranges Lightning leaves until ``fit`` (:class:`TrainerRanges`);
+    a Lightning error names the first option that fails alone."""
     import warnings
 
     from capsal.cli.settings import TrainerRanges
 
     arguments = dict(values(node))
     for name, annotation in typing.get_type_hints(TrainerRanges, include_extras=True).items():
-        if name in arguments:
+        if name in arguments and target is _trainer_class():
             check_value(f"{prefix}{name}", annotation, arguments[name])
-    quiet = {"logger": False, "enable_checkpointing": False, "callbacks": []}
+    quiet = {"logger": False, "enable_checkpointing": False, "callbacks": []} if target is _trainer_class() else {}
     with warnings.catch_warnings(), _quiet_lightning():
         warnings.simplefilter("ignore")
         try:
-            _trainer_class()(**{**arguments, **quiet})
+            target(**{**arguments, **quiet})
             return
         except Exception as error:  # MisconfigurationException, ValueError, TypeError, ...
             problem = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         for name, value in arguments.items():
             try:
-                _trainer_class()(**{name: value, **quiet})
+                target(**{name: value, **quiet})
             except Exception:
                 raise UserError(f"{prefix}{name}={show(value)} is not allowed: {problem}") from None
     raise UserError(f"{prefix.rstrip('.')}: Lightning refuses these options together: {problem}")

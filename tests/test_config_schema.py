@@ -181,7 +181,7 @@ def test_every_constrained_parameter_refuses_a_violating_value_in_one_line():
 def test_every_configured_class_has_its_parameters_checked():
     classes = {target for (app, _), cfg in composed().items() for _, target, _ in positions(cfg, app)}
     names = {getattr(c, "__qualname__", str(c)) for c in classes}
-    for expected in ("S2VT", "SoftAttentionCaptioner", "TransformerCaptioner", "HFCaptioner", "SmallCNN",
+    for expected in ("S2VT", "SoftAttention", "TransformerCaptioner", "HFCaptioner", "SmallCNN",
                      "TorchvisionBackbone", "CheckpointBackbone", "ShapesImageDataModule", "MSVDDataModule",
                      "SaliencyCallback", "Trainer", "CaptionGuided"):  # fmt: skip
         assert any(name.endswith(expected) for name in names), (expected, sorted(names))

@@ -12,12 +12,14 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from capsal.constraints import PositiveInt
 from capsal.errors import UserError
 from capsal.safe_load import check_targets, load_checkpoint
 
@@ -49,9 +51,9 @@ class SmallCNN(nn.Module):
 
     def __init__(
         self,
-        channels: tuple[int, ...] | list[int] = (32, 64, 128),
-        in_channels: int = 3,
-        convs_per_stage: int = 1,
+        channels: Annotated[list[PositiveInt], Field(min_length=1)] = (32, 64, 128),  # type: ignore[assignment]
+        in_channels: PositiveInt = 3,
+        convs_per_stage: PositiveInt = 1,
         cell_bound: bool = False,
     ):
         super().__init__()
@@ -93,10 +95,10 @@ class TorchvisionBackbone(nn.Module):
 
     def __init__(
         self,
-        name: str = "inception_v3",
+        name: Literal["inception_v3", "resnet50"] = "inception_v3",
         weights: str | None = None,
         frozen: bool = True,
-        input_size: int | None = None,
+        input_size: PositiveInt | None = None,
     ):
         super().__init__()
         from torchvision import models

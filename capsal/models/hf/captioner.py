@@ -15,7 +15,7 @@ from torch import nn
 from capsal.constraints import NamesFrom, PositiveInt
 from capsal.errors import UserError
 from capsal.metrics.captioning import CAPTION_METRICS
-from capsal.models.base import LightningCaptioner, plain
+from capsal.models.base import LightningCaptioner, OptimizerOptions, plain
 from capsal.models.hf.family import State
 from capsal.models.hf.loading import family_of, load_parts, pretrained_files, write_pretrained_files
 from capsal.models.hf.tokenizer import PretrainedTokenizer
@@ -49,7 +49,7 @@ class HFCaptioner(LightningCaptioner):
         from_config: bool = False,
         max_len: PositiveInt = 20,
         beam_size: PositiveInt = 1,
-        optimizer: dict | None = None,
+        optimizer: OptimizerOptions | None = None,
         caption_metrics: CaptionMetricNames = ("bleu", "meteor", "rouge", "cider"),
         metrics_every_n_epochs: PositiveInt = 1,
     ):
