@@ -56,7 +56,7 @@ endef
 # DEMO_VIDEO_DATA: the video datamodule's overrides, given to extraction and training alike (the cache checks them);
 # DEMO_BACKBONE_ARGS / DEMO_EXTRACT_ARGS: more overrides for the first two steps. Paths are absolute: the checkpoints
 # record the backbone's path. DEMO_THREADS: torch threads per process; on a busy 2-core machine two threads fight
-# for the cores (README, make demo-video).
+# for the cores (docs/demo.md, make demo-video).
 DEMO_VIDEO_DATA ?= datamodule.frame_size=64
 DEMO_BACKBONE_ARGS ?=
 DEMO_EXTRACT_ARGS ?=

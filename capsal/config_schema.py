@@ -1,14 +1,11 @@
 """Check a composed config against the signatures of what it configures, before any data is read or anything built.
 
-The constructors are the schema: every node with a ``_target_`` is bound to that class's (or function's) parameters
-and each value is validated against the parameter's annotation (pydantic, strict; :mod:`capsal.constraints`), a
-``**kwargs`` that a class hands to its parent is followed up the class hierarchy, and ``**options:
-Unpack[SomeTypedDict]`` is read as the dict's fields. A command's own settings are a typed dataclass
-(``settings`` below); ``explainer_options.<name>`` are checked against the registered explainer's constructor.
-Checks of options that are only wrong together live with the class that owns them, as its ``check_arguments``
-static method (called with the bound arguments). Lightning's ``Trainer`` is then built once with the given arguments
-(no logger, no callbacks) so Lightning's own checks speak. Every problem is one :class:`UserError` line that starts
-with the full key and its value.
+Every node with a ``_target_`` is bound to that class's parameters (a ``**kwargs`` handed to the parent class is
+followed up the hierarchy; ``**options: Unpack[TypedDict]`` reads as the dict's fields) and each value is validated
+against the annotation (pydantic, strict; :mod:`capsal.constraints`). A command's top level is its settings
+dataclass; ``explainer_options.<name>`` is the explainer's constructor; options wrong only together are the owning
+class's ``check_arguments``; Lightning's own classes are also built once so Lightning's checks speak. Every problem
+is one :class:`UserError` line starting with the full key and its value.
 """
 
 from __future__ import annotations
@@ -17,7 +14,6 @@ import contextlib
 import dataclasses
 import inspect
 import logging
-import shutil
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from functools import cache
@@ -29,7 +25,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
-from capsal.errors import MissingJavaError, UserError
+from capsal.errors import UserError
+from capsal.metrics.captioning import check_java
 
 HYDRA_KEYS = frozenset({"_target_", "_recursive_", "_partial_", "_convert_", "_args_"})
 CROP_HINT = "the datamodule frames the images now; set datamodule.protocol=center_crop (or full, the default) instead"
@@ -58,30 +55,15 @@ def removed_key_hint(key: str) -> str | None:
 
 
 # ---- parameters of a target ----------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Parameter:
-    annotation: Any  # typing.Any where the signature has none
-    default: Any  # inspect.Parameter.empty when required
+Parameter = inspect.Parameter  # .annotation resolved (typing.Any where there is none), .default
 
 
 def _hints(function: Callable) -> dict[str, Any]:
     try:
         return typing.get_type_hints(function, include_extras=True)
-    except Exception:  # a name only imported under TYPE_CHECKING: keep what resolves, the rest is Any
-        hints = {}
-        for name, parameter in inspect.signature(function).parameters.items():
-            try:
-                hints[name] = typing.get_type_hints(_Probe(parameter.annotation), include_extras=True)["x"]
-            except Exception:
-                hints[name] = Any
-        return hints
-
-
-class _Probe:
-    """Resolves one annotation at a time (``get_type_hints`` needs an object with ``__annotations__``)."""
-
-    def __init__(self, annotation: Any) -> None:
-        self.__annotations__ = {"x": annotation}
+    except NameError:  # a name imported only for type checkers: the annotations that are objects already
+        parameters = inspect.signature(function).parameters.values()
+        return {p.name: p.annotation for p in parameters if not isinstance(p.annotation, str)}
 
 
 @cache
@@ -96,13 +78,13 @@ def parameters(target: Callable) -> tuple[dict[str, Parameter], bool]:
             if parameter.kind is parameter.VAR_KEYWORD:
                 keywords = hints.get(name, Any)
             elif parameter.kind is not parameter.VAR_POSITIONAL:
-                found.setdefault(name, Parameter(hints.get(name, Any), parameter.default))
+                found.setdefault(name, parameter.replace(annotation=hints.get(name, Any)))
         if keywords is None:
             return found, False
         if typing.get_origin(keywords) in _UNPACK:  # **options: Unpack[TypedDict]
             (fields,) = typing.get_args(keywords)
             for name, annotation in typing.get_type_hints(fields, include_extras=True).items():
-                found.setdefault(name, Parameter(annotation, inspect.Parameter.empty))
+                found.setdefault(name, Parameter(name, Parameter.KEYWORD_ONLY, annotation=annotation))
             return found, False
         if not isinstance(target, type) or owner is object:
             return found, True
@@ -116,7 +98,7 @@ def _adapter(annotation: Any) -> TypeAdapter:
 
 def check_value(key: str, annotation: Any, value: Any) -> None:
     """One line naming ``key`` when ``value`` does not fit ``annotation``."""
-    if annotation is Any:
+    if annotation in (Any, Parameter.empty):
         return
     try:
         _adapter(annotation).validate_python(value)
@@ -218,7 +200,7 @@ def check_config(cfg: DictConfig, settings: type) -> None:
         if name != "hydra" and not _is_target_node(cfg, name) and name != "callbacks":
             check_value(name, hints[name], value)
     check_explainer_options(cfg)
-    check_java(cfg)
+    check_java(cfg)  # captioning metrics need Java
 
 
 def check_explainer_options(cfg: DictConfig) -> None:
@@ -234,17 +216,6 @@ def check_explainer_options(cfg: DictConfig) -> None:
             node = options[name]
             if isinstance(node, DictConfig):
                 check_arguments(explainer, dict(values(node)), f"{prefix}explainer_options.{name}.")
-
-
-def check_java(cfg: DictConfig) -> None:
-    """Captioning metrics need Java (the PTB tokenizer and METEOR run on it)."""
-    for key in ("model.caption_metrics", "caption_metrics"):
-        metrics = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
-        if metrics and shutil.which("java") is None:
-            raise MissingJavaError(
-                f"{key}={show(list(metrics))} needs Java (the PTB tokenizer and METEOR run on it) and java was not "
-                f"found on PATH; install a JRE (e.g. apt-get install default-jre-headless) or set {key}=[]"
-            )
 
 
 # ---- Lightning's Trainer -------------------------------------------------------------------------------------------
@@ -291,15 +262,11 @@ def check_lightning(target: type, node: DictConfig, prefix: str) -> None:
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
     """Lightning's start-up lines (GPU available..., precision...) belong to the real Trainer, not this check."""
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
+    logging.disable(logging.WARNING)
     try:
         yield
     finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
+        logging.disable(logging.NOTSET)
 
 
 # ---- the command line ----------------------------------------------------------------------------------------------

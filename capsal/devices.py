@@ -67,7 +67,7 @@ def set_cpu_threads(option: int | str | None, processes: int = 1) -> int | None:
     if option is None:
         return None
     if option != "auto":
-        threads = int(option)  # a positive integer: capsal/config_checks.py checked it
+        threads = int(option)  # a positive integer: capsal.config_schema checked it
     elif os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get(THREADS_ENV):
         threads = int(os.environ[THREADS_ENV])
         log.info("torch CPU threads: %d (rank zero's cpu_threads=auto)", threads)
@@ -84,7 +84,7 @@ def set_cpu_threads(option: int | str | None, processes: int = 1) -> int | None:
 
 def processes_per_machine(devices: Any, accelerator: Any = "auto") -> int:
     """How many training processes Lightning starts on each machine for ``trainer.devices`` (as
-    capsal/config_checks.py admits it): the number, the length of a device list, every visible GPU for ``-1`` and
+    Lightning's Trainer admits it): the number, the length of a device list, every visible GPU for ``-1`` and
     ``auto`` when the accelerator may be a GPU, else one (``auto`` on a CPU). Strings are read by Lightning's own
     parser: ``"3"`` is 3, ``"0,1"`` two GPUs."""
     from lightning.fabric.utilities.device_parser import _normalize_parse_gpu_string_input

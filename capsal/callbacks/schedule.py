@@ -18,8 +18,7 @@ from capsal.constraints import NonNegativeInt, UnitInterval
 
 class BudgetSchedule(L.Callback):
     """Linear warm-up over ``warmup_steps``, then a cosine from each parameter group's learning rate down to
-    ``final_ratio`` times it at the end of the budget; logs ``train/lr``. (Config values are checked in
-    ``capsal/config_checks.py``.)"""
+    ``final_ratio`` times it at the end of the budget; logs ``train/lr``."""
 
     def __init__(self, warmup_steps: NonNegativeInt = 0, final_ratio: UnitInterval = 0.02):
         self.warmup_steps = warmup_steps

@@ -97,7 +97,7 @@ def query_text(query: str | None) -> str | None:
 
 def parse_phrases(phrases: Any) -> list[tuple[int, int]] | None:
     """``phrases=[[start, end], ...]`` as integer pairs (None or ``[]``: not given). Their form was checked with the
-    rest of the config (``capsal.config_checks``); whether they lie inside the sentence is checked once it is known."""
+    rest of the config (``capsal.config_schema``); whether they lie inside the sentence is checked once it is known."""
     if phrases is None:
         return None
     return [(int(start), int(end)) for start, end in phrases] or None

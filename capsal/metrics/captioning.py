@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterable
+from typing import Any
 
 from capsal.constraints import NamesFrom
 from capsal.errors import MissingJavaError, UserError
@@ -75,3 +76,17 @@ def _close_meteor(meteor) -> None:
         process.stdin.close()
         process.kill()
         process.wait()
+
+
+def check_java(cfg: Any) -> None:
+    """Captioning metrics asked for in a composed config (``model.caption_metrics``, ``caption_metrics``) need Java
+    (the PTB tokenizer and METEOR run on it): one line before any work starts when it is missing."""
+    from omegaconf import OmegaConf
+
+    for key in ("model.caption_metrics", "caption_metrics"):
+        metrics = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+        if metrics and shutil.which("java") is None:
+            raise MissingJavaError(
+                f"{key}={list(metrics)} needs Java (the PTB tokenizer and METEOR run on it) and java was not found on "
+                f"PATH; install a JRE (e.g. apt-get install default-jre-headless) or set {key}=[]"
+            )

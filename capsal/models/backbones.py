@@ -45,7 +45,7 @@ class SmallCNN(nn.Module):
     ``cell_bound``: each stage is a 2x2 convolution of stride 2 (then ``convs_per_stage - 1`` 1x1 ones), so a grid
     cell sees its own pixels and nothing else (8x8 with three stages). With 3x3 convolutions a cell also sees the
     edge of an object in the next cell (22 px for 8 px cells with one convolution per stage), and alone it can
-    explain a word better than the object's own cells (README, "What mattered")."""
+    explain a word better than the object's own cells (docs/studies/training-budget.md)."""
 
     frozen = False
 
