@@ -281,6 +281,10 @@ def check_command_line(program: str, config_name: str, overrides: list[str]) -> 
     from hydra.errors import HydraException
     from omegaconf.errors import ConfigKeyError
 
+    from capsal.explainers.registry import register_plugin_options
+
+    register_plugin_options()  # plugin explainers' options become keys before Hydra composes
+
     if any(arg.startswith("-") for arg in overrides):
         return
     with initialize_config_module(config_module="capsal.conf", version_base="1.3"):

@@ -114,5 +114,30 @@ def build_explainers(names: Iterable[str], options: Mapping[str, Mapping[str, An
     return {name: build_explainer(name, **options.get(name, {})) for name in names}
 
 
+def plugin_option_defaults() -> dict[str, dict[str, Any]]:
+    """``{name: options}`` of every plugin explainer: its own YAML's over its constructor's defaults, so that
+    ``explainer_options.<plugin>.<option>=`` is a key of the composed configs as a built-in's option is."""
+    _load_plugins()
+    found = {}
+    for name, cls in sorted(_REGISTRY.items()):
+        if cls.__module__.partition(".")[0] == "capsal":
+            continue
+        defaults = {
+            key: parameter.default
+            for key, parameter in list(inspect.signature(cls.__init__).parameters.items())[1:]
+            if isinstance(parameter.default, bool | int | float | str | list | type(None))
+        }
+        found[name] = {**defaults, **explainer_config(name)}
+    return found
+
+
+def register_plugin_options() -> None:
+    """Store :func:`plugin_option_defaults` as the Hydra config node ``explainer_plugins/registered``, which
+    ``conf/explainer_options/builtin.yaml`` includes (optionally): the commands call it before Hydra composes."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group="explainer_plugins", name="registered", node=plugin_option_defaults())
+
+
 ExplainerName = NameFrom(available_explainers)  # a registered explainer's name (plugins included)
 ExplainerNames = NamesFrom(available_explainers)  # a list of them, each at most once
