@@ -141,8 +141,22 @@ def _case(where: str, written: str, argv: list[str]):
     return pytest.param(where, written, argv, id=where)
 
 
+@pytest.fixture
+def readme_plugin_installed():
+    """The README's plugin (``occlusion``) as its commands see it once installed: its options are config keys, as
+    ``register_plugin_options`` stores them; afterwards the node is empty again (no plugin in this process)."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    yaml = ROOT / "tests" / "plugins" / "my_saliency" / "my_saliency" / "conf" / "explainer_options" / "occlusion.yaml"
+    store = ConfigStore.instance()
+    store.store(group="explainer_plugins", name="registered", node={"occlusion": OmegaConf.load(yaml)})
+    yield
+    store.store(group="explainer_plugins", name="registered", node={})
+
+
 @pytest.mark.parametrize(("where", "written", "argv"), [_case(*command) for command in COMMANDS])
-def test_a_documented_command_composes(where, written, argv):
+def test_a_documented_command_composes(where, written, argv, readme_plugin_installed):
     overrides = [arg for arg in argv[1:] if not arg.startswith("hydra.")]  # compose cannot take hydra.* overrides
     try:
         with initialize_config_module(config_module="capsal.conf", version_base="1.3"):
