@@ -36,6 +36,15 @@ _UNPACK = {typing.Unpack, typing_extensions.Unpack}  # distinct objects before P
 _STRICT = ConfigDict(strict=True, arbitrary_types_allowed=True)
 
 
+def current_backbone_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A recorded backbone config (a checkpoint's, a feature cache's) as today's backbones take it: the ``crop`` that
+    configs recorded before ``datamodule.protocol`` framed images is dropped when it was the whole-image ``"resize"``
+    (or null); any other crop framed the images differently and is kept, so that it is refused or compares unequal."""
+    if config.get("crop", "resize") in (None, "resize"):
+        return {key: value for key, value in config.items() if key != "crop"}
+    return dict(config)
+
+
 def show(value: Any) -> str:
     """A value as the command line would spell it: null, true, 'text', [a, b]."""
     if value is None:

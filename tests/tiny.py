@@ -104,7 +104,8 @@ def compose_app(name: str, output_dir: Path, *overrides: str, conf: Path | None 
     with context:
         cfg = compose(config_name=name, overrides=list(overrides))
     with open_dict(cfg):
-        cfg.output_dir = str(output_dir)
+        if "output_dir" in cfg:  # capsal-extract writes only into features_dir
+            cfg.output_dir = str(output_dir)
         if "progress" in cfg:
             cfg.progress = False
     return cfg

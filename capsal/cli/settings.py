@@ -4,6 +4,7 @@ class their ``_target_`` names). Defaults live in ``capsal/conf/<command>.yaml``
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -17,7 +18,15 @@ from capsal.metrics.captioning import CaptionMetricNames
 Split = Literal["train", "val", "test"]
 Component = dict[str, Any] | None  # a node checked against its own _target_
 Device = Annotated[str, Field(strict=True, pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
-SampleRef = Annotated[str, Field(strict=True, pattern=r"^[^:]+:-?\d+$")]  # <split>:<index>
+
+
+def _sample_ref(value: str) -> str:
+    if re.fullmatch(r"[^:]+:-?\d+", value) is None:
+        raise ValueError("give <split>:<index>, e.g. val:3")
+    return value
+
+
+SampleRef = Annotated[str, Field(strict=True), AfterValidator(_sample_ref)]
 
 
 def _ordered(span: list[int]) -> list[int]:

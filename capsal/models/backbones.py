@@ -12,7 +12,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,15 +27,6 @@ log = logging.getLogger("capsal")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def current_backbone_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A recorded backbone config (a checkpoint's, a feature cache's) as today's backbones take it: the ``crop`` that
-    configs recorded before ``datamodule.protocol`` framed images is dropped when it was the whole-image ``"resize"``
-    (or null); any other crop framed the images differently and is kept, so that it is refused or compares unequal."""
-    if config.get("crop", "resize") in (None, "resize"):
-        return {key: value for key, value in config.items() if key != "crop"}
-    return dict(config)
 
 
 class SmallCNN(nn.Module):

@@ -27,11 +27,11 @@ from pydantic import ConfigDict
 from typing_extensions import TypedDict
 
 from capsal import __version__
+from capsal.config_schema import current_backbone_config
 from capsal.constraints import NonNegativeFloat, PositiveFloat, PositiveInt
 from capsal.devices import gather_dicts
 from capsal.errors import UserError
 from capsal.metrics.captioning import CaptionMetricNames
-from capsal.models.backbones import current_backbone_config
 from capsal.models.decoding import beam_decode, greedy_decode
 from capsal.models.protocol import fit_sentences, logprobs_at, sentence_targets, visual_grid
 from capsal.text import Tokenizer, Vocabulary

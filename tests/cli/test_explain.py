@@ -291,19 +291,21 @@ def test_an_empty_caption_is_one_line_pointing_to_query(mute_checkpoint, media, 
 
 
 # a malformed span is refused with the rest of the config, before anything loads
-FORM = "is not allowed; use null or word spans [[start, end], ...] with 0 <= start < end"
 BAD_PHRASES = [
-    ("phrases=[[0]]", FORM),
-    ("phrases=[[0,1,2]]", FORM),
-    ("phrases=[[a,b]]", FORM),
-    ("phrases=[[0,2.5]]", FORM),
-    ("phrases=[[true,2]]", FORM),
-    ("phrases=[3]", FORM),
-    ("phrases=5", FORM),
-    ("phrases='0,2'", FORM),
-    ("phrases=[[2,1]]", FORM),
-    ("phrases=[[1,1]]", FORM),
-    ("phrases=[[-1,2]]", FORM),
+    ("phrases=[[0]]", "phrases=[[0]] is not allowed: list should have at least 2 items"),
+    ("phrases=[[0,1,2]]", "phrases=[[0, 1, 2]] is not allowed: list should have at most 2 items"),
+    ("phrases=[[a,b]]", "phrases=[['a', 'b']] is not allowed: input should be a valid integer"),
+    ("phrases=[[0,2.5]]", "phrases=[[0, 2.5]] is not allowed: input should be a valid integer"),
+    ("phrases=[[true,2]]", "phrases=[[true, 2]] is not allowed: input should be a valid integer"),
+    ("phrases=[3]", "phrases=[3] is not allowed: input should be a valid list"),
+    ("phrases=5", "phrases=5 is not allowed: input should be a valid list"),
+    ("phrases='0,2'", "phrases='0,2' is not allowed: input should be a valid list"),
+    (
+        "phrases=[[2,1]]",
+        "phrases=[[2, 1]] is not allowed: the span [2, 1] is empty; give [start, end] with start < end",
+    ),
+    ("phrases=[[1,1]]", "phrases=[[1, 1]] is not allowed: the span [1, 1] is empty"),
+    ("phrases=[[-1,2]]", "phrases=[[-1, 2]] is not allowed: input should be greater than or equal to 0"),
     ("phrases=[[0,4]]", "is not inside the sentence's 3 words"),  # 4 = the padded width (eos slot): not a word
     ("phrases=[[0,2],[2,9]]", "is not inside the sentence's 3 words"),
 ]
@@ -329,12 +331,15 @@ def test_spans_are_checked_against_the_own_captions_real_words(image_checkpoint,
 
 
 OTHER_BAD = [
-    (["sample=val:0", "query=[a,b]"], "query=['a', 'b'] is not allowed; use null or a string"),
+    (["sample=val:0", "query=[a,b]"], "query=['a', 'b'] is not allowed: input should be a valid string"),
     (["sample=val:0", "query=''"], "the query is empty"),
     (["sample=val:0", "explainer=soft_attention"], "needs a model with attention weights"),
-    (["sample=val:0", "explainer=occlusion_typo"], "explainer='occlusion_typo' is not allowed; use one of: caption"),
+    (
+        ["sample=val:0", "explainer=occlusion_typo"],
+        "'occlusion_typo' is not one of: caption",
+    ),
     (["sample=val:0", "explainer_options.caption_guided.mode=nope"], "mode='nope' is not allowed"),
-    (["sample=val"], "sample='val' is not allowed; use null or <split>:<index>"),
+    (["sample=val"], "sample='val' is not allowed: give <split>:<index>, e.g. val:3"),
     (["sample=bogus:0"], "split 'bogus' is unknown"),
     (["sample=val:999"], "out of range"),
     ([], "give exactly one of input="),
@@ -358,7 +363,7 @@ def test_other_bad_input_is_one_line(args, message, image_checkpoint, media, tmp
     [
         (["phrases=[[0,2.5]]"], "phrases=[[0, 2.5]] is not allowed"),
         (["query='a red'", "phrases=[[0,3]]"], "phrase span [0, 3) is not inside the sentence's 2 words"),
-        (["query=[a,b]"], "query=['a', 'b'] is not allowed; use null or a string"),
+        (["query=[a,b]"], "query=['a', 'b'] is not allowed: input should be a valid string"),
         (["explainer=soft_attention"], "needs a model with attention weights"),
         (["input=FOLDER"], "is a folder"),
         (["explainer_options.caption_guided.mode=nope"], "mode='nope' is not allowed"),

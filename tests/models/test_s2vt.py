@@ -177,3 +177,19 @@ def test_checkpoint_backbone_is_the_trained_encoder_frozen(image_checkpoint, tmp
         CheckpointBackbone(str(not_capsal))
     with pytest.raises(UserError, match=r"does not exist; pass backbone\.checkpoint="):
         CheckpointBackbone(str(tmp_path / "missing.ckpt"))
+
+
+@pytest.mark.parametrize("crop", ["resize", None])
+def test_a_model_recorded_with_the_removed_whole_image_crop_still_builds(crop):
+    """Checkpoints saved before ``datamodule.protocol`` record ``crop: resize`` in their backbone config: the
+    whole-image framing, dropped when the model is rebuilt (the backbone no longer takes the key)."""
+    backbone = {"_target_": "capsal.models.backbones.TorchvisionBackbone", "name": "resnet50", "crop": crop}
+    model = S2VT(["a", "red", "circle"], backbone=backbone, caption_metrics=[])
+    assert isinstance(model.backbone, TorchvisionBackbone)
+    assert model.hparams.backbone["crop"] == crop  # the checkpoint's own record is kept as it was
+
+
+def test_a_model_recorded_with_another_crop_is_refused():
+    backbone = {"_target_": "capsal.models.backbones.TorchvisionBackbone", "name": "resnet50", "crop": "center"}
+    with pytest.raises(Exception, match="crop"):
+        S2VT(["a", "red", "circle"], backbone=backbone, caption_metrics=[])
