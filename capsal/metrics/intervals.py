@@ -1,0 +1,90 @@
+"""95% bootstrap intervals for the table numbers, resampling samples (images or clips), not phrases.
+
+A table number is a mean over phrases (``Avg per NP``), but the phrases of one image are not independent: they share
+the image, its caption and the model's reading of it. Resampling phrases would treat them as independent and give
+intervals that are too narrow; resampling whole samples (each with all its phrases) keeps that dependence. Each
+resample draws the samples with replacement and recomputes the ratio (sum of the phrases' scores over their count);
+the interval is the resamples' percentiles. A paired comparison of two explainers draws the same samples for both,
+so what the samples share cancels out of the difference.
+
+Why not ``torchmetrics.wrappers.BootStrapper``: it resamples the rows of each ``update`` call as they arrive, so it
+can resample neither whole samples whose phrases span batches nor two explainers on the same draw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+RESAMPLES = 1000
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its bootstrap interval."""
+
+    estimate: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.estimate:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+def _draws(samples: int, resamples: int, seed: int) -> np.ndarray:
+    """``(resamples, samples)`` indices of the samples each resample draws (the same for every explainer)."""
+    if samples < 1:
+        raise ValueError("a bootstrap interval needs at least one sample")
+    return np.random.default_rng(seed).integers(0, samples, size=(resamples, samples))
+
+
+def _interval(estimate: float, resampled: np.ndarray, level: float) -> Interval:
+    low, high = np.quantile(resampled, [(1 - level) / 2, (1 + level) / 2])
+    return Interval(float(estimate), float(low), float(high))
+
+
+def _ratios(sums: np.ndarray, counts: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    drawn = counts[draws].sum(axis=1)
+    return sums[draws].sum(axis=1) / np.maximum(drawn, 1)  # a resample of phrase-less samples only scores 0
+
+
+def sample_bootstrap(
+    sums: ArrayLike, counts: ArrayLike, resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL
+) -> Interval:
+    """The mean over phrases and its interval, from each sample's sum of phrase scores and its number of phrases."""
+    sums, counts = np.asarray(sums, dtype=np.float64), np.asarray(counts, dtype=np.float64)
+    estimate = sums.sum() / max(counts.sum(), 1.0)
+    return _interval(estimate, _ratios(sums, counts, _draws(len(sums), resamples, seed)), level)
+
+
+def paired_difference(
+    sums_a: ArrayLike,
+    sums_b: ArrayLike,
+    counts: ArrayLike,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> Interval:
+    """Mean of explainer a minus mean of explainer b over the same phrases, with its paired interval (the same
+    resampled samples for both)."""
+    sums_a, sums_b = np.asarray(sums_a, dtype=np.float64), np.asarray(sums_b, dtype=np.float64)
+    counts = np.asarray(counts, dtype=np.float64)
+    draws = _draws(len(counts), resamples, seed)
+    estimate = (sums_a.sum() - sums_b.sum()) / max(counts.sum(), 1.0)
+    return _interval(estimate, _ratios(sums_a, counts, draws) - _ratios(sums_b, counts, draws), level)
+
+
+def per_sample(values: ArrayLike, sample_of: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Per-phrase values and the sample each belongs to -> each sample's (sum, count), samples in first-seen order."""
+    values, sample_of = np.asarray(values, dtype=np.float64), np.asarray(sample_of)
+    _, first, index = np.unique(sample_of, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # np.unique sorts the ids; keep the order the samples came in
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    index = rank[index.reshape(-1)]
+    sums = np.bincount(index, weights=values, minlength=len(order))
+    counts = np.bincount(index, minlength=len(order)).astype(np.float64)
+    return sums, counts
