@@ -4,6 +4,7 @@ video) for one checkpoint on a dataset with ground truth, plus an optional model
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -35,6 +36,7 @@ from capsal.evaluation import (
 )
 from capsal.explainers import build_explainers
 from capsal.metrics.captioning import caption_scores
+from capsal.metrics.intervals import record_intervals
 from capsal.models.protocol import has_attention, item_layout, visual_grid
 from capsal.sanity import sanity_check
 
@@ -124,8 +126,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         pairs = list(islice(caption_pairs(samples, cfg.all_captions), int(cfg.sanity_samples)))
         sanity_batches = [b.to(model_device(model)) for b in batches_of(pairs, model.vocab, int(cfg.batch_size))]
         results["sanity"] = sanity_check(model, explainers, sanity_batches, progress=cfg.progress)
+    records = module.results.get("records", [])
+    if records:
+        intervals = record_intervals(records)
+        results["intervals"] = {
+            name: {
+                metric: {key: dataclasses.asdict(value) for key, value in entry.items()} for metric, entry in by.items()
+            }
+            for name, by in intervals.items()
+        }
     write_results(results, list(getattr(datamodule, "categories", None) or []), Path(cfg.output_dir))
-    write_phrase_records(module.results.get("records", []), Path(cfg.output_dir) / "phrases.csv")
+    write_phrase_records(records, Path(cfg.output_dir) / "phrases.csv")
     return results
 
 
@@ -153,6 +164,26 @@ def _fmt(value: float) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
+def interval_table(intervals: dict[str, dict[str, dict[str, dict[str, float]]]]) -> str:
+    """Markdown: each explainer's Avg per NP with its 95% interval, and its paired difference from caption_guided."""
+    metrics = list(dict.fromkeys(metric for by in intervals.values() for metric in by))
+
+    def cell(value: dict[str, float] | None) -> str:
+        return "-" if value is None else f"{value['estimate']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
+
+    header = [f"{m.replace('_', ' ')} {what}" for m in metrics for what in ("avg", "- caption_guided")]
+    lines = [
+        "### 95% intervals: bootstrap over samples (1,000 resamples), paired against caption_guided",
+        "",
+        "| explainer | " + " | ".join(header) + " |",
+        "|---" * (len(header) + 1) + "|",
+    ]
+    for name, by in intervals.items():
+        cells = [cell(by.get(m, {}).get(k)) for m in metrics for k in ("avg", "minus_caption_guided")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_results(results: dict[str, Any], categories: list[str], output_dir: Path) -> str:
     """Markdown on screen and in ``tables.md``; one CSV per table; everything in ``results.json``."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -167,6 +198,8 @@ def write_results(results: dict[str, Any], categories: list[str], output_dir: Pa
             markdown_table(TABLE_TITLES.get(metric, metric), rows, columns).replace("| avg |", "| Avg per NP |")
         )
         _write_csv(output_dir / f"{metric}.csv", rows, [*columns, "skipped"])
+    if results.get("intervals"):
+        blocks.append(interval_table(results["intervals"]))
     if "captioning" in results:
         names = list(results["captioning"])
         blocks.append(markdown_table("Table 3: captioning", {"model": results["captioning"]}, names))

@@ -88,3 +88,33 @@ def per_sample(values: ArrayLike, sample_of: ArrayLike) -> tuple[np.ndarray, np.
     sums = np.bincount(index, weights=values, minlength=len(order))
     counts = np.bincount(index, minlength=len(order)).astype(np.float64)
     return sums, counts
+
+
+def record_intervals(
+    records: list[dict], reference: str = "caption_guided", resamples: int = RESAMPLES, seed: int = 0
+) -> dict[str, dict[str, dict[str, Interval]]]:
+    """``{explainer: {metric: {"avg": Interval, "minus_<reference>": Interval}}}`` from ``capsal-eval``'s per-phrase
+    records: pointing game (``hit``) and attention correctness (``mass_inside``) for images, temporal pointing for
+    video; the paired difference against ``reference`` where both scored the same phrases."""
+    fields = {"temporal_pointing": "hit"}
+    if not any("frame" in record for record in records):
+        fields = {"pointing_game": "hit", "attention_correctness": "mass_inside"}
+    samples = {sample: i for i, sample in enumerate(dict.fromkeys(r["sample_id"] for r in records))}
+    out: dict[str, dict[str, dict[str, Interval]]] = {}
+    for metric, field in fields.items():
+        sums: dict[str, np.ndarray] = {}
+        counts: dict[str, np.ndarray] = {}
+        for record in records:
+            if record.get(field) is None:
+                continue
+            name = record["explainer"]
+            sums.setdefault(name, np.zeros(len(samples)))[samples[record["sample_id"]]] += float(record[field])
+            counts.setdefault(name, np.zeros(len(samples)))[samples[record["sample_id"]]] += 1
+        for name in sums:
+            entry = out.setdefault(name, {}).setdefault(metric, {})
+            entry["avg"] = sample_bootstrap(sums[name], counts[name], resamples, seed)
+            if name != reference and reference in sums and np.array_equal(counts[name], counts[reference]):
+                entry[f"minus_{reference}"] = paired_difference(
+                    sums[name], sums[reference], counts[name], resamples, seed
+                )
+    return out

@@ -42,6 +42,20 @@ def test_image_tables_for_every_default_explainer(image_checkpoint, tmp_path):
     assert [r["explainer"] for r in rows] == list(localisation)
     assert {"circle", "square", "triangle", "diamond", "avg"} <= set(rows[0])
     assert json.loads((tmp_path / "results.json").read_text())["captioning"]["bleu1"] > 0
+    # every table number with its 95% interval over samples, the same number the table shows, and paired differences
+    intervals = json.loads((tmp_path / "results.json").read_text())["intervals"]
+    for name, values in localisation.items():
+        for metric in ("pointing_game", "attention_correctness"):
+            interval = intervals[name][metric]["avg"]
+            assert interval["estimate"] == pytest.approx(values[metric]["avg"])
+            assert interval["low"] <= interval["estimate"] <= interval["high"]
+            assert interval["low"] < interval["high"] or values[metric]["avg"] in (0.0, 1.0)
+            if name != "caption_guided":
+                difference = intervals[name][metric]["minus_caption_guided"]["estimate"]
+                assert difference == pytest.approx(
+                    values[metric]["avg"] - localisation["caption_guided"][metric]["avg"]
+                )
+    assert "95% intervals: bootstrap over samples" in tables
 
 
 def test_sanity_check_separates_model_based_explainers_from_baselines(image_checkpoint, tmp_path):
