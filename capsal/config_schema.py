@@ -15,7 +15,7 @@ import dataclasses
 import inspect
 import logging
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cache
 from typing import Any
 
@@ -135,16 +135,20 @@ def check_arguments(target: Callable, arguments: Mapping[str, Any], prefix: str)
         related({**defaults, **arguments}, prefix)
 
 
-def unknown_key(key: str, known: Mapping[str, Any], owner: str) -> str:
-    """The line for a key nobody takes: what replaced it, or the nearest valid name."""
+def unknown_key(key: str, known: Iterable[str], owner: str = "") -> str:
+    """The line for a key nobody takes: what replaced it, or the nearest valid name (and, with ``owner``, the class
+    and its options)."""
     import difflib
 
     hint = removed_key_hint(key)
     if hint is not None:
         return f"{key}= was removed: {hint}"
+    known = list(known)
     name = key.rpartition(".")[2]
-    nearest = difflib.get_close_matches(name, list(known), n=1)
+    nearest = difflib.get_close_matches(name, known, n=1)
     suggestion = f"; did you mean {key[: -len(name)]}{nearest[0]}?" if nearest else ""
+    if not owner:
+        return f"{key} is not an option{suggestion}"
     return f"{key} is not an option of {owner}{suggestion} (options: {', '.join(known) or 'none'})"
 
 
@@ -283,7 +287,6 @@ def check_command_line(program: str, config_name: str, overrides: list[str]) -> 
     """Compose ``overrides`` as the command will, and turn Hydra's refusal of a key or group option into one line
     (with the nearest valid name, or what replaced a removed key) and exit code 2; flags (``--multirun``, ``-cn``...)
     are left to Hydra."""
-    import difflib
     import sys
 
     from hydra import compose, initialize_config_module
@@ -304,17 +307,11 @@ def check_command_line(program: str, config_name: str, overrides: list[str]) -> 
             cause, line = error.__cause__, str(error).strip().splitlines()[0]
             if isinstance(cause, ConfigKeyError | OmegaConfBaseException) and getattr(cause, "full_key", None):
                 key = str(cause.full_key)
-                hint = removed_key_hint(key)
                 kept = [o for o in overrides if not o.lstrip("+~").startswith(f"{key}=")]
                 parent = OmegaConf.select(compose(config_name, overrides=kept), key.rpartition(".")[0] or "")
                 names = [str(k) for k in parent] if isinstance(parent, DictConfig) else []
-                near = difflib.get_close_matches(key.rpartition(".")[2], names, n=1)
-                line = (
-                    f"{key}= was removed: {hint}"
-                    if hint
-                    else f"{line} {key} is not an option"
-                    + (f"; did you mean {key.rpartition('.')[0] + '.' if '.' in key else ''}{near[0]}?" if near else "")
-                )
+                message = unknown_key(key, names)
+                line = message if removed_key_hint(key) else f"{line} {message}"
             elif "Available options in" in str(error):
                 options = str(error).split("Available options in", 1)[1].split("Config search path")[0]
                 line += "; available: " + ", ".join(o.strip() for o in options.splitlines()[1:] if o.strip())

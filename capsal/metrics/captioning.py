@@ -15,8 +15,12 @@ CaptionMetricNames = NamesFrom(lambda: CAPTION_METRICS)  # a list of them, each 
 _NEEDS_JAVA = "METEOR and the PTB tokenizer run on Java; install a JRE (e.g. apt-get install default-jre-headless)"
 
 
+def java_found() -> bool:
+    return shutil.which("java") is not None
+
+
 def require_java() -> None:
-    if shutil.which("java") is None:
+    if not java_found():
         raise MissingJavaError(f"java was not found on PATH. {_NEEDS_JAVA}, or drop meteor from the metrics")
 
 
@@ -85,7 +89,7 @@ def check_java(cfg: Any) -> None:
 
     for key in ("model.caption_metrics", "caption_metrics"):
         metrics = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
-        if metrics and shutil.which("java") is None:
+        if metrics and not java_found():
             raise MissingJavaError(
                 f"{key}={list(metrics)} needs Java (the PTB tokenizer and METEOR run on it) and java was not found on "
                 f"PATH; install a JRE (e.g. apt-get install default-jre-headless) or set {key}=[]"
