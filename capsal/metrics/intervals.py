@@ -77,17 +77,14 @@ def paired_difference(
     return _interval(estimate, _ratios(sums_a, counts, draws) - _ratios(sums_b, counts, draws), level)
 
 
-def per_sample(values: ArrayLike, sample_of: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """Per-phrase values and the sample each belongs to -> each sample's (sum, count), samples in first-seen order."""
-    values, sample_of = np.asarray(values, dtype=np.float64), np.asarray(sample_of)
-    _, first, index = np.unique(sample_of, return_index=True, return_inverse=True)
-    order = np.argsort(first)  # np.unique sorts the ids; keep the order the samples came in
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    index = rank[index.reshape(-1)]
-    sums = np.bincount(index, weights=values, minlength=len(order))
-    counts = np.bincount(index, minlength=len(order)).astype(np.float64)
-    return sums, counts
+def per_sample(values: ArrayLike, sample_of: ArrayLike, samples: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-phrase values and the sample each belongs to -> each sample's (sum, count), in the order of ``samples``
+    (every sample of the evaluation, so that explainers line up), or of first appearance."""
+    sample_of = list(np.asarray(sample_of).tolist())
+    order = {sample: i for i, sample in enumerate(dict.fromkeys(samples if samples is not None else sample_of))}
+    index = np.array([order[sample] for sample in sample_of], dtype=np.int64)
+    sums = np.bincount(index, weights=np.asarray(values, dtype=np.float64), minlength=len(order))
+    return sums, np.bincount(index, minlength=len(order)).astype(np.float64)
 
 
 def record_intervals(
@@ -99,22 +96,19 @@ def record_intervals(
     fields = {"temporal_pointing": "hit"}
     if not any("frame" in record for record in records):
         fields = {"pointing_game": "hit", "attention_correctness": "mass_inside"}
-    samples = {sample: i for i, sample in enumerate(dict.fromkeys(r["sample_id"] for r in records))}
+    samples = list(dict.fromkeys(r["sample_id"] for r in records))
     out: dict[str, dict[str, dict[str, Interval]]] = {}
     for metric, field in fields.items():
-        sums: dict[str, np.ndarray] = {}
-        counts: dict[str, np.ndarray] = {}
-        for record in records:
-            if record.get(field) is None:
-                continue
-            name = record["explainer"]
-            sums.setdefault(name, np.zeros(len(samples)))[samples[record["sample_id"]]] += float(record[field])
-            counts.setdefault(name, np.zeros(len(samples)))[samples[record["sample_id"]]] += 1
-        for name in sums:
+        scored = [r for r in records if r.get(field) is not None]
+        by_explainer = {}
+        for name in dict.fromkeys(r["explainer"] for r in scored):
+            mine = [r for r in scored if r["explainer"] == name]
+            by_explainer[name] = per_sample([float(r[field]) for r in mine], [r["sample_id"] for r in mine], samples)
+        for name, (sums, counts) in by_explainer.items():
             entry = out.setdefault(name, {}).setdefault(metric, {})
-            entry["avg"] = sample_bootstrap(sums[name], counts[name], resamples, seed)
-            if name != reference and reference in sums and np.array_equal(counts[name], counts[reference]):
+            entry["avg"] = sample_bootstrap(sums, counts, resamples, seed)
+            if name != reference and reference in by_explainer and np.array_equal(counts, by_explainer[reference][1]):
                 entry[f"minus_{reference}"] = paired_difference(
-                    sums[name], sums[reference], counts[name], resamples, seed
+                    sums, by_explainer[reference][0], counts, resamples, seed
                 )
     return out
