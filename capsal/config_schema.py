@@ -10,8 +10,6 @@ is one :class:`UserError` line starting with the full key and its value.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import inspect
 import logging
 import typing
@@ -21,28 +19,18 @@ from typing import Any
 
 import typing_extensions
 from hydra.utils import get_object
+from lightning.pytorch import Callback, Trainer
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from capsal.errors import UserError
 from capsal.metrics.captioning import check_java
+from capsal.removed import REMOVED
 
 HYDRA_KEYS = frozenset({"_target_", "_recursive_", "_partial_", "_convert_", "_args_"})
-CROP_HINT = "the datamodule frames the images now; set datamodule.protocol=center_crop (or full, the default) instead"
-# options that are gone, by the last part(s) of their dotted key, with what replaced them
-REMOVED = {"center_crop": CROP_HINT, "backbone.crop": CROP_HINT}
 _UNPACK = {typing.Unpack, typing_extensions.Unpack}  # distinct objects before Python 3.12
 _STRICT = ConfigDict(strict=True, arbitrary_types_allowed=True)
-
-
-def current_backbone_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A recorded backbone config (a checkpoint's, a feature cache's) as today's backbones take it: the ``crop`` that
-    configs recorded before ``datamodule.protocol`` framed images is dropped when it was the whole-image ``"resize"``
-    (or null); any other crop framed the images differently and is kept, so that it is refused or compares unequal."""
-    if config.get("crop", "resize") in (None, "resize"):
-        return {key: value for key, value in config.items() if key != "crop"}
-    return dict(config)
 
 
 def show(value: Any) -> str:
@@ -56,11 +44,6 @@ def show(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}: {show(v)}" for k, v in value.items()) + "}"
     return repr(value)
-
-
-def removed_key_hint(key: str) -> str | None:
-    """What replaced ``key`` when it names a removed option, else None."""
-    return next((hint for old, hint in REMOVED.items() if key == old or key.endswith("." + old)), None)
 
 
 # ---- parameters of a target ----------------------------------------------------------------------------------------
@@ -95,9 +78,7 @@ def parameters(target: Callable) -> tuple[dict[str, Parameter], bool]:
             for name, annotation in typing.get_type_hints(fields, include_extras=True).items():
                 found.setdefault(name, Parameter(name, Parameter.KEYWORD_ONLY, annotation=annotation))
             return found, False
-        if not isinstance(target, type) or owner is object:
-            return found, True
-    return found, True
+    return found, True  # **kwargs that reach object (or a function's): any keyword is taken
 
 
 @cache
@@ -129,8 +110,7 @@ def check_arguments(target: Callable, arguments: Mapping[str, Any], prefix: str)
                 raise UserError(unknown_key(f"{prefix}{name}", known, getattr(target, "__qualname__", str(target))))
             continue
         check_value(f"{prefix}{name}", known[name].annotation, value)
-    related = getattr(target, "check_arguments", None)
-    if callable(related):
+    if callable(related := getattr(target, "check_arguments", None)):
         defaults = {n: p.default for n, p in known.items() if p.default is not inspect.Parameter.empty}
         related({**defaults, **arguments}, prefix)
 
@@ -140,9 +120,9 @@ def unknown_key(key: str, known: Iterable[str], owner: str = "") -> str:
     and its options)."""
     import difflib
 
-    hint = removed_key_hint(key)
-    if hint is not None:
-        return f"{key}= was removed: {hint}"
+    for old, hint in REMOVED.items():
+        if key == old or key.endswith("." + old):
+            return f"{key}= was removed: {hint}"
     known = list(known)
     name = key.rpartition(".")[2]
     nearest = difflib.get_close_matches(name, known, n=1)
@@ -161,13 +141,10 @@ def values(node: DictConfig) -> Iterator[tuple[str, Any]]:
             continue
         try:
             value = node[name]
-        except OmegaConfBaseException:
-            continue
-        if isinstance(value, DictConfig | ListConfig):
-            try:
+            if isinstance(value, DictConfig | ListConfig):
                 value = OmegaConf.to_container(value, resolve=True)
-            except OmegaConfBaseException:
-                continue
+        except OmegaConfBaseException:  # an interpolation that does not resolve: Hydra says so when it is used
+            continue
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if k not in HYDRA_KEYS}
         yield str(name), value
@@ -184,7 +161,8 @@ def check_node(node: DictConfig, prefix: str) -> None:
     for name in node:
         if _is_target_node(node, name):
             check_node(node[name], f"{prefix}{name}.")
-    if target is _trainer_class() or _is_lightning_callback(target):
+    lightning_callback = isinstance(target, type) and issubclass(target, Callback) and "lightning." in target.__module__
+    if target is Trainer or lightning_callback:
         check_lightning(target, node, prefix)
 
 
@@ -196,22 +174,19 @@ def _is_target_node(node: DictConfig, name: Any) -> bool:
 def check_config(cfg: DictConfig, settings: type) -> None:
     """Raise a one-line :class:`UserError` for the first bad option of ``cfg`` (a command's composed config, whose
     top-level keys are the fields of the dataclass ``settings``)."""
-    fields = {f.name: f for f in dataclasses.fields(settings)}
-    hints = typing.get_type_hints(settings, include_extras=True)
-    unknown = [str(name) for name in cfg if name != "hydra" and name not in fields]
-    if unknown:
+    fields = typing.get_type_hints(settings, include_extras=True)  # a dataclass: each field is annotated
+    if unknown := [str(name) for name in cfg if name != "hydra" and name not in fields]:
         raise UserError(unknown_key(unknown[0], fields, settings.__name__))
-    for name in fields:  # components first: a setting may interpolate one of their values
-        child = cfg._get_node(name) if name in cfg else None
-        if isinstance(child, DictConfig) and "_target_" in child:
-            check_node(child, f"{name}.")
-        elif name == "callbacks" and isinstance(child, DictConfig):
-            for callback in child:
-                if _is_target_node(child, callback):
-                    check_node(child[callback], f"callbacks.{callback}.")
+    for name in fields:  # components (a node with a _target_, or a group of them) first: a setting may interpolate one
+        if name not in cfg:
+            continue
+        if _is_target_node(cfg, name):
+            check_node(cfg[name], f"{name}.")
+        elif isinstance(cfg._get_node(name), DictConfig):
+            for child in (c for c in cfg[name] if _is_target_node(cfg[name], c)):
+                check_node(cfg[name][child], f"{name}.{child}.")
     for name, value in values(cfg):
-        if name != "hydra" and not _is_target_node(cfg, name) and name != "callbacks":
-            check_value(name, hints[name], value)
+        check_value(name, fields.get(name, Any), value)  # hydra's own node: Any
     check_explainer_options(cfg)
     check_java(cfg)  # captioning metrics need Java
 
@@ -222,28 +197,13 @@ def check_explainer_options(cfg: DictConfig) -> None:
 
     for prefix in ("", "callbacks.saliency."):
         options = OmegaConf.select(cfg, f"{prefix}explainer_options", default=None)
-        if not isinstance(options, DictConfig):
-            continue
-        for name in options:
-            explainer = get_explainer(str(name))
-            node = options[name]
+        for name in options if isinstance(options, DictConfig) else ():
+            explainer, node = get_explainer(str(name)), options[name]  # an unknown name is one line too
             if isinstance(node, DictConfig):
                 check_arguments(explainer, dict(values(node)), f"{prefix}explainer_options.{name}.")
 
 
-# ---- Lightning's Trainer -------------------------------------------------------------------------------------------
-def _trainer_class() -> type:
-    from lightning.pytorch import Trainer
-
-    return Trainer
-
-
-def _is_lightning_callback(target: Any) -> bool:
-    from lightning.pytorch.callbacks import Callback
-
-    return isinstance(target, type) and issubclass(target, Callback) and target.__module__.startswith("lightning.")
-
-
+# ---- Lightning's own classes -------------------------------------------------------------------------------------
 def check_lightning(target: type, node: DictConfig, prefix: str) -> None:
     """Build a Lightning ``Trainer`` or callback once (nothing written; the Trainer without logger or callbacks) so
     Lightning's own checks speak, after the Trainer ranges Lightning leaves until ``fit`` (:class:`TrainerRanges`);
@@ -254,32 +214,30 @@ def check_lightning(target: type, node: DictConfig, prefix: str) -> None:
 
     arguments = dict(values(node))
     for name, annotation in typing.get_type_hints(TrainerRanges, include_extras=True).items():
-        if name in arguments and target is _trainer_class():
+        if name in arguments and target is Trainer:
             check_value(f"{prefix}{name}", annotation, arguments[name])
-    quiet = {"logger": False, "enable_checkpointing": False, "callbacks": []} if target is _trainer_class() else {}
-    with warnings.catch_warnings(), _quiet_lightning():
+    quiet = {"logger": False, "enable_checkpointing": False, "callbacks": []} if target is Trainer else {}
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)  # Lightning's start-up lines belong to the real Trainer, not this check
         try:
-            target(**{**arguments, **quiet})
-            return
-        except Exception as error:  # MisconfigurationException, ValueError, TypeError, ...
-            problem = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        for name, value in arguments.items():
-            try:
-                target(**{name: value, **quiet})
-            except Exception:
-                raise UserError(f"{prefix}{name}={show(value)} is not allowed: {problem}") from None
-    raise UserError(f"{prefix.rstrip('.')}: Lightning refuses these options together: {problem}")
+            problem = _refusal(target, {**arguments, **quiet})
+            alone = problem and next((n for n in arguments if _refusal(target, {n: arguments[n], **quiet})), None)
+        finally:
+            logging.disable(logging.NOTSET)
+    if alone is not None:
+        raise UserError(f"{prefix}{alone}={show(arguments[alone])} is not allowed: {problem}")
+    if problem is not None:
+        raise UserError(f"{prefix.rstrip('.')}: Lightning refuses these options together: {problem}")
 
 
-@contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Lightning's start-up lines (GPU available..., precision...) belong to the real Trainer, not this check."""
-    logging.disable(logging.WARNING)
+def _refusal(target: type, arguments: dict[str, Any]) -> str | None:
+    """The first line of Lightning's refusal to build ``target(**arguments)``, or None when it builds."""
     try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
+        target(**arguments)
+    except Exception as error:  # MisconfigurationException, ValueError, TypeError, ...
+        return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return None
 
 
 # ---- the command line ----------------------------------------------------------------------------------------------
@@ -291,7 +249,6 @@ def check_command_line(program: str, config_name: str, overrides: list[str]) -> 
 
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
-    from omegaconf.errors import ConfigKeyError
 
     from capsal.explainers.registry import register_plugin_options
 
@@ -305,13 +262,11 @@ def check_command_line(program: str, config_name: str, overrides: list[str]) -> 
             return
         except HydraException as error:
             cause, line = error.__cause__, str(error).strip().splitlines()[0]
-            if isinstance(cause, ConfigKeyError | OmegaConfBaseException) and getattr(cause, "full_key", None):
-                key = str(cause.full_key)
-                kept = [o for o in overrides if not o.lstrip("+~").startswith(f"{key}=")]
-                parent = OmegaConf.select(compose(config_name, overrides=kept), key.rpartition(".")[0] or "")
-                names = [str(k) for k in parent] if isinstance(parent, DictConfig) else []
+            if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+                key, parent = str(cause.full_key), getattr(cause, "parent_node", None)
+                names = [str(k) for k in parent if k != "hydra"] if isinstance(parent, DictConfig) else []
                 message = unknown_key(key, names)
-                line = message if removed_key_hint(key) else f"{line} {message}"
+                line = message if " was removed: " in message else f"{line} {message}"
             elif "Available options in" in str(error):
                 options = str(error).split("Available options in", 1)[1].split("Config search path")[0]
                 line += "; available: " + ", ".join(o.strip() for o in options.splitlines()[1:] if o.strip())

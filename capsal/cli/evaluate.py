@@ -8,24 +8,23 @@ import dataclasses
 import json
 import logging
 import math
-import sys
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from capsal.checkpoints import checkpoint_datamodule, load_model, model_source
+from capsal.cli.command import command
 from capsal.cli.settings import EvalSettings
-from capsal.config_schema import check_command_line, check_config
+from capsal.config_schema import check_config
 from capsal.cpu_bf16 import bf16_fallback
 from capsal.datamodules.base import ShardedSampler, collate_samples
 from capsal.devices import model_device
-from capsal.errors import UserError, exit_on_user_error
+from capsal.errors import UserError
 from capsal.evaluation import (
     DEFAULT_EXPLAINERS,
     Evaluation,
@@ -229,15 +228,7 @@ def _write_csv(path: Path, rows: dict[str, dict[str, float]], columns: list[str]
             writer.writerow([name, *[values.get(c, "") for c in columns]])
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
-def _hydra_main(cfg: DictConfig) -> None:
-    with exit_on_user_error("capsal-eval"):
-        evaluate(cfg)
-
-
-def main() -> None:
-    check_command_line("capsal-eval", "eval", sys.argv[1:])
-    _hydra_main()
+main = command("capsal-eval", "eval", evaluate)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -17,10 +15,11 @@ from einops import rearrange
 from omegaconf import DictConfig, OmegaConf
 
 from capsal.checkpoints import checkpoint_datamodule, load_model, model_source
+from capsal.cli.command import command
 from capsal.cli.settings import ExplainSettings
-from capsal.config_schema import check_command_line, check_config
+from capsal.config_schema import check_config
 from capsal.devices import resolve_device
-from capsal.errors import UserError, exit_on_user_error
+from capsal.errors import UserError
 from capsal.explainers import build_explainers
 from capsal.explainers.saliency import Saliency
 from capsal.maxima import peak_frames, peak_location
@@ -232,15 +231,7 @@ def _write_video(saliency: Saliency, given: ExplainInput, spans, output_dir: Pat
     return {"kind": "video", "frames": int(temporal.shape[1]), "panels": panels}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="explain")
-def _hydra_main(cfg: DictConfig) -> None:
-    with exit_on_user_error("capsal-explain"):
-        explain(cfg)
-
-
-def main() -> None:
-    check_command_line("capsal-explain", "explain", sys.argv[1:])
-    _hydra_main()
+main = command("capsal-explain", "explain", explain)
 
 
 if __name__ == "__main__":

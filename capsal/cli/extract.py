@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from capsal.cli.command import command
 from capsal.cli.settings import ExtractSettings
-from capsal.config_schema import check_command_line, check_config
+from capsal.config_schema import check_config
 from capsal.datamodules.features import extract_split, read_manifest, skipped_files
 from capsal.datamodules.files import REPORT_NAMES
-from capsal.errors import UserError, exit_on_user_error
+from capsal.errors import UserError
 
 log = logging.getLogger("capsal")
 
@@ -75,15 +74,7 @@ def skipped_summary(skipped: dict[str, list[str]]) -> str:
     )
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="extract")
-def _hydra_main(cfg: DictConfig) -> None:
-    with exit_on_user_error("capsal-extract"):
-        extract(cfg)
-
-
-def main() -> None:
-    check_command_line("capsal-extract", "extract", sys.argv[1:])
-    _hydra_main()
+main = command("capsal-extract", "extract", extract)
 
 
 if __name__ == "__main__":

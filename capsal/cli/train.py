@@ -5,11 +5,9 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 import torch
 from hydra.utils import get_class, instantiate
@@ -17,13 +15,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from capsal.checkpoints import open_checkpoint
+from capsal.cli.command import command
 from capsal.cli.settings import TrainSettings
-from capsal.config_schema import check_command_line, check_config
+from capsal.config_schema import check_config
 from capsal.cpu_bf16 import bf16_fallback
 from capsal.datamodules.base import collate_samples
 from capsal.datamodules.features import CachedFeatures, check_model_backbone
 from capsal.devices import model_device, processes_per_machine, set_cpu_threads
-from capsal.errors import UserError, exit_on_user_error
+from capsal.errors import UserError
 from capsal.evaluation import generate_captions
 from capsal.text import Vocabulary
 
@@ -197,15 +196,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     return os.linesep.join(lines)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def _hydra_main(cfg: DictConfig) -> None:
-    with exit_on_user_error("capsal-train"):
-        train(cfg)
-
-
-def main() -> None:
-    check_command_line("capsal-train", "train", sys.argv[1:])
-    _hydra_main()
+main = command("capsal-train", "train", train)
 
 
 if __name__ == "__main__":

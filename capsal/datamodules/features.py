@@ -51,9 +51,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from capsal import __version__
-from capsal.config_schema import current_backbone_config
 from capsal.devices import resolve_device
 from capsal.errors import UserError
+from capsal.removed import current_backbone_config
 from capsal.types import Caption, Sample
 
 log = logging.getLogger("capsal")

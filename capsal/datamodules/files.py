@@ -20,7 +20,8 @@ import torch
 from torch.utils.data import Dataset
 from typing_extensions import Unpack
 
-from capsal.datamodules.base import CaptionDataModule, LoaderOptions
+from capsal.constraints import PositiveInt
+from capsal.datamodules.base import CaptionDataModule, LoaderOptions, check_positive
 from capsal.datamodules.framing import Protocol, center_square, check_protocol
 from capsal.datamodules.media import MediaReadError, Size, decode_video, probe_video, read_image
 from capsal.errors import UserError
@@ -323,3 +324,36 @@ class FileDataModule(CaptionDataModule):
 
     def caption_texts(self, split: str) -> list[str]:
         return [c.text for record in self.media_split(split).records for c in record.captions]
+
+
+class VideoFileDataModule(FileDataModule):
+    """Base of the video datasets on disk: each clip decoded to ``num_frames`` evenly spaced frames of ``frame_size``
+    px. Subclasses say what ``root`` must hold (``check_layout``) and which clips a split has (``split_records``);
+    with ``check_videos`` every file is probed when its split is built, so a broken clip is dropped and reported."""
+
+    is_video = True
+
+    def __init__(
+        self,
+        root: str,
+        num_frames: PositiveInt = 26,
+        frame_size: PositiveInt = 299,
+        check_videos: bool = True,
+        **loader: Unpack[LoaderOptions],
+    ):
+        super().__init__(root, **loader)
+        check_positive(num_frames=num_frames, frame_size=frame_size)
+        self.num_frames, self.frame_size, self.check_videos = int(num_frames), int(frame_size), bool(check_videos)
+        self.check_layout()
+
+    def check_layout(self) -> None:
+        """One line naming what ``root`` lacks (see ``require``), before anything is read."""
+        raise NotImplementedError
+
+    def split_records(self, split: str) -> list[MediaRecord]:
+        """The records of ``split`` before files are checked."""
+        raise NotImplementedError
+
+    def build_split(self, split: str) -> VideoDataset:
+        records = self.usable(self.split_records(split), split, self.check_videos)
+        return VideoDataset(records, self.name, split, self.num_frames, self.frame_size)

@@ -19,11 +19,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from typing_extensions import Unpack
-
-from capsal.constraints import PositiveInt
-from capsal.datamodules.base import LoaderOptions, check_positive
-from capsal.datamodules.files import FileDataModule, MediaRecord, VideoDataset
+from capsal.datamodules.files import MediaRecord, VideoFileDataModule
 from capsal.errors import UserError
 from capsal.types import Caption
 
@@ -53,30 +49,19 @@ def read_info(data: dict, path: Path) -> tuple[dict[str, str], dict[str, list[st
     return splits, {vid: [text.strip() for _, text in sorted(items)] for vid, items in sentences.items()}
 
 
-class MSRVTTDataModule(FileDataModule):
+class MSRVTTDataModule(VideoFileDataModule):
     """MSR-VTT clips decoded to ``num_frames`` evenly spaced frames (see the module doc for layout and splits)."""
 
-    is_video = True
     name = "msrvtt"
     layout = "train_val_videodatainfo.json and/or test_videodatainfo.json, and videos/video<N>.mp4"
     readme = "Datasets > MSR-VTT"
+    _info: tuple[dict[str, str], dict[str, list[str]]] | None = None  # read once, by info()
 
-    def __init__(
-        self,
-        root: str,
-        num_frames: PositiveInt = 26,
-        frame_size: PositiveInt = 299,
-        check_videos: bool = True,
-        **loader: Unpack[LoaderOptions],
-    ):
-        super().__init__(root, **loader)
-        check_positive(num_frames=num_frames, frame_size=frame_size)
-        self.num_frames, self.frame_size, self.check_videos = int(num_frames), int(frame_size), bool(check_videos)
+    def check_layout(self) -> None:
         if not any((self.root / name).is_file() for name in INFO_FILES):
             self.require(INFO_FILES[0])
         if not any((self.root / name).is_dir() for name in VIDEO_FOLDERS):
             self.require("videos", "folder", media=True)
-        self._info: tuple[dict[str, str], dict[str, list[str]]] | None = None
 
     def info(self) -> tuple[dict[str, str], dict[str, list[str]]]:
         """Video id -> split and video id -> captions, over the info files present (read once)."""
@@ -118,7 +103,3 @@ class MSRVTTDataModule(FileDataModule):
             MediaRecord(vid, files.get(vid, fallback / f"{vid}.mp4"), [Caption(t) for t in captions[vid]])
             for vid in ids
         ]
-
-    def build_split(self, split: str) -> VideoDataset:
-        records = self.usable(self.split_records(split), split, self.check_videos)
-        return VideoDataset(records, self.name, split, self.num_frames, self.frame_size)

@@ -20,11 +20,8 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 
-from typing_extensions import Unpack
-
-from capsal.constraints import PositiveInt
-from capsal.datamodules.base import SPLITS, LoaderOptions, check_positive
-from capsal.datamodules.files import FileDataModule, MediaRecord, VideoDataset, split_counts
+from capsal.datamodules.base import SPLITS
+from capsal.datamodules.files import MediaRecord, VideoFileDataModule, split_counts
 from capsal.errors import UserError
 from capsal.types import Caption
 
@@ -56,28 +53,17 @@ def read_mapping(text: str) -> dict[str, int]:
     return order
 
 
-class MSVDDataModule(FileDataModule):
+class MSVDDataModule(VideoFileDataModule):
     """MSVD clips decoded to ``num_frames`` evenly spaced frames (see the module doc for layout and splits)."""
 
-    is_video = True
     name = "msvd"
     layout = "YouTubeClips/<clip id>.avi and AllVideoDescriptions.txt"
     readme = "Datasets > MSVD"
+    _warned_order = False  # the non-standard split is reported once per datamodule
 
-    def __init__(
-        self,
-        root: str,
-        num_frames: PositiveInt = 26,
-        frame_size: PositiveInt = 299,
-        check_videos: bool = True,
-        **loader: Unpack[LoaderOptions],
-    ):
-        super().__init__(root, **loader)
-        check_positive(num_frames=num_frames, frame_size=frame_size)
-        self.num_frames, self.frame_size, self.check_videos = int(num_frames), int(frame_size), bool(check_videos)
+    def check_layout(self) -> None:
         self.require("YouTubeClips", "folder", media=True)
         self.require("AllVideoDescriptions.txt")
-        self._warned_order = False  # the non-standard split is reported once per datamodule
 
     def clip_order(self, clips: list[str]) -> list[str]:
         mapping_file = self.root / "youtube_mapping.txt"
@@ -107,7 +93,3 @@ class MSVDDataModule(FileDataModule):
             MediaRecord(clip, files.get(clip, folder / f"{clip}.avi"), [Caption(t) for t in captions[clip]])
             for clip in clips[start : start + counts[position]]
         ]
-
-    def build_split(self, split: str) -> VideoDataset:
-        records = self.usable(self.split_records(split), split, self.check_videos)
-        return VideoDataset(records, self.name, split, self.num_frames, self.frame_size)

@@ -15,7 +15,7 @@ from einops import rearrange
 from torch import Tensor
 
 from capsal.errors import UserError
-from capsal.metrics.base import OTHER, CategoryAccuracy, Unknown, check_boxes
+from capsal.metrics.base import OTHER, CategoryAccuracy, Unknown, check_phrases
 from capsal.types import Box
 
 Negative = Literal["shift", "clamp"]
@@ -78,14 +78,10 @@ class AttentionCorrectness(CategoryAccuracy):
     def update(
         self, maps: Tensor | Sequence[Tensor], boxes: Sequence[Sequence[Box]], categories: Sequence[str]
     ) -> None:
-        if not len(maps) == len(boxes) == len(categories):
-            raise ValueError(
-                f"got {len(maps)} maps, {len(boxes)} box lists and {len(categories)} categories; give one per phrase"
-            )
+        check_phrases(maps, boxes, categories)
         if isinstance(maps, Tensor) and maps.ndim != 3:
             raise ValueError(f"saliency maps must be (P, H, W) or a list of (H, W), got shape {tuple(maps.shape)}")
         indices = self.category_indices(categories)
-        check_boxes(boxes)
         scores, scored, finite = [], [], []
         for p, phrase_boxes in enumerate(boxes):
             saliency = maps[p]

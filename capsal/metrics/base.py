@@ -5,7 +5,7 @@ Boxes are ``(x0, y0, x1, y1)`` in pixels, inclusive.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from typing import Any, Literal
 
 import torch
@@ -107,6 +107,15 @@ def check_boxes(boxes: Sequence[Sequence[Box]]) -> None:
         for box in phrase_boxes:
             if len(box) != 4 or box[2] < box[0] or box[3] < box[1]:
                 raise ValueError(f"box {tuple(box)} is not (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1")
+
+
+def check_phrases(maps: Sized, boxes: Sequence[Sequence[Box]], categories: Sequence[str]) -> None:
+    """One map, one box list and one category per phrase, every box well formed."""
+    if not len(maps) == len(boxes) == len(categories):
+        raise ValueError(
+            f"got {len(maps)} maps, {len(boxes)} box lists and {len(categories)} categories; give one per phrase"
+        )
+    check_boxes(boxes)
 
 
 def points_in_boxes(points: Tensor, boxes: Sequence[Sequence[Box]], tolerance: float = 0.0) -> Tensor:

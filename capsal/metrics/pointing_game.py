@@ -15,7 +15,7 @@ from torch import Tensor
 
 from capsal.errors import UserError
 from capsal.maxima import peak_locations
-from capsal.metrics.base import OTHER, CategoryAccuracy, Unknown, check_boxes, points_in_boxes
+from capsal.metrics.base import OTHER, CategoryAccuracy, Unknown, check_boxes, check_phrases, points_in_boxes
 from capsal.types import Box
 
 
@@ -62,12 +62,8 @@ class PointingGame(CategoryAccuracy):
     def update(
         self, maps: Tensor | Sequence[Tensor], boxes: Sequence[Sequence[Box]], categories: Sequence[str]
     ) -> None:
-        if not len(maps) == len(boxes) == len(categories):
-            raise ValueError(
-                f"got {len(maps)} maps, {len(boxes)} box lists and {len(categories)} categories; give one per phrase"
-            )
+        check_phrases(maps, boxes, categories)
         indices = self.category_indices(categories)
-        check_boxes(boxes)
         keep = [p for p in range(len(boxes)) if len(boxes[p]) > 0]
         if keep:
             hits = points_in_boxes(_locations(maps, keep), [boxes[p] for p in keep], self.tolerance)

@@ -27,13 +27,13 @@ from pydantic import ConfigDict
 from typing_extensions import TypedDict
 
 from capsal import __version__
-from capsal.config_schema import current_backbone_config
 from capsal.constraints import NonNegativeFloat, PositiveFloat, PositiveInt
 from capsal.devices import gather_dicts
 from capsal.errors import UserError
 from capsal.metrics.captioning import CaptionMetricNames
 from capsal.models.decoding import beam_decode, greedy_decode
 from capsal.models.protocol import fit_sentences, logprobs_at, sentence_targets, visual_grid
+from capsal.removed import current_backbone_config
 from capsal.text import Tokenizer, Vocabulary
 from capsal.types import Batch, ItemLayout
 
@@ -247,7 +247,14 @@ class CaptioningModule(LightningCaptioner):
             metrics_every_n_epochs=metrics_every_n_epochs,
         )
         self.vocab = Vocabulary(words)
-        self.backbone = instantiate(current_backbone_config(backbone))
+        recorded = current_backbone_config(backbone)
+        if "crop" in recorded:
+            raise UserError(
+                f"model.backbone.crop={recorded['crop']!r}: this model was trained on images its backbone cropped, an "
+                "option capsal no longer has (the datamodule frames images: datamodule.protocol); retrain it, or load "
+                "it with the capsal version that made it"
+            )
+        self.backbone = instantiate(recorded)
         self.feature_size: int = self.backbone.out_channels
 
     # ---- the encoder-decoder protocol ---------------------------------------------------------------------

@@ -191,5 +191,7 @@ def test_a_model_recorded_with_the_removed_whole_image_crop_still_builds(crop):
 
 def test_a_model_recorded_with_another_crop_is_refused():
     backbone = {"_target_": "capsal.models.backbones.TorchvisionBackbone", "name": "resnet50", "crop": "center"}
-    with pytest.raises(Exception, match="crop"):
+    with pytest.raises(
+        UserError, match=r"^model\.backbone\.crop='center': this model was trained on images its backbone"
+    ):
         S2VT(["a", "red", "circle"], backbone=backbone, caption_metrics=[])
