@@ -1,0 +1,178 @@
+"""Is a map true to the model? Deletion and insertion (Petsiuk et al., RISE, BMVC 2018) per word or phrase of a
+caption, under teacher forcing.
+
+A span's map orders the model's input items, most salient first (ties in a random order seeded per sample, so a flat
+map scores what a random order scores, not what the raster order gives). Deletion removes the first ``round(k m /
+K)`` items at step k = 0..K; insertion keeps only them. At every step the span's probability is read: the product
+of its words' teacher-forced probabilities (a phrase's loss is the sum of its words' losses, Eq. 9). Each curve is
+summarised by its area over the fraction of items removed or inserted (trapezoid rule, as RISE): lower is better for
+deletion, higher for insertion. "Removing" means what the caption-guided explainer means by it: the kept items are
+gathered into a shorter input at their original positions (:func:`~capsal.models.protocol.keep_items`); no item at
+all is a row whose mask is all False.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from einops import rearrange, repeat
+from torch import Tensor
+
+from capsal.explainers.base import Seeds, eval_mode, word_table
+from capsal.explainers.chunking import run_in_chunks
+from capsal.metrics.base import OTHER, CategoryAccuracy, Unknown
+from capsal.models.protocol import target_logprobs
+
+STEPS = 16
+
+
+def keep_items(items: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # TODO: protocol's, once merged
+    count = int(keep.sum(1).max().clamp(min=1))
+    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, :count]
+    kept = items.gather(1, order[..., None].expand(-1, -1, items.shape[-1]))
+    mask = keep.gather(1, order)
+    return kept * mask[..., None], mask, order
+Span = tuple[int, int, int]  # (row, first word, end word), half-open
+
+
+def removal_order(maps: Tensor, item_mask: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
+    """``(P, m)`` item indices by decreasing saliency, ties in the order of a random permutation drawn from each
+    span's generator, padded items last."""
+    count, m = maps.shape
+    permutations = torch.stack([torch.randperm(m, generator=g) for g in generators]).to(maps.device)
+    values = maps.masked_fill(~item_mask, float("-inf")).gather(1, permutations)
+    ranked = torch.sort(values, dim=1, descending=True, stable=True).indices
+    return permutations.gather(1, ranked)
+
+
+def step_counts(real: Tensor, steps: int) -> Tensor:
+    """``(P, K+1)`` how many items step k takes out (deletion) or puts in (insertion): ``k m / K`` rounded half up,
+    for ``m`` real items of each span's sample."""
+    k = torch.arange(steps + 1, device=real.device)
+    return torch.div(2 * k[None, :] * real[:, None] + steps, 2 * steps, rounding_mode="floor")
+
+
+def step_keeps(order: Tensor, counts: Tensor, item_mask: Tensor, insertion: bool) -> Tensor:
+    """``(P, K+1, m)`` which items each step keeps: the first ``counts`` of ``order`` (insertion) or the rest."""
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    first = rank[:, None, :] < counts[:, :, None]
+    return (first if insertion else ~first) & item_mask[:, None, :]
+
+
+def area(curves: Tensor, fractions: Tensor) -> Tensor:
+    """Trapezoid area under ``(P, K+1)`` curves over the ``(P, K+1)`` fractions of items moved."""
+    return ((curves[:, 1:] + curves[:, :-1]) / 2 * fractions.diff(dim=1)).sum(1)
+
+
+@dataclass
+class Curves:
+    """Deletion and insertion curves of P spans: the span's probability at each of the K+1 steps, and the fraction
+    of the sample's items removed (deletion) or present (insertion) at each step."""
+
+    deletion: Tensor
+    insertion: Tensor
+    fractions: Tensor
+
+    @property
+    def deletion_auc(self) -> Tensor:
+        return area(self.deletion, self.fractions)
+
+    @property
+    def insertion_auc(self) -> Tensor:
+        return area(self.insertion, self.fractions)
+
+
+def span_targets(model: Any, tokens: Tensor, spans: Sequence[Span]) -> Tensor:
+    """``(P, n)`` True at the target columns (token t+1 after input t) of each span's words, whatever tokens a
+    word has (``word_table``: the one place subword tokens become words)."""
+    words, _, rows = word_table(model.vocab, tokens)
+    row_of = torch.tensor([row for row, _, _ in spans], device=tokens.device)
+    starts = torch.tensor([start for _, start, _ in spans], device=tokens.device)[:, None]
+    ends = torch.tensor([end for _, _, end in spans], device=tokens.device)[:, None]
+    lengths = torch.tensor([len(w) for w in words], device=tokens.device)[row_of][:, None]
+    column_words = rows[row_of]
+    return (column_words >= starts) & (column_words < ends) & (column_words < lengths)
+
+
+def span_generators(sample_ids: Sequence[str], tokens: Tensor, model: Any, spans: Sequence[Span], seed: int):
+    """One generator per span for the tie-breaking permutation: seeded by the sample and sentence (as explainers
+    draw randomness, :class:`~capsal.explainers.base.Seeds`) and the span, so a span's order does not depend on the
+    batch or process it is scored in."""
+    words = word_table(model.vocab, tokens)[0]
+    seeds = Seeds(seed, [f"{i}/{' '.join(w)}" for i, w in zip(sample_ids, words, strict=True)], torch.Generator())
+    return [seeds.generator(row, f"faithfulness/{start}-{end}") for row, start, end in spans]
+
+
+@torch.no_grad()
+def faithfulness_curves(
+    model: Any,
+    items: Tensor,
+    tokens: Tensor,
+    spans: Sequence[Span],
+    maps: Tensor,
+    sample_ids: Sequence[str],
+    mask: Tensor | None = None,
+    steps: int = STEPS,
+    seed: int = 0,
+    memory_budget_mb: float = 256.0,
+) -> Curves:
+    """Deletion and insertion curves of each span ``(row, start, end)`` of ``tokens`` ``(B, L)`` (bos ... eos), in
+    the order of its map ``maps[p]`` over the ``(B, m, d)`` items of its row. All ``2 P (K+1)`` inputs go through
+    the model as teacher-forced passes in chunks under ``memory_budget_mb`` (as the caption-guided explainer's)."""
+    mask = torch.ones(items.shape[:2], dtype=torch.bool, device=items.device) if mask is None else mask.bool()
+    rows = torch.tensor([row for row, _, _ in spans], dtype=torch.long, device=items.device)
+    item_mask = mask[rows]
+    order = removal_order(maps.float(), item_mask, span_generators(sample_ids, tokens, model, spans, seed))
+    real = item_mask.sum(1)
+    counts = step_counts(real, steps)
+    keeps = torch.stack([step_keeps(order, counts, item_mask, insertion) for insertion in (False, True)])
+    keeps = rearrange(keeps, "c p k m -> (c p k) m")  # c: deletion, insertion
+    input_rows = repeat(rows, "p -> (c p k)", c=2, k=steps + 1)
+    targets = repeat(span_targets(model, tokens, spans), "p n -> (c p k) n", c=2, k=steps + 1)
+
+    def run(start: int, stop: int) -> Tensor:
+        who = input_rows[start:stop]
+        kept, kept_mask, positions = keep_items(items[who], keeps[start:stop])
+        state = model.encode(kept, kept_mask, positions)
+        logprobs = target_logprobs(model, state, tokens[who, :-1], tokens[who, 1:])
+        return (logprobs.to(torch.float64) * targets[start:stop]).sum(1)
+
+    with eval_mode(model):
+        logprobs, _ = run_in_chunks(run, keeps.shape[0], memory_budget_mb, items.device)
+    curves = rearrange(logprobs.exp(), "(c p k) -> c p k", c=2, k=steps + 1)
+    moved = counts.to(torch.float64) / real.clamp(min=1)[:, None]
+    return Curves(deletion=curves[0], insertion=curves[1], fractions=moved)
+
+
+class Faithfulness(CategoryAccuracy):
+    """Mean deletion and insertion area per phrase (``deletion/avg``, ``insertion/avg``) and per category, with the
+    mean curves (:meth:`mean_curves`). Sum states: exact under DDP."""
+
+    higher_is_better = None  # deletion: lower; insertion: higher
+
+    def __init__(self, categories: Sequence[str], steps: int = STEPS, unknown: Unknown = OTHER, **kwargs: Any):
+        super().__init__(categories, unknown=unknown, groups=("deletion", "insertion"), **kwargs)
+        self.steps = steps
+        for group in self.groups:
+            self.add_state(f"{group}_curve", torch.zeros(steps + 1, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, curves: Curves, categories: Sequence[str]) -> None:
+        if not len(curves.deletion) == len(categories):
+            raise ValueError(f"got {len(curves.deletion)} curves and {len(categories)} categories; give one per span")
+        indices = self.category_indices(categories)
+        for group, values, auc in (
+            ("deletion", curves.deletion, curves.deletion_auc),
+            ("insertion", curves.insertion, curves.insertion_auc),
+        ):
+            self._accumulate(group, auc, indices)
+            getattr(self, f"{group}_curve").add_(values.detach().to(torch.float64).sum(0).to(self.deletion_curve.device))
+
+    def mean_curves(self) -> dict[str, list[float]]:
+        """The mean probability at each step, over every scored span: ``{"deletion": [...], "insertion": [...]}``."""
+        return {
+            group: (getattr(self, f"{group}_curve") / getattr(self, f"{group}_count").sum().clamp(min=1)).tolist()
+            for group in self.groups
+        }
