@@ -23,11 +23,13 @@ from capsal.explainers.saliency import Saliency
 from capsal.maxima import peak_frames, peak_locations
 from capsal.metrics import (
     AttentionCorrectness,
+    Faithfulness,
     PointingGame,
     TemporalPointingGame,
     attention_correctness,
     pointing_hits,
 )
+from capsal.metrics.faithfulness import Curves, faithfulness_curves
 from capsal.models.protocol import visual_grid
 from capsal.text import Vocabulary, tokenize
 from capsal.types import Batch, Caption, Phrase, Sample
@@ -108,7 +110,8 @@ def scored_maps(saliency: Saliency, spans, sizes: Sequence[tuple[int, int]]) -> 
 
 
 class LocalisationEvaluator:
-    """Pointing game and attention correctness (images) or temporal + spatial pointing (videos), per explainer.
+    """Pointing game and attention correctness (images) or temporal + spatial pointing (videos), per explainer, and
+    with ``faithfulness_steps`` deletion and insertion of each phrase's items (cells; frames for video) in K steps.
 
     Which of the two is decided by the model's item layout, read from the first explained batch.
     """
@@ -121,6 +124,7 @@ class LocalisationEvaluator:
         device: torch.device | str = "cpu",
         is_video: bool | None = None,
         keep_records: bool = False,
+        faithfulness_steps: int | None = None,
     ):
         self.explainers = explainers
         self.categories = list(categories)
@@ -128,6 +132,7 @@ class LocalisationEvaluator:
         self.device = device
         self.metrics: dict[str, dict[str, Any]] = {}
         self.keep_records = keep_records
+        self.faithfulness_steps = faithfulness_steps
         self.records: list[dict[str, Any]] = []  # one per (phrase, explainer), when keep_records
         if is_video is not None:  # known up front: every rank has metrics to reduce, even one without batches
             self._ensure_metrics(is_video)
@@ -144,6 +149,8 @@ class LocalisationEvaluator:
                         "pointing_game": PointingGame(self.categories, tolerance=self.tolerance),
                         "attention_correctness": AttentionCorrectness(self.categories),
                     }
+                if self.faithfulness_steps:
+                    metrics["faithfulness"] = Faithfulness(self.categories, steps=self.faithfulness_steps)
                 self.metrics[name] = {key: metric.to(self.device) for key, metric in metrics.items()}
 
     def update(self, model: Any, batch: Batch, grid: torch.Tensor | None = None) -> dict[str, Saliency]:
@@ -165,9 +172,18 @@ class LocalisationEvaluator:
             fits = [end <= explained[row] for row, _, end in spans]
             kept = [k for k, fit in enumerate(fits) if fit]
             if kept:
-                self._score(name, saliency, [spans[k] for k in kept], [phrases[k] for k in kept], batch)
+                scored = [spans[k] for k in kept]
+                curves = self._curves(model, items, saliency, scored, batch) if self.faithfulness_steps else None
+                self._score(name, saliency, scored, [phrases[k] for k in kept], batch, curves)
             self._skip_cut(name, [(spans[k], phrases[k]) for k, fit in enumerate(fits) if not fit], batch)
         return results
+
+    def _curves(self, model: Any, items: torch.Tensor, saliency: Saliency, spans, batch: Batch) -> Curves:
+        """Deletion and insertion of each phrase's items in the order of its map (Eq. 9's phrase map)."""
+        maps = saliency.phrase_maps(spans)
+        return faithfulness_curves(
+            model, items, saliency.tokens, spans, maps, batch.sample_ids, saliency.item_mask, self.faithfulness_steps
+        )
 
     def _skip_cut(self, name: str, cut: list[tuple[tuple[int, int, int], Phrase]], batch: Batch) -> None:
         """Count phrases beyond the explained words as skipped in every metric (and record them, unscored)."""
@@ -182,10 +198,15 @@ class LocalisationEvaluator:
                 record.update(hit=None, note="past the words the model takes (model.max_words): not scored")
                 self.records.append(record)
 
-    def _score(self, name: str, saliency: Saliency, spans, phrases: list[Phrase], batch: Batch) -> None:
+    def _score(
+        self, name: str, saliency: Saliency, spans, phrases: list[Phrase], batch: Batch, curves: Curves | None
+    ) -> None:
         """Score the phrases; image maps at each caption's ``original_size`` when it has one, else at the batch's
         image size, against the boxes of that frame."""
         categories = [p.category for p in phrases]
+        if curves is not None:
+            self.metrics[name]["faithfulness"].update(curves, categories)
+        first_record = len(self.records)
         height, width = batch.image_size
         if saliency.layout.is_video:
             temporal = saliency.phrase_maps(spans)
@@ -200,14 +221,25 @@ class LocalisationEvaluator:
             )
             if self.keep_records:
                 self._record_video(name, spans, phrases, temporal, batch)
+                self._record_curves(first_record, curves)
             return
         sizes = [caption.original_size or (height, width) for caption in batch.captions]
         maps = scored_maps(saliency, spans, sizes)
         boxes = [p.boxes if p.original_boxes is None else p.original_boxes for p in phrases]
-        for metric in self.metrics[name].values():
-            metric.update(maps, boxes, categories)
+        for key in ("pointing_game", "attention_correctness"):
+            self.metrics[name][key].update(maps, boxes, categories)
         if self.keep_records:
             self._record_image(name, spans, phrases, maps, boxes, batch)
+            self._record_curves(first_record, curves)
+
+    def _record_curves(self, first: int, curves: Curves | None) -> None:
+        """The phrase records from ``first`` on (one per scored phrase, in order) get their deletion and insertion
+        areas."""
+        if curves is None:
+            return
+        areas = zip(curves.deletion_auc.tolist(), curves.insertion_auc.tolist(), strict=True)
+        for record, (deletion, insertion) in zip(self.records[first:], areas, strict=True):
+            record.update(deletion_auc=deletion, insertion_auc=insertion)
 
     def _record_image(self, name, spans, phrases: list[Phrase], maps, boxes, batch: Batch) -> None:
         """Per phrase: where the map points, whether that is a hit, and the share of mass inside the boxes."""
@@ -237,7 +269,12 @@ class LocalisationEvaluator:
             out[name] = {}
             for metric_name, metric in metrics.items():
                 values = {key: float(value) for key, value in metric.compute().items()}
-                if metric_name == "temporal_pointing":
+                if metric_name == "faithfulness":
+                    for group in ("deletion", "insertion"):
+                        out[name][group] = {
+                            key.split("/", 1)[1]: value for key, value in values.items() if key.startswith(group + "/")
+                        }
+                elif metric_name == "temporal_pointing":
                     for group in ("temporal", "spatial"):
                         out[name][f"{group}_pointing"] = {
                             key.split("/", 1)[1]: value for key, value in values.items() if key.startswith(group + "/")
@@ -245,6 +282,11 @@ class LocalisationEvaluator:
                 else:
                     out[name][metric_name] = values
         return out
+
+    def curves(self) -> dict[str, dict[str, list[float]]]:
+        """Each explainer's mean deletion and insertion curve (K+1 probabilities), when faithfulness is measured."""
+        measured = {name: metrics.get("faithfulness") for name, metrics in self.metrics.items()}
+        return {name: metric.mean_curves() for name, metric in measured.items() if metric is not None}
 
     def reset(self) -> None:
         self.records = []
@@ -330,6 +372,8 @@ class Evaluation(L.LightningModule):
         self.results["references"] = gather_dicts(self.references)
         if self.evaluator is not None:
             self.results["localisation"] = self.evaluator.compute()
+            if self.evaluator.faithfulness_steps:
+                self.results["faithfulness_curves"] = self.evaluator.curves()
             records = gather_objects(self.evaluator.records) if self.evaluator.keep_records else []
             self.results["records"] = [record for part in records for record in part]
 

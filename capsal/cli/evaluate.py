@@ -46,6 +46,8 @@ TABLE_TITLES = {
     "attention_correctness": "Table 2: attention correctness",
     "temporal_pointing": "Temporal pointing game (most salient frame inside the phrase's interval)",
     "spatial_pointing": "Spatial pointing inside the most salient frame",
+    "deletion": "Deletion: area under the phrase's probability as its most salient items go (lower is better)",
+    "insertion": "Insertion: area under the phrase's probability as its most salient items come (higher is better)",
 }
 
 
@@ -86,7 +88,10 @@ def localisation_evaluator(cfg, datamodule, model, explainers, loader) -> Locali
     probe = collate_samples([loader.dataset[0]], model.vocab)
     with torch.no_grad():
         layout = item_layout(model, tuple(visual_grid(model, probe.to(model_device(model))).shape[1:4]))
-    return LocalisationEvaluator(explainers, categories, cfg.tolerance, is_video=layout.is_video, keep_records=True)
+    steps = int(cfg.faithfulness_steps) if cfg.faithfulness else None
+    return LocalisationEvaluator(
+        explainers, categories, cfg.tolerance, is_video=layout.is_video, keep_records=True, faithfulness_steps=steps
+    )
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -114,6 +119,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     results.update(samples=counts["samples"], phrases=counts["phrases"])
     results["captions"] = counts["captions"]
     results["localisation"] = module.results.get("localisation", {})
+    if "faithfulness_curves" in module.results:
+        results["faithfulness_curves"] = module.results["faithfulness_curves"]
     results["explainers"] = {name: repr(explainer) for name, explainer in explainers.items()}
     if cfg.caption_metrics:
         predictions, references = module.results["predictions"], module.results["references"]

@@ -70,6 +70,8 @@ class EvalSettings:
     rows_per_step: PositiveInt = 32
     all_captions: bool = True
     tolerance: NonNegativeFloat = 0.0
+    faithfulness: bool = True
+    faithfulness_steps: PositiveInt = 16
     caption_metrics: CaptionMetricNames | None = None
     sanity: bool = False
     sanity_samples: PositiveInt = 32

@@ -27,6 +27,7 @@ from capsal.metrics.base import OTHER, CategoryAccuracy, Unknown
 from capsal.models.protocol import target_logprobs
 
 STEPS = 16
+WIDTH_GROUPS = 8  # a chunk pads to its widest input: inputs sorted by width run in this many groups
 
 
 def keep_items(items: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # TODO: protocol's, once merged
@@ -35,13 +36,15 @@ def keep_items(items: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:  #
     kept = items.gather(1, order[..., None].expand(-1, -1, items.shape[-1]))
     mask = keep.gather(1, order)
     return kept * mask[..., None], mask, order
+
+
 Span = tuple[int, int, int]  # (row, first word, end word), half-open
 
 
 def removal_order(maps: Tensor, item_mask: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
     """``(P, m)`` item indices by decreasing saliency, ties in the order of a random permutation drawn from each
     span's generator, padded items last."""
-    count, m = maps.shape
+    m = maps.shape[1]
     permutations = torch.stack([torch.randperm(m, generator=g) for g in generators]).to(maps.device)
     values = maps.masked_fill(~item_mask, float("-inf")).gather(1, permutations)
     ranked = torch.sort(values, dim=1, descending=True, stable=True).indices
@@ -57,7 +60,8 @@ def step_counts(real: Tensor, steps: int) -> Tensor:
 
 def step_keeps(order: Tensor, counts: Tensor, item_mask: Tensor, insertion: bool) -> Tensor:
     """``(P, K+1, m)`` which items each step keeps: the first ``counts`` of ``order`` (insertion) or the rest."""
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    places = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, places)  # rank[p, order[p, j]] = j
     first = rank[:, None, :] < counts[:, :, None]
     return (first if insertion else ~first) & item_mask[:, None, :]
 
@@ -132,16 +136,28 @@ def faithfulness_curves(
     keeps = rearrange(keeps, "c p k m -> (c p k) m")  # c: deletion, insertion
     input_rows = repeat(rows, "p -> (c p k)", c=2, k=steps + 1)
     targets = repeat(span_targets(model, tokens, spans), "p n -> (c p k) n", c=2, k=steps + 1)
+    # widest inputs first: a chunk pads to its widest input only, and the memory probe measures the widest
+    widest_first = torch.sort(keeps.sum(1), descending=True, stable=True).indices
+    last_target = (targets * torch.arange(1, targets.shape[1] + 1, device=targets.device)).amax(1)
 
     def run(start: int, stop: int) -> Tensor:
-        who = input_rows[start:stop]
-        kept, kept_mask, positions = keep_items(items[who], keeps[start:stop])
+        chosen = widest_first[start:stop]
+        who, length = input_rows[chosen], int(last_target[chosen].max())  # no step after the span's last word
+        kept, kept_mask, positions = keep_items(items[who], keeps[chosen])
         state = model.encode(kept, kept_mask, positions)
-        logprobs = target_logprobs(model, state, tokens[who, :-1], tokens[who, 1:])
-        return (logprobs.to(torch.float64) * targets[start:stop]).sum(1)
+        logprobs = target_logprobs(model, state, tokens[who, :length], tokens[who, 1 : length + 1])
+        return (logprobs.to(torch.float64) * targets[chosen, :length]).sum(1)
 
-    with eval_mode(model):
-        logprobs, _ = run_in_chunks(run, keeps.shape[0], memory_budget_mb, items.device)
+    parts, total = [], keeps.shape[0]
+    with eval_mode(model):  # in WIDTH_GROUPS groups of inputs of similar width, each chunked under the budget
+        for first in range(0, total, -(-total // WIDTH_GROUPS)):
+            stop = min(total, first + -(-total // WIDTH_GROUPS))
+            part, _ = run_in_chunks(
+                lambda a, b, first=first: run(first + a, first + b), stop - first, memory_budget_mb, items.device
+            )
+            parts.append(part)
+    sorted_logprobs = torch.cat(parts)
+    logprobs = torch.empty_like(sorted_logprobs).scatter_(0, widest_first, sorted_logprobs)
     curves = rearrange(logprobs.exp(), "(c p k) -> c p k", c=2, k=steps + 1)
     moved = counts.to(torch.float64) / real.clamp(min=1)[:, None]
     return Curves(deletion=curves[0], insertion=curves[1], fractions=moved)
@@ -168,7 +184,8 @@ class Faithfulness(CategoryAccuracy):
             ("insertion", curves.insertion, curves.insertion_auc),
         ):
             self._accumulate(group, auc, indices)
-            getattr(self, f"{group}_curve").add_(values.detach().to(torch.float64).sum(0).to(self.deletion_curve.device))
+            curve = getattr(self, f"{group}_curve")
+            curve.add_(values.detach().to(device=curve.device, dtype=curve.dtype).sum(0))
 
     def mean_curves(self) -> dict[str, list[float]]:
         """The mean probability at each step, over every scored span: ``{"deletion": [...], "insertion": [...]}``."""

@@ -92,10 +92,13 @@ def record_intervals(
 ) -> dict[str, dict[str, dict[str, Interval]]]:
     """``{explainer: {metric: {"avg": Interval, "minus_<reference>": Interval}}}`` from ``capsal-eval``'s per-phrase
     records: pointing game (``hit``) and attention correctness (``mass_inside``) for images, temporal pointing for
-    video; the paired difference against ``reference`` where both scored the same phrases."""
+    video, deletion and insertion areas where they were measured; the paired difference against ``reference``
+    where both scored the same phrases."""
     fields = {"temporal_pointing": "hit"}
     if not any("frame" in record for record in records):
         fields = {"pointing_game": "hit", "attention_correctness": "mass_inside"}
+    if any("deletion_auc" in record for record in records):
+        fields.update(deletion="deletion_auc", insertion="insertion_auc")
     samples = list(dict.fromkeys(r["sample_id"] for r in records))
     out: dict[str, dict[str, dict[str, Interval]]] = {}
     for metric, field in fields.items():

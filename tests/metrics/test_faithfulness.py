@@ -63,8 +63,9 @@ def test_curves_and_areas_equal_the_definition_in_float64(name):
     for p, span in enumerate(spans):
         order = np.argsort(-maps[p].numpy(), kind="stable")
         expected = one_at_a_time(model, items, tokens, span, order, steps=5)
-        np.testing.assert_allclose(curves.deletion[p].numpy(), expected["deletion"][0], rtol=0, atol=1e-9, equal_nan=False)
-        np.testing.assert_allclose(curves.insertion[p].numpy(), expected["insertion"][0], rtol=0, atol=1e-9, equal_nan=False)
+        for name in ("deletion", "insertion"):
+            ours = getattr(curves, name)[p].numpy()
+            np.testing.assert_allclose(ours, expected[name][0], rtol=0, atol=1e-9, equal_nan=False)
         assert abs(float(curves.deletion_auc[p]) - expected["deletion"][1]) < 1e-9
         assert abs(float(curves.insertion_auc[p]) - expected["insertion"][1]) < 1e-9
 
