@@ -293,6 +293,7 @@ class Sentences:
         region_scores: torch.Tensor | None = None,
         region_losses: torch.Tensor | None = None,
         explainer: str = "",
+        zero: torch.Tensor | None = None,
     ) -> Saliency:
         """The per-word :class:`Saliency` of per-token values ``(B, n, m[, r])``."""
         return Saliency(
@@ -306,6 +307,7 @@ class Sentences:
             region_losses=self.per_word(region_losses),
             tokens=self.tokens,
             explainer=explainer,
+            zero=self.per_word(zero),
         )
 
 

@@ -31,6 +31,7 @@ from capsal.models.protocol import target_logprobs, widened
 
 Mode = Literal["information_gain", "kl"]
 RegionInput = Literal["pooled", "cell", "rescaled"]
+ZeroPoint = Literal["min", "empty"]
 MODES = get_args(Mode)
 REGION_INPUTS = get_args(RegionInput)
 
@@ -50,7 +51,10 @@ class CaptionGuided(Explainer):
     (:mod:`capsal.explainers.chunking`). ``information_gain`` reads only the target words' log-probabilities
     (the protocol's optional ``target_logprobs``: no ``(chunk, n, V)`` log-probabilities next to the logits);
     ``beam_size`` for the model's own caption; ``precision`` (``32``, ``bf16-mixed``, ``16-mixed``: the model
-    calls' autocast, :mod:`capsal.explainers.precision`). ``last_chunking`` holds the last call's cost and chunk size.
+    calls' autocast, :mod:`capsal.explainers.precision`); ``zero_point``: where a word's map starts, ``min`` (Eq. 8:
+    min-max over the items, the least helpful item is 0) or ``empty`` (the evidence gained over no item at all,
+    ``max(0, Loss(t, none) - Loss(t, i))``, divided by its largest value: an item that helps no more than nothing
+    is 0, docs/faithfulness.md). ``last_chunking`` holds the last call's cost and chunk size.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class CaptionGuided(Explainer):
         beam_size: PositiveInt = 1,
         precision: Precision = 32,
         region_input: RegionInput = "pooled",
+        zero_point: ZeroPoint = "min",
     ):
         if mode not in MODES:
             raise UserError(
@@ -75,6 +80,7 @@ class CaptionGuided(Explainer):
         self.mode = mode
         self.spatial = spatial
         self.region_input = region_input
+        self.zero_point = zero_point
         self.memory_budget_mb = memory_budget_mb
         self.beam_size = beam_size
         self.last_chunking: dict | None = None
@@ -104,13 +110,25 @@ class CaptionGuided(Explainer):
         if regions is not None:
             h, w = grid.shape[2:4]
             region_losses = rearrange(losses[batch * m :], "(b m r) n -> b n m r", b=batch, m=m, r=h * w)
+        empty = self._empty_losses(model, items, tokens, reference) if self.zero_point == "empty" else None
         return sentences.saliency(
             scores=-item_losses,
             losses=item_losses,
             region_scores=None if region_losses is None else -region_losses,
             region_losses=region_losses,
             explainer=self.name,
+            zero=None if empty is None else -empty,
         )
+
+    def _empty_losses(self, model, items, tokens, reference) -> torch.Tensor:
+        """``Loss(t, none)`` ``(B, n)``: the loss of each word with no item at all (a row whose mask is all False)."""
+        nothing = torch.zeros_like(items[:, :1])
+        state = model.encode(nothing, torch.zeros(nothing.shape[:2], dtype=torch.bool, device=items.device), None)
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        if self.mode == "information_gain":
+            return widened(-target_logprobs(model, state, inputs, targets))
+        logq = model.token_logprobs(state, inputs)
+        return widened((reference.exp() * (reference - logq)).sum(-1))
 
     @staticmethod
     def _single_item_inputs(items: torch.Tensor):

@@ -27,6 +27,18 @@ def scale_per_word(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return scaled.masked_fill(~mask, 0.0)
 
 
+def scale_from_zero(values: torch.Tensor, zero: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each word's evidence over a zero point, ``max(0, values - zero)``, divided by its largest value over the real
+    items (``values`` ``(..., m[, r])``, ``zero`` broadcastable to ``values.shape[:mask.dim()]``). A word that no item
+    lifts above its zero point gets 0 everywhere: no evidence, rather than "everything equally salient"."""
+    extra = values.dim() - mask.dim()
+    mask = mask.reshape(*mask.shape, *([1] * extra)).expand_as(values)
+    zero = zero.reshape(*zero.shape, *([1] * (values.dim() - zero.dim())))
+    gain = (values - zero).clamp(min=0).masked_fill(~mask, 0.0)
+    high = gain.amax(dim=tuple(range(mask.dim() - 1 - extra, values.dim())), keepdim=True)
+    return torch.where(high > 0, gain / high.clamp(min=torch.finfo(values.dtype).tiny), 0.0)
+
+
 @dataclass
 class Saliency:
     """Per-word saliency for a batch of sentences (B samples, n words padded, m items, r regions per frame).
@@ -37,6 +49,8 @@ class Saliency:
     - ``region_scores``/``region_losses`` ``(B, n, m, r)``: video only, saliency of grid region r inside frame i
       (Eq. 13), with ``r = h*w`` of ``layout.grid_size``.
     - ``item_mask`` ``(B, m)`` True for real items.
+    - ``zero`` ``(B, n)``: each word's score with no item at all, for explainers asked to scale from it (the
+      caption-guided ``zero_point=empty``); None: Eq. 8's min-max over the items.
     """
 
     words: list[list[str]]
@@ -49,14 +63,15 @@ class Saliency:
     region_losses: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
     explainer: str = ""
+    zero: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.words)
 
     @property
     def e(self) -> torch.Tensor:
-        """Eq. 8: each word's scores scaled to [0, 1] over the items, ``(B, n, m)``."""
-        return scale_per_word(self.scores, self._word_item_mask())
+        """Eq. 8: each word's scores scaled to [0, 1] over the items, ``(B, n, m)`` (from ``zero`` when set)."""
+        return self._scale(self.scores, self._word_item_mask(), self.zero)
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -70,7 +85,7 @@ class Saliency:
         if self.region_scores is None:
             return None
         mask = self._word_item_mask()[..., None].expand_as(self.region_scores)
-        return scale_per_word(self.region_scores, mask)
+        return self._scale(self.region_scores, mask, None if self.zero is None else self.zero[..., None])
 
     def phrase(self, start: int, end: int) -> torch.Tensor:
         """Eq. 9: saliency of the same half-open word span in every sample, ``(B, m)`` scaled to [0, 1]."""
@@ -85,7 +100,7 @@ class Saliency:
         where the explainer has them, else its scores, and the sum is scaled to [0, 1] over the items."""
         summed = self._span_sums(self.losses, self.scores, spans)
         owners = torch.tensor([b for b, _, _ in spans], device=self.item_mask.device, dtype=torch.long)
-        return scale_per_word(summed, self.item_mask[owners])
+        return self._scale(summed, self.item_mask[owners], self._span_zero(spans))
 
     def phrase_region_maps(self, spans: list[tuple[int, int, int]]) -> torch.Tensor | None:
         """Eq. 9 for regions inside frames, ``(P, m, r)``, scaled to [0, 1] per frame."""
@@ -93,7 +108,20 @@ class Saliency:
             return None
         summed = self._span_sums(self.region_losses, self.region_scores, spans)
         owners = torch.tensor([b for b, _, _ in spans], device=self.item_mask.device, dtype=torch.long)
-        return scale_per_word(summed, self.item_mask[owners][..., None].expand_as(summed))
+        zero = self._span_zero(spans)
+        return self._scale(
+            summed, self.item_mask[owners][..., None].expand_as(summed), None if zero is None else zero[:, None]
+        )
+
+    @staticmethod
+    def _scale(values: torch.Tensor, mask: torch.Tensor, zero: torch.Tensor | None) -> torch.Tensor:
+        return scale_per_word(values, mask) if zero is None else scale_from_zero(values, zero, mask)
+
+    def _span_zero(self, spans: list[tuple[int, int, int]]) -> torch.Tensor | None:
+        """A span's zero point: its words' zero points summed, as Eq. 9 sums their losses."""
+        if self.zero is None:
+            return None
+        return torch.stack([self.zero[sample, start:end].sum() for sample, start, end in spans])
 
     def _span_sums(self, losses, scores, spans) -> torch.Tensor:
         width = self.word_mask.shape[1]

@@ -95,6 +95,26 @@ def test_phrase_saliency_sums_word_losses_before_scaling(model, items):
         saliency.phrase(2, 99)
 
 
+@torch.no_grad()
+def test_the_empty_zero_point_is_the_gain_over_no_item_scaled_by_its_maximum(model, items):
+    """zero_point=empty: e = max(0, Loss(none) - Loss(i)) / its maximum, for words and for a phrase (sums of losses),
+    with Loss(none) from a row whose one item is masked; a word no item helps is 0 everywhere."""
+    saliency = build_explainer("caption_guided", zero_point="empty").explain(model, items, tokens=QUERIES)
+    tokens = saliency.tokens
+    state = model.encode(torch.zeros_like(items[:, :1]), torch.zeros(2, 1, dtype=torch.bool))
+    none = -model.token_logprobs(state, tokens[:, :-1]).gather(-1, tokens[:, 1:, None])[..., 0]  # (B, n)
+    losses = naive_losses(model, items, tokens, "information_gain")
+    for b, words in enumerate(saliency.words):
+        for t in range(len(words)):
+            gain = (none[b, t] - losses[b, t]).clamp(min=0)
+            expected = gain / gain.max() if gain.max() > 0 else torch.zeros_like(gain)
+            torch.testing.assert_close(saliency.e[b, t], expected, atol=1e-6, rtol=0)
+    gain = (none[:, 0:3].sum(1, keepdim=True) - losses[:, 0:3].sum(1)).clamp(min=0)
+    torch.testing.assert_close(saliency.phrase(0, 3), gain / gain.amax(1, keepdim=True), atol=1e-6, rtol=0)
+    paper = build_explainer("caption_guided").explain(model, items, tokens=QUERIES)
+    assert not torch.allclose(paper.e, saliency.e)  # the option reaches the maps
+
+
 def test_with_a_mean_pool_encoder_permuting_items_permutes_saliency(items):
     model = tiny_model("mean")
     explainer = build_explainer("caption_guided")
