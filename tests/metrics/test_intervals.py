@@ -83,7 +83,7 @@ def test_a_paired_difference_cancels_what_the_samples_share():
     assert paired.high - paired.low < (a.high - a.low) / 2
 
 
-def _records(rng: np.random.Generator, samples: int = 30) -> list[dict]:
+def phrase_records(rng: np.random.Generator, samples: int = 30) -> list[dict]:
     """capsal-eval's per-phrase records of two explainers: 1-4 phrases per image, three categories (one not listed),
     a phrase without boxes (``hit`` None) now and then."""
     records = []
@@ -102,7 +102,7 @@ def _records(rng: np.random.Generator, samples: int = 30) -> list[dict]:
 
 
 def test_record_intervals_per_category_resample_the_samples_with_that_category():
-    records = _records(np.random.default_rng(0))
+    records = phrase_records(np.random.default_rng(0))
     intervals = record_intervals(records, categories=["dog", "cat"])
     guided = intervals["caption_guided"]["pointing_game"]
     assert set(guided) == {"avg", "dog", "cat", "other"}  # the unlisted bicycle counts in "other", as in the metrics
@@ -123,7 +123,7 @@ def test_record_intervals_per_category_resample_the_samples_with_that_category()
 
 def test_record_intervals_do_not_depend_on_the_order_the_records_arrive_in():
     """DDP ranks deliver the records of samples 0, 2, 4, ... then 1, 3, 5, ...: the same intervals as one process."""
-    records = _records(np.random.default_rng(1))
+    records = phrase_records(np.random.default_rng(1))
     by_sample: dict[str, list[dict]] = {}
     for record in records:
         by_sample.setdefault(record["sample_id"], []).append(record)
