@@ -29,17 +29,29 @@ def randomise_(module: nn.Module) -> None:
             reset()
 
 
-def cascading_randomisation(model: nn.Module, seed: int = 0) -> Iterator[tuple[str, Any]]:
-    """Yield ``(stage, model)`` with the first ``k`` stages randomised, for k = 1, 2, ...: decoder first (from the
+def step_name(stages: Sequence[str]) -> str:
+    """A cumulative step named by the stage randomised last (``"up to decoder"``): the stages before it are implied
+    by the order, and every stage name joined made the tables' headers unreadable."""
+    return f"up to {stages[-1]}"
+
+
+def randomisation_steps(model: Any) -> dict[str, list[str]]:
+    """``{step name: every stage randomised at that step}``, in the order the sanity check takes them."""
+    names = [name for name, _ in randomisation_stages(model)]
+    return {step_name(names[: k + 1]): names[: k + 1] for k in range(len(names))}
+
+
+def cascading_randomisation(model: nn.Module, seed: int = 0) -> Iterator[tuple[list[str], Any]]:
+    """Yield ``(stages, model)`` with the first ``k`` stages randomised, for k = 1, 2, ...: decoder first (from the
     output layer), then encoder, then the visual backbone. The original model is left untouched; the yielded
     model is one copy randomised further at each step, so use it before asking for the next stage."""
     randomised = copy.deepcopy(model).eval()
     torch.manual_seed(seed)
-    done = []
+    done: list[str] = []
     for name, child in randomisation_stages(randomised):
         randomise_(child)
         done.append(name)
-        yield "+".join(done), randomised
+        yield list(done), randomised
 
 
 def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -71,13 +83,14 @@ def phrase_maps(model: Any, explainer: Any, batches: Sequence[Batch]) -> torch.T
 def sanity_check(
     model: nn.Module, explainers: dict[str, Any], batches: Sequence[Batch], progress: bool = True
 ) -> dict[str, dict[str, float]]:
-    """``{explainer: {stage: mean rank correlation with the original phrase maps}}``."""
+    """``{explainer: {step: mean rank correlation with the original phrase maps}}``, each step named by
+    :func:`step_name` (``"up to decoder"``)."""
     originals = {name: phrase_maps(model, e, batches) for name, e in explainers.items()}
     report: dict[str, dict[str, float]] = {name: {} for name in explainers}
     stages = cascading_randomisation(model)  # one model re-randomised in place: evaluate each stage as it comes
     total = len(randomisation_stages(model))
-    for stage, randomised in tqdm(stages, desc="sanity check", unit="stage", total=total, disable=not progress):
+    for done, randomised in tqdm(stages, desc="sanity check", unit="stage", total=total, disable=not progress):
         for name, explainer in explainers.items():
             after = phrase_maps(randomised, explainer, batches)
-            report[name][stage] = float(rank_correlation(originals[name], after).mean())
+            report[name][step_name(done)] = float(rank_correlation(originals[name], after).mean())
     return report

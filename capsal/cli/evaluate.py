@@ -4,7 +4,6 @@ video) for one checkpoint on a dataset with ground truth, plus an optional model
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import logging
 import math
@@ -35,11 +34,18 @@ from capsal.evaluation import (
 )
 from capsal.explainers import build_explainers
 from capsal.metrics.captioning import caption_scores
-from capsal.metrics.intervals import record_intervals
+from capsal.metrics.intervals import LEVEL, RESAMPLES, Interval, record_intervals
 from capsal.models.protocol import has_attention, item_layout, visual_grid
-from capsal.sanity import sanity_check
+from capsal.sanity import randomisation_steps, sanity_check
 
 log = logging.getLogger("capsal")
+
+# results.json's layout; 2: each table number's 95% interval beside it (``<key>_low``, ``<key>_high``), the paired
+# differences under ``paired_differences``, the bootstrap's settings under ``bootstrap``, sanity steps named by the
+# stage randomised last (``sanity_steps`` lists every stage of each); 1 (no ``schema_version``): a separate
+# ``intervals`` section, sanity steps named by every stage joined with ``+``
+SCHEMA_VERSION = 2
+REFERENCE = "caption_guided"  # the explainer every other is compared with, on the same resampled samples
 
 TABLE_TITLES = {
     "pointing_game": "Table 1: pointing game",
@@ -115,7 +121,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     with bf16_fallback(model, trainer.precision, trainer.strategy.root_device):
         trainer.test(module, dataloaders=loader, verbose=False)
     counts = module.results["counts"]
-    results: dict[str, Any] = {"checkpoint": model_source(cfg), "split": cfg.split}
+    results: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "checkpoint": model_source(cfg), "split": cfg.split}
     results.update(samples=counts["samples"], phrases=counts["phrases"])
     results["captions"] = counts["captions"]
     results["localisation"] = module.results.get("localisation", {})
@@ -132,15 +138,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         pairs = list(islice(caption_pairs(samples, cfg.all_captions), int(cfg.sanity_samples)))
         sanity_batches = [b.to(model_device(model)) for b in batches_of(pairs, model.vocab, int(cfg.batch_size))]
         results["sanity"] = sanity_check(model, explainers, sanity_batches, progress=cfg.progress)
+        results["sanity_steps"] = randomisation_steps(model)
     records = module.results.get("records", [])
     if records:
-        intervals = record_intervals(records)
-        results["intervals"] = {
-            name: {
-                metric: {key: dataclasses.asdict(value) for key, value in entry.items()} for metric, entry in by.items()
-            }
-            for name, by in intervals.items()
-        }
+        results.update(interval_results(results["localisation"], records, evaluator.categories))
     write_results(results, list(getattr(datamodule, "categories", None) or []), Path(cfg.output_dir))
     write_phrase_records(records, Path(cfg.output_dir) / "phrases.csv")
     return results
@@ -157,37 +158,68 @@ def write_phrase_records(records: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(records)
 
 
+def interval_results(
+    localisation: dict[str, dict[str, dict[str, float]]], records: list[dict[str, Any]], categories: list[str]
+) -> dict[str, Any]:
+    """Put each table number's 95% interval beside it in ``localisation`` (``<key>_low``, ``<key>_high``, in place,
+    so the CSV columns and results.json keys follow the number they bound); return the bootstrap's settings and the
+    paired differences from ``REFERENCE`` in the same layout (``{explainer: {metric: value, metric_low, ...}}``)."""
+    intervals = record_intervals(records, categories, reference=REFERENCE)
+    differences: dict[str, dict[str, float]] = {}
+    for name, by_metric in intervals.items():
+        for metric, by_key in by_metric.items():
+            values = localisation.get(name, {}).get(metric)
+            if values is not None:
+                bounds = {key: interval for key, interval in by_key.items() if key in values}
+                localisation[name][metric] = _with_bounds(values, bounds)
+            difference = by_key.get(f"minus_{REFERENCE}")
+            if difference is not None:
+                mine = differences.setdefault(name, {})
+                mine.update(_with_bounds({metric: difference.estimate}, {metric: difference}))
+    settings = {"over": "samples", "resamples": RESAMPLES, "level": LEVEL, "seed": 0, "reference": REFERENCE}
+    return {"bootstrap": settings, "paired_differences": differences}
+
+
+def _with_bounds(values: dict[str, float], bounds: dict[str, Interval]) -> dict[str, float]:
+    """``values`` with ``<key>_low`` and ``<key>_high`` right after each key that has an interval."""
+    out: dict[str, float] = {}
+    for key, value in values.items():
+        out[key] = value
+        if key in bounds:
+            out[f"{key}_low"], out[f"{key}_high"] = bounds[key].low, bounds[key].high
+    return out
+
+
+_BOUNDS = ("_low", "_high")
+
+
+def bounded_columns(rows: dict[str, dict[str, float]], columns: list[str]) -> list[str]:
+    """The CSV columns: each of ``columns`` followed by its ``_low`` and ``_high`` where some row has them."""
+    out = []
+    for column in columns:
+        out.append(column)
+        if any(f"{column}_low" in values for values in rows.values()):
+            out += [f"{column}_low", f"{column}_high"]
+    return out
+
+
 def markdown_table(title: str, rows: dict[str, dict[str, float]], columns: list[str]) -> str:
+    """A Markdown table, one row per entry of ``rows``; a number with ``<column>_low``/``_high`` beside it shows its
+    interval in the cell (``0.881 [0.850, 0.910]``)."""
     header = ["explainer", *columns]
     lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, values in rows.items():
-        cells = [_fmt(values.get(c, float("nan"))) for c in columns]
-        lines.append("| " + " | ".join([name, *cells]) + " |")
+        lines.append("| " + " | ".join([name, *[_cell(values, c) for c in columns]]) + " |")
     return "\n".join(lines)
 
 
-def _fmt(value: float) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
-
-
-def interval_table(intervals: dict[str, dict[str, dict[str, dict[str, float]]]]) -> str:
-    """Markdown: each explainer's Avg per NP with its 95% interval, and its paired difference from caption_guided."""
-    metrics = list(dict.fromkeys(metric for by in intervals.values() for metric in by))
-
-    def cell(value: dict[str, float] | None) -> str:
-        return "-" if value is None else f"{value['estimate']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
-
-    header = [f"{m.replace('_', ' ')} {what}" for m in metrics for what in ("avg", "- caption_guided")]
-    lines = [
-        "### 95% intervals: bootstrap over samples (1,000 resamples), paired against caption_guided",
-        "",
-        "| explainer | " + " | ".join(header) + " |",
-        "|---" * (len(header) + 1) + "|",
-    ]
-    for name, by in intervals.items():
-        cells = [cell(by.get(m, {}).get(k)) for m in metrics for k in ("avg", "minus_caption_guided")]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def _cell(values: dict[str, float], column: str) -> str:
+    value = values.get(column, float("nan"))
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if f"{column}_low" in values:
+        return str(Interval(value, values[f"{column}_low"], values[f"{column}_high"]))
+    return f"{value:.3f}"
 
 
 def write_results(results: dict[str, Any], categories: list[str], output_dir: Path) -> str:
@@ -204,14 +236,20 @@ def write_results(results: dict[str, Any], categories: list[str], output_dir: Pa
             markdown_table(TABLE_TITLES.get(metric, metric), rows, columns).replace("| avg |", "| Avg per NP |")
         )
         _write_csv(output_dir / f"{metric}.csv", rows, [*columns, "skipped"])
-    if results.get("intervals"):
-        blocks.append(interval_table(results["intervals"]))
+    if "bootstrap" in results:
+        blocks.append(_brackets_note(results["bootstrap"]))
+    differences = results.get("paired_differences")
+    if differences:
+        names = [m for m in dict.fromkeys(m for by in differences.values() for m in by) if not m.endswith(_BOUNDS)]
+        title = f"Paired difference: explainer minus {results['bootstrap']['reference']} (Avg per NP, same samples)"
+        blocks.append(markdown_table(title, differences, names))
+        _write_csv(output_dir / "paired_differences.csv", differences, names)
     if "captioning" in results:
         names = list(results["captioning"])
         blocks.append(markdown_table("Table 3: captioning", {"model": results["captioning"]}, names))
         _write_csv(output_dir / "captioning.csv", {"model": results["captioning"]}, names)
     if "sanity" in results:
-        stages = list(next(iter(results["sanity"].values())).keys())
+        stages = list(next(iter(results["sanity"].values())).keys())  # "up to <stage>", one per cumulative step
         blocks.append(
             markdown_table("Sanity check: rank correlation with the original maps", results["sanity"], stages)
         )
@@ -227,7 +265,17 @@ def write_results(results: dict[str, Any], categories: list[str], output_dir: Pa
     return text
 
 
+def _brackets_note(bootstrap: dict[str, Any]) -> str:
+    """Says what the brackets in the tables are."""
+    return (
+        f"Brackets: {bootstrap['level']:.0%} interval, bootstrap over {bootstrap['over']} (images or clips, with all "
+        f"their phrases), {bootstrap['resamples']:,} resamples, seed {bootstrap['seed']}."
+    )
+
+
 def _write_csv(path: Path, rows: dict[str, dict[str, float]], columns: list[str]) -> None:
+    """One row per explainer; each column with an interval followed by its ``_low`` and ``_high`` columns."""
+    columns = bounded_columns(rows, columns)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["explainer", *columns])

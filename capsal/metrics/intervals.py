@@ -13,10 +13,13 @@ can resample neither whole samples whose phrases span batches nor two explainers
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from capsal.metrics.base import OTHER
 
 RESAMPLES = 1000
 LEVEL = 0.95
@@ -88,30 +91,46 @@ def per_sample(values: ArrayLike, sample_of: ArrayLike, samples: list | None = N
 
 
 def record_intervals(
-    records: list[dict], reference: str = "caption_guided", resamples: int = RESAMPLES, seed: int = 0
+    records: list[dict],
+    categories: Collection[str] | None = None,
+    reference: str = "caption_guided",
+    resamples: int = RESAMPLES,
+    seed: int = 0,
 ) -> dict[str, dict[str, dict[str, Interval]]]:
-    """``{explainer: {metric: {"avg": Interval, "minus_<reference>": Interval}}}`` from ``capsal-eval``'s per-phrase
-    records: pointing game (``hit``) and attention correctness (``mass_inside``) for images, temporal pointing for
-    video, deletion and insertion areas where they were measured; the paired difference against ``reference``
-    where both scored the same phrases."""
+    """``{explainer: {metric: {"avg"|<category>: Interval, "minus_<reference>": Interval}}}`` from ``capsal-eval``'s
+    per-phrase records: pointing game (``hit``) and attention correctness (``mass_inside``) for images, temporal
+    pointing for video, deletion and insertion areas where they were measured, each over all phrases and per
+    category, a category not in ``categories`` counted in ``"other"`` as the metrics count it; the paired difference
+    of the average against ``reference`` where both scored the same phrases.
+
+    Each number resamples the samples that have a scored phrase in it, in sorted order: the draws do not depend on
+    the order the records arrived in, so records gathered from DDP ranks give one process's intervals."""
     fields = {"temporal_pointing": "hit"}
     if not any("frame" in record for record in records):
         fields = {"pointing_game": "hit", "attention_correctness": "mass_inside"}
     if any("deletion_auc" in record for record in records):
         fields.update(deletion="deletion_auc", insertion="insertion_auc")
-    samples = list(dict.fromkeys(r["sample_id"] for r in records))
     out: dict[str, dict[str, dict[str, Interval]]] = {}
     for metric, field in fields.items():
         scored = [r for r in records if r.get(field) is not None]
-        by_explainer = {}
-        for name in dict.fromkeys(r["explainer"] for r in scored):
-            mine = [r for r in scored if r["explainer"] == name]
-            by_explainer[name] = per_sample([float(r[field]) for r in mine], [r["sample_id"] for r in mine], samples)
-        for name, (sums, counts) in by_explainer.items():
-            entry = out.setdefault(name, {}).setdefault(metric, {})
-            entry["avg"] = sample_bootstrap(sums, counts, resamples, seed)
-            if name != reference and reference in by_explainer and np.array_equal(counts, by_explainer[reference][1]):
-                entry[f"minus_{reference}"] = paired_difference(
-                    sums, by_explainer[reference][0], counts, resamples, seed
+        groups: dict[str, list[dict]] = {"avg": scored}
+        for r in scored:
+            category = r["category"] if categories is None or r["category"] in categories else OTHER
+            groups.setdefault(category, []).append(r)
+        for key, group in groups.items():
+            samples = sorted({r["sample_id"] for r in group}, key=str)
+            by_explainer = {}
+            for name in dict.fromkeys(r["explainer"] for r in group):
+                mine = [r for r in group if r["explainer"] == name]
+                by_explainer[name] = per_sample(
+                    [float(r[field]) for r in mine], [r["sample_id"] for r in mine], samples
                 )
+            for name, (sums, counts) in by_explainer.items():
+                entry = out.setdefault(name, {}).setdefault(metric, {})
+                entry[key] = sample_bootstrap(sums, counts, resamples, seed)
+                paired = key == "avg" and name != reference and reference in by_explainer
+                if paired and np.array_equal(counts, by_explainer[reference][1]):
+                    entry[f"minus_{reference}"] = paired_difference(
+                        sums, by_explainer[reference][0], counts, resamples, seed
+                    )
     return out

@@ -41,21 +41,55 @@ def test_image_tables_for_every_default_explainer(image_checkpoint, tmp_path):
         rows = list(csv.DictReader(handle))
     assert [r["explainer"] for r in rows] == list(localisation)
     assert {"circle", "square", "triangle", "diamond", "avg"} <= set(rows[0])
-    assert json.loads((tmp_path / "results.json").read_text())["captioning"]["bleu1"] > 0
-    # every table number with its 95% interval over samples, the same number the table shows, and paired differences
-    intervals = json.loads((tmp_path / "results.json").read_text())["intervals"]
-    for name, values in localisation.items():
-        for metric in ("pointing_game", "attention_correctness"):
-            interval = intervals[name][metric]["avg"]
-            assert interval["estimate"] == pytest.approx(values[metric]["avg"])
-            assert interval["low"] <= interval["estimate"] <= interval["high"]
-            assert interval["low"] < interval["high"] or values[metric]["avg"] in (0.0, 1.0)
-            if name != "caption_guided":
-                difference = intervals[name][metric]["minus_caption_guided"]["estimate"]
-                assert difference == pytest.approx(
-                    values[metric]["avg"] - localisation["caption_guided"][metric]["avg"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["captioning"]["bleu1"] > 0 and saved["schema_version"] == 2
+    # every table number with its 95% interval over samples beside it, bracketing it, in the CSV as in results.json
+    for metric in ("pointing_game", "attention_correctness"):
+        with (tmp_path / f"{metric}.csv").open() as handle:
+            header, *lines = list(csv.reader(handle))
+        rows = [dict(zip(header, line, strict=True)) for line in lines]
+        for category in ("circle", "square", "triangle", "diamond", "avg"):
+            assert header[header.index(category) + 1 : header.index(category) + 3] == [
+                f"{category}_low",
+                f"{category}_high",
+            ]
+        for row in rows:
+            values = saved["localisation"][row["explainer"]][metric]
+            for column in ("circle", "avg"):
+                low, value, high = (float(row[column + end]) for end in ("_low", "", "_high"))
+                assert (low, value, high) == pytest.approx(
+                    (values[f"{column}_low"], values[column], values[f"{column}_high"])
                 )
-    assert "95% intervals: bootstrap over samples" in tables
+                assert low <= value <= high
+                assert low < high or value in (0.0, 1.0)
+    guided = saved["localisation"]["caption_guided"]["pointing_game"]
+    cell = f"{guided['avg']:.3f} [{guided['avg_low']:.3f}, {guided['avg_high']:.3f}]"
+    row = next(line for line in tables.split("Table 2")[0].splitlines() if line.startswith("| caption_guided |"))
+    assert row.endswith(f"| {cell} |")  # Avg per NP, the last column, shows its interval
+    # a category's interval resamples only the images with a phrase of it: fewer phrases, a wider interval
+    widths = {key: guided[f"{key}_high"] - guided[f"{key}_low"] for key in ("circle", "square", "triangle", "avg")}
+    assert max(widths.values()) > widths["avg"]
+    # paired differences from caption_guided: its own table and CSV, the difference of the two table numbers
+    differences = saved["paired_differences"]
+    assert set(differences) == set(localisation) - {"caption_guided"}
+    for name, by_metric in differences.items():
+        for metric in ("pointing_game", "attention_correctness"):
+            assert by_metric[metric] == pytest.approx(
+                localisation[name][metric]["avg"] - localisation["caption_guided"][metric]["avg"]
+            )
+            assert by_metric[f"{metric}_low"] <= by_metric[metric] <= by_metric[f"{metric}_high"]
+    uniform = differences["uniform"]["pointing_game"]
+    assert f"{uniform:.3f} [" in tables.split("Paired difference")[1]
+    with (tmp_path / "paired_differences.csv").open() as handle:
+        header = next(csv.reader(handle))
+    assert header[:4] == ["explainer", "pointing_game", "pointing_game_low", "pointing_game_high"]
+    assert saved["bootstrap"] == {
+        "over": "samples",
+        "resamples": 1000,
+        "level": 0.95,
+        "seed": 0,
+        "reference": "caption_guided",
+    }
 
 
 def test_sanity_check_separates_model_based_explainers_from_baselines(image_checkpoint, tmp_path):
@@ -72,12 +106,16 @@ def test_sanity_check_separates_model_based_explainers_from_baselines(image_chec
     )
     sanity = results["sanity"]
     stages = list(sanity["center"])
-    assert stages[0] == "output" and stages[-1].endswith("backbone")
+    assert stages[0] == "up to output" and stages[-1] == "up to backbone"  # named by the stage randomised last
+    assert results["sanity_steps"]["up to decoder"] == ["output", "decoder"]
+    assert results["sanity_steps"][stages[-1]][-1] == "backbone" and len(results["sanity_steps"]) == len(stages)
     assert all(value == pytest.approx(1.0) for value in sanity["center"].values())
     assert sanity["caption_guided"][stages[-1]] < 0.9
     # each stage is measured on its own model, not all on the fully randomised one
     assert len({round(value, 6) for value in sanity["caption_guided"].values()}) > 1
     assert "Sanity check" in (tmp_path / "tables.md").read_text()
+    with (tmp_path / "sanity.csv").open() as handle:
+        assert next(csv.reader(handle)) == ["explainer", *stages]
 
 
 def test_video_tables_report_temporal_and_spatial_pointing(video_checkpoint, tmp_path):
@@ -94,7 +132,18 @@ def test_video_tables_report_temporal_and_spatial_pointing(video_checkpoint, tmp
     for values in results["localisation"].values():
         assert set(values) == {"temporal_pointing", "spatial_pointing"}
         assert 0.0 <= values["temporal_pointing"]["avg"] <= 1.0
-    assert "Temporal pointing" in (tmp_path / "tables.md").read_text()
+    tables = (tmp_path / "tables.md").read_text()
+    assert "Temporal pointing" in tables
+    # temporal pointing has its intervals (from the per-phrase records); spatial pointing is not recorded per phrase
+    guided = results["localisation"]["caption_guided"]
+    assert (
+        guided["temporal_pointing"]["avg_low"]
+        <= guided["temporal_pointing"]["avg"]
+        <= guided["temporal_pointing"]["avg_high"]
+    )
+    assert "avg_low" not in guided["spatial_pointing"]
+    assert set(results["paired_differences"]) == {"random", "center"}
+    assert f"{guided['temporal_pointing']['avg']:.3f} [{guided['temporal_pointing']['avg_low']:.3f}," in tables
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,11 @@ def test_two_processes_with_uneven_samples_match_one_process(image_checkpoint, t
     pointing = {key: value for key, value in flat(one["localisation"]).items() if "pointing_game" in key}
     assert {key: flat(two["localisation"])[key] for key in pointing} == pytest.approx(pointing, abs=0, nan_ok=True)
     assert flat(two["localisation"]) == pytest.approx(flat(one["localisation"]), rel=1e-4, nan_ok=True)
+    # the 95% intervals (in the comparisons above: "<key>_low", "<key>_high") are resampled on rank zero from the
+    # gathered per-phrase records: one process's, the pointing game's and its paired differences exactly
+    assert "caption_guided/pointing_game/avg_low" in pointing
+    differences = {key: value for key, value in flat(one["paired_differences"]).items() if "pointing_game" in key}
+    assert {key: flat(two["paired_differences"])[key] for key in differences} == differences
     assert two["captioning"] == one["captioning"]
     assert phrase_rows(tmp_path / "two") == phrase_rows(tmp_path / "one")
 

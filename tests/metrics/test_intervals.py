@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from capsal.metrics.intervals import Interval, paired_difference, per_sample, sample_bootstrap
+from capsal.metrics.intervals import Interval, paired_difference, per_sample, record_intervals, sample_bootstrap
 
 SEEDS = 200
 
@@ -81,3 +81,53 @@ def test_a_paired_difference_cancels_what_the_samples_share():
     a, b = sample_bootstrap(sums_a, counts), sample_bootstrap(sums_b, counts, seed=1)
     assert b.low < a.high
     assert paired.high - paired.low < (a.high - a.low) / 2
+
+
+def phrase_records(rng: np.random.Generator, samples: int = 30) -> list[dict]:
+    """capsal-eval's per-phrase records of two explainers: 1-4 phrases per image, three categories (one not listed),
+    a phrase without boxes (``hit`` None) now and then."""
+    records = []
+    for s in range(samples):
+        for p in range(int(rng.integers(1, 5))):
+            category = ["dog", "cat", "bicycle"][int(rng.integers(0, 3))]
+            boxed = rng.random() > 0.1
+            for name, rate in (("caption_guided", 0.7), ("random", 0.3)):
+                hit = bool(rng.random() < rate) if boxed else None
+                mass = float(rng.random()) if boxed else None
+                records.append(
+                    {"sample_id": f"img{s}", "span": [p, p + 1], "category": category, "explainer": name}
+                    | {"hit": hit, "mass_inside": mass}
+                )
+    return records
+
+
+def test_record_intervals_per_category_resample_the_samples_with_that_category():
+    records = phrase_records(np.random.default_rng(0))
+    intervals = record_intervals(records, categories=["dog", "cat"])
+    guided = intervals["caption_guided"]["pointing_game"]
+    assert set(guided) == {"avg", "dog", "cat", "other"}  # the unlisted bicycle counts in "other", as in the metrics
+    assert "minus_caption_guided" in intervals["random"]["pointing_game"]
+    scored = [r for r in records if r["explainer"] == "caption_guided" and r["hit"] is not None]
+    dogs = [r for r in scored if r["category"] == "dog"]
+    assert guided["dog"].estimate == pytest.approx(sum(r["hit"] for r in dogs) / len(dogs))
+    # the same interval as a bootstrap over just the images that have a scored dog phrase (masses: continuous, so
+    # another set or order of images would not give the same percentiles by chance)
+    images = sorted({r["sample_id"] for r in dogs})
+    sums, counts = per_sample([r["mass_inside"] for r in dogs], [r["sample_id"] for r in dogs], images)
+    assert intervals["caption_guided"]["attention_correctness"]["dog"] == sample_bootstrap(sums, counts)
+    other = [r for r in scored if r["category"] == "bicycle"]
+    assert guided["other"].estimate == pytest.approx(sum(r["hit"] for r in other) / len(other))
+    mass = intervals["random"]["attention_correctness"]["cat"]
+    assert mass.low <= mass.estimate <= mass.high and mass.low < mass.high
+
+
+def test_record_intervals_do_not_depend_on_the_order_the_records_arrive_in():
+    """DDP ranks deliver the records of samples 0, 2, 4, ... then 1, 3, 5, ...: the same intervals as one process."""
+    records = phrase_records(np.random.default_rng(1))
+    by_sample: dict[str, list[dict]] = {}
+    for record in records:
+        by_sample.setdefault(record["sample_id"], []).append(record)
+    shards = [list(by_sample.values())[rank::2] for rank in range(2)]
+    gathered = [record for shard in shards for sample in shard for record in sample]
+    assert gathered != records
+    assert record_intervals(gathered, ["dog", "cat"]) == record_intervals(records, ["dog", "cat"])

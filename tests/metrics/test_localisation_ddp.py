@@ -1,5 +1,6 @@
 """The localisation metrics reduce exactly under DDP: two gloo processes on CPU, each updating with half of the
-phrases, must compute what one process computes on all of them."""
+phrases, must compute what one process computes on all of them; and the bootstrap intervals, resampled on rank zero
+from the per-phrase records ``capsal-eval`` gathers, equal one process's."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ import socket
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_intervals import phrase_records
 
+from capsal.cli.evaluate import interval_results
+from capsal.datamodules.base import ShardedSampler
+from capsal.evaluation import Evaluation, LocalisationEvaluator
 from capsal.metrics import AttentionCorrectness, PointingGame, TemporalPointingGame
 
 CATS = ["people", "animals", "scene"]
@@ -118,3 +124,48 @@ def test_two_gloo_ranks_compute_the_single_process_result():
     assert 0 < expected["pointing:avg"] < 1 and 0 < expected["temporal:spatial/avg"] < 1
     assert 0 < expected["attention:avg"] < 1 and not math.isnan(expected["pointing:other"])
     mp.spawn(_worker, args=(free_port(), expected), nprocs=2, join=True)
+
+
+def _sample_order(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The records of each sample, samples in the split's order (as one process scores them)."""
+    by_sample: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_sample.setdefault(record["sample_id"], []).append(record)
+    return list(by_sample.values())
+
+
+def _intervals_worker(rank: int, port: int, records: list[dict[str, Any]], expected: dict[str, Any]) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=timedelta(seconds=30)
+    )
+    try:
+        samples = _sample_order(records)
+        evaluator = LocalisationEvaluator({}, ["dog", "cat"], is_video=False, keep_records=True)
+        # this rank's samples as capsal-eval's sampler deals them (0, 2, 4, ... and 1, 3, 5, ...)
+        evaluator.records = [record for i in ShardedSampler(samples) for record in samples[i]]
+        module = Evaluation(torch.nn.Identity(), evaluator, captioning=False)
+        module.on_test_epoch_end()  # gathers every rank's records, as after Trainer.test
+        gathered = module.results["records"]
+        assert gathered != records and len(gathered) == len(records)  # another order than one process's
+        assert _intervals(gathered) == expected, rank  # exactly: every bound and paired difference
+    finally:
+        dist.destroy_process_group()
+
+
+def _intervals(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """What capsal-eval adds to its results from the records: the tables' bounds and the paired differences."""
+    keys = ("avg", "dog", "cat", "other", "skipped")  # table numbers to sit beside (they do not enter the intervals)
+    metrics = ("pointing_game", "attention_correctness")
+    table = {name: {m: dict.fromkeys(keys, 0.5) for m in metrics} for name in ("caption_guided", "random")}
+    return interval_results(table, records, ["dog", "cat"]) | {"localisation": table}
+
+
+@pytest.mark.timeout(120)
+def test_intervals_from_records_gathered_on_two_gloo_ranks_equal_one_process_s():
+    records = phrase_records(np.random.default_rng(2), samples=25)  # odd: the ranks get 13 and 12 samples
+    expected = _intervals(records)
+    bounds = expected["localisation"]["caption_guided"]["attention_correctness"]
+    assert bounds["dog_low"] < bounds["dog_high"] and "other_low" in bounds  # intervals to compare, per category
+    assert set(expected["paired_differences"]["random"]) >= {"pointing_game", "pointing_game_low"}
+    mp.spawn(_intervals_worker, args=(free_port(), records, expected), nprocs=2, join=True)
