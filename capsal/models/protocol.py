@@ -12,8 +12,10 @@ import math
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
+from einops import repeat
 
 from capsal.devices import model_dtype
+from capsal.errors import UserError
 from capsal.text import Tokenizer
 from capsal.types import ItemLayout
 
@@ -32,6 +34,10 @@ class EncoderDecoder(Protocol):
       grid, ``m = T``.
     - ``encode(items, mask=None, positions=None)``: ``(B, m, d)`` -> an opaque state; ``mask`` is True for real
       items, ``positions`` (``(B, m)`` long) gives each item's original index for models with positional embeddings.
+      Items where ``mask`` is False are padding and change nothing: no log-probability moves when their values (or
+      positions) change. A row whose mask is all False is "no item": the model's prediction with nothing to look
+      at, the decoder from the words alone; it must come out finite and equal to that row run alone
+      (:func:`keep_items` removes items this way, :func:`check_no_item` refuses a model that cannot).
     - ``token_logprobs(state, tokens)``: teacher forcing, ``tokens`` ``(B, n)`` start with bos; returns
       ``(B, n, V)`` log-probabilities, row t being the distribution of token t+1. No length limit: explaining a
       given sentence needs no generation.
@@ -238,3 +244,57 @@ def logprobs_at(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     top = top.masked_fill(~torch.isfinite(top), 0.0)
     total = logits.sub_(top).exp_().sum(dim=-1)
     return picked - (total.log() + top[..., 0])
+
+
+def keep_items(items: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The one way to remove items from a model's input (the faithfulness metrics' deletion and insertion, as the
+    caption-guided explainer feeds one item at its original position): ``keep`` ``(B, m)`` bool says which items
+    each row keeps. Returns ``(kept_items, mask, positions)``: each row's kept items gathered to the front in their
+    original order, padded at the end (zeros, mask False, position 0) to the most kept in the batch, at least one
+    column, so a row that keeps nothing is a valid "no item" row; ``positions`` (long) are their original indices.
+
+    >>> kept, mask, positions = keep_items(torch.arange(3.0)[None, :, None], torch.tensor([[False, True, True]]))
+    >>> kept[..., 0].tolist(), mask.tolist(), positions.tolist()
+    ([[1.0, 2.0]], [[True, True]], [[1, 2]])
+    """
+    keep = keep.to(device=items.device, dtype=torch.bool)
+    if keep.shape != items.shape[:2]:
+        raise ValueError(f"keep must have shape {tuple(items.shape[:2])} (batch, items), got {tuple(keep.shape)}")
+    if items.shape[1] == 0:  # nothing to keep: one padding column
+        items, keep = items.new_zeros(items.shape[0], 1, *items.shape[2:]), keep.new_zeros(keep.shape[0], 1)
+    width = max(int(keep.sum(dim=1).max()) if keep.numel() else 0, 1)
+    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, :width]  # kept first, in order
+    mask = keep.gather(1, order)
+    gathered = items.gather(1, repeat(order, "b k -> b k d", d=items.shape[-1]))
+    kept = torch.where(mask[..., None], gathered, torch.zeros((), dtype=items.dtype, device=items.device))
+    return kept, mask, order.masked_fill(~mask, 0)
+
+
+def check_no_item(model: Any, items: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``(B, n, V)`` log-probabilities of teacher forcing ``tokens`` ``(B, n)`` with no item at all (one column of
+    ``items``' width, mask all False), or one line saying the model has no defined "no item": it raised, gave
+    non-finite values, or read the masked item's values. Run it before asking a model for rows without items."""
+    batch = tokens.shape[0]
+    mask = torch.zeros(batch, 1, dtype=torch.bool, device=items.device)
+    positions = torch.zeros(batch, 1, dtype=torch.long, device=items.device)
+    padding = items.new_zeros(batch, 1, items.shape[-1])
+    asked = "a row with no item (encode with mask all False)"
+    fix = "make encode treat an all-False mask row as no input (see the protocol in docs/design.md)"
+    try:
+        logprobs = model.token_logprobs(model.encode(padding, mask, positions), tokens)
+        other = model.token_logprobs(model.encode(padding + 1, mask, positions), tokens)
+    except Exception as error:  # any failure means the model cannot be asked this
+        message = str(error).splitlines()[0] if str(error) else ""
+        raise UserError(
+            f"{type(model).__name__} cannot take {asked}: it raised {type(error).__name__}: {message}; {fix}"
+        ) from error
+    if not bool(torch.isfinite(logprobs).all()):
+        raise UserError(
+            f"{type(model).__name__} cannot take {asked}: its log-probabilities came back NaN or infinite; {fix}"
+        )
+    if not torch.equal(logprobs, other):
+        raise UserError(
+            f"{type(model).__name__} cannot take {asked}: its log-probabilities change with the values "
+            f"of the masked item; {fix}"
+        )
+    return logprobs

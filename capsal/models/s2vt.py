@@ -70,7 +70,8 @@ class S2VT(CaptioningModule):
         self, items: torch.Tensor, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """``z`` and the decoder's initial ``(h, c)``, batch-first. S2VT has no positional input: ``positions``
-        is accepted and ignored (the order of items is all it knows)."""
+        is accepted and ignored (the order of items is all it knows). A row with no item (mask all False) is what
+        nothing read gives: the lstm encoder's zero state, or the mean encoder's ``z = 0``."""
         projected = self.item_projection(items)
         if mask is None:
             mask = torch.ones(items.shape[:2], dtype=torch.bool, device=items.device)
@@ -81,7 +82,9 @@ class S2VT(CaptioningModule):
             lengths = mask.sum(1).clamp(min=1).cpu()
             packed = nn.utils.rnn.pack_padded_sequence(projected, lengths, batch_first=True, enforce_sorted=False)
             _, (h, c) = self.encoder(packed)
-            h, c = h[-1], c[-1]
+            # a row with no item read nothing: the encoder's initial zero state (packing read one padded item)
+            seen = mask.any(dim=1)[:, None]
+            h, c = torch.where(seen, h[-1], 0.0), torch.where(seen, c[-1], 0.0)
             z = h
         else:
             weights = mask.to(projected.dtype)[..., None]

@@ -80,7 +80,8 @@ class SoftAttention(CaptioningModule):
         self, items: torch.Tensor, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None
     ) -> State:
         """Batch-first state: projected ``items`` ``(B, m, H)``, their attention ``keys`` ``U_a v_i + b_a``,
-        ``mask`` ``(B, m)`` and the initial ``h``, ``c``. No positional input: ``positions`` is ignored."""
+        ``mask`` ``(B, m)`` and the initial ``h``, ``c`` (from the mean of the real items: 0 for a row with no item). No
+        positional input: ``positions`` is ignored."""
         projected = self.item_projection(items)
         if mask is None:
             mask = torch.ones(items.shape[:2], dtype=torch.bool, device=items.device)
@@ -116,10 +117,11 @@ class SoftAttention(CaptioningModule):
 
     # ---- the one code path ----------------------------------------------------------------------------------
     def _attend(self, state: State, h: torch.Tensor) -> torch.Tensor:
-        """``alpha`` ``(B, m)``: Eq. 5 with ``h = h_{t-1}``, softmax over the real items."""
+        """``alpha`` ``(B, m)``: Eq. 5 with ``h = h_{t-1}``, softmax over the real items; exactly 0 on masked ones,
+        so a row with no item attends to nothing and reads the zero context."""
         energy = self.attention_score(torch.tanh(state["keys"] + self.attention_hidden(h)[:, None])).squeeze(-1)
         energy = energy.masked_fill(~state["mask"], torch.finfo(energy.dtype).min)
-        return torch.softmax(energy, dim=-1)
+        return torch.softmax(energy, dim=-1).masked_fill(~state["mask"], 0.0)
 
     def _step_logits(self, state: State, h: torch.Tensor, c: torch.Tensor, token: torch.Tensor):
         alpha = self._attend(state, h)

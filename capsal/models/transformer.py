@@ -102,7 +102,7 @@ class TransformerCaptioner(CaptioningModule):
             enable_nested_tensor=False,
         )
         self.decoder = nn.TransformerDecoder(
-            nn.TransformerDecoderLayer(**layer), num_decoder_layers, norm=nn.LayerNorm(hidden_size)
+            NoItemDecoderLayer(**layer), num_decoder_layers, norm=nn.LayerNorm(hidden_size)
         )
         self.output = nn.Linear(hidden_size, len(self.vocab))
 
@@ -123,7 +123,8 @@ class TransformerCaptioner(CaptioningModule):
         self, items: torch.Tensor, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None
     ) -> State:
         """Batch-first state: the encoder's ``memory`` ``(B, m, H)`` and ``mask`` ``(B, m)``. ``positions``
-        ``(B, m)`` long (default ``arange(m)``) are the items' original indices."""
+        ``(B, m)`` long (default ``arange(m)``) are the items' original indices. A row with no item has zero
+        memory, and the decoder's cross-attention reads nothing from it (:class:`NoItemDecoderLayer`)."""
         batch, count = items.shape[:2]
         if mask is None:
             mask = torch.ones(batch, count, dtype=torch.bool, device=items.device)
@@ -140,8 +141,10 @@ class TransformerCaptioner(CaptioningModule):
             )
         mask = mask.bool()
         hidden = self.dropout(self.item_projection(items) + self.item_positions(positions))
-        memory = self.encoder(hidden, src_key_padding_mask=~mask)
-        return {"memory": memory, "mask": mask}
+        # a row with no item attends over its padding (finite, never read: the decoder reads nothing there)
+        seen = mask.any(dim=1)
+        memory = self.encoder(hidden, src_key_padding_mask=~mask & seen[:, None])
+        return {"memory": torch.where(seen[:, None, None], memory, 0.0), "mask": mask}
 
     def max_sentence_tokens(self) -> int:
         """The most teacher-forced tokens (bos included) this model takes: its word position table's size."""
@@ -187,3 +190,30 @@ class TransformerCaptioner(CaptioningModule):
     def decode_step(self, state: State, cache: dict, tokens: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Recomputes the whole prefix: causal masking makes the last row the next-token distribution."""
         return self.token_logprobs(state, tokens)[:, -1], cache
+
+
+class NoItemDecoderLayer(nn.TransformerDecoderLayer):
+    """``nn.TransformerDecoderLayer`` (same parameters, same outputs) whose cross-attention over a row with no item
+    (memory all masked) reads the zero vector, as soft attention over nothing does: the block gives the output
+    projection's bias instead of PyTorch's NaN, so the row is the decoder from the words alone."""
+
+    def _mha_block(
+        self,
+        x: torch.Tensor,
+        mem: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        key_padding_mask: torch.Tensor | None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        if key_padding_mask is None:
+            return super()._mha_block(x, mem, attn_mask, key_padding_mask, is_causal)
+        masked = key_padding_mask if key_padding_mask.dtype == torch.bool else torch.isneginf(key_padding_mask)
+        empty = masked.all(dim=-1)
+        if not bool(empty.any()):
+            return super()._mha_block(x, mem, attn_mask, key_padding_mask, is_causal)
+        # attend over the empty rows' padding (finite, so no NaN reaches any gradient), then read nothing there
+        finite = key_padding_mask.masked_fill(empty[:, None], 0)
+        out = super()._mha_block(x, mem, attn_mask, finite, is_causal)
+        bias = self.multihead_attn.out_proj.bias
+        nothing = torch.zeros_like(out) if bias is None else self.dropout2(bias.to(out.dtype).expand_as(out))
+        return torch.where(empty[:, None, None], nothing, out)

@@ -32,8 +32,25 @@ class BlipFamily(CrossAttentionFamily):
         text = self.model.config.text_config
         return text.bos_token_id, text.sep_token_id, text.pad_token_id
 
+    def read_hooks(self, state: dict[str, Any]) -> list[Any]:
+        """Also hands each cross-attention its mask: BLIP's text layers pass it as ``attention_mask``, which its
+        cross-attention never reads (transformers 5), so padded items would be attended to."""
+        masks = [
+            module.self.register_forward_pre_hook(_cross_attention_mask, with_kwargs=True)
+            for name, module in self.decoder.named_modules()
+            if name.endswith("crossattention")
+        ]
+        return masks + super().read_hooks(state)
+
     def embed_patches(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return rearrange(self.vision.embeddings.patch_embedding(pixel_values), "b d h w -> b (h w) d")
 
     def run_encoder(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.vision.post_layernorm(self.vision.encoder(inputs_embeds=hidden).last_hidden_state)
+
+
+def _cross_attention_mask(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    """Forward pre-hook: the mask given as ``attention_mask`` passed on as ``encoder_attention_mask``."""
+    if kwargs.get("encoder_attention_mask") is None and kwargs.get("attention_mask") is not None:
+        return args, {**kwargs, "encoder_attention_mask": kwargs["attention_mask"]}
+    return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -177,14 +178,48 @@ class CrossAttentionFamily(Family):
         }
 
     def decode(self, state: State, tokens: torch.Tensor, **options: Any) -> Any:
-        return self.decoder(
-            input_ids=tokens,
-            attention_mask=torch.ones_like(tokens),
-            encoder_hidden_states=state["memory"],
-            encoder_attention_mask=state["mask"].long(),
-            use_cache=False,
-            **options,
-        )
+        with self.reading(state):
+            return self.decoder(
+                input_ids=tokens,
+                attention_mask=torch.ones_like(tokens),
+                encoder_hidden_states=state["memory"],
+                encoder_attention_mask=state["mask"].long(),
+                use_cache=False,
+                **options,
+            )
+
+    @contextlib.contextmanager
+    def reading(self, state: State) -> Iterator[None]:
+        """The decoder reading ``state``, with :meth:`read_hooks` on it and removed afterwards."""
+        handles = self.read_hooks(state)
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def read_hooks(self, state: State) -> list[Any]:
+        """Hooks that make each cross-attention read the zero vector (before its output projection) for a row with
+        no item (``keep=encoder_output``, mask all False), as PyTorch's fused attention does over nothing, instead of
+        the uniform weights over padding that eager attention gives: the decoder from the words alone."""
+        empty = ~state["mask"].any(dim=1)
+        if not bool(empty.any()):
+            return []
+        handles = []
+        for name, module in self.decoder.named_modules():
+            if not name.endswith("crossattention"):
+                continue
+            if isinstance(getattr(module, "c_proj", None), nn.Module):  # GPT-2: the heads' values, then c_proj
+                handles.append(module.c_proj.register_forward_pre_hook(functools.partial(_zero_rows_in, empty)))
+            elif isinstance(getattr(module, "self", None), nn.Module):  # BERT, BLIP: the context, then output
+                handles.append(module.self.register_forward_hook(functools.partial(_zero_rows_out, empty)))
+        if not handles:
+            raise UserError(
+                f"model.keep=encoder_output cannot be asked for a row with no item (mask all False): capsal does not "
+                f"know where {type(self.decoder).__name__} cross-attends; use model.keep=input (the encoder on its "
+                f"class token alone)"
+            )
+        return handles
 
     def attention(self, state: State, tokens: torch.Tensor) -> torch.Tensor:
         """The last decoder layer's cross-attention weights, the mean over its heads, on each item (the class
@@ -198,14 +233,32 @@ class CrossAttentionFamily(Family):
 
     def generate(self, state: State, prefix: torch.Tensor, config: Any) -> torch.Tensor:
         """The decoder's own ``generate`` after ``prefix``, cross-attending to the state's memory."""
-        return self.decoder.generate(
-            input_ids=prefix,
-            attention_mask=torch.ones_like(prefix),
-            encoder_hidden_states=state["memory"],
-            encoder_attention_mask=state["mask"].long(),
-            generation_config=config,
-            cache=cross_attention_cache(self.decoder.config),
-        )
+        with self.reading(state):
+            return self.decoder.generate(
+                input_ids=prefix,
+                attention_mask=torch.ones_like(prefix),
+                encoder_hidden_states=state["memory"],
+                encoder_attention_mask=state["mask"].long(),
+                generation_config=config,
+                cache=cross_attention_cache(self.decoder.config),
+            )
+
+
+def _rows(empty: torch.Tensor, size: int) -> torch.Tensor:
+    """``empty`` per row of a batch of ``size``: generation repeats each row once per beam."""
+    return empty if size == len(empty) else empty.repeat_interleave(size // len(empty))
+
+
+def _zero_rows_in(empty: torch.Tensor, module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the first input zero in the rows with no item."""
+    values = args[0]
+    return (torch.where(_rows(empty, values.shape[0])[:, None, None], 0.0, values), *args[1:])
+
+
+def _zero_rows_out(empty: torch.Tensor, module: nn.Module, args: tuple, output: tuple) -> tuple:
+    """Forward hook: the first output (the attended context) zero in the rows with no item."""
+    context = output[0]
+    return (torch.where(_rows(empty, context.shape[0])[:, None, None], 0.0, context), *output[1:])
 
 
 def prefix_tokens(vision: nn.Module) -> list[torch.Tensor]:
