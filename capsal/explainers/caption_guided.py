@@ -27,7 +27,7 @@ from capsal.explainers.chunking import ChunkCost, run_in_chunks, unseen_bytes
 from capsal.explainers.precision import Precision, normalize_precision
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
-from capsal.models.protocol import target_logprobs, widened
+from capsal.models.protocol import check_no_item, target_logprobs, widened
 
 Mode = Literal["information_gain", "kl"]
 RegionInput = Literal["pooled", "cell", "rescaled"]
@@ -121,13 +121,11 @@ class CaptionGuided(Explainer):
         )
 
     def _empty_losses(self, model, items, tokens, reference) -> torch.Tensor:
-        """``Loss(t, none)`` ``(B, n)``: the loss of each word with no item at all (a row whose mask is all False)."""
-        nothing = torch.zeros_like(items[:, :1])
-        state = model.encode(nothing, torch.zeros(nothing.shape[:2], dtype=torch.bool, device=items.device), None)
-        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        """``Loss(t, none)`` ``(B, n)``: the loss of each word with no item at all (a row whose mask is all False;
+        one line for a model that does not define it)."""
+        logq = check_no_item(model, items, tokens[:, :-1])
         if self.mode == "information_gain":
-            return widened(-target_logprobs(model, state, inputs, targets))
-        logq = model.token_logprobs(state, inputs)
+            return widened(-logq.gather(-1, tokens[:, 1:, None])[..., 0])
         return widened((reference.exp() * (reference - logq)).sum(-1))
 
     @staticmethod

@@ -24,18 +24,10 @@ from torch import Tensor
 from capsal.explainers.base import Seeds, eval_mode, word_table
 from capsal.explainers.chunking import run_in_chunks
 from capsal.metrics.base import OTHER, CategoryAccuracy, Unknown
-from capsal.models.protocol import target_logprobs
+from capsal.models.protocol import check_no_item, keep_items, target_logprobs
 
 STEPS = 16
 WIDTH_GROUPS = 8  # a chunk pads to its widest input: inputs sorted by width run in this many groups
-
-
-def keep_items(items: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # TODO: protocol's, once merged
-    count = int(keep.sum(1).max().clamp(min=1))
-    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, :count]
-    kept = items.gather(1, order[..., None].expand(-1, -1, items.shape[-1]))
-    mask = keep.gather(1, order)
-    return kept * mask[..., None], mask, order
 
 
 Span = tuple[int, int, int]  # (row, first word, end word), half-open
@@ -149,6 +141,8 @@ def faithfulness_curves(
         return (logprobs.to(torch.float64) * targets[chosen, :length]).sum(1)
 
     parts, total = [], keeps.shape[0]
+    with eval_mode(model):
+        check_no_item(model, items, tokens[:, :-1])  # deletion's last step, insertion's first: one line if undefined
     with eval_mode(model):  # in WIDTH_GROUPS groups of inputs of similar width, each chunked under the budget
         for first in range(0, total, -(-total // WIDTH_GROUPS)):
             stop = min(total, first + -(-total // WIDTH_GROUPS))

@@ -5,8 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
+from tiny import compose_train, save_tiny_hf
 from torch import nn
 
+from capsal.explainers.base import resolve_tokens
 from capsal.metrics.faithfulness import Curves, Faithfulness, area, faithfulness_curves
 from capsal.models import S2VT, SoftAttention, TransformerCaptioner
 from capsal.text import Vocabulary
@@ -32,6 +35,8 @@ def one_at_a_time(model, items, tokens, span, order, steps):
     row whose one item is masked), one forward, the span's words' probabilities multiplied in NumPy."""
     row, start, end = span
     m = items.shape[1]
+    owners = model.vocab.words_of(tokens[row].tolist())[1][1:]  # the word of each target column
+    columns = [t for t, owner in enumerate(owners) if start <= owner < end]
     curves = {}
     for name, insertion in (("deletion", False), ("insertion", True)):
         values, fractions = [], []
@@ -45,20 +50,34 @@ def one_at_a_time(model, items, tokens, span, order, steps):
                 state = model.encode(torch.zeros_like(items[row : row + 1, :1]), torch.tensor([[False]]), None)
             logprobs = model.token_logprobs(state, tokens[row : row + 1, :-1])[0].numpy()
             targets = tokens[row, 1:].numpy()
-            values.append(np.exp(sum(logprobs[t, targets[t]] for t in range(start, end))))
+            values.append(np.exp(sum(logprobs[t, targets[t]] for t in columns)))
             fractions.append(moved / m)
         curves[name] = (np.array(values), np.trapezoid(values, fractions))
     return curves
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-def test_curves_and_areas_equal_the_definition_in_float64(name):
+def hf_model(keep: str, folder) -> tuple[nn.Module, torch.Tensor]:
+    """A tiny ViT-GPT2 through ``model=hf_captioner`` (``keep`` mode) in float64, and the items of two images."""
+    cfg = compose_train("model=hf_captioner", f"model.name_or_path={folder}", f"model.keep={keep}")
+    model = instantiate(cfg.model).double().eval()
+    pixels = torch.rand(2, 1, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        return model, model.items(model.features(pixels))
+
+
+@pytest.mark.parametrize(
+    "name", [*MODELS, "hugging face vit-gpt2, keep=input", "hugging face vit-gpt2, keep=encoder_output"]
+)
+def test_curves_and_areas_equal_the_definition_in_float64(name, tmp_path):
     torch.manual_seed(0)
-    model = MODELS[name]().double().eval()
-    items = torch.randn(2, 7, model.feature_size, dtype=torch.float64)
-    tokens = Vocabulary(WORDS).pad_batch([Vocabulary(WORDS).encode(s) for s in ["a red circle", "a blue square"]])
+    if name in MODELS:
+        model = MODELS[name]().double().eval()
+        items = torch.randn(2, 7, model.feature_size, dtype=torch.float64)
+    else:
+        model, items = hf_model(name.rpartition("=")[2], save_tiny_hf(tmp_path / "hf", "vit_gpt2"))
+    tokens = resolve_tokens(model, items, None, ["a red circle", "a blue square"])
     spans = [(0, 1, 2), (0, 0, 3), (1, 2, 3)]  # one word, a whole caption, a word of the second row
-    maps = torch.rand(len(spans), 7, dtype=torch.float64)  # no ties: one order
+    maps = torch.rand(len(spans), items.shape[1], dtype=torch.float64)  # no ties: one order
     curves = faithfulness_curves(model, items, tokens, spans, maps, ["s0", "s1"], steps=5)
     for p, span in enumerate(spans):
         order = np.argsort(-maps[p].numpy(), kind="stable")
