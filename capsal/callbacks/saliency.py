@@ -53,6 +53,9 @@ class SaliencyCallback(L.Callback):
     - ``localisation_every_n_epochs``: how often (and at the last epoch); None: ``every_n_epochs``. Explaining every
       validation caption costs a large share of a validation, hence a sparser default in ``saliency.yaml``.
     - ``tolerance``: pointing-game tolerance in pixels (0: the paper's protocol).
+    - ``faithfulness_steps``: also deletion and insertion of every phrase (``val/deletion/<explainer>``,
+      ``val/insertion/<explainer>``) in this many steps at the localisation epochs; None: not measured (they cost
+      several times the caption-guided pass, BENCHMARKS.md; ``capsal-eval`` measures them by default).
     - ``gallery_dir``: local gallery folder; None: ``<trainer.default_root_dir>/gallery``.
     - ``seed``: chooses the gallery samples.
     - ``max_words``: words shown per sentence in a figure (and rows in the table).
@@ -68,6 +71,7 @@ class SaliencyCallback(L.Callback):
         localisation: bool = True,
         localisation_every_n_epochs: PositiveInt | None = None,
         tolerance: NonNegativeFloat = 0.0,
+        faithfulness_steps: PositiveInt | None = None,
         gallery_dir: str | None = None,
         seed: Seed = 0,
         max_words: PositiveInt = 12,
@@ -93,6 +97,7 @@ class SaliencyCallback(L.Callback):
         self.localisation = bool(localisation)
         self.localisation_every_n_epochs = int(localisation_every_n_epochs)
         self.tolerance = float(tolerance)
+        self.faithfulness_steps = faithfulness_steps
         self.gallery_dir = Path(gallery_dir) if gallery_dir else None
         self.seed = int(seed)
         self.max_words = int(max_words)
@@ -116,7 +121,11 @@ class SaliencyCallback(L.Callback):
             )
         categories = list(getattr(trainer.datamodule, "categories", None) or [])
         self.evaluator = LocalisationEvaluator(
-            self.explainers, categories, self.tolerance, device=model_device(pl_module)
+            self.explainers,
+            categories,
+            self.tolerance,
+            device=model_device(pl_module),
+            faithfulness_steps=self.faithfulness_steps,
         )
         if self.gallery_dir is None:
             self.gallery_dir = Path(trainer.default_root_dir) / "gallery"

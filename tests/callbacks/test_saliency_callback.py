@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -321,3 +322,17 @@ def test_html_gallery_images_load_in_headless_chromium(chromium, tensorboard_run
     loaded, total = map(int, found.groups())
     assert total == EPOCHS * SAMPLES * len(KINDS)
     assert loaded == total
+
+
+def test_faithfulness_steps_log_deletion_and_insertion_to_the_csv_logger(tiny_train_cfg, tmp_path):
+    cfg = tiny_train_cfg(
+        "callbacks.saliency.faithfulness_steps=4", "callbacks.saliency.num_samples=0", "datamodule.num_train=16"
+    )
+    summary = train(cfg)
+    keys = {f"val/{metric}/caption_guided" for metric in ("deletion", "insertion")}
+    assert keys <= set(summary["metrics"])
+    (metrics_csv,) = tmp_path.glob("**/metrics.csv")
+    rows = [row for row in csv.DictReader(metrics_csv.open()) if row.get("val/deletion/caption_guided")]
+    assert rows, "no epoch logged deletion"
+    logged = summary["metrics"]["val/deletion/caption_guided"]
+    assert float(rows[-1]["val/deletion/caption_guided"]) == pytest.approx(logged)
