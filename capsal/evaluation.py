@@ -10,6 +10,7 @@ predictions and per-phrase records are gathered across ranks at the end.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -134,6 +135,7 @@ class LocalisationEvaluator:
         self.keep_records = keep_records
         self.faithfulness_steps = faithfulness_steps
         self.records: list[dict[str, Any]] = []  # one per (phrase, explainer), when keep_records
+        self.timings: dict[str, list[tuple[float, int]]] = {name: [] for name in explainers}  # (seconds, captions)
         if is_video is not None:  # known up front: every rank has metrics to reduce, even one without batches
             self._ensure_metrics(is_video)
 
@@ -164,7 +166,9 @@ class LocalisationEvaluator:
         spans, phrases = grounded_phrases(batch.captions)
         results = {}
         for name, explainer in self.explainers.items():
+            start = time.perf_counter()
             saliency = explain_batch(explainer, model, items, grid, batch.tokens, batch.sample_ids)
+            self.timings[name].append((time.perf_counter() - start, len(batch)))
             self._ensure_metrics(saliency.layout.is_video)
             results[name] = saliency
             # a phrase past the words the model explained (a sentence cut to its max_words) is skipped and counted
@@ -290,6 +294,7 @@ class LocalisationEvaluator:
 
     def reset(self) -> None:
         self.records = []
+        self.timings = {name: [] for name in self.explainers}
         for metrics in self.metrics.values():
             for metric in metrics.values():
                 metric.reset()
@@ -376,6 +381,8 @@ class Evaluation(L.LightningModule):
                 self.results["faithfulness_curves"] = self.evaluator.curves()
             records = gather_objects(self.evaluator.records) if self.evaluator.keep_records else []
             self.results["records"] = [record for part in records for record in part]
+            timings = gather_objects(self.evaluator.timings)
+            self.results["timings"] = {name: [t for part in timings for t in part[name]] for name in timings[0]}
 
 
 @torch.no_grad()

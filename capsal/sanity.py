@@ -81,10 +81,15 @@ def phrase_maps(model: Any, explainer: Any, batches: Sequence[Batch]) -> torch.T
 
 
 def sanity_check(
-    model: nn.Module, explainers: dict[str, Any], batches: Sequence[Batch], progress: bool = True
+    model: nn.Module,
+    explainers: dict[str, Any],
+    batches: Sequence[Batch],
+    progress: bool = True,
+    last_step: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, dict[str, float]]:
     """``{explainer: {step: mean rank correlation with the original phrase maps}}``, each step named by
-    :func:`step_name` (``"up to decoder"``)."""
+    :func:`step_name` (``"up to decoder"``). ``last_step``, when given, receives each explainer's per-phrase
+    correlations after the last step (every stage randomised), in :func:`phrase_sample_ids`' order, for intervals."""
     originals = {name: phrase_maps(model, e, batches) for name, e in explainers.items()}
     report: dict[str, dict[str, float]] = {name: {} for name in explainers}
     stages = cascading_randomisation(model)  # one model re-randomised in place: evaluate each stage as it comes
@@ -92,5 +97,13 @@ def sanity_check(
     for done, randomised in tqdm(stages, desc="sanity check", unit="stage", total=total, disable=not progress):
         for name, explainer in explainers.items():
             after = phrase_maps(randomised, explainer, batches)
-            report[name][step_name(done)] = float(rank_correlation(originals[name], after).mean())
+            correlations = rank_correlation(originals[name], after)
+            report[name][step_name(done)] = float(correlations.mean())
+            if last_step is not None:
+                last_step[name] = correlations
     return report
+
+
+def phrase_sample_ids(batches: Sequence[Batch]) -> list[str]:
+    """The sample of each grounded phrase of ``batches``, in the order :func:`phrase_maps` stacks them."""
+    return [batch.sample_ids[row] for batch in batches for row, _, _ in grounded_phrases(batch.captions)[0]]

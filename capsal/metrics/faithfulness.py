@@ -3,8 +3,10 @@ caption, under teacher forcing.
 
 A span's map orders the model's input items, most salient first (ties in a random order seeded per sample, so a flat
 map scores what a random order scores, not what the raster order gives). Deletion removes the first ``round(k m /
-K)`` items at step k = 0..K; insertion keeps only them. At every step the span's probability is read: the product
-of its words' teacher-forced probabilities (a phrase's loss is the sum of its words' losses, Eq. 9). Each curve is
+K)`` items at step k = 0..K; insertion keeps only them. At every step the span's probability per word is read: a
+word's teacher-forced probability (the product over its tokens), and for a phrase the geometric mean over its words,
+``exp(sum of log-probabilities / words)`` (Eq. 9 sums the words' losses; dividing by the words keeps phrases of any
+length on one scale, where a product would vanish with length). Each curve is
 summarised by its area over the fraction of items removed or inserted (trapezoid rule, as RISE): lower is better for
 deletion, higher for insertion. "Removing" means what the caption-guided explainer means by it: the kept items are
 gathered into a shorter input at their original positions (:func:`~capsal.models.protocol.keep_items`); no item at
@@ -152,7 +154,8 @@ def faithfulness_curves(
             parts.append(part)
     sorted_logprobs = torch.cat(parts)
     logprobs = torch.empty_like(sorted_logprobs).scatter_(0, widest_first, sorted_logprobs)
-    curves = rearrange(logprobs.exp(), "(c p k) -> c p k", c=2, k=steps + 1)
+    words = torch.tensor([end - start for _, start, end in spans], dtype=torch.float64, device=logprobs.device)
+    curves = rearrange(logprobs, "(c p k) -> c p k", c=2, k=steps + 1).div(words[None, :, None]).exp()
     moved = counts.to(torch.float64) / real.clamp(min=1)[:, None]
     return Curves(deletion=curves[0], insertion=curves[1], fractions=moved)
 

@@ -64,7 +64,8 @@ def test_image_tables_for_every_default_explainer(image_checkpoint, tmp_path):
                 assert low < high or value in (0.0, 1.0)
     guided = saved["localisation"]["caption_guided"]["pointing_game"]
     cell = f"{guided['avg']:.3f} [{guided['avg_low']:.3f}, {guided['avg_high']:.3f}]"
-    row = next(line for line in tables.split("Table 2")[0].splitlines() if line.startswith("| caption_guided |"))
+    table1 = tables.split("Table 1")[1].split("Table 2")[0]
+    row = next(line for line in table1.splitlines() if line.startswith("| caption_guided |"))
     assert row.endswith(f"| {cell} |")  # Avg per NP, the last column, shows its interval
     # a category's interval resamples only the images with a phrase of it: fewer phrases, a wider interval
     widths = {key: guided[f"{key}_high"] - guided[f"{key}_low"] for key in ("circle", "square", "triangle", "avg")}
@@ -83,6 +84,13 @@ def test_image_tables_for_every_default_explainer(image_checkpoint, tmp_path):
     with (tmp_path / "paired_differences.csv").open() as handle:
         header = next(csv.reader(handle))
     assert header[:4] == ["explainer", "pointing_game", "pointing_game_low", "pointing_game_high"]
+    # deletion and insertion (16 steps) of every phrase: nothing removed is everything inserted, and the reverse
+    for name, curves in saved["faithfulness_curves"].items():
+        assert len(curves["deletion"]) == len(curves["insertion"]) == 17
+        assert curves["deletion"][0] == pytest.approx(curves["insertion"][-1])
+        assert curves["deletion"][-1] == pytest.approx(curves["insertion"][0])
+        assert 0.0 <= localisation[name]["deletion"]["avg_low"] <= localisation[name]["deletion"]["avg"]
+    assert "Deletion" in tables and "Insertion" in tables
     assert saved["bootstrap"] == {
         "over": "samples",
         "resamples": 1000,
@@ -116,6 +124,20 @@ def test_sanity_check_separates_model_based_explainers_from_baselines(image_chec
     assert "Sanity check" in (tmp_path / "tables.md").read_text()
     with (tmp_path / "sanity.csv").open() as handle:
         assert next(csv.reader(handle)) == ["explainer", *stages]
+    # the leaderboard: printed first, written beside the tables; each number with its interval
+    board = results["leaderboard"]
+    column = "sanity: correlation, all randomised (lower is better)"
+    assert board["center"][column] == pytest.approx(1.0) and board["center"][f"{column}_low"] == pytest.approx(1.0)
+    assert board["caption_guided"][column] == pytest.approx(sanity["caption_guided"][stages[-1]])
+    for name in ("caption_guided", "center"):
+        assert board[name]["pointing game"] == results["localisation"][name]["pointing_game"]["avg"]
+        assert board[name]["deletion (lower is better)"] == results["localisation"][name]["deletion"]["avg"]
+        assert board[name]["ms per caption_low"] <= board[name]["ms per caption"] <= board[name]["ms per caption_high"]
+    leaderboard_md = (tmp_path / "leaderboard.md").read_text()
+    assert (tmp_path / "tables.md").read_text().startswith(leaderboard_md.strip())
+    with (tmp_path / "leaderboard.csv").open() as handle:
+        header = next(csv.reader(handle))
+    assert header[:4] == ["explainer", "pointing game", "pointing game_low", "pointing game_high"]
 
 
 def test_video_tables_report_temporal_and_spatial_pointing(video_checkpoint, tmp_path):
@@ -130,7 +152,7 @@ def test_video_tables_report_temporal_and_spatial_pointing(video_checkpoint, tmp
         )
     )
     for values in results["localisation"].values():
-        assert set(values) == {"temporal_pointing", "spatial_pointing"}
+        assert set(values) == {"temporal_pointing", "spatial_pointing", "deletion", "insertion"}
         assert 0.0 <= values["temporal_pointing"]["avg"] <= 1.0
     tables = (tmp_path / "tables.md").read_text()
     assert "Temporal pointing" in tables

@@ -32,7 +32,7 @@ MODELS = {
 @torch.no_grad()
 def one_at_a_time(model, items, tokens, span, order, steps):
     """The definition: for each step, the kept items alone (their original positions, no padding; nothing kept is a
-    row whose one item is masked), one forward, the span's words' probabilities multiplied in NumPy."""
+    row whose one item is masked), one forward, the span's probability per word (geometric mean) in NumPy."""
     row, start, end = span
     m = items.shape[1]
     owners = model.vocab.words_of(tokens[row].tolist())[1][1:]  # the word of each target column
@@ -50,7 +50,7 @@ def one_at_a_time(model, items, tokens, span, order, steps):
                 state = model.encode(torch.zeros_like(items[row : row + 1, :1]), torch.tensor([[False]]), None)
             logprobs = model.token_logprobs(state, tokens[row : row + 1, :-1])[0].numpy()
             targets = tokens[row, 1:].numpy()
-            values.append(np.exp(sum(logprobs[t, targets[t]] for t in columns)))
+            values.append(np.exp(sum(logprobs[t, targets[t]] for t in columns) / (end - start)))  # per word
             fractions.append(moved / m)
         curves[name] = (np.array(values), np.trapezoid(values, fractions))
     return curves

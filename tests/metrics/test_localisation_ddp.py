@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_intervals import phrase_records
 
-from capsal.cli.evaluate import interval_results
+from capsal.cli.tables import interval_results
 from capsal.datamodules.base import ShardedSampler
 from capsal.evaluation import Evaluation, LocalisationEvaluator
 from capsal.metrics import AttentionCorrectness, PointingGame, TemporalPointingGame
