@@ -41,9 +41,22 @@ def hf_folders(tmp_path_factory) -> dict[str, Path]:
     return {family: save_tiny_hf(root / family, family) for family in HF_FAMILIES}
 
 
+WITHOUT_ATTENTION = ("s2vt", "s2vt_meanpool", "transformer")  # no attention weights to read (has_attention)
+
+
 @pytest.fixture(params=[*OWN, *HF])
 def case(request) -> tuple[nn.Module, torch.Tensor]:
     """A tiny random model in eval mode and three teacher-forced token rows of its vocabulary."""
+    return build_case(request)
+
+
+@pytest.fixture(params=[name for name in [*OWN, *HF] if name not in WITHOUT_ATTENTION])
+def attention_case(request) -> tuple[nn.Module, torch.Tensor]:
+    """As ``case``, for the models that expose attention weights."""
+    return build_case(request)
+
+
+def build_case(request) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     if request.param in OWN:
         return OWN[request.param]().eval(), torch.tensor([[1, 4, 5, 6], [1, 5, 5, 2], [1, 6, 2, 0]])
@@ -109,10 +122,9 @@ def test_keep_items_gives_each_row_what_its_kept_items_give_alone(case):
         torch.testing.assert_close(batched[b], alone[0], **TOLERANCE)
 
 
-def test_attention_on_padded_items_and_with_no_item_is_exactly_zero(case):
-    model, tokens = case
-    if not has_attention(model):
-        pytest.skip("the model has no attention weights")
+def test_attention_on_padded_items_and_with_no_item_is_exactly_zero(attention_case):
+    model, tokens = attention_case
+    assert has_attention(model)
     items = torch.randn(3, 4, model.feature_size)
     mask = torch.tensor([[True] * 4, [True, True, False, False], [False] * 4])
     with torch.no_grad():
