@@ -81,7 +81,8 @@ def main() -> None:
     words = [(0, w, w + 1) for w in range(len(CAPTION.split()))]
     explainer = build_explainer("caption_guided", memory_budget_mb=args.budget_mb)
     explain = timed(lambda: explainer.explain(model, items, tokens=tokens, sample_ids=["s"]), args.repeats)
-    print(f"size={args.size}: m={items.shape[1]} items, {len(CAPTION.split())} words, K={STEPS}, {args.repeats} repeats")
+    words_count = len(CAPTION.split())
+    print(f"size={args.size}: m={items.shape[1]} items, {words_count} words, K={STEPS}, {args.repeats} repeats")
     print("| spans | inputs | faithfulness s | floor s | / floor | / caption_guided |")
     print("|---|---|---|---|---|---|")
     for name, spans in (("2 phrases", PHRASES), ("9 words", words)):

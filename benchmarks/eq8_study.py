@@ -78,9 +78,10 @@ def main() -> None:
         print(f"| {kind} | " + " | ".join(str(intervals[kind][m]["avg"]) for m in metrics) + " |")
     print("| empty - min | " + " | ".join(str(intervals["empty"][m]["minus_min"]) for m in metrics) + " |")
     if "spatial_pointing" in results["min"]:
-        print("spatial pointing (no interval): " + ", ".join(
-            f"{kind} {results[kind]['spatial_pointing']['avg']:.3f}" for kind in ZERO_POINTS
-        ))
+        print(
+            "spatial pointing (no interval): "
+            + ", ".join(f"{kind} {results[kind]['spatial_pointing']['avg']:.3f}" for kind in ZERO_POINTS)
+        )
     print(f"({time.perf_counter() - start:.0f} s)")
     if args.figure:
         figure(model, explainers, samples[0], args.figure)
