@@ -30,7 +30,7 @@ from capsal.metrics import (
     attention_correctness,
     pointing_hits,
 )
-from capsal.metrics.faithfulness import Curves, faithfulness_curves
+from capsal.metrics.faithfulness import Curves, faithfulness_curves, spatial_faithfulness_curves
 from capsal.models.protocol import visual_grid
 from capsal.text import Vocabulary, tokenize
 from capsal.types import Batch, Caption, Phrase, Sample
@@ -151,8 +151,9 @@ class LocalisationEvaluator:
                         "pointing_game": PointingGame(self.categories, tolerance=self.tolerance),
                         "attention_correctness": AttentionCorrectness(self.categories),
                     }
-                if self.faithfulness_steps:
-                    metrics["faithfulness"] = Faithfulness(self.categories, steps=self.faithfulness_steps)
+                for prefix in ("", "spatial_") if is_video else ("",):
+                    if self.faithfulness_steps:
+                        metrics[f"{prefix}faithfulness"] = Faithfulness(self.categories, steps=self.faithfulness_steps)
                 self.metrics[name] = {key: metric.to(self.device) for key, metric in metrics.items()}
 
     def update(self, model: Any, batch: Batch, grid: torch.Tensor | None = None) -> dict[str, Saliency]:
@@ -177,17 +178,24 @@ class LocalisationEvaluator:
             kept = [k for k, fit in enumerate(fits) if fit]
             if kept:
                 scored = [spans[k] for k in kept]
-                curves = self._curves(model, items, saliency, scored, batch) if self.faithfulness_steps else None
+                curves = self._curves(model, items, grid, saliency, scored, batch) if self.faithfulness_steps else {}
                 self._score(name, saliency, scored, [phrases[k] for k in kept], batch, curves)
             self._skip_cut(name, [(spans[k], phrases[k]) for k, fit in enumerate(fits) if not fit], batch)
         return results
 
-    def _curves(self, model: Any, items: torch.Tensor, saliency: Saliency, spans, batch: Batch) -> Curves:
-        """Deletion and insertion of each phrase's items in the order of its map (Eq. 9's phrase map)."""
-        maps = saliency.phrase_maps(spans)
-        return faithfulness_curves(
-            model, items, saliency.tokens, spans, maps, batch.sample_ids, saliency.item_mask, self.faithfulness_steps
-        )
+    def _curves(self, model: Any, items, grid, saliency: Saliency, spans, batch: Batch) -> dict[str, Curves]:
+        """Deletion and insertion of each phrase's items in the order of its map (Eq. 9's phrase map), keyed ``""``;
+        for video with region maps also of the cells of its most salient frame, keyed ``"spatial_"``."""
+        maps, ids, steps = saliency.phrase_maps(spans), batch.sample_ids, self.faithfulness_steps
+        curves = {"": faithfulness_curves(model, items, saliency.tokens, spans, maps, ids, saliency.item_mask, steps)}
+        regions = saliency.phrase_region_maps(spans) if saliency.layout.is_video else None
+        if regions is not None:
+            frames = peak_frames(maps)
+            in_frame = regions[torch.arange(len(spans), device=regions.device), frames.to(regions.device)]
+            curves["spatial_"] = spatial_faithfulness_curves(
+                model, grid, saliency.tokens, spans, frames, in_frame, ids, saliency.item_mask, steps
+            )
+        return curves
 
     def _skip_cut(self, name: str, cut: list[tuple[tuple[int, int, int], Phrase]], batch: Batch) -> None:
         """Count phrases beyond the explained words as skipped in every metric (and record them, unscored)."""
@@ -203,13 +211,13 @@ class LocalisationEvaluator:
                 self.records.append(record)
 
     def _score(
-        self, name: str, saliency: Saliency, spans, phrases: list[Phrase], batch: Batch, curves: Curves | None
+        self, name: str, saliency: Saliency, spans, phrases: list[Phrase], batch: Batch, curves: dict[str, Curves]
     ) -> None:
         """Score the phrases; image maps at each caption's ``original_size`` when it has one, else at the batch's
         image size, against the boxes of that frame."""
         categories = [p.category for p in phrases]
-        if curves is not None:
-            self.metrics[name]["faithfulness"].update(curves, categories)
+        for prefix, measured in curves.items():
+            self.metrics[name][f"{prefix}faithfulness"].update(measured, categories)
         first_record = len(self.records)
         height, width = batch.image_size
         if saliency.layout.is_video:
@@ -236,14 +244,13 @@ class LocalisationEvaluator:
             self._record_image(name, spans, phrases, maps, boxes, batch)
             self._record_curves(first_record, curves)
 
-    def _record_curves(self, first: int, curves: Curves | None) -> None:
+    def _record_curves(self, first: int, curves: dict[str, Curves]) -> None:
         """The phrase records from ``first`` on (one per scored phrase, in order) get their deletion and insertion
-        areas."""
-        if curves is None:
-            return
-        areas = zip(curves.deletion_auc.tolist(), curves.insertion_auc.tolist(), strict=True)
-        for record, (deletion, insertion) in zip(self.records[first:], areas, strict=True):
-            record.update(deletion_auc=deletion, insertion_auc=insertion)
+        areas (``deletion_auc``, ``spatial_deletion_auc``...)."""
+        for prefix, measured in curves.items():
+            areas = zip(measured.deletion_auc.tolist(), measured.insertion_auc.tolist(), strict=True)
+            for record, (deletion, insertion) in zip(self.records[first:], areas, strict=True):
+                record.update({f"{prefix}deletion_auc": deletion, f"{prefix}insertion_auc": insertion})
 
     def _record_image(self, name, spans, phrases: list[Phrase], maps, boxes, batch: Batch) -> None:
         """Per phrase: where the map points, whether that is a hit, and the share of mass inside the boxes."""
@@ -273,9 +280,10 @@ class LocalisationEvaluator:
             out[name] = {}
             for metric_name, metric in metrics.items():
                 values = {key: float(value) for key, value in metric.compute().items()}
-                if metric_name == "faithfulness":
+                if metric_name.endswith("faithfulness"):
+                    prefix = metric_name.removesuffix("faithfulness")
                     for group in ("deletion", "insertion"):
-                        out[name][group] = {
+                        out[name][prefix + group] = {
                             key.split("/", 1)[1]: value for key, value in values.items() if key.startswith(group + "/")
                         }
                 elif metric_name == "temporal_pointing":
@@ -289,8 +297,16 @@ class LocalisationEvaluator:
 
     def curves(self) -> dict[str, dict[str, list[float]]]:
         """Each explainer's mean deletion and insertion curve (K+1 probabilities), when faithfulness is measured."""
-        measured = {name: metrics.get("faithfulness") for name, metrics in self.metrics.items()}
-        return {name: metric.mean_curves() for name, metric in measured.items() if metric is not None}
+        return {
+            name: {
+                metric_name.removesuffix("faithfulness") + group: curve
+                for metric_name, metric in metrics.items()
+                if metric_name.endswith("faithfulness")
+                for group, curve in metric.mean_curves().items()
+            }
+            for name, metrics in self.metrics.items()
+            if "faithfulness" in metrics
+        }
 
     def reset(self) -> None:
         self.records = []

@@ -97,13 +97,15 @@ def span_targets(model: Any, tokens: Tensor, spans: Sequence[Span]) -> Tensor:
     return (column_words >= starts) & (column_words < ends) & (column_words < lengths)
 
 
-def span_generators(sample_ids: Sequence[str], tokens: Tensor, model: Any, spans: Sequence[Span], seed: int):
+def span_generators(
+    sample_ids: Sequence[str], tokens: Tensor, model: Any, spans: Sequence[Span], seed: int, stream: str = "items"
+) -> list[torch.Generator]:
     """One generator per span for the tie-breaking permutation: seeded by the sample and sentence (as explainers
     draw randomness, :class:`~capsal.explainers.base.Seeds`) and the span, so a span's order does not depend on the
     batch or process it is scored in."""
     words = word_table(model.vocab, tokens)[0]
     seeds = Seeds(seed, [f"{i}/{' '.join(w)}" for i, w in zip(sample_ids, words, strict=True)], torch.Generator())
-    return [seeds.generator(row, f"faithfulness/{start}-{end}") for row, start, end in spans]
+    return [seeds.generator(row, f"faithfulness/{stream}/{start}-{end}") for row, start, end in spans]
 
 
 @torch.no_grad()
@@ -131,27 +133,85 @@ def faithfulness_curves(
     keeps = torch.stack([step_keeps(order, counts, item_mask, insertion) for insertion in (False, True)])
     keeps = rearrange(keeps, "c p k m -> (c p k) m")  # c: deletion, insertion
     input_rows = repeat(rows, "p -> (c p k)", c=2, k=steps + 1)
-    targets = repeat(span_targets(model, tokens, spans), "p n -> (c p k) n", c=2, k=steps + 1)
-    # widest inputs first: a chunk pads to its widest input only, and the memory probe measures the widest
-    widest_first = torch.sort(keeps.sum(1), descending=True, stable=True).indices
+
+    def inputs(chosen: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return keep_items(items[input_rows[chosen]], keeps[chosen])
+
+    logprobs = _span_logprobs(model, items, tokens, spans, input_rows, keeps.sum(1), inputs, memory_budget_mb)
+    return _curves(logprobs, spans, counts, real, steps)
+
+
+@torch.no_grad()
+def spatial_faithfulness_curves(
+    model: Any,
+    grid: Tensor,
+    tokens: Tensor,
+    spans: Sequence[Span],
+    frames: Tensor,
+    region_maps: Tensor,
+    sample_ids: Sequence[str],
+    mask: Tensor | None = None,
+    steps: int = STEPS,
+    seed: int = 0,
+    memory_budget_mb: float = 256.0,
+) -> Curves:
+    """Video, inside frames: deletion and insertion of the cells of each span's most salient frame ``frames[p]``, in
+    the order of its region map ``region_maps[p]`` ``(r,)`` over the ``(B, T, h, w, d)`` grid. A removed cell is
+    zeroed in its frame's grid before ``model.items`` pools the frames (as Eq. 13's ``pooled`` region input feeds a
+    cell alone); deletion keeps the other frames and drops the frame once no cell is left, insertion gives the model
+    that frame alone, holding the inserted cells (no item at step 0)."""
+    mask = torch.ones(grid.shape[:2], dtype=torch.bool, device=grid.device) if mask is None else mask.bool()
+    h, w = grid.shape[2:4]
+    rows = torch.tensor([row for row, _, _ in spans], dtype=torch.long, device=grid.device)
+    cells = torch.ones(len(spans), h * w, dtype=torch.bool, device=grid.device)
+    generators = span_generators(sample_ids, tokens, model, spans, seed, stream="cells")
+    order = removal_order(region_maps.float(), cells, generators)
+    counts = step_counts(cells.sum(1), steps)
+    cell_keeps = torch.stack([step_keeps(order, counts, cells, insertion) for insertion in (False, True)])
+    cell_keeps = rearrange(cell_keeps, "c p k r -> (c p k) r")
+    input_rows = repeat(rows, "p -> (c p k)", c=2, k=steps + 1)
+    input_frames = repeat(frames.to(grid.device), "p -> (c p k)", c=2, k=steps + 1)
+    insertion = repeat(torch.tensor([False, True], device=grid.device), "c -> (c p k)", p=len(spans), k=steps + 1)
+    any_cell = cell_keeps.any(1)
+    frame_mask = mask[input_rows].clone()
+    own = torch.nn.functional.one_hot(input_frames, grid.shape[1]).bool()
+    frame_keeps = torch.where(insertion[:, None], own & any_cell[:, None], frame_mask & ~(own & ~any_cell[:, None]))
+
+    def inputs(chosen: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        framed = grid[input_rows[chosen]].clone()
+        picked = torch.arange(len(chosen), device=grid.device)
+        kept_cells = rearrange(cell_keeps[chosen], "c (h w) -> c h w 1", h=h, w=w).to(grid.dtype)
+        framed[picked, input_frames[chosen]] = framed[picked, input_frames[chosen]] * kept_cells
+        return keep_items(model.items(framed), frame_keeps[chosen])
+
+    items = model.items(grid[:1])
+    logprobs = _span_logprobs(model, items, tokens, spans, input_rows, frame_keeps.sum(1), inputs, memory_budget_mb)
+    return _curves(logprobs, spans, counts, cells.sum(1), steps)
+
+
+def _span_logprobs(model, items, tokens, spans, input_rows, widths, inputs, memory_budget_mb: float) -> Tensor:
+    """``(Q,)`` summed log-probabilities of each input's span words: ``inputs(chosen)`` builds the ``(kept, mask,
+    positions)`` of the chosen inputs; they run widest first, in groups of similar width (a chunk pads to its
+    widest input), each chunked under the budget, and stop after the span's last word."""
+    targets = span_targets(model, tokens, spans)[_span_of(input_rows, spans)]
+    widest_first = torch.sort(widths, descending=True, stable=True).indices
     last_target = (targets * torch.arange(1, targets.shape[1] + 1, device=targets.device)).amax(1)
 
     def run(start: int, stop: int) -> Tensor:
         chosen = widest_first[start:stop]
-        who, length = input_rows[chosen], int(last_target[chosen].max())  # no step after the span's last word
-        kept, kept_mask, positions = keep_items(items[who], keeps[chosen])
-        state = model.encode(kept, kept_mask, positions)
+        who, length = input_rows[chosen], int(last_target[chosen].max())
+        state = model.encode(*inputs(chosen))
         logprobs = target_logprobs(model, state, tokens[who, :length], tokens[who, 1 : length + 1])
         return (logprobs.to(torch.float64) * targets[chosen, :length]).sum(1)
 
     key = (tokens.shape[1], tuple(items.shape[1:]), items.dtype, str(items.device), torch.is_autocast_enabled())
     known = _known_costs(model)
-    parts, total, cost = [], keeps.shape[0], known.get(key)
+    parts, total, cost = [], len(input_rows), known.get(key)
     group = max(-(-total // WIDTH_GROUPS), GROUP_INPUTS)
     with eval_mode(model):
         check_no_item(model, items, tokens[:, :-1])  # deletion's last step, insertion's first: one line if undefined
-        for first in range(0, total, group):  # groups of similar width, each chunked under the budget; the first
-            stop = min(total, first + group)  # (widest) group's measured cost serves the narrower ones
+        for first in range(0, total, group):  # the first (widest) group's measured cost serves the narrower ones
+            stop = min(total, first + group)
             part, chunking = run_in_chunks(
                 lambda a, b, first=first: run(first + a, first + b), stop - first, memory_budget_mb, items.device, cost
             )
@@ -159,8 +219,19 @@ def faithfulness_curves(
             cost = cost or chunking["cost"]
     if cost is not None:
         known[key] = cost
-    sorted_logprobs = torch.cat(parts)
-    logprobs = torch.empty_like(sorted_logprobs).scatter_(0, widest_first, sorted_logprobs)
+    ordered = torch.cat(parts)
+    return torch.empty_like(ordered).scatter_(0, widest_first, ordered)
+
+
+def _span_of(input_rows: Tensor, spans: Sequence[Span]) -> Tensor:
+    """The span of each input: inputs come ordered as ``(c p k)``, deletion/insertion, span, step."""
+    steps = len(input_rows) // (2 * len(spans))
+    return torch.arange(len(input_rows), device=input_rows.device) // steps % len(spans)
+
+
+def _curves(logprobs: Tensor, spans: Sequence[Span], counts: Tensor, real: Tensor, steps: int) -> Curves:
+    """Curves from the ``(2 P (K+1),)`` summed log-probabilities: per word (geometric mean over a span's words),
+    over the fraction of the ``real`` items moved at each step."""
     words = torch.tensor([end - start for _, start, end in spans], dtype=torch.float64, device=logprobs.device)
     curves = rearrange(logprobs, "(c p k) -> c p k", c=2, k=steps + 1).div(words[None, :, None]).exp()
     moved = counts.to(torch.float64) / real.clamp(min=1)[:, None]

@@ -108,8 +108,9 @@ def record_intervals(
     fields = {"temporal_pointing": "hit"}
     if not any("frame" in record for record in records):
         fields = {"pointing_game": "hit", "attention_correctness": "mass_inside"}
-    if any("deletion_auc" in record for record in records):
-        fields.update(deletion="deletion_auc", insertion="insertion_auc")
+    for prefix in ("", "spatial_"):
+        if any(f"{prefix}deletion_auc" in record for record in records):
+            fields.update({f"{prefix}{g}": f"{prefix}{g}_auc" for g in ("deletion", "insertion")})
     out: dict[str, dict[str, dict[str, Interval]]] = {}
     for metric, field in fields.items():
         scored = [r for r in records if r.get(field) is not None]

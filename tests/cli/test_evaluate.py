@@ -152,7 +152,9 @@ def test_video_tables_report_temporal_and_spatial_pointing(video_checkpoint, tmp
         )
     )
     for values in results["localisation"].values():
-        assert set(values) == {"temporal_pointing", "spatial_pointing", "deletion", "insertion"}
+        assert set(values) == {"temporal_pointing", "spatial_pointing"} | {
+            f"{where}{kind}" for where in ("", "spatial_") for kind in ("deletion", "insertion")
+        }
         assert 0.0 <= values["temporal_pointing"]["avg"] <= 1.0
     tables = (tmp_path / "tables.md").read_text()
     assert "Temporal pointing" in tables
@@ -165,6 +167,14 @@ def test_video_tables_report_temporal_and_spatial_pointing(video_checkpoint, tmp
     )
     assert "avg_low" not in guided["spatial_pointing"]
     assert set(results["paired_differences"]) == {"random", "center"}
+    # deletion and insertion of frames, and of the cells inside each phrase's most salient frame, with intervals
+    for metric in ("deletion", "spatial_deletion", "spatial_insertion"):
+        assert guided[metric]["avg_low"] <= guided[metric]["avg"] <= guided[metric]["avg_high"]
+    assert set(results["leaderboard"]["caption_guided"]) >= {
+        "temporal pointing",
+        "spatial pointing",
+        "deletion (lower is better)",
+    }
     assert f"{guided['temporal_pointing']['avg']:.3f} [{guided['temporal_pointing']['avg_low']:.3f}," in tables
 
 

@@ -10,7 +10,7 @@ from tiny import compose_train, save_tiny_hf
 from torch import nn
 
 from capsal.explainers.base import resolve_tokens
-from capsal.metrics.faithfulness import Curves, Faithfulness, area, faithfulness_curves
+from capsal.metrics.faithfulness import Curves, Faithfulness, area, faithfulness_curves, spatial_faithfulness_curves
 from capsal.models import S2VT, SoftAttention, TransformerCaptioner
 from capsal.text import Vocabulary
 
@@ -177,3 +177,44 @@ def test_the_metric_averages_areas_per_category_and_keeps_the_mean_curves():
     assert float(result["deletion/avg"]) == pytest.approx(0.5)
     assert float(result["insertion/avg"]) == pytest.approx(0.5)
     assert metric.mean_curves()["deletion"] == pytest.approx([1.0, 0.5, 0.0])
+
+
+@torch.no_grad()
+def test_spatial_curves_inside_the_most_salient_frame_equal_the_definition_in_float64():
+    """Video, inside a frame: removed cells are zeroed in that frame's grid before ``items`` pools it; deletion keeps
+    the other frames (and drops the frame once it has no cell), insertion gives the frame alone with its cells."""
+    torch.manual_seed(0)
+    model = S2VT(WORDS, **TINY).double().eval()
+    grid = torch.randn(2, 5, 2, 3, model.feature_size, dtype=torch.float64)  # 5 frames of 2 x 3 cells
+    tokens = resolve_tokens(model, model.items(grid), None, ["a red circle", "a blue square"])
+    spans, frames = [(0, 1, 3), (1, 2, 3)], torch.tensor([3, 0])
+    regions = torch.rand(2, 6, dtype=torch.float64)
+    curves = spatial_faithfulness_curves(model, grid, tokens, spans, frames, regions, ["s0", "s1"], steps=3)
+    for p, (row, start, end) in enumerate(spans):
+        order = np.argsort(-regions[p].numpy(), kind="stable")
+        for name, insertion in (("deletion", False), ("insertion", True)):
+            expected, fractions = [], []
+            for k in range(4):
+                moved = int(np.floor(k * 6 / 3 + 0.5))
+                chosen = set(order[:moved].tolist())
+                cells = torch.tensor([(i in chosen) == insertion for i in range(6)], dtype=torch.float64)
+                framed = grid[row : row + 1].clone()
+                framed[0, frames[p]] *= cells.reshape(2, 3, 1)
+                items = model.items(framed)
+                kept = [int(frames[p])] if insertion else [t for t in range(5) if t != frames[p]]
+                if cells.any() and not insertion:
+                    kept = list(range(5))
+                if not cells.any() and insertion:
+                    kept = []
+                if kept:
+                    state = model.encode(items[:, kept], None, torch.tensor([kept]))
+                else:
+                    state = model.encode(torch.zeros_like(items[:, :1]), torch.tensor([[False]]), None)
+                logprobs = model.token_logprobs(state, tokens[row : row + 1, :-1])[0]
+                owners = model.vocab.words_of(tokens[row].tolist())[1][1:]
+                total = sum(float(logprobs[t, tokens[row, t + 1]]) for t, o in enumerate(owners) if start <= o < end)
+                expected.append(np.exp(total / (end - start)))
+                fractions.append(moved / 6)
+            ours = getattr(curves, name)[p].numpy()
+            np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-9, equal_nan=False)
+            assert abs(float(getattr(curves, f"{name}_auc")[p]) - np.trapezoid(expected, fractions)) < 1e-9
