@@ -28,6 +28,8 @@ TABLE_TITLES = {
     "spatial_pointing": "Spatial pointing inside the most salient frame",
     "deletion": "Deletion: area under the phrase's probability as its most salient items go (lower is better)",
     "insertion": "Insertion: area under the phrase's probability as its most salient items come (higher is better)",
+    "spatial_deletion": "Deletion inside the most salient frame: its cells go, most salient first (lower is better)",
+    "spatial_insertion": "Insertion inside the most salient frame: that frame alone, its cells come (higher is better)",
 }
 
 
