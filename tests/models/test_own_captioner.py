@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import lightning as L
+import pytest
 import torch
 from einops import rearrange
 from tiny import readme_captioner_class
@@ -29,7 +30,7 @@ def test_the_readme_captioner_goes_through_the_evaluator_on_cached_grids():
         FeatureSample(placeholder, [Caption("a red circle", [phrase])], f"s{i}", grid=g) for i, g in enumerate(grids)
     ]
     explainers = build_explainers(["caption_guided", "uniform"])
-    evaluator = LocalisationEvaluator(explainers, ["circle"])
+    evaluator = LocalisationEvaluator(explainers, ["circle"], faithfulness_steps=4)
     for batch in batches_of(caption_pairs(samples), model.vocab, 2):
         saliencies = evaluator.update(model, batch)
     results = evaluator.compute()
@@ -39,6 +40,10 @@ def test_the_readme_captioner_goes_through_the_evaluator_on_cached_grids():
         assert results[name]["pointing_game"]["circle"] == results[name]["pointing_game"]["avg"]
     # the map's maximum of the uniform baseline is the image centre (16, 16): outside the box, a miss everywhere
     assert results["uniform"]["pointing_game"]["avg"] == 0.0
+    # deletion and insertion run on it too: nothing removed is everything inserted
+    curves = evaluator.curves()["caption_guided"]
+    assert curves["deletion"][0] == pytest.approx(curves["insertion"][-1])
+    assert results["caption_guided"]["deletion"]["skipped"] == 0
 
 
 class Wrapped(L.LightningModule):

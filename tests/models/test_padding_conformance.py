@@ -186,10 +186,18 @@ def test_a_model_that_raises_on_no_item_is_refused_with_its_error():
         check_no_item(Raises(), torch.randn(2, 3, 4), torch.ones(2, 3, dtype=torch.long))
 
 
-def test_the_readme_captioner_that_reads_masked_items_is_refused():
-    """The README's plain ``nn.Module`` ignores the mask: with no item it reads the padding, which the check sees."""
+def test_the_readme_captioner_conforms_and_one_that_reads_masked_items_is_refused():
+    """The README's plain ``nn.Module`` packs its real items (no item: the zero state); the same model reading
+    whatever the mask says is padding gives another answer for the same empty row, which the check sees."""
     torch.manual_seed(0)
-    model = readme_captioner_class()(["a", "red", "circle"]).eval()
+    readme = readme_captioner_class()
+    model = readme(["a", "red", "circle"]).eval()
     tokens = torch.tensor([[1, 4, 5, 6]])
+    assert torch.isfinite(check_no_item(model, torch.randn(1, 3, 16), tokens)).all()
+
+    class ReadsPadding(readme):
+        def encode(self, items, mask=None, positions=None):
+            return self.encoder(items)[1]
+
     with pytest.raises(UserError, match="change with the values of the masked item"):
-        check_no_item(model, torch.randn(1, 3, 16), tokens)
+        check_no_item(ReadsPadding(["a", "red", "circle"]).eval(), torch.randn(1, 3, 16), tokens)
