@@ -1,0 +1,64 @@
+"""Grad-CAM (Selvaraju et al., ICCV 2017) for each word of a caption.
+
+The activations are what the model reads: the items for images (the cells of the backbone's last feature map for
+capsal's models; what a Hugging Face adapter's ``keep`` mode feeds), the descriptor grid inside each frame for video.
+Per word, the gradient of its log-probability with respect to them, averaged over the cells (of each frame), gives
+one weight per channel; the map is ``ReLU(sum_c weight_c A_c)`` per cell. A video frame's score is the sum of its
+cells' maps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from einops import rearrange, reduce
+
+from capsal.constraints import PositiveInt
+from capsal.explainers.base import Explainer, Sentences
+from capsal.explainers.precision import Precision, normalize_precision
+from capsal.explainers.registry import register_explainer
+from capsal.explainers.saliency import Saliency
+from capsal.models.protocol import widened
+
+
+@register_explainer("gradcam")
+class GradCAM(Explainer):
+    """Grad-CAM per word (module doc). ``needs_grad``: inside Lightning validation it needs
+    ``Trainer(inference_mode=False)``, as ``gradient``. ``precision``: the forward pass's autocast."""
+
+    needs_grad = True
+
+    def __init__(self, beam_size: PositiveInt = 1, precision: Precision = 32):
+        self.beam_size = beam_size
+        self.precision = precision
+        normalize_precision(precision)  # a wrong name stops here, not at the first batch
+
+    def _attribute(self, model: Any, items: torch.Tensor, grid: torch.Tensor | None, sentences: Sentences) -> Saliency:
+        use_grid = sentences.layout.is_video and grid is not None
+        source = (grid if use_grid else items).detach().clone().requires_grad_(True)
+        inputs = model.items(source) if use_grid else source
+        tokens = sentences.tokens
+        with torch.backends.cudnn.flags(enabled=False):  # cuDNN's RNN backward refuses eval mode
+            logprobs = model.token_logprobs(model.encode(inputs, sentences.mask), tokens[:, :-1])
+            targets = logprobs.gather(-1, tokens[:, 1:, None])[..., 0]  # (B, n)
+            maps = []
+            for t in range(targets.shape[1]):
+                keep = t + 1 < targets.shape[1]
+                (gradient,) = torch.autograd.grad(targets[:, t].sum(), source, retain_graph=keep)
+                maps.append(self._cam(widened(gradient), widened(source.detach()), sentences.mask, use_grid))
+        cams = torch.stack(maps, dim=1)  # (B, n, m) or (B, n, T, h*w)
+        if not use_grid:
+            return sentences.saliency(cams, explainer=self.name)
+        return sentences.saliency(cams.sum(-1), region_scores=cams, explainer=self.name)
+
+    @staticmethod
+    def _cam(gradient: torch.Tensor, activations: torch.Tensor, mask: torch.Tensor, per_frame: bool) -> torch.Tensor:
+        """``ReLU(sum_c weight_c A_c)`` with ``weight_c`` the gradient's mean over the real items ``(B, m)``, or over
+        each frame's cells ``(B, T, h*w)``."""
+        if per_frame:
+            weights = reduce(gradient, "b t h w d -> b t 1 1 d", "mean")
+            return rearrange((weights * activations).sum(-1).relu(), "b t h w -> b t (h w)")
+        real = mask.to(gradient.dtype)[..., None]
+        weights = (gradient * real).sum(1, keepdim=True) / real.sum(1, keepdim=True).clamp(min=1.0)
+        return ((weights * activations).sum(-1).relu() * mask).to(gradient.dtype)
