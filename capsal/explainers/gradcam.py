@@ -14,25 +14,16 @@ from typing import Any
 import torch
 from einops import rearrange, reduce
 
-from capsal.constraints import PositiveInt
-from capsal.explainers.base import Explainer, Sentences
-from capsal.explainers.precision import Precision, normalize_precision
+from capsal.explainers.base import Sentences
+from capsal.explainers.gradient import BackpropExplainer
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
 from capsal.models.protocol import widened
 
 
 @register_explainer("gradcam")
-class GradCAM(Explainer):
-    """Grad-CAM per word (module doc). ``needs_grad``: inside Lightning validation it needs
-    ``Trainer(inference_mode=False)``, as ``gradient``. ``precision``: the forward pass's autocast."""
-
-    needs_grad = True
-
-    def __init__(self, beam_size: PositiveInt = 1, precision: Precision = 32):
-        self.beam_size = beam_size
-        self.precision = precision
-        normalize_precision(precision)  # a wrong name stops here, not at the first batch
+class GradCAM(BackpropExplainer):
+    """Grad-CAM per word (module doc); options and grad mode as every back-propagating explainer's."""
 
     def _attribute(self, model: Any, items: torch.Tensor, grid: torch.Tensor | None, sentences: Sentences) -> Saliency:
         use_grid = sentences.layout.is_video and grid is not None

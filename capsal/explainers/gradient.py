@@ -15,8 +15,21 @@ from capsal.explainers.saliency import Saliency
 from capsal.models.protocol import widened
 
 
+class BackpropExplainer(Explainer):
+    """What every explainer that back-propagates a word's log-probability shares: gradients on (``needs_grad``;
+    inside Lightning validation that needs ``Trainer(inference_mode=False)``), the ``beam_size`` of the model's own
+    caption and the forward pass's ``precision`` (the backward follows it)."""
+
+    needs_grad = True
+
+    def __init__(self, beam_size: PositiveInt = 1, precision: Precision = 32):
+        self.beam_size = beam_size
+        self.precision = precision
+        normalize_precision(precision)  # a wrong name stops here, not at the first batch
+
+
 @register_explainer("gradient")
-class GradientTimesInput(Explainer):
+class GradientTimesInput(BackpropExplainer):
     """``score[t, i] = <d log p(y_t) / d v_i, v_i>``; for video also per region of the grid the frames pool.
 
     ``needs_grad``: ``explain`` turns gradients on around it, so it runs inside Lightning validation, which computes
@@ -26,13 +39,6 @@ class GradientTimesInput(Explainer):
     ``precision`` (``32``, ``bf16-mixed``, ``16-mixed``): the forward pass's autocast (the backward follows it);
     the gradients are taken with respect to the float32 inputs, so scores are float32.
     """
-
-    needs_grad = True
-
-    def __init__(self, beam_size: PositiveInt = 1, precision: Precision = 32):
-        self.beam_size = beam_size
-        self.precision = precision
-        normalize_precision(precision)  # a wrong name stops here, not at the first batch
 
     def _attribute(self, model: Any, items: torch.Tensor, grid: torch.Tensor | None, sentences: Sentences) -> Saliency:
         # cuDNN's RNN backward refuses eval mode (dropout off); PyTorch's own kernels take it, same numbers
