@@ -283,14 +283,10 @@ class LocalisationEvaluator:
                 if metric_name.endswith("faithfulness"):
                     prefix = metric_name.removesuffix("faithfulness")
                     for group in ("deletion", "insertion"):
-                        out[name][prefix + group] = {
-                            key.split("/", 1)[1]: value for key, value in values.items() if key.startswith(group + "/")
-                        }
+                        out[name][prefix + group] = _group(values, group)
                 elif metric_name == "temporal_pointing":
                     for group in ("temporal", "spatial"):
-                        out[name][f"{group}_pointing"] = {
-                            key.split("/", 1)[1]: value for key, value in values.items() if key.startswith(group + "/")
-                        }
+                        out[name][f"{group}_pointing"] = _group(values, group)
                 else:
                     out[name][metric_name] = values
         return out
@@ -314,6 +310,11 @@ class LocalisationEvaluator:
         for metrics in self.metrics.values():
             for metric in metrics.values():
                 metric.reset()
+
+
+def _group(values: dict[str, float], group: str) -> dict[str, float]:
+    """The ``<group>/<key>`` values of a metric that keeps several scores side by side, by ``<key>``."""
+    return {key.split("/", 1)[1]: value for key, value in values.items() if key.startswith(group + "/")}
 
 
 def _phrase_record(explainer: str, batch: Batch, row: int, start: int, end: int, phrase: Phrase) -> dict[str, Any]:

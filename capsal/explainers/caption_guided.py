@@ -23,7 +23,7 @@ from einops import rearrange, repeat
 from capsal.constraints import PositiveFloat, PositiveInt
 from capsal.errors import UserError
 from capsal.explainers.base import Explainer, Sentences
-from capsal.explainers.chunking import ChunkCost, run_in_chunks, unseen_bytes
+from capsal.explainers.chunking import known_costs, pass_key, run_in_chunks, unseen_bytes
 from capsal.explainers.precision import Precision, normalize_precision
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
@@ -160,14 +160,8 @@ class CaptionGuided(Explainer):
             logp = reference[who]
             return (logp.exp() * (logp - logq)).sum(-1)
 
-        key = (
-            tokens.shape[1],
-            tuple(singles.shape[1:]),
-            singles.dtype,
-            str(singles.device),
-            torch.is_autocast_enabled(),
-        )
-        known = self._known_costs(model)
+        key = pass_key(tokens, singles)
+        known = known_costs(self._costs, model)
         cost = known.get(key)
         unseen = unseen_bytes(model, singles.device) if cost is None else 0  # only a new measurement needs it
         losses, self.last_chunking = run_in_chunks(
@@ -176,14 +170,6 @@ class CaptionGuided(Explainer):
         if self.last_chunking["cost"] is not None:
             known[key] = self.last_chunking["cost"]
         return losses
-
-    def _known_costs(self, model) -> dict[tuple, ChunkCost]:
-        """The pass costs measured for ``model`` so far (per sentence length, input shape, dtype, device, autocast);
-        models that cannot be weakly referenced are probed on every call."""
-        try:
-            return self._costs.setdefault(model, {})
-        except TypeError:
-            return {}
 
 
 def region_inputs(grid: torch.Tensor, region_input: str = "pooled") -> torch.Tensor:

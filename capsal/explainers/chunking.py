@@ -146,6 +146,21 @@ def unseen_bytes(model: object, device: torch.device) -> int:
     return max((sum(p.numel() * p.element_size() for p in module.parameters()) for module in recurrent), default=0)
 
 
+def pass_key(tokens: torch.Tensor, inputs: torch.Tensor) -> tuple:
+    """What a measured :class:`ChunkCost` holds for: the sentence length, one input's shape, dtype, device and
+    autocast."""
+    return (tokens.shape[1], tuple(inputs.shape[1:]), inputs.dtype, str(inputs.device), torch.is_autocast_enabled())
+
+
+def known_costs(store: weakref.WeakKeyDictionary, model: object) -> dict[tuple, ChunkCost]:
+    """The pass costs measured for ``model`` so far in ``store`` (by :func:`pass_key`), so repeated calls probe
+    memory once per shape; models that cannot be weakly referenced are probed on every call."""
+    try:
+        return store.setdefault(model, {})
+    except TypeError:
+        return {}
+
+
 def run_in_chunks(
     run: Callable[[int, int], torch.Tensor],
     total: int,

@@ -11,15 +11,20 @@ from einops import rearrange
 from capsal.types import ItemLayout
 
 
+def _item_mask(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """``mask`` broadcast to ``values`` and the dimensions one word's values span (its items, and regions)."""
+    extra = values.dim() - mask.dim()
+    mask = mask.reshape(*mask.shape, *([1] * extra)).expand_as(values)
+    return mask, tuple(range(mask.dim() - 1 - extra, values.dim()))
+
+
 def scale_per_word(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Linearly map each word's values over the real items to [0, 1] (paper Eq. 8's ``scale``).
 
     ``values`` ``(..., m[, r])`` with item ``mask`` broadcastable to ``values.shape[:-k]``; masked items become 0.
     A word whose values are all equal gets 1 everywhere (every item is equally, fully salient).
     """
-    extra = values.dim() - mask.dim()
-    mask = mask.reshape(*mask.shape, *([1] * extra)).expand_as(values)
-    dims = tuple(range(mask.dim() - 1 - extra, values.dim()))
+    mask, dims = _item_mask(values, mask)
     low = values.masked_fill(~mask, float("inf")).amin(dim=dims, keepdim=True)
     high = values.masked_fill(~mask, float("-inf")).amax(dim=dims, keepdim=True)
     span = high - low
@@ -31,11 +36,10 @@ def scale_from_zero(values: torch.Tensor, zero: torch.Tensor, mask: torch.Tensor
     """Each word's evidence over a zero point, ``max(0, values - zero)``, divided by its largest value over the real
     items (``values`` ``(..., m[, r])``, ``zero`` broadcastable to ``values.shape[:mask.dim()]``). A word that no item
     lifts above its zero point gets 0 everywhere: no evidence, rather than "everything equally salient"."""
-    extra = values.dim() - mask.dim()
-    mask = mask.reshape(*mask.shape, *([1] * extra)).expand_as(values)
+    mask, dims = _item_mask(values, mask)
     zero = zero.reshape(*zero.shape, *([1] * (values.dim() - zero.dim())))
     gain = (values - zero).clamp(min=0).masked_fill(~mask, 0.0)
-    high = gain.amax(dim=tuple(range(mask.dim() - 1 - extra, values.dim())), keepdim=True)
+    high = gain.amax(dim=dims, keepdim=True)
     return torch.where(high > 0, gain / high.clamp(min=torch.finfo(values.dtype).tiny), 0.0)
 
 

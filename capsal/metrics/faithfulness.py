@@ -25,7 +25,7 @@ from einops import rearrange, repeat
 from torch import Tensor
 
 from capsal.explainers.base import Seeds, eval_mode, word_table
-from capsal.explainers.chunking import run_in_chunks
+from capsal.explainers.chunking import known_costs, pass_key, run_in_chunks
 from capsal.metrics.base import OTHER, CategoryAccuracy, Unknown
 from capsal.models.protocol import check_no_item, keep_items, target_logprobs
 
@@ -173,7 +173,7 @@ def spatial_faithfulness_curves(
     input_frames = repeat(frames.to(grid.device), "p -> (c p k)", c=2, k=steps + 1)
     insertion = repeat(torch.tensor([False, True], device=grid.device), "c -> (c p k)", p=len(spans), k=steps + 1)
     any_cell = cell_keeps.any(1)
-    frame_mask = mask[input_rows].clone()
+    frame_mask = mask[input_rows]
     own = torch.nn.functional.one_hot(input_frames, grid.shape[1]).bool()
     frame_keeps = torch.where(insertion[:, None], own & any_cell[:, None], frame_mask & ~(own & ~any_cell[:, None]))
 
@@ -204,8 +204,8 @@ def _span_logprobs(model, items, tokens, spans, input_rows, widths, inputs, memo
         logprobs = target_logprobs(model, state, tokens[who, :length], tokens[who, 1 : length + 1])
         return (logprobs.to(torch.float64) * targets[chosen, :length]).sum(1)
 
-    key = (tokens.shape[1], tuple(items.shape[1:]), items.dtype, str(items.device), torch.is_autocast_enabled())
-    known = _known_costs(model)
+    key = pass_key(tokens, items)
+    known = known_costs(_COSTS, model)
     parts, total, cost = [], len(input_rows), known.get(key)
     group = max(-(-total // WIDTH_GROUPS), GROUP_INPUTS)
     with eval_mode(model):
@@ -238,16 +238,7 @@ def _curves(logprobs: Tensor, spans: Sequence[Span], counts: Tensor, real: Tenso
     return Curves(deletion=curves[0], insertion=curves[1], fractions=moved)
 
 
-_COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {pass shape: ChunkCost}
-
-
-def _known_costs(model: Any) -> dict:
-    """The pass costs measured for ``model`` so far (per sentence length, item shape, dtype, device, autocast), so an
-    evaluation probes memory once per shape; models that cannot be weakly referenced are probed on every call."""
-    try:
-        return _COSTS.setdefault(model, {})
-    except TypeError:
-        return {}
+_COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {pass_key: ChunkCost}
 
 
 class Faithfulness(CategoryAccuracy):
