@@ -208,3 +208,23 @@ def readme_captioner_class() -> type:
     namespace: dict = {}
     exec(block, namespace)
     return namespace["MyCaptioner"]
+
+
+def tiny_captioners() -> dict:
+    """capsal's own captioners, tiny and random, by name (a constructor each) over the words a, red, circle: the
+    models every protocol and padding conformance test runs over."""
+    from capsal.models import S2VT, SoftAttention, TransformerCaptioner
+
+    words = ["a", "red", "circle"]
+    tiny = {
+        "hidden_size": 16,
+        "embed_size": 8,
+        "dropout": 0.0,
+        "backbone": {"_target_": "capsal.models.backbones.SmallCNN", "channels": [4, 8]},
+    }
+    return {
+        "s2vt": lambda: S2VT(words, encoder="lstm", **tiny),
+        "s2vt_meanpool": lambda: S2VT(words, encoder="mean", **tiny),
+        "soft_attention": lambda: SoftAttention(words, **tiny),
+        "transformer": lambda: TransformerCaptioner(words, **tiny),
+    }

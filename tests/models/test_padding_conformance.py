@@ -10,26 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 from einops import repeat
-from tiny import HF_FAMILIES, readme_captioner_class, save_tiny_hf
+from tiny import HF_FAMILIES, readme_captioner_class, save_tiny_hf, tiny_captioners
 from torch import nn
 
 from capsal.errors import UserError
-from capsal.models import S2VT, SoftAttention, TransformerCaptioner
 from capsal.models.protocol import check_no_item, has_attention, keep_items
 
-WORDS = ["a", "red", "circle"]
-TINY = {
-    "hidden_size": 16,
-    "embed_size": 8,
-    "dropout": 0.0,
-    "backbone": {"_target_": "capsal.models.backbones.SmallCNN", "channels": [4, 8]},
-}
-OWN = {
-    "s2vt": lambda: S2VT(WORDS, encoder="lstm", **TINY),
-    "s2vt_meanpool": lambda: S2VT(WORDS, encoder="mean", **TINY),
-    "soft_attention": lambda: SoftAttention(WORDS, **TINY),
-    "transformer": lambda: TransformerCaptioner(WORDS, **TINY),
-}
+OWN = tiny_captioners()
 HF = [f"{family}/{keep}" for family in HF_FAMILIES for keep in ("input", "encoder_output")]
 PROMPT = {"blip": "a picture of"}
 TOLERANCE = {"atol": 1e-6, "rtol": 0.0}  # a row alone is a different batch size: matrix kernels may round apart

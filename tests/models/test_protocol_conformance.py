@@ -5,23 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import tiny_captioners
 
 from capsal import check_protocol
-from capsal.models import S2VT, SoftAttention, TransformerCaptioner
 
-WORDS = ["a", "red", "circle"]
-TINY = {
-    "hidden_size": 16,
-    "embed_size": 8,
-    "dropout": 0.0,
-    "backbone": {"_target_": "capsal.models.backbones.SmallCNN", "channels": [4, 8]},
-}
-MODELS = {
-    "s2vt": lambda: S2VT(WORDS, encoder="lstm", **TINY),
-    "s2vt_meanpool": lambda: S2VT(WORDS, encoder="mean", **TINY),
-    "soft_attention": lambda: SoftAttention(WORDS, **TINY),
-    "transformer": lambda: TransformerCaptioner(WORDS, **TINY),
-}
+MODELS = tiny_captioners()
 TOKENS = torch.tensor([[1, 4, 5, 6, 2], [1, 5, 5, 2, 0], [1, 6, 2, 0, 0]])
 
 
