@@ -87,10 +87,11 @@ def choose_sentence(cfg: DictConfig, given: ExplainInput) -> tuple[str | None, C
     return query_text(cfg.query), None
 
 
-def query_text(query: str | None) -> str | None:
-    """The query (its type was checked with the config: null or a string), refused when it has no characters."""
+def query_text(query: str | None, key: str = "query") -> str | None:
+    """The query or foil (its type was checked with the config: null or a string), refused when it has no
+    characters."""
     if query is not None and not query.strip():
-        raise UserError("the query is empty; give a sentence such as query='a red circle' or leave it out")
+        raise UserError(f"the {key} is empty; give a sentence such as {key}='a red circle' or leave it out")
     return query
 
 
@@ -107,9 +108,11 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg, ExplainSettings)
     phrases = parse_phrases(cfg.phrases)
     device = resolve_device(cfg.device)
-    model = load_model(cfg, device)
     options = OmegaConf.to_container(cfg.explainer_options, resolve=True) or {}
     explainer = build_explainers([cfg.explainer], options)[cfg.explainer]
+    contrast = query_text(cfg.contrast, "contrast")
+    explainer.check_contrast(contrast)
+    model = load_model(cfg, device)
     given = load_input(cfg, model)
     query, caption = choose_sentence(cfg, given)
     pixels = model_pixels(given.pixels, model).to(device)
@@ -118,13 +121,14 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
         grid = cached[None].float().to(device) if cached is not None else model.features(pixels)
         items = model.items(grid)
     sample_ids = [given.sample.sample_id] if given.sample is not None else None
-    saliency = explainer.explain(model, items, grid=grid, tokens=query, sample_ids=sample_ids)
+    saliency = explainer.explain(model, items, grid=grid, tokens=query, sample_ids=sample_ids, contrast=contrast)
     if not saliency.words[0]:
         raise UserError(
             f"the model produced no words for {given.source}: its own caption is empty (it emitted <eos> first), "
             "so there is nothing to explain; pass query='<a sentence>' to explain a sentence of your own"
         )
-    spans = phrase_spans(phrases, caption, saliency.words[0])
+    foil = saliency.foil_words[0] if saliency.foil_words else None
+    spans = phrase_spans(phrases, caption, saliency.words[0], foil)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if saliency.layout.is_video:
@@ -138,6 +142,7 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
             "explainer": saliency.explainer,
             "explainer_options": repr(explainer),
             "sentence": " ".join(saliency.words[0]),
+            "contrast": " ".join(foil) if foil else None,
             "unknown_words": model.vocab.unknown_words(query) if query else [],
         }
     )
@@ -147,8 +152,11 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def phrase_spans(phrases, caption: Caption | None, words: list[str]) -> list[tuple[int, int, str]]:
-    """``(start, end, label)`` of each panel: the given spans, the reference's phrases, or every word."""
+def phrase_spans(
+    phrases, caption: Caption | None, words: list[str], foil: list[str] | None = None
+) -> list[tuple[int, int, str]]:
+    """``(start, end, label)`` of each panel: the given spans, the reference's phrases, or every word; with a foil,
+    a span whose words differ is labelled "<words> rather than <foil words>"."""
     if phrases:
         spans = list(phrases)
     elif caption is not None and caption.phrases:
@@ -161,7 +169,12 @@ def phrase_spans(phrases, caption: Caption | None, words: list[str]) -> list[tup
                 f"phrase span [{start}, {end}) is not inside the sentence's {len(words)} words "
                 f"({' '.join(words)!r}); give 0 <= start < end <= {len(words)}"
             )
-    return [(s, e, " ".join(words[s:e])) for s, e in spans]
+    return [(s, e, _label(words[s:e], foil[s:e] if foil else None)) for s, e in spans]
+
+
+def _label(words: list[str], foil: list[str] | None) -> str:
+    text = " ".join(words)
+    return text if not foil or foil == words else f"{text} rather than {' '.join(foil)}"
 
 
 def _boxes_for(caption: Caption | None, spans) -> list[list[Box]] | None:

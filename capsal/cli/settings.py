@@ -89,6 +89,7 @@ class ExplainSettings:
     sample: SampleRef | None = None
     explainer: ExplainerName = "caption_guided"
     query: str | None = None
+    contrast: str | None = None
     reference: bool = False
     phrases: Annotated[list[Span], Field(min_length=1)] | None = None  # [[start, end], ...], start < end
     device: Device = "auto"

@@ -63,6 +63,8 @@ class Explainer:
       by the explainer's ``seed`` option and each row's sample id, so a sample gets the same map in any batch.
     - a ``precision`` option (attribute): the model calls run under :func:`~capsal.explainers.precision.autocast`.
     - a ``beam_size`` option (attribute): the beam used to generate the model's own caption.
+    - ``contrastive = True``: ``_attribute`` scores each word through :meth:`Sentences.word_logprobs`, so it can
+      explain ``log p(word) - log p(foil word)`` when ``explain`` is given a ``contrast`` sentence.
 
     A subclass written for earlier versions that overrides ``explain`` itself still works (with one
     ``DeprecationWarning`` per class): it is called with the grad mode the explainer needs, and with ``sample_ids``
@@ -72,6 +74,7 @@ class Explainer:
     name = "explainer"
     needs_grad = False
     draws_randomness = False
+    contrastive = False
 
     def __init__(self) -> None:
         """No options. A subclass's constructor parameters are its options, each annotated with the type that states
@@ -97,14 +100,18 @@ class Explainer:
         grid: torch.Tensor | None = None,
         tokens: Sentence = None,
         sample_ids: Sequence[str] | None = None,
+        contrast: Sentence = None,
     ) -> Saliency:
         """Per-word saliency of ``tokens`` (the model's own caption when None) over the ``(B, m, d)`` items.
 
         ``mask``: ``(B, m)`` items present (all when None); ``grid``: the ``(B, T, h, w, d)`` descriptor grid the items
         pool (video: per-region maps); ``sample_ids``: one per row, for explainers that draw randomness (ignored by
-        the others, so callers pass them whenever they have them)."""
+        the others, so callers pass them whenever they have them); ``contrast``: a foil sentence with as many words
+        (one string, one per sample, or token ids): each word is explained as ``log p(word) - log p(foil word)``
+        in the sentence's own context, "why this word rather than that one" (:func:`foil_targets`)."""
+        self.check_contrast(contrast)
         with eval_mode(model), self._grad_mode(), self._precision(items.device, model):
-            sentences = prepare(model, items, mask, grid, tokens, getattr(self, "beam_size", None))
+            sentences = prepare(model, items, mask, grid, tokens, getattr(self, "beam_size", None), contrast)
             if self.draws_randomness:
                 sentences.seeds = self._seeds(sentences, sample_ids)
             return self._attribute(model, items, grid, sentences)
@@ -114,6 +121,14 @@ class Explainer:
         over ``items`` (``grid``: their descriptor grid, or None). It runs in eval mode, under the grad mode and
         precision the explainer declares; ``sentences`` holds the resolved mask, tokens, words and layout."""
         raise NotImplementedError(f"{type(self).__qualname__} implements no _attribute")
+
+    def check_contrast(self, contrast: Sentence) -> None:
+        """One line when a foil is given to an explainer that scores no word's log-probability."""
+        if contrast is not None and not self.contrastive:
+            raise UserError(
+                f"explainer {self.name} does not score a word's log-probability, so it has no contrastive map; "
+                "use contrast= with caption_guided, gradient or gradcam"
+            )
 
     def _grad_mode(self) -> contextlib.AbstractContextManager:
         """Gradients on for explainers that back-propagate (also inside a caller's ``inference_mode``), off for the
@@ -154,7 +169,10 @@ def _legacy_explain(explain: Callable[..., Saliency]) -> Callable[..., Saliency]
     takes_ids = any(p.name == "sample_ids" or p.kind is p.VAR_KEYWORD for p in parameters)
 
     @functools.wraps(explain)
-    def wrapper(self: Explainer, model: Any, items: torch.Tensor, *args: Any, sample_ids=None, **kwargs: Any):
+    def wrapper(
+        self: Explainer, model: Any, items: torch.Tensor, *args: Any, sample_ids=None, contrast=None, **kwargs: Any
+    ):
+        self.check_contrast(contrast)
         if takes_ids and sample_ids is not None:
             kwargs["sample_ids"] = sample_ids
         with self._grad_mode():
@@ -275,6 +293,21 @@ class Sentences:
     layout: ItemLayout
     rows: torch.Tensor | None = None  # (B, n) long; None: every token is its own word
     seeds: Seeds | None = None  # set by ``Explainer.explain`` for explainers that draw randomness
+    foil: torch.Tensor | None = None  # (B, n) the foil's target tokens (:func:`foil_targets`); None: no contrast
+    foil_words: list[list[str]] | None = None
+
+    def word_logprobs(self, logprobs: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """What an explainer explains of each target token, ``(B, n)`` from the teacher-forced ``(B, n, V)``
+        log-probabilities: ``log p(y_t)``, or with a foil ``log p(y_t) - log p(foil_t)`` (both given the sentence's
+        own words before t: one pass for both). ``rows``: the sentence of each row of ``logprobs`` when they are
+        not the batch's own rows (the caption-guided explainer's single-item inputs)."""
+        width = logprobs.shape[1]
+        targets = self.tokens[:, 1 : width + 1] if rows is None else self.tokens[rows, 1 : width + 1]
+        picked = logprobs.gather(-1, targets[..., None])[..., 0]
+        if self.foil is None:
+            return picked
+        foil = self.foil[:, :width] if rows is None else self.foil[rows, :width]
+        return picked - logprobs.gather(-1, foil[..., None])[..., 0]
 
     def per_word(self, values: torch.Tensor | None) -> torch.Tensor | None:
         """``(B, n, ...)`` values per target token -> per word: a word's tokens summed (the rule of Eq. 9 for
@@ -308,6 +341,7 @@ class Sentences:
             tokens=self.tokens,
             explainer=explainer,
             zero=self.per_word(zero),
+            foil_words=self.foil_words,
         )
 
 
@@ -318,8 +352,10 @@ def prepare(
     grid: torch.Tensor | None,
     tokens: Sentence,
     beam_size: int | None = None,
+    contrast: Sentence = None,
 ) -> Sentences:
-    """Resolve the mask, the sentence (the model's caption when ``tokens`` is None) and the layout in one go.
+    """Resolve the mask, the sentence (the model's caption when ``tokens`` is None), the foil and the layout in one
+    go.
 
     A sentence longer than the model takes (``max_sentence_tokens()``) is cut to its first words before anything
     is explained (:func:`~capsal.models.protocol.fit_sentences`, a warning says so): ``words`` and every score
@@ -327,7 +363,45 @@ def prepare(
     mask = default_mask(items, mask)
     tokens = fit_sentences(model, resolve_tokens(model, items, mask, tokens, beam_size))
     words, word_mask, rows = word_table(model.vocab, tokens)
-    return Sentences(mask, tokens, words, word_mask, layout_of_items(model, items, grid), rows)
+    sentences = Sentences(mask, tokens, words, word_mask, layout_of_items(model, items, grid), rows)
+    if contrast is not None:
+        foil = fit_sentences(model, resolve_tokens(model, items, mask, contrast))
+        sentences.foil, sentences.foil_words = foil_targets(model.vocab, tokens, foil)
+    return sentences
+
+
+def foil_targets(vocab: Tokenizer, tokens: torch.Tensor, foil: torch.Tensor) -> tuple[torch.Tensor, list[list[str]]]:
+    """The foil's target token at every target column of ``tokens`` ``(B, n)`` (the sentence's own token where the
+    two agree: no contrast there) and the foil's words.
+
+    The foil word takes its word's token positions, so its log-probability is read from the same pass as the
+    word's: each row must have as many words as the sentence, and every word that differs must be one token in
+    both (capsal's word vocabularies always are; with a subword tokenizer, pick foil words of one token)."""
+    width = tokens.shape[1] - 1
+    targets = tokens[:, 1:].clone()
+    foils = []
+    for row, (fact_ids, foil_ids) in enumerate(zip(tokens.tolist(), foil.tolist(), strict=True)):
+        fact_words, fact_owners = vocab.words_of(fact_ids)
+        foil_words, foil_owners = vocab.words_of(foil_ids)
+        if len(foil_words) != len(fact_words):
+            raise UserError(
+                f"the contrast sentence {' '.join(foil_words)!r} has {len(foil_words)} words and the sentence "
+                f"explained {' '.join(fact_words)!r} has {len(fact_words)}; give a foil with one word per word"
+            )
+        for index, (fact_word, foil_word) in enumerate(zip(fact_words, foil_words, strict=True)):
+            if fact_word == foil_word:
+                continue
+            fact_at = [k for k, owner in enumerate(fact_owners) if owner == index]
+            foil_at = [k for k, owner in enumerate(foil_owners) if owner == index]
+            if len(fact_at) != 1 or fact_at != foil_at:
+                raise UserError(
+                    f"the foil word {foil_word!r} and the word {fact_word!r} are not one token each at the same "
+                    f"place, so the foil cannot take the word's position; choose a foil word of one token"
+                )
+            if 0 < fact_at[0] <= width:
+                targets[row, fact_at[0] - 1] = foil_ids[fact_at[0]]
+        foils.append(foil_words)
+    return targets, foils
 
 
 def default_mask(items: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

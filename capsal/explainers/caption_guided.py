@@ -54,8 +54,12 @@ class CaptionGuided(Explainer):
     calls' autocast, :mod:`capsal.explainers.precision`); ``zero_point``: where a word's map starts, ``min`` (Eq. 8:
     min-max over the items, the least helpful item is 0) or ``empty`` (the evidence gained over no item at all,
     ``max(0, Loss(t, none) - Loss(t, i))``, divided by its largest value: an item that helps no more than nothing
-    is 0, docs/faithfulness.md). ``last_chunking`` holds the last call's cost and chunk size.
+    is 0, docs/faithfulness.md). ``last_chunking`` holds the last call's cost and chunk size. With a foil
+    (``explain(..., contrast=...)``) the loss is ``-(log q_i(w) - log q_i(foil))``, both read from the same pass
+    (its full ``(chunk, n, V)`` log-probabilities).
     """
+
+    contrastive = True
 
     def __init__(
         self,
@@ -103,14 +107,14 @@ class CaptionGuided(Explainer):
         reference = None
         if self.mode == "kl":
             reference = model.token_logprobs(model.encode(items, mask), tokens[:, :-1])
-        losses = widened(self._losses(model, singles, positions, owners, tokens, reference))  # (N, n), >= float32
+        losses = widened(self._losses(model, singles, positions, owners, sentences, reference))  # (N, n), >= f32
 
         item_losses = rearrange(losses[: batch * m], "(b m) n -> b n m", b=batch)
         region_losses = None
         if regions is not None:
             h, w = grid.shape[2:4]
             region_losses = rearrange(losses[batch * m :], "(b m r) n -> b n m r", b=batch, m=m, r=h * w)
-        empty = self._empty_losses(model, items, tokens, reference) if self.zero_point == "empty" else None
+        empty = self._empty_losses(model, items, sentences, reference) if self.zero_point == "empty" else None
         return sentences.saliency(
             scores=-item_losses,
             losses=item_losses,
@@ -120,13 +124,21 @@ class CaptionGuided(Explainer):
             zero=None if empty is None else -empty,
         )
 
-    def _empty_losses(self, model, items, tokens, reference) -> torch.Tensor:
+    def _empty_losses(self, model, items, sentences: Sentences, reference) -> torch.Tensor:
         """``Loss(t, none)`` ``(B, n)``: the loss of each word with no item at all (a row whose mask is all False;
         one line for a model that does not define it)."""
-        logq = check_no_item(model, items, tokens[:, :-1])
+        logq = check_no_item(model, items, sentences.tokens[:, :-1])
         if self.mode == "information_gain":
-            return widened(-logq.gather(-1, tokens[:, 1:, None])[..., 0])
+            return widened(-sentences.word_logprobs(logq))
         return widened((reference.exp() * (reference - logq)).sum(-1))
+
+    def check_contrast(self, contrast) -> None:
+        super().check_contrast(contrast)
+        if contrast is not None and self.mode != "information_gain":
+            raise UserError(
+                "a contrastive map compares two words' log-probabilities: use caption_guided's "
+                "mode=information_gain with contrast= (mode=kl compares whole distributions)"
+            )
 
     @staticmethod
     def _single_item_inputs(items: torch.Tensor):
@@ -147,20 +159,24 @@ class CaptionGuided(Explainer):
         owners = repeat(torch.arange(batch, device=grid.device), "b -> (b t r)", t=frames, r=h * w)
         return singles, positions, owners
 
-    def _losses(self, model, singles, positions, owners, tokens, reference) -> torch.Tensor:
-        """``Loss(t, i, w)`` for every single-item input, ``(N, n)``, in chunks under the memory budget."""
+    def _losses(self, model, singles, positions, owners, sentences: Sentences, reference) -> torch.Tensor:
+        """``Loss(t, i, w)`` for every single-item input, ``(N, n)``, in chunks under the memory budget (with a
+        foil, ``-(log q_i(w) - log q_i(foil))`` read from the same pass's log-probabilities)."""
+        tokens = sentences.tokens
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
 
         def run(start: int, stop: int) -> torch.Tensor:
             who = owners[start:stop]
             state = model.encode(singles[start:stop], None, positions[start:stop])
+            if sentences.foil is not None:
+                return -sentences.word_logprobs(model.token_logprobs(state, inputs[who]), rows=who)
             if self.mode == "information_gain":
                 return -target_logprobs(model, state, inputs[who], targets[who])
             logq = model.token_logprobs(state, inputs[who])  # (c, n, V)
             logp = reference[who]
             return (logp.exp() * (logp - logq)).sum(-1)
 
-        key = pass_key(tokens, singles)
+        key = (*pass_key(tokens, singles), sentences.foil is not None)
         known = known_costs(self._costs, model)
         cost = known.get(key)
         unseen = unseen_bytes(model, singles.device) if cost is None else 0  # only a new measurement needs it

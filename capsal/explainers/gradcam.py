@@ -32,7 +32,7 @@ class GradCAM(BackpropExplainer):
         tokens = sentences.tokens
         with torch.backends.cudnn.flags(enabled=False):  # cuDNN's RNN backward refuses eval mode
             logprobs = model.token_logprobs(model.encode(inputs, sentences.mask), tokens[:, :-1])
-            targets = logprobs.gather(-1, tokens[:, 1:, None])[..., 0]  # (B, n)
+            targets = sentences.word_logprobs(logprobs)  # (B, n)
             maps = []
             for t in range(targets.shape[1]):
                 keep = t + 1 < targets.shape[1]

@@ -21,6 +21,7 @@ class BackpropExplainer(Explainer):
     caption and the forward pass's ``precision`` (the backward follows it)."""
 
     needs_grad = True
+    contrastive = True
 
     def __init__(self, beam_size: PositiveInt = 1, precision: Precision = 32):
         self.beam_size = beam_size
@@ -43,18 +44,16 @@ class GradientTimesInput(BackpropExplainer):
     def _attribute(self, model: Any, items: torch.Tensor, grid: torch.Tensor | None, sentences: Sentences) -> Saliency:
         # cuDNN's RNN backward refuses eval mode (dropout off); PyTorch's own kernels take it, same numbers
         with torch.backends.cudnn.flags(enabled=False):
-            scores, regions = self._attributions(
-                model, items, sentences.mask, grid, sentences.tokens, sentences.layout.is_video
-            )
+            scores, regions = self._attributions(model, items, grid, sentences)
         return sentences.saliency(scores, region_scores=regions, explainer=self.name)
 
     @staticmethod
-    def _attributions(model, items, mask, grid, tokens, is_video):
-        use_grid = is_video and grid is not None
+    def _attributions(model, items, grid, sentences: Sentences):
+        use_grid = sentences.layout.is_video and grid is not None
         source = (grid if use_grid else items).detach().clone().requires_grad_(True)
         inputs = model.items(source) if use_grid else source
-        logprobs = model.token_logprobs(model.encode(inputs, mask), tokens[:, :-1])
-        targets = logprobs.gather(-1, tokens[:, 1:, None])[..., 0]  # (B, n)
+        tokens = sentences.tokens
+        targets = sentences.word_logprobs(model.token_logprobs(model.encode(inputs, sentences.mask), tokens[:, :-1]))
         per_word = []
         for t in range(targets.shape[1]):
             (gradient,) = torch.autograd.grad(targets[:, t].sum(), source, retain_graph=t + 1 < targets.shape[1])

@@ -55,6 +55,8 @@ class Saliency:
     - ``item_mask`` ``(B, m)`` True for real items.
     - ``zero`` ``(B, n)``: each word's score with no item at all, for explainers asked to scale from it (the
       caption-guided ``zero_point=empty``); None: Eq. 8's min-max over the items.
+    - ``foil_words``: for a contrastive map, each sample's foil words (word t explains ``log p(word t) -
+      log p(foil word t)``); None otherwise.
     """
 
     words: list[list[str]]
@@ -68,6 +70,7 @@ class Saliency:
     tokens: torch.Tensor | None = None
     explainer: str = ""
     zero: torch.Tensor | None = None
+    foil_words: list[list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.words)

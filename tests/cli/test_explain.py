@@ -54,6 +54,14 @@ def test_explain_an_image_file_of_another_size_with_a_query(image_checkpoint, tm
     assert_picture(out / "saliency.png")
 
 
+def test_a_contrastive_explanation_labels_the_words_that_differ(image_checkpoint, tmp_path):
+    args = (f"ckpt_path={image_checkpoint}", "sample=val:0", "query='a red circle'", "contrast='a blue circle'")
+    summary = explain(compose_app("explain", tmp_path, *args))
+    assert summary["contrast"] == "a blue circle"
+    assert [panel["text"] for panel in summary["panels"]] == ["a", "red rather than blue", "circle"]
+    assert_picture(tmp_path / "saliency.png")
+
+
 def test_explain_a_video_sample_gives_temporal_and_spatial_maps(video_checkpoint, tmp_path):
     summary = explain(compose_app("explain", tmp_path, f"ckpt_path={video_checkpoint}", "sample=val:0"))
     arrays = np.load(tmp_path / "saliency.npz")
@@ -77,6 +85,8 @@ def run_cli(*args, cwd):
     [
         (["query=' '"], "the query is empty"),
         (["query='zebra giraffe'"], "every word of the query"),
+        (["query='a red circle'", "contrast='a blue'"], "the contrast sentence 'a blue' has 2 words"),
+        (["explainer=uniform", "contrast='a blue circle'"], "explainer uniform does not score"),
     ],
 )
 def test_bad_queries_get_one_line_and_exit_code_2(image_checkpoint, tmp_path, args, message):
