@@ -17,7 +17,9 @@ from typing import Any
 import torch
 
 from capsal.errors import UserError
+from capsal.explainers.contrast import Foil, foil_of
 from capsal.explainers.precision import autocast
+from capsal.explainers.registry import available_explainers, get_explainer
 from capsal.explainers.saliency import Saliency
 from capsal.models.protocol import fit_sentences, layout_of_items
 from capsal.text import Tokenizer, tokenize
@@ -108,7 +110,7 @@ class Explainer:
         pool (video: per-region maps); ``sample_ids``: one per row, for explainers that draw randomness (ignored by
         the others, so callers pass them whenever they have them); ``contrast``: a foil sentence with as many words
         (one string, one per sample, or token ids): each word is explained as ``log p(word) - log p(foil word)``
-        in the sentence's own context, "why this word rather than that one" (:func:`foil_targets`)."""
+        in the sentence's own context, "why this word rather than that one" (:mod:`capsal.explainers.contrast`)."""
         self.check_contrast(contrast)
         with eval_mode(model), self._grad_mode(), self._precision(items.device, model):
             sentences = prepare(model, items, mask, grid, tokens, getattr(self, "beam_size", None), contrast)
@@ -125,9 +127,10 @@ class Explainer:
     def check_contrast(self, contrast: Sentence) -> None:
         """One line when a foil is given to an explainer that scores no word's log-probability."""
         if contrast is not None and not self.contrastive:
+            able = [name for name in available_explainers() if get_explainer(name).contrastive]
             raise UserError(
                 f"explainer {self.name} does not score a word's log-probability, so it has no contrastive map; "
-                "use contrast= with caption_guided, gradient or gradcam"
+                f"use contrast= with {', '.join(able)}"
             )
 
     def _grad_mode(self) -> contextlib.AbstractContextManager:
@@ -293,21 +296,38 @@ class Sentences:
     layout: ItemLayout
     rows: torch.Tensor | None = None  # (B, n) long; None: every token is its own word
     seeds: Seeds | None = None  # set by ``Explainer.explain`` for explainers that draw randomness
-    foil: torch.Tensor | None = None  # (B, n) the foil's target tokens (:func:`foil_targets`); None: no contrast
-    foil_words: list[list[str]] | None = None
+    foil: Foil | None = None  # the contrast sentence (:mod:`capsal.explainers.contrast`); None: no contrast
+
+    def explained(
+        self,
+        model: Any,
+        inputs: torch.Tensor,
+        mask: torch.Tensor | None,
+        positions: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """What an explainer that scores log-probabilities explains, ``(N, n)`` per target column, for ``inputs``
+        ``(N, m', d)`` (``rows``: the sentence of each input row, when they are not the batch's own rows, as the
+        caption-guided explainer's single items): ``log p(y_t)``, or with a foil ``log p(y_t) - log p(foil_t)``
+        (:mod:`capsal.explainers.contrast`)."""
+        rows = torch.arange(inputs.shape[0], device=inputs.device) if rows is None else rows
+        logprobs = model.token_logprobs(model.encode(inputs, mask, positions), self.tokens[rows, :-1])
+        explained = self.word_logprobs(logprobs, rows)
+        spliced = (
+            None
+            if self.foil is None
+            else self.foil.spliced_logprobs(model, inputs, mask, positions, rows, explained.shape[1])
+        )
+        return explained if spliced is None else explained - spliced
 
     def word_logprobs(self, logprobs: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """What an explainer explains of each target token, ``(B, n)`` from the teacher-forced ``(B, n, V)``
-        log-probabilities: ``log p(y_t)``, or with a foil ``log p(y_t) - log p(foil_t)`` (both given the sentence's
-        own words before t: one pass for both). ``rows``: the sentence of each row of ``logprobs`` when they are
-        not the batch's own rows (the caption-guided explainer's single-item inputs)."""
+        """:meth:`explained` from given teacher-forced ``(N, n, V)`` log-probabilities, for explainers that run the
+        model themselves: ``log p(y_t)``, minus a foil word's that takes the word's place (a spliced foil word, see
+        :mod:`capsal.explainers.contrast`, needs :meth:`explained`)."""
         width = logprobs.shape[1]
         targets = self.tokens[:, 1 : width + 1] if rows is None else self.tokens[rows, 1 : width + 1]
         picked = logprobs.gather(-1, targets[..., None])[..., 0]
-        if self.foil is None:
-            return picked
-        foil = self.foil[:, :width] if rows is None else self.foil[rows, :width]
-        return picked - logprobs.gather(-1, foil[..., None])[..., 0]
+        return picked if self.foil is None else picked - self.foil.gathered(logprobs, rows)
 
     def per_word(self, values: torch.Tensor | None) -> torch.Tensor | None:
         """``(B, n, ...)`` values per target token -> per word: a word's tokens summed (the rule of Eq. 9 for
@@ -341,7 +361,7 @@ class Sentences:
             tokens=self.tokens,
             explainer=explainer,
             zero=self.per_word(zero),
-            foil_words=self.foil_words,
+            foil_words=None if self.foil is None else self.foil.words,
         )
 
 
@@ -365,43 +385,10 @@ def prepare(
     words, word_mask, rows = word_table(model.vocab, tokens)
     sentences = Sentences(mask, tokens, words, word_mask, layout_of_items(model, items, grid), rows)
     if contrast is not None:
-        foil = fit_sentences(model, resolve_tokens(model, items, mask, contrast))
-        sentences.foil, sentences.foil_words = foil_targets(model.vocab, tokens, foil)
+        sentences.foil = foil_of(
+            model.vocab, tokens, fit_sentences(model, resolve_tokens(model, items, mask, contrast))
+        )
     return sentences
-
-
-def foil_targets(vocab: Tokenizer, tokens: torch.Tensor, foil: torch.Tensor) -> tuple[torch.Tensor, list[list[str]]]:
-    """The foil's target token at every target column of ``tokens`` ``(B, n)`` (the sentence's own token where the
-    two agree: no contrast there) and the foil's words.
-
-    The foil word takes its word's token positions, so its log-probability is read from the same pass as the
-    word's: each row must have as many words as the sentence, and every word that differs must be one token in
-    both (capsal's word vocabularies always are; with a subword tokenizer, pick foil words of one token)."""
-    width = tokens.shape[1] - 1
-    targets = tokens[:, 1:].clone()
-    foils = []
-    for row, (fact_ids, foil_ids) in enumerate(zip(tokens.tolist(), foil.tolist(), strict=True)):
-        fact_words, fact_owners = vocab.words_of(fact_ids)
-        foil_words, foil_owners = vocab.words_of(foil_ids)
-        if len(foil_words) != len(fact_words):
-            raise UserError(
-                f"the contrast sentence {' '.join(foil_words)!r} has {len(foil_words)} words and the sentence "
-                f"explained {' '.join(fact_words)!r} has {len(fact_words)}; give a foil with one word per word"
-            )
-        for index, (fact_word, foil_word) in enumerate(zip(fact_words, foil_words, strict=True)):
-            if fact_word == foil_word:
-                continue
-            fact_at = [k for k, owner in enumerate(fact_owners) if owner == index]
-            foil_at = [k for k, owner in enumerate(foil_owners) if owner == index]
-            if len(fact_at) != 1 or fact_at != foil_at:
-                raise UserError(
-                    f"the foil word {foil_word!r} and the word {fact_word!r} are not one token each at the same "
-                    f"place, so the foil cannot take the word's position; choose a foil word of one token"
-                )
-            if 0 < fact_at[0] <= width:
-                targets[row, fact_at[0] - 1] = foil_ids[fact_at[0]]
-        foils.append(foil_words)
-    return targets, foils
 
 
 def default_mask(items: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -27,7 +27,7 @@ from capsal.explainers.chunking import known_costs, pass_key, run_in_chunks, uns
 from capsal.explainers.precision import Precision, normalize_precision
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
-from capsal.models.protocol import check_no_item, target_logprobs, widened
+from capsal.models.protocol import check_no_item, keep_items, target_logprobs, widened
 
 Mode = Literal["information_gain", "kl"]
 RegionInput = Literal["pooled", "cell", "rescaled"]
@@ -128,8 +128,11 @@ class CaptionGuided(Explainer):
         """``Loss(t, none)`` ``(B, n)``: the loss of each word with no item at all (a row whose mask is all False;
         one line for a model that does not define it)."""
         logq = check_no_item(model, items, sentences.tokens[:, :-1])
+        if sentences.foil is not None:  # the foil's spliced words need their own pass
+            kept, mask, positions = keep_items(items, torch.zeros(items.shape[:2], dtype=torch.bool))
+            return widened(-sentences.explained(model, kept, mask, positions))
         if self.mode == "information_gain":
-            return widened(-sentences.word_logprobs(logq))
+            return widened(-logq.gather(-1, sentences.tokens[:, 1:, None])[..., 0])
         return widened((reference.exp() * (reference - logq)).sum(-1))
 
     def check_contrast(self, contrast) -> None:
@@ -167,9 +170,9 @@ class CaptionGuided(Explainer):
 
         def run(start: int, stop: int) -> torch.Tensor:
             who = owners[start:stop]
-            state = model.encode(singles[start:stop], None, positions[start:stop])
             if sentences.foil is not None:
-                return -sentences.word_logprobs(model.token_logprobs(state, inputs[who]), rows=who)
+                return -sentences.explained(model, singles[start:stop], None, positions[start:stop], rows=who)
+            state = model.encode(singles[start:stop], None, positions[start:stop])
             if self.mode == "information_gain":
                 return -target_logprobs(model, state, inputs[who], targets[who])
             logq = model.token_logprobs(state, inputs[who])  # (c, n, V)

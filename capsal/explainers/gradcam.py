@@ -29,10 +29,8 @@ class GradCAM(BackpropExplainer):
         use_grid = sentences.layout.is_video and grid is not None
         source = (grid if use_grid else items).detach().clone().requires_grad_(True)
         inputs = model.items(source) if use_grid else source
-        tokens = sentences.tokens
         with torch.backends.cudnn.flags(enabled=False):  # cuDNN's RNN backward refuses eval mode
-            logprobs = model.token_logprobs(model.encode(inputs, sentences.mask), tokens[:, :-1])
-            targets = sentences.word_logprobs(logprobs)  # (B, n)
+            targets = sentences.explained(model, inputs, sentences.mask)  # (B, n)
             maps = []
             for t in range(targets.shape[1]):
                 keep = t + 1 < targets.shape[1]

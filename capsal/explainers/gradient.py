@@ -52,8 +52,7 @@ class GradientTimesInput(BackpropExplainer):
         use_grid = sentences.layout.is_video and grid is not None
         source = (grid if use_grid else items).detach().clone().requires_grad_(True)
         inputs = model.items(source) if use_grid else source
-        tokens = sentences.tokens
-        targets = sentences.word_logprobs(model.token_logprobs(model.encode(inputs, sentences.mask), tokens[:, :-1]))
+        targets = sentences.explained(model, inputs, sentences.mask)  # (B, n)
         per_word = []
         for t in range(targets.shape[1]):
             (gradient,) = torch.autograd.grad(targets[:, t].sum(), source, retain_graph=t + 1 < targets.shape[1])

@@ -189,3 +189,19 @@ def test_a_checkpoint_records_the_class_path_configs_name_and_the_models_own_wei
     assert all(key.startswith("hf.") for key in checkpoint["state_dict"])
     assert checkpoint["hyper_parameters"]["keep"] == "input" and checkpoint["hyper_parameters"]["item_mode"] == "grid"
     assert [name for name, _ in model.randomisation_stages()] == ["decoder", "encoder"]
+
+
+@pytest.mark.parametrize("name", ["caption_guided", "gradient"])
+@pytest.mark.parametrize("family", HF_FAMILIES)
+def test_a_foil_word_of_other_subword_tokens_is_contrasted_in_one_more_pass(folders, family, name):
+    """ "red" is one token and its foil "yellow" two: the foil is scored in a spliced row after "a big", so word 2
+    of the contrast equals the two sentences' own explanations subtracted (they share the words before it)."""
+    model = load(folders[family], family).double()
+    items = model.items(model.features(images().double()))
+    explainer = build_explainer(name)
+    fact = explainer.explain(model, items, tokens="a big red circle")
+    foil = explainer.explain(model, items, tokens="a big yellow circle")
+    contrast = explainer.explain(model, items, tokens="a big red circle", contrast="a big yellow circle")
+    assert contrast.words == fact.words and contrast.foil_words == [["a", "big", "yellow", "circle"]] * 2
+    torch.testing.assert_close(contrast.scores[:, 2], fact.scores[:, 2] - foil.scores[:, 2], atol=1e-8, rtol=0)
+    assert contrast.scores[:, :2].abs().max() == 0

@@ -1,0 +1,90 @@
+"""What each built-in explainer costs per caption, as a multiple of ``caption_guided`` on the same model, caption and
+process.
+
+    .venv/bin/python benchmarks/bench_explainer_costs.py [--model demo transformer vit_gpt2] [--repeats R]
+
+``demo``: the image demo's soft-attention model (hidden 256, an 18-word vocabulary) over one 8x8 grid (m = 64 items);
+``transformer``: capsal's Transformer at the same size (2 encoder and 2 decoder layers, hidden 256), the model with
+attention maps for ``rollout`` and ``relevancy``; ``vit_gpt2``: the ViT-Base + GPT-2 captioner of ``bench_hf.py``
+(m = 196 patches, ``keep=input``). Random weights: the cost depends on the shapes, not on what the model learned.
+One image and the 9-word caption "a big green circle and a small red square" (the HF model: its 8 first words).
+Every explainer runs with its default options (``conf/explainer_options/<name>.yaml``); those the model cannot run
+(a one-line refusal) are listed as such. Median of ``repeats`` after one warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from capsal.errors import UserError
+from capsal.explainers import available_explainers, build_explainer
+from capsal.models.soft_attention import SoftAttention
+from capsal.models.transformer import TransformerCaptioner
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+DEMO_WORDS = "a big small red green blue yellow circle square triangle diamond and moves left right up down then"
+CAPTION = "a big green circle and a small red square"
+
+
+def timed(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def build(name: str, folder: Path) -> tuple[torch.nn.Module, torch.Tensor, str]:
+    """The model, the items of one image and the caption."""
+    torch.manual_seed(0)
+    sizes = {"hidden_size": 256, "embed_size": 64, "caption_metrics": []}
+    if name == "demo":
+        model = SoftAttention(DEMO_WORDS.split(), **sizes).eval()
+    elif name == "transformer":
+        model = TransformerCaptioner(DEMO_WORDS.split(), num_heads=4, **sizes).eval()
+    else:
+        from bench_hf import build as build_hf
+
+        model = build_hf(folder, "input", torch.device("cpu"))
+        with torch.no_grad():
+            items = model.items(model.features(torch.rand(1, 1, 3, 224, 224)))
+        return model, items, " ".join(CAPTION.split()[:8])
+    return model, torch.randn(1, 64, model.feature_size), CAPTION
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", nargs="+", default=["demo", "transformer", "vit_gpt2"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--explainers", nargs="+", default=None, help="default: every built-in")
+    args = parser.parse_args()
+    names = args.explainers or [n for n in available_explainers() if n != "caption_guided"]
+    print(f"torch threads {torch.get_num_threads()}, median of {args.repeats}\n")
+    print("| model | explainer | s per caption | x caption_guided |")
+    print("|---|---|---|---|")
+    for model_name in args.model:
+        with tempfile.TemporaryDirectory() as folder:
+            model, items, caption = build(model_name, Path(folder))
+            reference = timed(lambda: build_explainer("caption_guided").explain(model, items, tokens=caption), args.repeats)
+            print(f"| {model_name} | caption_guided | {reference:.3f} | 1.00 |", flush=True)
+            for name in names:
+                explainer = build_explainer(name)
+                try:
+                    seconds = timed(lambda: explainer.explain(model, items, tokens=caption), args.repeats)  # noqa: B023
+                except UserError as error:
+                    print(f"| {model_name} | {name} | refused: {str(error)[:60]}... | |", flush=True)
+                    continue
+                print(f"| {model_name} | {name} | {seconds:.3f} | {seconds / reference:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
