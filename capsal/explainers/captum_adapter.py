@@ -22,7 +22,6 @@ import warnings
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-import captum.attr
 import torch
 from einops import rearrange, reduce
 from pydantic import AfterValidator, ConfigDict, Field
@@ -75,7 +74,10 @@ class CaptumOptions(TypedDict, total=False):
 
 @functools.cache
 def _supported() -> dict[str, type]:
-    """``{name: class}`` of the ``captum.attr`` methods that attribute a function's (or module's) inputs."""
+    """``{name: class}`` of the ``captum.attr`` methods that attribute a function's (or module's) inputs (Captum is
+    imported here, when an explainer is built: it takes a second and pulls in matplotlib)."""
+    import captum.attr
+
     found = {}
     for name in dir(captum.attr):
         cls = getattr(captum.attr, name)
@@ -92,6 +94,8 @@ def _supported() -> dict[str, type]:
 
 def method_class(name: str) -> type:
     """The ``captum.attr`` class ``name``; a ValueError in one line for a name capsal cannot run."""
+    import captum.attr
+
     supported = _supported()
     if name in supported:
         return supported[name]
@@ -141,12 +145,12 @@ class CaptumExplainer(BackpropExplainer):
     ):
         super().__init__(beam_size, precision)
         self.method = method
-        self.options = dict(options or {})
+        self.options = None if options is None else dict(options)
         try:
             method_class(method)
         except ValueError as error:
             raise UserError(f"explainer {self.name!r}: method={method!r}: {error}") from None
-        self.check_arguments({"method": method, "options": self.options})
+        self.check_arguments({"method": method, "options": options})
 
     @staticmethod
     def check_arguments(arguments: dict, prefix: str = "") -> None:
@@ -168,6 +172,8 @@ class CaptumExplainer(BackpropExplainer):
                 )
 
     def _attribute(self, model: Any, items: torch.Tensor, grid: torch.Tensor | None, sentences: Sentences) -> Saliency:
+        import captum.attr
+
         use_grid = sentences.layout.is_video and grid is not None
         source = (grid if use_grid else items).detach()
         forward = _WordLogprobs(model, use_grid)
@@ -175,7 +181,7 @@ class CaptumExplainer(BackpropExplainer):
         if self.method in _DEEPLIFT_FAMILY:
             self._refuse_modules(forward)
         method = cls(forward)
-        if "nt_type" in self.options:
+        if "nt_type" in (self.options or {}):
             method = captum.attr.NoiseTunnel(method)
         if issubclass(cls, captum.attr.GradientAttribution):
             source = source.clone().requires_grad_(True)
@@ -207,7 +213,7 @@ class CaptumExplainer(BackpropExplainer):
         """The ``attribute()`` keywords: the given options, whole-item windows and feature groups by default, and a
         constant baseline as the tensor methods that sample baselines need."""
         parameters = inspect.signature(cls.attribute).parameters
-        options = {key: value for key, value in self.defaults.items() if key in parameters} | self.options
+        options = {key: value for key, value in self.defaults.items() if key in parameters} | (self.options or {})
         shape = source.shape[1:]
         if "sliding_window_shapes" in parameters:
             window = options.get("sliding_window_shapes", [1] * (len(shape) - 1) + [shape[-1]])
