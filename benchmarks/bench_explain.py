@@ -1,7 +1,6 @@
 """Speed and memory of the batched caption-guided explainer against its floor, a naive loop and Captum's
 FeatureAblation.
 
-    .venv/bin/pip install -e ".[bench]"        # captum, for the comparison only
     .venv/bin/python benchmarks/bench_explain.py [--device cuda] [--video] [--size demo|paper] [--words 16 40]
         [--budget-mb 256] [--naive-items K] [--captum-words K] [--repeats R]
 
