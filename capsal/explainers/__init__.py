@@ -4,7 +4,14 @@ Importing this package registers the built-in explainers. A new explainer subcla
 implements ``_attribute(model, items, grid, sentences)`` (``sentences``: the resolved :class:`Sentences`).
 """
 
-from capsal.explainers import attention_weights, baselines, caption_guided, gradcam, gradient  # noqa: F401 (registers them)
+from capsal.explainers import (  # noqa: F401 (registers them)
+    attention_weights,
+    baselines,
+    caption_guided,
+    gradcam,
+    gradient,
+    relevancy,
+)
 from capsal.explainers.base import Explainer, Seeds, Sentences
 from capsal.explainers.registry import (
     available_explainers,

@@ -19,7 +19,7 @@ import torch
 from capsal.errors import UserError
 from capsal.explainers.precision import autocast
 from capsal.explainers.saliency import Saliency
-from capsal.models.protocol import fit_sentences, layout_of_items
+from capsal.models.protocol import fit_sentences, has_attention_trace, layout_of_items
 from capsal.text import Tokenizer, tokenize
 from capsal.types import ItemLayout
 
@@ -63,6 +63,9 @@ class Explainer:
       by the explainer's ``seed`` option and each row's sample id, so a sample gets the same map in any batch.
     - a ``precision`` option (attribute): the model calls run under :func:`~capsal.explainers.precision.autocast`.
     - a ``beam_size`` option (attribute): the beam used to generate the model's own caption.
+    - ``needs_attention_trace = True``: ``_attribute`` reads ``model.attention_trace`` (every attention map of a
+      Transformer); :meth:`refusal` names the models that have it. A subclass with other needs overrides
+      :meth:`refusal`: ``explain`` refuses a model in its one line, and ``capsal-eval``'s default explainers skip it.
 
     A subclass written for earlier versions that overrides ``explain`` itself still works (with one
     ``DeprecationWarning`` per class): it is called with the grad mode the explainer needs, and with ``sample_ids``
@@ -72,6 +75,7 @@ class Explainer:
     name = "explainer"
     needs_grad = False
     draws_randomness = False
+    needs_attention_trace = False
 
     def __init__(self) -> None:
         """No options. A subclass's constructor parameters are its options, each annotated with the type that states
@@ -103,11 +107,26 @@ class Explainer:
         ``mask``: ``(B, m)`` items present (all when None); ``grid``: the ``(B, T, h, w, d)`` descriptor grid the items
         pool (video: per-region maps); ``sample_ids``: one per row, for explainers that draw randomness (ignored by
         the others, so callers pass them whenever they have them)."""
+        reason = self.refusal(model)
+        if reason is not None:
+            raise UserError(reason)
         with eval_mode(model), self._grad_mode(), self._precision(items.device, model):
             sentences = prepare(model, items, mask, grid, tokens, getattr(self, "beam_size", None))
             if self.draws_randomness:
                 sentences.seeds = self._seeds(sentences, sample_ids)
             return self._attribute(model, items, grid, sentences)
+
+    @classmethod
+    def refusal(cls, model: Any) -> str | None:
+        """Why this explainer cannot explain ``model``, in one line naming the models it can, or None when it can:
+        the one place that says which models an explainer takes."""
+        if cls.needs_attention_trace and not has_attention_trace(model):
+            return (
+                f"explainer {cls.name} needs every attention map of a Transformer captioner (model=transformer, or "
+                f"model=hf_captioner with a VisionEncoderDecoder such as ViT-GPT2, or BLIP); {type(model).__name__} "
+                f"has none: use explainer=caption_guided"
+            )
+        return None
 
     def _attribute(self, model: Any, items: torch.Tensor, grid: torch.Tensor | None, sentences: Sentences) -> Saliency:
         """The explainer's own work: the :class:`Saliency` of ``sentences`` (``sentences.saliency(scores, ...)``)
