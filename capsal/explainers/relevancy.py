@@ -147,20 +147,16 @@ class Relevancy(BackpropExplainer):
         trace = _trace(model, items, sentences)
         tokens = sentences.tokens
         targets = widened(trace.logprobs).gather(-1, tokens[:, 1 : trace.logprobs.shape[1] + 1, None])[..., 0]
-        maps = [*trace.encoder, *trace.decoder, *trace.cross]
-        kinds = (len(trace.encoder), len(trace.decoder))
+        groups = (trace.encoder, trace.decoder, trace.cross)
+        maps = [a for group in groups for a in group]
         rows = []
         for t in range(targets.shape[1]):
             keep = t + 1 < targets.shape[1]
             gradients = torch.autograd.grad(targets[:, t].sum(), maps, retain_graph=keep, allow_unused=True)
-            weighted = [
+            weighted = iter(
                 gradient_weighted(a.detach(), torch.zeros_like(a) if g is None else g)
                 for a, g in zip(maps, gradients, strict=True)
-            ]
-            encoder, decoder, cross = (
-                weighted[: kinds[0]],
-                weighted[kinds[0] : sum(kinds)],
-                weighted[sum(kinds) :],
             )
+            encoder, decoder, cross = ([next(weighted) for _ in group] for group in groups)
             rows.append(relevance(encoder, decoder, cross)[:, t])
         return sentences.saliency(_on_items(trace, torch.stack(rows, dim=1), sentences), explainer=self.name)
