@@ -36,7 +36,8 @@ The baseline multiplies by ``R_ttᵀ`` (its queries attend to each other freely)
 causal decoder, and row t of ``R_tt`` is what word t draws from the words before it, so ``R_tt`` itself is used:
 with the transpose, word t's map would be the later words' attention.
 
-Scores are float32 (float64 for a float64 model); a class token's column is left out of the map, which covers the
+Scores are float32 (float64 for a float64 model): the maps are widened and the rules run outside the model calls'
+autocast; a class token's column is left out of the map, which covers the
 ``m`` items every other explainer scores. Videos: the items are frames; no in-frame regions.
 """
 
@@ -118,6 +119,11 @@ def _trace(model: Any, items: torch.Tensor, sentences: Sentences) -> AttentionTr
     return model.attention_trace(items, sentences.mask, sentences.tokens[:, :-1])
 
 
+def _unmixed(items: torch.Tensor) -> torch.autocast:
+    """The rules' matrix products in the maps' float32 (or float64), outside the model calls' autocast."""
+    return torch.autocast(items.device.type, enabled=False)
+
+
 def _on_items(trace: AttentionTrace, values: torch.Tensor, sentences: Sentences) -> torch.Tensor:
     """``(B, n, S)`` -> ``(B, n, m)`` over the present items, detached."""
     return (trace.on_items(values.detach()) * sentences.mask[:, None, :]).to(values.dtype)
@@ -132,7 +138,8 @@ class Rollout(ModelPassExplainer):
 
     def _attribute(self, model: Any, items: torch.Tensor, grid: torch.Tensor | None, sentences: Sentences) -> Saliency:
         trace = _trace(model, items, sentences)
-        joint = rollout(*([head_mean(a) for a in maps] for maps in (trace.encoder, trace.decoder, trace.cross)))
+        with _unmixed(items):
+            joint = rollout(*([head_mean(a) for a in maps] for maps in (trace.encoder, trace.decoder, trace.cross)))
         return sentences.saliency(_on_items(trace, joint, sentences), explainer=self.name)
 
 
@@ -153,10 +160,11 @@ class Relevancy(BackpropExplainer):
         for t in range(targets.shape[1]):
             keep = t + 1 < targets.shape[1]
             gradients = torch.autograd.grad(targets[:, t].sum(), maps, retain_graph=keep, allow_unused=True)
-            weighted = iter(
-                gradient_weighted(a.detach(), torch.zeros_like(a) if g is None else g)
-                for a, g in zip(maps, gradients, strict=True)
-            )
-            encoder, decoder, cross = ([next(weighted) for _ in group] for group in groups)
-            rows.append(relevance(encoder, decoder, cross)[:, t])
+            with _unmixed(items):
+                weighted = iter(
+                    gradient_weighted(a.detach(), torch.zeros_like(a) if g is None else g)
+                    for a, g in zip(maps, gradients, strict=True)
+                )
+                encoder, decoder, cross = ([next(weighted) for _ in group] for group in groups)
+                rows.append(relevance(encoder, decoder, cross)[:, t])
         return sentences.saliency(_on_items(trace, torch.stack(rows, dim=1), sentences), explainer=self.name)

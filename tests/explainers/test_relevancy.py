@@ -249,3 +249,13 @@ def test_a_model_without_an_attention_trace_is_refused_in_one_line(method):
 def test_the_normalisation_keeps_a_row_that_drew_on_nothing():
     r = torch.tensor([[[1.0, 0.0], [0.5, 2.0]]])
     torch.testing.assert_close(normalised(r), torch.tensor([[[1.0, 0.0], [1 / 3, 5 / 3]]]))
+
+
+@pytest.mark.parametrize("method", EXPLAINERS)
+def test_under_bf16_the_rules_run_in_float32_and_video_frames_are_the_items(method):
+    torch.manual_seed(4)
+    model = TransformerCaptioner(WORDS, hidden_size=8, num_heads=2, dropout=0.0, backbone=BACKBONE).eval()
+    grid = model.features(torch.rand(2, 3, 3, 16, 16))  # 3 frames
+    saliency = build_explainer(method, precision="bf16-mixed").explain(model, model.items(grid), grid=grid)
+    assert saliency.scores.dtype == torch.float32 and saliency.scores.shape[-1] == 3
+    assert saliency.region_scores is None and torch.isfinite(saliency.scores).all()
