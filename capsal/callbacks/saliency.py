@@ -31,10 +31,10 @@ from capsal.datamodules.base import collate_samples
 from capsal.devices import model_device
 from capsal.errors import UserError
 from capsal.evaluation import LocalisationEvaluator
-from capsal.explainers import build_explainers
+from capsal.explainers import build_explainers, get_explainer
 from capsal.explainers.base import Explainer, eval_mode
 from capsal.explainers.registry import ExplainerNames
-from capsal.models.protocol import has_attention, visual_grid
+from capsal.models.protocol import visual_grid
 from capsal.types import Batch, Sample
 
 log = logging.getLogger("capsal")
@@ -111,7 +111,9 @@ class SaliencyCallback(L.Callback):
 
     # ---- set-up -------------------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        names = self.explainer_names or ["caption_guided", *(["soft_attention"] if has_attention(pl_module) else [])]
+        names = self.explainer_names or [
+            name for name in ("caption_guided", "soft_attention") if get_explainer(name).refusal(pl_module) is None
+        ]
         self.explainers = build_explainers(names, self.explainer_options)
         needs_grad = [name for name, e in self.explainers.items() if getattr(e, "needs_grad", False)]
         if needs_grad and trainer.validate_loop.inference_mode:

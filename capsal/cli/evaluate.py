@@ -30,9 +30,9 @@ from capsal.evaluation import (
     batches_of,
     caption_pairs,
 )
-from capsal.explainers import build_explainers
+from capsal.explainers import build_explainers, get_explainer
 from capsal.metrics.captioning import caption_scores
-from capsal.models.protocol import has_attention, item_layout, visual_grid
+from capsal.models.protocol import item_layout, visual_grid
 from capsal.sanity import phrase_sample_ids, randomisation_steps, sanity_check
 
 log = logging.getLogger("capsal")
@@ -42,7 +42,7 @@ def choose_explainers(cfg: DictConfig, model) -> dict[str, Any]:
     """``explainers=`` (null: every built-in the model supports; ``[]``: none, captioning only), each with
     ``explainer_options.<name>``."""
     if cfg.explainers is None:
-        names = [name for name in DEFAULT_EXPLAINERS if name != "soft_attention" or has_attention(model)]
+        names = [name for name in DEFAULT_EXPLAINERS if get_explainer(name).refusal(model) is None]
     else:
         names = list(cfg.explainers)
     return build_explainers(names, OmegaConf.to_container(cfg.explainer_options, resolve=True))

@@ -11,6 +11,7 @@ from capsal.explainers import (  # noqa: F401 (registers them)
     captum_adapter,
     gradcam,
     gradient,
+    relevancy,
 )
 from capsal.explainers.base import Explainer, Seeds, Sentences
 from capsal.explainers.registry import (

@@ -6,30 +6,27 @@ from typing import Any
 
 import torch
 
-from capsal.constraints import PositiveInt
-from capsal.errors import UserError
-from capsal.explainers.base import Explainer, Sentences
-from capsal.explainers.precision import Precision, normalize_precision
+from capsal.explainers.base import Sentences
+from capsal.explainers.gradient import ModelPassExplainer
 from capsal.explainers.registry import register_explainer
 from capsal.explainers.saliency import Saliency
 from capsal.models.protocol import has_attention, widened
 
 
 @register_explainer("soft_attention")
-class SoftAttentionWeights(Explainer):
+class SoftAttentionWeights(ModelPassExplainer):
     """Reads ``model.attention(state, tokens)`` under teacher forcing: ``scores`` are the softmax weights (float32;
     ``precision``: the model calls' autocast, :mod:`capsal.explainers.precision`)."""
 
-    def __init__(self, beam_size: PositiveInt = 1, precision: Precision = 32):
-        self.beam_size = beam_size
-        self.precision = precision
-        normalize_precision(precision)  # a wrong name stops here, not at the first batch
+    @classmethod
+    def refusal(cls, model: Any) -> str | None:
+        if has_attention(model):
+            return None
+        return (
+            f"explainer soft_attention needs a model with attention weights (model=soft_attention); "
+            f"{type(model).__name__} has none: use explainer=caption_guided"
+        )
 
     def _attribute(self, model: Any, items: torch.Tensor, grid: torch.Tensor | None, sentences: Sentences) -> Saliency:
-        if not has_attention(model):
-            raise UserError(
-                f"explainer soft_attention needs a model with attention weights (model=soft_attention); "
-                f"{type(model).__name__} has none: use explainer=caption_guided"
-            )
         weights = widened(model.attention(model.encode(items, sentences.mask), sentences.tokens[:, :-1]))
         return sentences.saliency(weights, explainer=self.name)

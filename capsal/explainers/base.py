@@ -21,7 +21,7 @@ from capsal.explainers.contrast import Foil, foil_of
 from capsal.explainers.precision import autocast
 from capsal.explainers.registry import available_explainers, get_explainer
 from capsal.explainers.saliency import Saliency
-from capsal.models.protocol import fit_sentences, layout_of_items
+from capsal.models.protocol import fit_sentences, has_attention_trace, layout_of_items
 from capsal.text import Tokenizer, tokenize
 from capsal.types import ItemLayout
 
@@ -67,6 +67,9 @@ class Explainer:
     - a ``beam_size`` option (attribute): the beam used to generate the model's own caption.
     - ``contrastive = True``: ``_attribute`` scores each word through :meth:`Sentences.word_logprobs`, so it can
       explain ``log p(word) - log p(foil word)`` when ``explain`` is given a ``contrast`` sentence.
+    - ``needs_attention_trace = True``: ``_attribute`` reads ``model.attention_trace`` (every attention map of a
+      Transformer); :meth:`refusal` names the models that have it. A subclass with other needs overrides
+      :meth:`refusal`: ``explain`` refuses a model in its one line, and ``capsal-eval``'s default explainers skip it.
 
     A subclass written for earlier versions that overrides ``explain`` itself still works (with one
     ``DeprecationWarning`` per class): it is called with the grad mode the explainer needs, and with ``sample_ids``
@@ -77,6 +80,7 @@ class Explainer:
     needs_grad = False
     draws_randomness = False
     contrastive = False
+    needs_attention_trace = False
 
     def __init__(self) -> None:
         """No options. A subclass's constructor parameters are its options, each annotated with the type that states
@@ -112,11 +116,26 @@ class Explainer:
         (one string, one per sample, or token ids): each word is explained as ``log p(word) - log p(foil word)``
         in the sentence's own context, "why this word rather than that one" (:mod:`capsal.explainers.contrast`)."""
         self.check_contrast(contrast)
+        reason = self.refusal(model)
+        if reason is not None:
+            raise UserError(reason)
         with eval_mode(model), self._grad_mode(), self._precision(items.device, model):
             sentences = prepare(model, items, mask, grid, tokens, getattr(self, "beam_size", None), contrast)
             if self.draws_randomness:
                 sentences.seeds = self._seeds(sentences, sample_ids)
             return self._attribute(model, items, grid, sentences)
+
+    @classmethod
+    def refusal(cls, model: Any) -> str | None:
+        """Why this explainer cannot explain ``model``, in one line naming the models it can, or None when it can:
+        the one place that says which models an explainer takes."""
+        if cls.needs_attention_trace and not has_attention_trace(model):
+            return (
+                f"explainer {cls.name} needs every attention map of a Transformer captioner (model=transformer, or "
+                f"model=hf_captioner with a VisionEncoderDecoder such as ViT-GPT2, or BLIP); {type(model).__name__} "
+                f"has none: use explainer=caption_guided"
+            )
+        return None
 
     def _attribute(self, model: Any, items: torch.Tensor, grid: torch.Tensor | None, sentences: Sentences) -> Saliency:
         """The explainer's own work: the :class:`Saliency` of ``sentences`` (``sentences.saliency(scores, ...)``)

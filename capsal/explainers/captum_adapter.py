@@ -3,13 +3,14 @@
 Captum attributes a function of the input; here that function maps the ``(B, m, d)`` items (video with a grid: the
 ``(B, T, h, w, d)`` descriptor grid, through ``model.items``) to the ``(B, n)`` log-probabilities of the
 teacher-forced sentence's tokens. One ``attribute(..., target=t)`` call per token column t gives per-feature
-attributions, summed over the feature dimension d into one score per item (video: per cell, summed to the frame),
-as gradient x input does. Padded items get 0.
+attributions, reduced over the feature dimension d into one score per item (video: per cell, summed to the frame;
+how d is reduced: below). Padded items get 0.
 
 Perturbation methods replace whole items by default: Occlusion slides a one-item window (one cell of the grid),
 methods that take a ``feature_mask`` (FeatureAblation, ShapleyValueSampling, Lime, KernelShap, ...) group each
-item's d features into one feature. Every feature of an item then carries the item's attribution, so its score is
-d times the change of the word's log-probability (the same factor for every item of a map).
+item's d features into one feature. Captum gives every feature of a perturbed group the group's change, so a
+perturbation method's score is the mean over d (whole items: exactly the change of the word's log-probability when
+the item is replaced by the baseline); a gradient method's is the sum over d (each feature's own share).
 """
 
 from __future__ import annotations
@@ -112,18 +113,20 @@ def method_class(name: str) -> type:
 
 class _WordLogprobs(nn.Module):
     """The function Captum attributes: the items (or the grid) -> the ``(B, n)`` log-probabilities of the
-    teacher-forced tokens. A module, so that model-based methods (DeepLift, LRP, GuidedBackprop) find the
-    captioner's layers (under ``model.``)."""
+    teacher-forced tokens (with a foil, their differences: :meth:`Sentences.explained`). ``rows``: the sentence of
+    each input row (Captum repeats the inputs and the extra arguments alike, e.g. once per integration step). A
+    module, so that model-based methods (DeepLift, LRP, GuidedBackprop) find the captioner's layers (under
+    ``model.``)."""
 
-    def __init__(self, model: Any, from_grid: bool):
+    def __init__(self, model: Any, sentences: Sentences, from_grid: bool):
         super().__init__()
         self.model = model
+        self.sentences = sentences
         self.from_grid = from_grid
 
-    def forward(self, source: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, source: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         items = self.model.items(source) if self.from_grid else source
-        logprobs = self.model.token_logprobs(self.model.encode(items, mask), tokens[:, :-1])
-        return widened(logprobs.gather(-1, tokens[:, 1:, None])[..., 0])
+        return widened(self.sentences.explained(self.model, items, mask, rows=rows))
 
 
 @register_explainer("captum")
@@ -176,25 +179,28 @@ class CaptumExplainer(BackpropExplainer):
 
         use_grid = sentences.layout.is_video and grid is not None
         source = (grid if use_grid else items).detach()
-        forward = _WordLogprobs(model, use_grid)
+        forward = _WordLogprobs(model, sentences, use_grid)
         cls = method_class(self.method)
         if self.method in _DEEPLIFT_FAMILY:
             self._refuse_modules(forward)
         method = cls(forward)
         if "nt_type" in (self.options or {}):
             method = captum.attr.NoiseTunnel(method)
+        reduction = "mean"  # a perturbation's change is shared by the features of what it perturbed
         if issubclass(cls, captum.attr.GradientAttribution):
             source = source.clone().requires_grad_(True)
+            reduction = "sum"  # each feature's own share: the item's is their sum
         options = self._options(cls, source)
         columns = sentences.tokens.shape[1] - 1
         dtype = widened(source.detach()).dtype
         per_word = torch.zeros(source.shape[0], columns, *source.shape[1:-1], dtype=dtype, device=source.device)
+        rows = torch.arange(source.shape[0], device=source.device)
         with torch.backends.cudnn.flags(enabled=False), self._explained(forward):  # cuDNN's RNN backward: no eval
             for t in self._word_columns(sentences):
                 attribution = method.attribute(
-                    source, target=t, additional_forward_args=(sentences.mask, sentences.tokens), **options
+                    source, target=t, additional_forward_args=(sentences.mask, rows), **options
                 )
-                per_word[:, t] = reduce(widened(attribution.detach()), "b ... d -> b ...", "sum")
+                per_word[:, t] = reduce(widened(attribution.detach()), "b ... d -> b ...", reduction)
         if not use_grid:
             return sentences.saliency(per_word * sentences.mask[:, None], explainer=self.name)
         regions = rearrange(per_word, "b n t h w -> b n t (h w)") * sentences.mask[:, None, :, None]

@@ -15,18 +15,23 @@ from capsal.explainers.saliency import Saliency
 from capsal.models.protocol import widened
 
 
-class BackpropExplainer(Explainer):
+class ModelPassExplainer(Explainer):
+    """An explainer whose options are the ``beam_size`` of the model's own caption and the model calls'
+    ``precision`` (:mod:`capsal.explainers.precision`)."""
+
+    def __init__(self, beam_size: PositiveInt = 1, precision: Precision = 32):
+        self.beam_size = beam_size
+        self.precision = precision
+        normalize_precision(precision)  # a wrong name stops here, not at the first batch
+
+
+class BackpropExplainer(ModelPassExplainer):
     """What every explainer that back-propagates a word's log-probability shares: gradients on (``needs_grad``;
     inside Lightning validation that needs ``Trainer(inference_mode=False)``), the ``beam_size`` of the model's own
     caption and the forward pass's ``precision`` (the backward follows it)."""
 
     needs_grad = True
     contrastive = True
-
-    def __init__(self, beam_size: PositiveInt = 1, precision: Precision = 32):
-        self.beam_size = beam_size
-        self.precision = precision
-        normalize_precision(precision)  # a wrong name stops here, not at the first batch
 
 
 @register_explainer("gradient")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
@@ -57,7 +58,9 @@ class EncoderDecoder(Protocol):
     ``target_logprobs(state, tokens, targets) -> (B, n)``: ``token_logprobs(state, tokens)`` read at ``targets``
     ``(B, n)`` only (default: exactly that, :func:`target_logprobs`). A model that has the logits can take the
     log-sum-exp in place and never hold the ``(B, n, V)`` log-probabilities next to them, or, stepping, never
-    hold ``(B, n, V)`` at all (:func:`logprobs_at`).
+    hold ``(B, n, V)`` at all (:func:`logprobs_at`); ``attention_trace(items, mask, tokens) -> AttentionTrace``:
+    every attention map of one teacher-forced pass, for the rollout and relevancy explainers
+    (:func:`has_attention_trace`, :class:`AttentionTrace`).
     """
 
     vocab: Tokenizer
@@ -90,6 +93,7 @@ OPTIONAL = {
     "randomisation_stages": "randomisation_stages() -> [(name, module)] output first (default: children reversed)",
     "max_sentence_tokens": "max_sentence_tokens() -> int | None (default: None, sentences of any length)",
     "target_logprobs": "target_logprobs(state, tokens, targets) -> (B, n) (default: token_logprobs at targets)",
+    "attention_trace": "attention_trace(items, mask, tokens) -> AttentionTrace (every attention map of one pass)",
 }
 
 
@@ -112,6 +116,46 @@ def check_protocol(model: object) -> list[str]:
 def has_attention(model: object) -> bool:
     """Whether the model exposes its own soft-attention weights."""
     return callable(getattr(model, "attention", None))
+
+
+def has_attention_trace(model: object) -> bool:
+    """Whether the model hands out every attention map of a pass (``attention_trace``), as Transformers can."""
+    return callable(getattr(model, "attention_trace", None))
+
+
+@dataclass
+class AttentionTrace:
+    """Every attention map of ONE teacher-forced pass of an encoder-decoder Transformer, each ``(B, heads, q, k)``
+    and part of the autograd graph of ``logprobs`` (so relevancy can take their gradients), in the order the layers
+    run. The encoder sequence (S columns) is what the cross-attention reads; ``item`` says which item each of its
+    columns is.
+
+    - ``encoder``: the encoder's self-attention maps ``(B, H, S, S)``, first layer first (none when the encoder ran
+      outside the pass, e.g. a Hugging Face ``keep=encoder_output`` adapter: its items are the encoder's outputs);
+    - ``decoder``: the decoder's self-attention maps ``(B, H, n, n)``, one per decoder layer;
+    - ``cross``: the decoder's cross-attention maps ``(B, H, n, S)``, one per decoder layer;
+    - ``logprobs``: ``(B, n, V)``, what ``token_logprobs(encode(items, mask), tokens)`` gives;
+    - ``item``: ``(B, S)`` long, the item index of each encoder column, -1 for none (a class token, padding);
+    - ``count``: the number of items ``m``."""
+
+    encoder: list[torch.Tensor]
+    decoder: list[torch.Tensor]
+    cross: list[torch.Tensor]
+    logprobs: torch.Tensor
+    item: torch.Tensor
+    count: int
+
+    def on_items(self, values: torch.Tensor) -> torch.Tensor:
+        """``(B, n, S)`` values over the encoder columns -> ``(B, n, m)`` over the items (:func:`on_items`)."""
+        return on_items(values, self.item, self.count)
+
+
+def on_items(values: torch.Tensor, item: torch.Tensor, count: int) -> torch.Tensor:
+    """``(B, n, S)`` values over a sequence whose column j is item ``item[b, j]`` (-1: none, left out) -> ``(B, n,
+    count)``, the values of the columns of each item summed."""
+    out = values.new_zeros(values.shape[0], values.shape[1], count)
+    index = item.clamp(min=0)[:, None, :].expand_as(values)
+    return out.scatter_add_(2, index, values * (item >= 0)[:, None, :].to(values.dtype))
 
 
 def default_item_layout(grid_shape: tuple[int, int, int]) -> ItemLayout:

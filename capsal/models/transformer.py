@@ -22,7 +22,8 @@ from torch import nn
 from capsal.constraints import DropoutRate, PositiveInt
 from capsal.errors import UserError
 from capsal.models.base import CaptioningModule
-from capsal.models.protocol import cut_tokens, widened
+from capsal.models.protocol import AttentionTrace, cut_tokens, widened
+from capsal.models.tracing import recording
 
 State = dict[str, torch.Tensor]
 
@@ -171,6 +172,23 @@ class TransformerCaptioner(CaptioningModule):
             memory_key_padding_mask=~state["mask"],
         )
         return self.output(hidden)
+
+    def attention_trace(self, items: torch.Tensor, mask: torch.Tensor | None, tokens: torch.Tensor) -> AttentionTrace:
+        """Every attention map of one pass of :meth:`encode` and :meth:`token_logprobs` (the model's own code; the
+        maps recorded per head on the way, :func:`~capsal.models.tracing.recording`). The encoder sequence is the
+        items themselves; padded items (``mask`` False) are no item."""
+        layers = self.decoder.layers
+        groups = {
+            "encoder": [layer.self_attn for layer in self.encoder.layers],
+            "decoder": [layer.self_attn for layer in layers],
+            "cross": [layer.multihead_attn for layer in layers],
+        }
+        with recording(groups) as maps:
+            state = self.encode(items, mask)
+            logprobs = self.token_logprobs(state, tokens)
+        item = torch.arange(items.shape[1], device=items.device).expand(items.shape[0], -1)
+        item = item.masked_fill(~state["mask"], -1)
+        return AttentionTrace(maps["encoder"], maps["decoder"], maps["cross"], logprobs, item, items.shape[1])
 
     def generate(
         self,

@@ -45,7 +45,10 @@ def by_hand(method_class, model, source, tokens, video: bool = False, **options)
 
     method = method_class(logprobs)
     columns = range(tokens.shape[1] - 1)
-    return torch.stack([method.attribute(source, target=t, **options).sum(-1) for t in columns], dim=1)
+    per_feature = [method.attribute(source, target=t, **options) for t in columns]
+    # perturbations: every feature of a perturbed item carries its change (the mean); gradients: each its own (the sum)
+    reduced = [a.mean(-1) if method_class is not IntegratedGradients else a.sum(-1) for a in per_feature]
+    return torch.stack(reduced, dim=1)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +76,7 @@ def test_occlusion_replaces_one_whole_item_as_captums_own_does(image_model):
     mask = saliency.word_mask
     assert expected.dtype == torch.float32  # Captum's perturbation methods divide in float32, float64 inputs or not
     torch.testing.assert_close(saliency.scores[mask], expected[mask].double(), atol=1e-10, rtol=0)
-    # one item zeroed changes the word's log-probability by the score / d (every feature of the item carries it)
+    # the score is the change of the word's log-probability when the item is zeroed
     zeroed = items.clone()
     zeroed[:, 2] = 0
     tokens = saliency.tokens
@@ -81,7 +84,7 @@ def test_occlusion_replaces_one_whole_item_as_captums_own_does(image_model):
         model.token_logprobs(model.encode(x), tokens[:, :-1]).gather(-1, tokens[:, 1:, None])[..., 0]
         for x in (items, zeroed)
     )
-    drop = (full - without) * items.shape[-1]
+    drop = full - without
     torch.testing.assert_close(saliency.scores[:, :, 2][mask], drop[mask], atol=1e-5, rtol=1e-5)
 
 

@@ -74,6 +74,18 @@ def test_contrastive_gradients_are_the_gradients_of_the_difference(model, name):
     torch.testing.assert_close(contrast.scores[:, 1], expected, atol=1e-10, rtol=0)
 
 
+def test_contrastive_integrated_gradients_is_the_two_attributions_subtracted(model):
+    """Integrated Gradients is linear in the function it attributes: "red rather than blue" after "a" is the
+    attribution of red's log-probability minus blue's (Captum's IG runs in the sentences' own context)."""
+    items = torch.randn(2, 6, model.feature_size, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    explainer = build_explainer("integrated_gradients")
+    fact = explainer.explain(model, items, tokens="a red circle")
+    foil = explainer.explain(model, items, tokens="a blue circle")
+    contrast = explainer.explain(model, items, tokens="a red circle", contrast="a blue circle")
+    torch.testing.assert_close(contrast.scores[:, 1], fact.scores[:, 1] - foil.scores[:, 1], atol=1e-10, rtol=0)
+    assert contrast.scores[:, [0, 2]].abs().max() == 0
+
+
 def test_a_foil_of_another_length_or_for_an_explainer_without_log_probabilities_is_one_line(model):
     items = torch.randn(1, 6, model.feature_size, dtype=torch.float64)
     with pytest.raises(UserError, match=r"has 2 words.*has 3"):

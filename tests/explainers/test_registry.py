@@ -23,6 +23,7 @@ from capsal.explainers import (
 )
 from capsal.models.s2vt import S2VT
 from capsal.models.soft_attention import SoftAttention
+from capsal.models.transformer import TransformerCaptioner
 
 TINY = {
     "hidden_size": 12,
@@ -34,17 +35,18 @@ CONF = Path(__file__).parents[2] / "capsal" / "conf" / "explainer_options"
 
 @pytest.fixture(scope="module")
 def tiny():
-    """An S2VT and a soft-attention model (the only kind the soft_attention explainer applies to)."""
+    """An S2VT, a soft-attention model and a Transformer: each explainer explains the first it takes
+    (``Explainer.refusal``: soft_attention needs attention weights, rollout and relevancy an attention trace)."""
     torch.manual_seed(0)
-    models = {cls: cls(["a", "red", "circle"], **TINY).eval() for cls in (S2VT, SoftAttention)}
-    grid = models[S2VT].features(torch.rand(2, 1, 3, 16, 16))
+    models = [cls(["a", "red", "circle"], **TINY).eval() for cls in (S2VT, SoftAttention, TransformerCaptioner)]
+    grid = models[0].features(torch.rand(2, 1, 3, 16, 16))
     return models, grid
 
 
 @pytest.mark.parametrize("name", available_explainers())
 def test_every_builtin_explainer_has_its_yaml_and_explains_a_tiny_model(name, tiny):
     models, grid = tiny
-    model = models[SoftAttention if name == "soft_attention" else S2VT]
+    model = next(model for model in models if get_explainer(name).refusal(model) is None)
     assert (CONF / f"{name}.yaml").is_file(), f"conf/explainer_options/{name}.yaml is missing"
     with initialize_config_module(config_module="capsal.conf", version_base="1.3"):
         node = compose(config_name="explain", overrides=[f"+explainer_options@yaml={name}", "ckpt_path=x"]).yaml

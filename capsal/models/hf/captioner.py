@@ -19,7 +19,7 @@ from capsal.models.base import LightningCaptioner, OptimizerOptions, plain
 from capsal.models.hf.family import State
 from capsal.models.hf.loading import family_of, load_parts, pretrained_files, write_pretrained_files
 from capsal.models.hf.tokenizer import PretrainedTokenizer
-from capsal.models.protocol import widened
+from capsal.models.protocol import AttentionTrace, widened
 from capsal.safe_load import load_checkpoint
 from capsal.types import ItemLayout
 
@@ -120,14 +120,24 @@ class HFCaptioner(LightningCaptioner):
     ) -> State:
         """The family's state for ``items`` (every one real unless ``mask`` says otherwise, at ``positions``
         ``0..m-1`` unless given)."""
+        return self.family.encode(*self._inputs(items, mask, positions), self.hparams.keep)
+
+    def attention_trace(self, items: torch.Tensor, mask: torch.Tensor | None, tokens: torch.Tensor) -> AttentionTrace:
+        """Every attention map of one teacher-forced pass (:meth:`CrossAttentionFamily.attention_trace
+        <capsal.models.hf.family.CrossAttentionFamily.attention_trace>`)."""
+        return self.family.attention_trace(*self._inputs(items, mask, None), self.hparams.keep, tokens)
+
+    def _inputs(
+        self, items: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``items`` with their mask (all real when None) and positions (``0..m-1`` when None), on their device."""
         batch, count = items.shape[:2]
         if mask is None:
             mask = torch.ones(batch, count, dtype=torch.bool, device=items.device)
         mask = mask.to(device=items.device, dtype=torch.bool)
         if positions is None:
             positions = repeat(torch.arange(count, device=items.device), "m -> b m", b=batch)
-        positions = positions.to(device=items.device, dtype=torch.long)
-        return self.family.encode(items, mask, positions, self.hparams.keep)
+        return items, mask, positions.to(device=items.device, dtype=torch.long)
 
     def max_sentence_tokens(self) -> int | None:
         return self.family.max_sentence_tokens()

@@ -23,6 +23,8 @@ from einops import repeat
 from torch import nn
 
 from capsal.errors import UserError
+from capsal.models.protocol import AttentionTrace, on_items, widened
+from capsal.models.tracing import recording
 
 log = logging.getLogger("capsal")
 
@@ -226,10 +228,31 @@ class CrossAttentionFamily(Family):
         token's share is left out, so a row sums to at most 1)."""
         with eager_attention(self.decoder):
             weights = self.decode(state, tokens, output_attentions=True).cross_attentions[-1].mean(dim=1)
-        item = state["item"]
-        out = weights.new_zeros(weights.shape[0], weights.shape[1], state["count"])
-        index = item.clamp(min=0)[:, None, :].expand_as(weights)
-        return out.scatter_add_(2, index, weights * (item >= 0)[:, None, :])
+        return on_items(weights, state["item"], state["count"])
+
+    def attention_trace(
+        self, items: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: str, tokens: torch.Tensor
+    ) -> AttentionTrace:
+        """Every attention map of one pass of :meth:`encode` and :meth:`decode` under eager attention (fused kernels
+        return no weights), recorded from the modules ``transformers`` itself records as ``attentions`` and
+        ``cross_attentions`` (:func:`recorded_modules`). The encoder sequence is what the cross-attention reads:
+        ``keep=input``: the prefix tokens (class token...) and the patches, through the vision encoder's
+        self-attention layers; ``keep=encoder_output``: the patch tokens the encoder gave for the whole image, with
+        no encoder layer in the pass."""
+        if keep == "input" and not bool(mask.all()):
+            raise UserError(
+                "the attention trace of model.keep=input needs every item present (mask all True): a row with fewer "
+                "items is encoded alone; explain the rows one at a time"
+            )
+        groups = {
+            "encoder": recorded_modules(self.vision, "attentions") if keep == "input" else [],
+            "decoder": recorded_modules(self.decoder, "attentions"),
+            "cross": recorded_modules(self.decoder, "cross_attentions"),
+        }
+        with eager_attention(self.vision), eager_attention(self.decoder), recording(groups) as maps:
+            state = self.encode(items, mask, positions, keep)
+            logprobs = torch.log_softmax(widened(self.decode(state, tokens).logits), dim=-1)
+        return AttentionTrace(maps["encoder"], maps["decoder"], maps["cross"], logprobs, state["item"], state["count"])
 
     def generate(self, state: State, prefix: torch.Tensor, config: Any) -> torch.Tensor:
         """The decoder's own ``generate`` after ``prefix``, cross-attending to the state's memory."""
@@ -259,6 +282,28 @@ def _zero_rows_out(empty: torch.Tensor, module: nn.Module, args: tuple, output: 
     """Forward hook: the first output (the attended context) zero in the rows with no item."""
     context = output[0]
     return (torch.where(_rows(empty, context.shape[0])[:, None, None], 0.0, context), *output[1:])
+
+
+def recorded_modules(model: nn.Module, key: str) -> list[nn.Module]:
+    """The submodules a ``transformers`` model records as output ``key`` (``attentions``, ``cross_attentions``:
+    their output's second element is the attention weights), by its own ``_can_record_outputs`` declaration."""
+    specs = (getattr(model, "_can_record_outputs", None) or {}).get(key) or []
+    return [
+        module
+        for name, module in model.named_modules()
+        if any(_records(spec, name, module) for spec in (specs if isinstance(specs, list | tuple) else [specs]))
+    ]
+
+
+def _records(spec: Any, name: str, module: nn.Module) -> bool:
+    """Whether one ``_can_record_outputs`` entry (a class, a class name or an ``OutputRecorder``) names ``module``."""
+    target = spec if isinstance(spec, type) else getattr(spec, "target_class", None)
+    class_name = spec if isinstance(spec, str) else getattr(spec, "class_name", None)
+    layer = getattr(spec, "layer_name", None)
+    kind = (target is not None and isinstance(module, target)) or (
+        class_name is not None and type(module).__name__.endswith(class_name)
+    )
+    return kind and (layer is None or f".{layer.strip('.')}." in f".{name}.")
 
 
 def prefix_tokens(vision: nn.Module) -> list[torch.Tensor]:
