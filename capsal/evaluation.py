@@ -35,7 +35,18 @@ from capsal.models.protocol import visual_grid
 from capsal.text import Vocabulary, tokenize
 from capsal.types import Batch, Caption, Phrase, Sample
 
-DEFAULT_EXPLAINERS = ("caption_guided", "soft_attention", "gradient", "uniform", "center", "random")
+DEFAULT_EXPLAINERS = (
+    "caption_guided",
+    "soft_attention",
+    "rollout",
+    "relevancy",
+    "gradient",
+    "gradcam",
+    "integrated_gradients",
+    "uniform",
+    "center",
+    "random",
+)
 
 
 def caption_pairs(samples: Iterable[Sample], all_captions: bool = True) -> Iterator[Sample]:
