@@ -94,12 +94,13 @@ def test_a_fine_tuned_vit_gpt2_checkpoint_loads_alone_and_its_saliency_points_at
             "eval",
             tmp_path / "eval",
             f"ckpt_path={summary['last_checkpoint']}",
-            "explainers=[caption_guided,random]",
+            "explainers=[caption_guided,rollout,relevancy,random]",
             "caption_metrics=[]",
             "max_samples=48",
         )
     )
-    guided = results["localisation"]["caption_guided"]["pointing_game"]["avg"]
-    chance = results["localisation"]["random"]["pointing_game"]["avg"]
-    print(f"fine-tuned in {seconds:.0f} s; pointing game: caption_guided {guided:.3f}, random points {chance:.3f}")
+    pointing = {name: scores["pointing_game"]["avg"] for name, scores in results["localisation"].items()}
+    guided, chance = pointing["caption_guided"], pointing["random"]
+    shown = ", ".join(f"{name} {value:.3f}" for name, value in pointing.items())
+    print(f"fine-tuned in {seconds:.0f} s; pointing game: {shown}")
     assert guided >= chance + 0.15
