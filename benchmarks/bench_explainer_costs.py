@@ -9,7 +9,7 @@ attention maps for ``rollout`` and ``relevancy``; ``vit_gpt2``: the ViT-Base + G
 (m = 196 patches, ``keep=input``). Random weights: the cost depends on the shapes, not on what the model learned.
 One image and the 9-word caption "a big green circle and a small red square" (the HF model: its 8 first words).
 Every explainer runs with its default options (``conf/explainer_options/<name>.yaml``); those the model cannot run
-(a one-line refusal) are listed as such. Median of ``repeats`` after one warm-up.
+(a one-line refusal) are listed as such. Median of ``repeats`` after one warm-up (``--no-warm-up``: none).
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,18 +27,11 @@ from capsal.models.soft_attention import SoftAttention
 from capsal.models.transformer import TransformerCaptioner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_explain import timed
+
+CPU = torch.device("cpu")
 DEMO_WORDS = "a big small red green blue yellow circle square triangle diamond and moves left right up down then"
 CAPTION = "a big green circle and a small red square"
-
-
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def build(name: str, folder: Path) -> tuple[torch.nn.Module, torch.Tensor, str]:
@@ -54,7 +45,7 @@ def build(name: str, folder: Path) -> tuple[torch.nn.Module, torch.Tensor, str]:
     else:
         from bench_hf import build as build_hf
 
-        model = build_hf(folder, "input", torch.device("cpu"))
+        model = build_hf(folder, "input", CPU)
         with torch.no_grad():
             items = model.items(model.features(torch.rand(1, 1, 3, 224, 224)))
         return model, items, " ".join(CAPTION.split()[:8])
@@ -66,6 +57,7 @@ def main() -> None:
     parser.add_argument("--model", nargs="+", default=["demo", "transformer", "vit_gpt2"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--explainers", nargs="+", default=None, help="default: every built-in")
+    parser.add_argument("--warm-up", action=argparse.BooleanOptionalAction, default=True, help="one untimed run first")
     args = parser.parse_args()
     names = args.explainers or [n for n in available_explainers() if n != "caption_guided"]
     print(f"torch threads {torch.get_num_threads()}, median of {args.repeats}\n")
@@ -74,16 +66,20 @@ def main() -> None:
     for model_name in args.model:
         with tempfile.TemporaryDirectory() as folder:
             model, items, caption = build(model_name, Path(folder))
-            reference = timed(lambda: build_explainer("caption_guided").explain(model, items, tokens=caption), args.repeats)
+            reference = seconds_per_caption("caption_guided", model, items, caption, args)
             print(f"| {model_name} | caption_guided | {reference:.3f} | 1.00 |", flush=True)
             for name in names:
-                explainer = build_explainer(name)
                 try:
-                    seconds = timed(lambda: explainer.explain(model, items, tokens=caption), args.repeats)  # noqa: B023
+                    seconds = seconds_per_caption(name, model, items, caption, args)
                 except UserError as error:
                     print(f"| {model_name} | {name} | refused: {str(error)[:60]}... | |", flush=True)
                     continue
                 print(f"| {model_name} | {name} | {seconds:.3f} | {seconds / reference:.2f} |", flush=True)
+
+
+def seconds_per_caption(name: str, model: torch.nn.Module, items: torch.Tensor, caption: str, args) -> float:
+    explainer = build_explainer(name)
+    return timed(lambda: explainer.explain(model, items, tokens=caption), CPU, args.repeats, args.warm_up)
 
 
 if __name__ == "__main__":

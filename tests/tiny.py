@@ -31,6 +31,17 @@ TINY_OVERRIDES = [
 TINY_VIDEO_OVERRIDES = ["datamodule.num_frames=8", "datamodule.frame_size=32", "datamodule.min_event_frames=3"]
 
 
+# the words and sizes of the tiny random captioners most explainer tests build (``SoftAttention(WORDS, **TINY)``)
+WORDS = ["a", "red", "blue", "circle", "square", "and"]
+TINY = {
+    "hidden_size": 12,
+    "embed_size": 6,
+    "dropout": 0.0,
+    "caption_metrics": [],
+    "backbone": {"_target_": "capsal.models.backbones.SmallCNN", "channels": [4, 5]},
+}
+
+
 @contextlib.contextmanager
 def torch_threads(count: int) -> Iterator[None]:
     """torch's intra-op threads set to ``count`` inside the context: a trained fixture gets the same weights whatever

@@ -13,7 +13,7 @@ from captum.attr import IntegratedGradients, Occlusion
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from tiny import compose_train, save_tiny_hf
+from tiny import TINY, WORDS, compose_train, save_tiny_hf
 
 from capsal.cli.settings import ExplainSettings
 from capsal.config_schema import check_config
@@ -22,14 +22,6 @@ from capsal.explainers import build_explainer
 from capsal.explainers.base import word_rows
 from capsal.models import S2VT, SoftAttention
 
-WORDS = ["a", "red", "blue", "circle", "square", "and"]
-TINY = {
-    "hidden_size": 12,
-    "embed_size": 6,
-    "dropout": 0.0,
-    "caption_metrics": [],
-    "backbone": {"_target_": "capsal.models.backbones.SmallCNN", "channels": [4, 5]},
-}
 SENTENCES = ["a red circle", "a blue square and"]
 
 

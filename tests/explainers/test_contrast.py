@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import TINY, WORDS
 
 from capsal.datamodules import ShapesImageDataModule
 from capsal.errors import UserError
@@ -13,15 +14,6 @@ from capsal.explainers import build_explainer
 from capsal.metrics.pointing_game import pointing_hits
 from capsal.models import S2VT, SoftAttention
 from capsal.models.protocol import visual_grid
-
-WORDS = ["a", "red", "blue", "circle", "square", "and"]
-TINY = {
-    "hidden_size": 12,
-    "embed_size": 6,
-    "dropout": 0.0,
-    "caption_metrics": [],
-    "backbone": {"_target_": "capsal.models.backbones.SmallCNN", "channels": [4, 5]},
-}
 
 
 @pytest.fixture

@@ -5,20 +5,12 @@ from __future__ import annotations
 
 import torch
 from einops import rearrange
+from tiny import TINY, WORDS
 from torch import nn
 
 from capsal.explainers import build_explainer
 from capsal.models import S2VT, SoftAttention
 from capsal.text import Vocabulary
-
-WORDS = ["a", "red", "blue", "circle", "square", "and"]
-TINY = {
-    "hidden_size": 12,
-    "embed_size": 6,
-    "dropout": 0.0,
-    "caption_metrics": [],
-    "backbone": {"_target_": "capsal.models.backbones.SmallCNN", "channels": [4, 5]},
-}
 
 
 class LinearWord(nn.Module):

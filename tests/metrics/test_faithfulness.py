@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
-from tiny import compose_train, save_tiny_hf
+from tiny import TINY, WORDS, compose_train, save_tiny_hf
 from torch import nn
 
 from capsal.explainers.base import resolve_tokens
@@ -14,14 +14,6 @@ from capsal.metrics.faithfulness import Curves, Faithfulness, area, faithfulness
 from capsal.models import S2VT, SoftAttention, TransformerCaptioner
 from capsal.text import Vocabulary
 
-WORDS = ["a", "red", "blue", "circle", "square", "and"]
-TINY = {
-    "hidden_size": 12,
-    "embed_size": 6,
-    "dropout": 0.0,
-    "caption_metrics": [],
-    "backbone": {"_target_": "capsal.models.backbones.SmallCNN", "channels": [4, 5]},
-}
 MODELS = {
     "video: s2vt over frames": lambda: S2VT(WORDS, **TINY),
     "image: soft attention over cells": lambda: SoftAttention(WORDS, **TINY),
