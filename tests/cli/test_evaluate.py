@@ -18,7 +18,9 @@ def test_image_tables_for_every_default_explainer(image_checkpoint, tmp_path):
         compose_app("eval", tmp_path, f"ckpt_path={image_checkpoint}", "max_samples=12", "caption_metrics=[bleu]")
     )
     localisation = results["localisation"]
-    assert list(localisation) == ["caption_guided", "gradient", "uniform", "center", "random"]  # no attention in S2VT
+    # S2VT has neither attention weights nor attention maps: soft_attention, rollout and relevancy are left out
+    expected = ["caption_guided", "gradient", "gradcam", "integrated_gradients", "uniform", "center", "random"]
+    assert list(localisation) == expected
     for values in localisation.values():
         for metric in ("pointing_game", "attention_correctness"):
             assert 0.0 <= values[metric]["avg"] <= 1.0
