@@ -94,6 +94,7 @@ OPTIONAL = {
     "max_sentence_tokens": "max_sentence_tokens() -> int | None (default: None, sentences of any length)",
     "target_logprobs": "target_logprobs(state, tokens, targets) -> (B, n) (default: token_logprobs at targets)",
     "attention_trace": "attention_trace(items, mask, tokens) -> AttentionTrace (every attention map of one pass)",
+    "encoder_tokens": "encoder_tokens(state) -> (tokens (B, S, D), item (B, S)): the last encoder layer's tokens",
 }
 
 

@@ -148,6 +148,11 @@ class HFCaptioner(LightningCaptioner):
     def token_logprobs(self, state: State, tokens: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(widened(self.token_logits(state, tokens)), dim=-1)
 
+    def encoder_tokens(self, state: State) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last vision encoder layer's tokens the decoder reads ``(B, S, D)`` (in the state's graph) and the item
+        each is ``(B, S)`` (-1: a class token, padding): what Grad-CAM weighs for a ViT encoder."""
+        return state["memory"], state["item"]
+
     def attention(self, state: State, tokens: torch.Tensor) -> torch.Tensor:
         """``(B, n, m)``: the decoder's attention on each item (:meth:`Family.attention
         <capsal.models.hf.family.Family.attention>`)."""
