@@ -129,6 +129,7 @@ HF_SPLIT = {"triangle": ("tri", "angle"), "diamond": ("dia", "mond"), "yellow": 
 HF_FAMILIES = ("vit_gpt2", "deit_bert", "blip", "git")
 # each family's ``keep`` modes: GIT's image tokens are a prefix of its language model, the others cross-attend
 HF_KEEP = {"git": ("input", "prefix")}
+HF_ATTENDING = tuple(family for family in HF_FAMILIES if family != "git")  # with cross-attention maps to read
 HF_CASES = [(family, keep) for family in HF_FAMILIES for keep in HF_KEEP.get(family, ("input", "encoder_output"))]
 
 
