@@ -126,7 +126,11 @@ def compose_app(name: str, output_dir: Path, *overrides: str, conf: Path | None 
 # words of the synthetic captions (and BLIP's prompt); these are split into several subword tokens
 HF_WORDS = ("a", "big", "small", "and", "red", "green", "blue", "yellow", "circle", "square", "picture", "of")
 HF_SPLIT = {"triangle": ("tri", "angle"), "diamond": ("dia", "mond"), "yellow": ("yel", "low")}
-HF_FAMILIES = ("vit_gpt2", "deit_bert", "blip")
+HF_FAMILIES = ("vit_gpt2", "deit_bert", "blip", "git")
+# each family's ``keep`` modes: GIT's image tokens are a prefix of its language model, the others cross-attend
+HF_KEEP = {"git": ("input", "prefix")}
+HF_ATTENDING = tuple(family for family in HF_FAMILIES if family != "git")  # with cross-attention maps to read
+HF_CASES = [(family, keep) for family in HF_FAMILIES for keep in HF_KEEP.get(family, ("input", "encoder_output"))]
 
 
 def _bpe_files(folder: Path) -> tuple[Path, Path]:
@@ -178,7 +182,14 @@ def save_tiny_hf(folder: Path, family: str = "vit_gpt2", seed: int = 0, image_si
     vision = {**layers, "image_size": image_size, "patch_size": 8}
     size = {"height": image_size, "width": image_size}
     processor = tf.ViTImageProcessor(size=size)
-    if family == "blip":
+    if family == "git":  # CLIP's tower and processor (shortest edge, centre crop), as microsoft/git-base
+        tokenizer = tf.BertTokenizer(vocab=str(_wordpiece_file(folder)), do_lower_case=True)
+        ids = tokenizer.convert_tokens_to_ids
+        text = {**layers, "vocab_size": len(tokenizer), "max_position_embeddings": 64, "pad_token_id": 0}
+        text.update(bos_token_id=ids("[CLS]"), eos_token_id=ids("[SEP]"))
+        model = tf.GitForCausalLM(tf.GitConfig(vision_config=vision, **text))
+        processor = tf.CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=size)
+    elif family == "blip":
         tokenizer = tf.BertTokenizer(vocab=str(_wordpiece_file(folder)), do_lower_case=True)
         ids = tokenizer.convert_tokens_to_ids
         text = {**layers, "vocab_size": len(tokenizer), "max_position_embeddings": 64, "pad_token_id": 0}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import HF_FAMILIES, save_tiny_hf
+from tiny import HF_ATTENDING, save_tiny_hf
 
 from capsal.errors import UserError
 from capsal.explainers import build_explainer, get_explainer
@@ -42,7 +42,7 @@ def transformer() -> TransformerCaptioner:
 @pytest.fixture(scope="module")
 def hf_folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hf_relevancy")
-    return {family: save_tiny_hf(root / family, family) for family in HF_FAMILIES}
+    return {family: save_tiny_hf(root / family, family) for family in HF_ATTENDING}
 
 
 def hf_model(folder: Path, family: str, keep: str) -> HFCaptioner:
@@ -244,7 +244,7 @@ def test_a_vit_gpt2s_maps_are_the_rules_applied_by_hand(hf_folders, method):
 
 
 @pytest.mark.parametrize("keep", ["input", "encoder_output"])
-@pytest.mark.parametrize("family", HF_FAMILIES)
+@pytest.mark.parametrize("family", HF_ATTENDING)
 def test_a_hugging_face_trace_is_its_own_pass_over_the_patches(hf_folders, family, keep):
     model = hf_model(hf_folders[family], family, keep)
     items = model.items(model.features(torch.rand(2, 1, 3, 32, 32, dtype=torch.float64)))

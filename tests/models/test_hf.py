@@ -11,17 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
-from tiny import HF_FAMILIES, compose_train, save_tiny_hf
+from tiny import HF_CASES, HF_FAMILIES, compose_train, save_tiny_hf
 
 from capsal import check_protocol
 from capsal.errors import UserError
 from capsal.explainers import available_explainers, build_explainer
 from capsal.explainers.base import word_rows
 from capsal.models.hf import HFCaptioner
+from capsal.models.protocol import check_no_item
 
-KEEP = ("input", "encoder_output")
 QUERY = "a big yellow triangle"  # yellow and triangle are two tokens each in every tiny tokenizer
 PROMPT = {"blip": "a picture of"}
+ATTENTION_READERS = {"rollout", "relevancy", "soft_attention"}  # the explainers that read a model's attention maps
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +43,7 @@ def images(batch: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.rand(batch, 1, 3, 40, 48, generator=generator)  # any size: the image processor resizes
 
 
-@pytest.mark.parametrize("keep", KEEP)
-@pytest.mark.parametrize("family", HF_FAMILIES)
+@pytest.mark.parametrize(("family", "keep"), HF_CASES)
 def test_a_saved_folder_loads_through_the_config_and_implements_the_protocol(folders, family, keep):
     model = load(folders[family], family, keep)
     assert check_protocol(model) == []
@@ -60,7 +60,14 @@ def test_keep_input_with_every_item_is_the_models_own_encoder_and_generation(fol
     pixels = images()
     values = model.pixel_values(pixels[:, 0])
     state = model.encode(model.items(model.features(pixels)))
-    torch.testing.assert_close(state["memory"], model.project(model.vision(pixel_values=values).last_hidden_state))
+    tower = model.vision(pixel_values=values).last_hidden_state
+    if family == "git":  # the projected tower output is the language model's prefix: its logits are GIT's own
+        torch.testing.assert_close(state["memory"], model.hf.git.visual_projection(tower))
+        tokens = torch.tensor([model.vocab.encode(QUERY)] * 2)
+        theirs = model.hf(input_ids=tokens, pixel_values=values).logits[:, state["memory"].shape[1] :]
+        torch.testing.assert_close(model.token_logits(state, tokens), theirs)
+    else:
+        torch.testing.assert_close(state["memory"], model.project(tower))
     ours = model.generate(model.items(model.features(pixels)), max_len=6)
     prompt = torch.tensor([[*model.vocab.prefix, model.vocab.eos_id]] * 2)  # BLIP drops the prompt's last token
     extra = {"input_ids": prompt} if family == "blip" else {}
@@ -101,8 +108,7 @@ def reference_losses(model, items: torch.Tensor, tokens: torch.Tensor) -> torch.
     return words
 
 
-@pytest.mark.parametrize("keep", KEEP)
-@pytest.mark.parametrize("family", HF_FAMILIES)
+@pytest.mark.parametrize(("family", "keep"), HF_CASES)
 def test_batched_caption_guided_equals_one_item_at_a_time_in_float64_with_one_row_per_word(folders, family, keep):
     model = load(folders[family], family, keep).double()
     items = model.items(model.features(images().double()))
@@ -114,18 +120,51 @@ def test_batched_caption_guided_equals_one_item_at_a_time_in_float64_with_one_ro
     assert saliency.e.shape == (2, saliency.word_mask.shape[1], 16)
 
 
-@pytest.mark.parametrize("keep", KEEP)
-@pytest.mark.parametrize("family", HF_FAMILIES)
+@pytest.mark.parametrize(("family", "keep"), HF_CASES)
 def test_every_builtin_explainer_runs_on_the_models_caption_and_a_query(folders, family, keep):
     model = load(folders[family], family, keep)
     items = model.items(model.features(images()))
-    for name in available_explainers():
+    refused = {name for name in available_explainers() if build_explainer(name).refusal(model) is not None}
+    assert refused == (ATTENTION_READERS if family == "git" else set())  # GIT has no cross-attention to read
+    for name in sorted(refused):
+        with pytest.raises(UserError, match=f"explainer {name} needs .*; HFCaptioner has none: use explainer="):
+            build_explainer(name).explain(model, items)
+    for name in sorted(set(available_explainers()) - refused):
         for sentence in (None, QUERY):
             saliency = build_explainer(name).explain(model, items, tokens=sentence)
             n = saliency.word_mask.shape[1]
             assert saliency.scores.shape == (2, n, 16), name
             real = saliency.e[saliency.word_mask]
             assert torch.isfinite(real).all() and real.amax(dim=-1).eq(1).all(), name
+
+
+@pytest.mark.parametrize("keep", ["input", "prefix"])
+def test_git_with_no_item_is_its_language_model_on_the_words_alone(folders, keep):
+    model = load(folders["git"], "git", keep)
+    tokens = torch.tensor([model.vocab.encode(QUERY)[:-1]] * 2)
+    alone = torch.log_softmax(model.hf(input_ids=tokens).logits, dim=-1)  # GIT's own forward without pixels
+    torch.testing.assert_close(check_no_item(model, torch.randn(2, 3, model.feature_size), tokens), alone)
+
+
+def test_git_keep_prefix_hides_image_tokens_as_if_they_were_not_there(folders):
+    """Item i among every item, the rest hidden by the mask, gives item i's prefix alone: hidden tokens leak nothing
+    and move no position."""
+    model = load(folders["git"], "git", "prefix").double()
+    items = model.items(model.features(images().double()))
+    tokens = torch.tensor([model.vocab.encode(QUERY)[:-1]] * 2)
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[0, 5], mask[1, 9] = True, True
+    hidden = model.token_logprobs(model.encode(items, mask), tokens)
+    alone = model.token_logprobs(model.encode(items[[0, 1], [5, 9]][:, None]), tokens)
+    torch.testing.assert_close(hidden, alone, atol=1e-10, rtol=0)
+    assert not torch.allclose(hidden[0], model.token_logprobs(model.encode(items), tokens)[0])
+
+
+def test_the_cross_attending_families_refuse_keep_prefix_and_git_refuses_encoder_output(folders):
+    with pytest.raises(UserError, match=r"model\.keep=prefix needs image tokens in front of a language model's text"):
+        HFCaptioner(str(folders["blip"]), keep="prefix")
+    with pytest.raises(UserError, match=r"GitForCausalLM reads its image tokens as a prefix: use model\.keep=input"):
+        HFCaptioner(str(folders["git"]), keep="encoder_output")
 
 
 def test_soft_attention_reads_the_last_layers_cross_attention_on_the_patches(folders):
@@ -173,7 +212,7 @@ def _env() -> dict[str, str]:
 
 
 def test_an_unknown_keep_stops_with_one_line_naming_the_choices(folders):
-    with pytest.raises(UserError, match=r"model\.keep='middle' is unknown; use one of input, encoder_output"):
+    with pytest.raises(UserError, match=r"model\.keep='middle' is unknown; use one of input, encoder_output, prefix"):
         HFCaptioner(str(folders["vit_gpt2"]), keep="middle")
 
 
@@ -188,7 +227,8 @@ def test_a_checkpoint_records_the_class_path_configs_name_and_the_models_own_wei
     assert checkpoint["capsal"]["model_class"] == target == "capsal.models.hf.HFCaptioner"
     assert all(key.startswith("hf.") for key in checkpoint["state_dict"])
     assert checkpoint["hyper_parameters"]["keep"] == "input" and checkpoint["hyper_parameters"]["item_mode"] == "grid"
-    assert [name for name, _ in model.randomisation_stages()] == ["decoder", "encoder"]
+    stages = ["decoder", "projection", "encoder"] if family == "git" else ["decoder", "encoder"]
+    assert [name for name, _ in model.randomisation_stages()] == stages
 
 
 @pytest.mark.parametrize("name", ["caption_guided", "gradient"])

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 from einops import repeat
-from tiny import HF_FAMILIES, readme_captioner_class, save_tiny_hf, tiny_captioners
+from tiny import HF_CASES, HF_FAMILIES, readme_captioner_class, save_tiny_hf, tiny_captioners
 from torch import nn
 
 from capsal.errors import UserError
 from capsal.models.protocol import check_no_item, has_attention, keep_items
 
 OWN = tiny_captioners()
-HF = [f"{family}/{keep}" for family in HF_FAMILIES for keep in ("input", "encoder_output")]
+HF = [f"{family}/{keep}" for family, keep in HF_CASES]
 PROMPT = {"blip": "a picture of"}
 TOLERANCE = {"atol": 1e-6, "rtol": 0.0}  # a row alone is a different batch size: matrix kernels may round apart
 
@@ -28,7 +28,8 @@ def hf_folders(tmp_path_factory) -> dict[str, Path]:
     return {family: save_tiny_hf(root / family, family) for family in HF_FAMILIES}
 
 
-WITHOUT_ATTENTION = ("s2vt", "s2vt_meanpool", "transformer")  # no attention weights to read (has_attention)
+# no attention weights to read (has_attention): capsal's own without, GIT (its image tokens are a prefix)
+WITHOUT_ATTENTION = ("s2vt", "s2vt_meanpool", "transformer", "git/input", "git/prefix")
 
 
 @pytest.fixture(params=[*OWN, *HF])

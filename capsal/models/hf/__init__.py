@@ -2,15 +2,15 @@
 
 Supported families, one adapter each (:class:`~capsal.models.hf.family.Family`): ``VisionEncoderDecoderModel``
 (ViT, DeiT, Swin... encoders with GPT-2/BERT-style decoders that cross-attend: ViT-GPT2 and kin,
-:mod:`~capsal.models.hf.vision_encoder_decoder`) and ``BlipForConditionalGeneration`` (:mod:`~capsal.models.hf.blip`).
-``GitForCausalLM`` is not: its image tokens are a prefix of the decoder's own self-attention, so there is no encoder
-output for the decoder to cross-attend to (README, "Explaining a pretrained Hugging Face captioner").
+:mod:`~capsal.models.hf.vision_encoder_decoder`), ``BlipForConditionalGeneration`` (:mod:`~capsal.models.hf.blip`)
+and ``GitForCausalLM`` (:mod:`~capsal.models.hf.git`: image tokens as a prefix of a language model's own
+self-attention, with its own ``keep`` modes, ``input`` and ``prefix``, described there).
 :class:`HFCaptioner` is the LightningModule users configure; it holds the ``transformers`` model and its family.
 
 Items are the image's patch tokens, an ``h x w`` grid read row-major; pixels go through the model's own image
 processor (resize, normalisation: the grid covers the whole image, so ``Saliency.to_image_size`` maps cells back
 to the original pixels; a processor's centre crop is turned off for that reason). ``keep`` says where "keep only
-item i" happens:
+item i" happens (for the cross-attending families):
 
 - ``keep=input`` (the paper's Eq. 7 literally, and what its reasoning supports: the model sees nothing of the image
   but item i): ``features`` are the patch embeddings before the encoder; ``encode`` puts the kept patches, each at

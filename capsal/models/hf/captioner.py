@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -23,7 +24,7 @@ from capsal.models.protocol import AttentionTrace, widened
 from capsal.safe_load import load_checkpoint
 from capsal.types import ItemLayout
 
-Keep = Literal["input", "encoder_output"]
+Keep = Literal["input", "encoder_output", "prefix"]
 KEEP: tuple[str, ...] = get_args(Keep)
 CaptionMetricNames = NamesFrom(lambda: CAPTION_METRICS)
 
@@ -31,7 +32,8 @@ CaptionMetricNames = NamesFrom(lambda: CAPTION_METRICS)
 class HFCaptioner(LightningCaptioner):
     """A pretrained ``transformers`` captioner (``name_or_path``: a hub id or a ``save_pretrained`` folder).
 
-    ``keep``: where "keep only item i" happens, ``input`` or ``encoder_output`` (:mod:`capsal.models.hf`);
+    ``keep``: where "keep only item i" happens, ``input``, ``encoder_output`` (cross-attending families) or
+    ``prefix`` (GIT) (:mod:`capsal.models.hf`);
     ``prompt``: text after bos that is part of the prefix (BLIP's conditional captioning, e.g. "a picture of");
     ``from_config``: random weights of the same architecture. ``max_len``/``beam_size``: generation; the optimizer
     and captioning metrics as every capsal model. The model's own parts sit in ``hf`` (its weights, under the
@@ -122,9 +124,14 @@ class HFCaptioner(LightningCaptioner):
         ``0..m-1`` unless given)."""
         return self.family.encode(*self._inputs(items, mask, positions), self.hparams.keep)
 
-    def attention_trace(self, items: torch.Tensor, mask: torch.Tensor | None, tokens: torch.Tensor) -> AttentionTrace:
-        """Every attention map of one teacher-forced pass (:meth:`CrossAttentionFamily.attention_trace
-        <capsal.models.hf.family.CrossAttentionFamily.attention_trace>`)."""
+    @property
+    def attention_trace(self) -> Callable[..., AttentionTrace] | None:
+        """``attention_trace(items, mask, tokens)``: every attention map of one teacher-forced pass
+        (:meth:`CrossAttentionFamily.attention_trace <capsal.models.hf.family.CrossAttentionFamily.attention_trace>`),
+        or None for a family whose attention capsal does not read (GIT), so explainers that need it refuse."""
+        return self._attention_trace if self.family.attends else None
+
+    def _attention_trace(self, items: torch.Tensor, mask: torch.Tensor | None, tokens: torch.Tensor) -> AttentionTrace:
         return self.family.attention_trace(*self._inputs(items, mask, None), self.hparams.keep, tokens)
 
     def _inputs(
@@ -153,10 +160,11 @@ class HFCaptioner(LightningCaptioner):
         each is ``(B, S)`` (-1: a class token, padding): what Grad-CAM weighs for a ViT encoder."""
         return state["memory"], state["item"]
 
-    def attention(self, state: State, tokens: torch.Tensor) -> torch.Tensor:
-        """``(B, n, m)``: the decoder's attention on each item (:meth:`Family.attention
-        <capsal.models.hf.family.Family.attention>`)."""
-        return self.family.attention(state, tokens)
+    @property
+    def attention(self) -> Callable[[State, torch.Tensor], torch.Tensor] | None:
+        """``attention(state, tokens) -> (B, n, m)``: the decoder's attention on each item (:meth:`Family.attention
+        <capsal.models.hf.family.Family.attention>`), or None for a family without cross-attention (GIT)."""
+        return self.family.attention if self.family.attends else None
 
     @torch.no_grad()
     def generate(

@@ -15,11 +15,11 @@ import copy
 import functools
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
-from einops import repeat
+from einops import rearrange, repeat
 from torch import nn
 
 from capsal.errors import UserError
@@ -39,6 +39,7 @@ class Family(ABC):
     """
 
     model_type: ClassVar[str]  # the ``config.model_type`` this family wraps
+    attends: ClassVar[bool] = False  # whether :meth:`attention` and :meth:`attention_trace` read attention weights
     model_class: ClassVar[str]  # the ``transformers`` class that loads it
 
     def __init__(self, model: nn.Module):
@@ -87,8 +88,14 @@ class Family(ABC):
         """The sanity check's stages, output first."""
 
     def attention(self, state: State, tokens: torch.Tensor) -> torch.Tensor | None:
-        """``(B, n, m)`` attention weights on the items, or None for a model without them."""
+        """``(B, n, m)`` attention weights on the items, or None for a model without them (``attends`` False)."""
         return None
+
+    def attention_trace(
+        self, items: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: str, tokens: torch.Tensor
+    ) -> AttentionTrace:
+        """Every attention map of one teacher-forced pass, for a family that ``attends``."""
+        raise UserError(f"{type(self.model).__name__}: capsal reads no attention maps of this model")
 
     def max_sentence_tokens(self) -> int | None:
         """The decoder's position table: the most tokens (prefix included) it takes."""
@@ -108,6 +115,8 @@ class CrossAttentionFamily(Family):
     names its parts and supplies :meth:`embed_patches` and :meth:`run_encoder`.
     """
 
+    attends = True
+
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
         """Encoder width -> decoder width, for models with a projection between them."""
         return hidden
@@ -124,6 +133,11 @@ class CrossAttentionFamily(Family):
         return [("decoder", self.decoder), ("encoder", self.vision)]
 
     def check_keep(self, keep: str) -> None:
+        if keep == "prefix":
+            raise UserError(
+                f"model.keep=prefix needs image tokens in front of a language model's text (GitForCausalLM); "
+                f"{type(self.model).__name__} cross-attends to its encoder: use model.keep=input or encoder_output"
+            )
         if keep == "input" and (position_table(self.vision) is None or not hasattr(self.vision, "embeddings")):
             raise UserError(
                 f"model.keep=input needs a ViT, DeiT or BLIP vision encoder (class token and position table); "
@@ -141,30 +155,16 @@ class CrossAttentionFamily(Family):
         and the item ``count``. ``keep=input``: a row with masked items is encoded alone with its real items, as
         the encoders have no padding mask; ``keep=encoder_output`` ignores ``positions``."""
         batch, count = items.shape[:2]
-        index = repeat(torch.arange(count, device=items.device), "m -> b m", b=batch)
         if keep == "encoder_output":
+            index = repeat(torch.arange(count, device=items.device), "m -> b m", b=batch)
             memory = self.project(items).contiguous()  # GPT-2 views its inputs
             return {"memory": memory, "mask": mask, "item": index.masked_fill(~mask, -1), "count": count}
-        if bool(mask.all()):
-            return self._with_prefix(self.encode_kept(items, positions), mask, index, count)
-        rows = [self.encode_kept(items[b, mask[b]][None], positions[b, mask[b]][None])[0] for b in range(batch)]
-        memory = nn.utils.rnn.pad_sequence(rows, batch_first=True)
-        lengths = mask.sum(dim=1)
-        width = memory.shape[1] - len(prefix_tokens(self.vision))
-        compact = repeat(torch.arange(width, device=items.device), "m -> b m", b=batch) < lengths[:, None]
-        kept = torch.full_like(compact, -1, dtype=torch.long)
-        kept[compact] = index[mask]
-        return self._with_prefix(memory, compact, kept, count)
+        return self._with_prefix(*kept_rows(self.encode_kept, items, mask, positions), count)
 
     def encode_kept(self, items: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The vision encoder's output for its prefix tokens and patch embeddings ``items`` at ``positions``."""
-        vision = self.vision
-        prefix = prefix_tokens(vision)
-        table = position_table(vision).to(items.dtype)
-        start = torch.cat([token.to(items.dtype) for token in prefix], dim=1) + table[:, : len(prefix)]
-        patches = items + table[0, len(prefix) :][positions]
-        hidden = torch.cat([start.expand(items.shape[0], -1, -1), patches], dim=1)
-        dropout = getattr(vision.embeddings, "dropout", None)
+        hidden = embed_kept(self.vision, items, positions)
+        dropout = getattr(self.vision.embeddings, "dropout", None)
         return self.run_encoder(dropout(hidden) if dropout is not None else hidden)
 
     def _with_prefix(self, memory: torch.Tensor, mask: torch.Tensor, item: torch.Tensor, count: int) -> State:
@@ -306,6 +306,40 @@ def _records(spec: Any, name: str, module: nn.Module) -> bool:
     return kind and (layer is None or f".{layer.strip('.')}." in f".{name}.")
 
 
+def kept_rows(
+    run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    items: torch.Tensor,
+    mask: torch.Tensor,
+    positions: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A vision encoder ``run(items, positions)`` (its output, prefix tokens first) on each row's real items:
+    ``(memory (B, p + k, d), mask (B, k), item (B, k))`` for the ``k`` patch tokens after the ``p`` prefix tokens
+    (``item`` -1 for padding). One pass when every item is real; else each row alone, padded, since ViT-style
+    encoders take no padding mask."""
+    batch, count = items.shape[:2]
+    index = repeat(torch.arange(count, device=items.device), "m -> b m", b=batch)
+    if bool(mask.all()):
+        return run(items, positions), mask, index
+    rows = [run(items[b, mask[b]][None], positions[b, mask[b]][None])[0] for b in range(batch)]
+    memory = nn.utils.rnn.pad_sequence(rows, batch_first=True)
+    lengths = mask.sum(dim=1)
+    width = memory.shape[1] - (rows[0].shape[0] - int(lengths[0]))
+    compact = repeat(torch.arange(width, device=items.device), "k -> b k", b=batch) < lengths[:, None]
+    kept = torch.full_like(compact, -1, dtype=torch.long)
+    kept[compact] = index[mask]
+    return memory, compact, kept
+
+
+def embed_kept(vision: nn.Module, items: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """A ViT-style encoder's input for patch embeddings ``items`` ``(B, k, d)`` at patch ``positions``: its prefix
+    tokens (class...) then the patches, each plus its own position embedding, as its embeddings would give them."""
+    prefix = [rearrange(token.to(items.dtype), "... d -> 1 (...) d") for token in prefix_tokens(vision)]
+    table = position_table(vision).to(items.dtype)
+    start = torch.cat(prefix, dim=1) + table[:, : len(prefix)]
+    patches = items + table[0, len(prefix) :][positions]
+    return torch.cat([start.expand(items.shape[0], -1, -1), patches], dim=1)
+
+
 def prefix_tokens(vision: nn.Module) -> list[torch.Tensor]:
     """The learned tokens a ViT-style encoder puts before the patches: class (ViT, DeiT, BLIP), distillation (DeiT)."""
     embeddings = getattr(vision, "embeddings", None)
@@ -314,10 +348,13 @@ def prefix_tokens(vision: nn.Module) -> list[torch.Tensor]:
 
 
 def position_table(vision: nn.Module) -> torch.Tensor | None:
-    """A ViT-style encoder's learned position embeddings ``(1, prefix + patches, d)``, or None (Swin...)."""
+    """A ViT-style encoder's learned position embeddings ``(1, prefix + patches, d)`` (a parameter, or CLIP's
+    ``nn.Embedding``), or None (Swin...)."""
     embeddings = getattr(vision, "embeddings", None)
     for name in ("position_embeddings", "position_embedding"):
         table = getattr(embeddings, name, None)
+        if isinstance(table, nn.Embedding):
+            return table.weight[None]
         if isinstance(table, nn.Parameter):
             return table
     return None

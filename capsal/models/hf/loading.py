@@ -12,10 +12,13 @@ from torch import nn
 from capsal.errors import UserError
 from capsal.models.hf.blip import BlipFamily
 from capsal.models.hf.family import Family
+from capsal.models.hf.git import GitFamily
 from capsal.models.hf.vision_encoder_decoder import VisionEncoderDecoderFamily
 
 # the families capsal explains, by ``config.model_type``
-FAMILIES: dict[str, type[Family]] = {family.model_type: family for family in (VisionEncoderDecoderFamily, BlipFamily)}
+FAMILIES: dict[str, type[Family]] = {
+    family.model_type: family for family in (VisionEncoderDecoderFamily, BlipFamily, GitFamily)
+}
 # what ``save_pretrained`` writes besides the weights: a capsal checkpoint carries these, its state dict the weights
 PRETRAINED_FILE_SUFFIXES = (".json", ".txt", ".model")
 
@@ -63,7 +66,7 @@ def load_parts(name_or_path: str, from_config: bool = False):
     if family is None:
         raise UserError(
             f"model.name_or_path={name_or_path} is a {config.model_type!r} model; capsal explains "
-            f"{', '.join(f.model_class for f in FAMILIES.values())} (GitForCausalLM and others are not supported)"
+            f"{', '.join(f.model_class for f in FAMILIES.values())}"
         )
     model_class = getattr(transformers, family.model_class)
     model = model_class(config) if from_config else model_class.from_pretrained(name_or_path)
