@@ -83,11 +83,16 @@ def test_explain_and_eval_a_pretrained_git_folder_on_shapes_image(folders, tmp_p
 
 
 @pytest.mark.slow
-def test_a_fine_tuned_vit_gpt2_checkpoint_loads_alone_and_its_saliency_points_at_the_named_object(tmp_path):
-    """Seeded: a tiny ViT-GPT2 (64 x 64 pixels, an 8 x 8 patch grid) fine-tuned 60 steps on single-object
-    shapes_image; its checkpoint loads with the pretrained folder deleted, and caption-guided maxima fall on the
-    named object far more often than random points (capsal-eval on 48 held-out images)."""
-    folder = save_tiny_hf(tmp_path / "vit_gpt2", "vit_gpt2", image_size=64)
+@pytest.mark.parametrize(
+    ("family", "explainers"),
+    [("vit_gpt2", "[caption_guided,rollout,relevancy,random]"), ("git", "[caption_guided,random]")],
+)
+def test_a_fine_tuned_captioner_loads_alone_and_its_saliency_points_at_the_named_object(tmp_path, family, explainers):
+    """Seeded: a tiny ViT-GPT2 (cross-attention) or GIT (image tokens as the language model's prefix; 64 x 64 pixels,
+    an 8 x 8 patch grid) fine-tuned 60 steps on single-object shapes_image; its checkpoint loads with the pretrained
+    folder deleted, and caption-guided maxima fall on the named object far more often than random points
+    (capsal-eval on 48 held-out images; ViT-GPT2's rollout and relevancy printed beside them)."""
+    folder = save_tiny_hf(tmp_path / family, family, image_size=64)
     data = ["datamodule.num_train=2000", "datamodule.num_val=16", "datamodule.num_test=48", "datamodule.batch_size=32"]
     data += ["datamodule.min_objects=1", "datamodule.max_objects=1", "datamodule.captions_per_image=1"]
     steps = ["trainer.max_steps=60", "trainer.max_epochs=null", "trainer.check_val_every_n_epoch=null"]
@@ -109,7 +114,7 @@ def test_a_fine_tuned_vit_gpt2_checkpoint_loads_alone_and_its_saliency_points_at
             "eval",
             tmp_path / "eval",
             f"ckpt_path={summary['last_checkpoint']}",
-            "explainers=[caption_guided,rollout,relevancy,random]",
+            f"explainers={explainers}",
             "caption_metrics=[]",
             "max_samples=48",
         )
@@ -117,5 +122,5 @@ def test_a_fine_tuned_vit_gpt2_checkpoint_loads_alone_and_its_saliency_points_at
     pointing = {name: scores["pointing_game"]["avg"] for name, scores in results["localisation"].items()}
     guided, chance = pointing["caption_guided"], pointing["random"]
     shown = ", ".join(f"{name} {value:.3f}" for name, value in pointing.items())
-    print(f"fine-tuned in {seconds:.0f} s; pointing game: {shown}")
+    print(f"{family} fine-tuned in {seconds:.0f} s; pointing game: {shown}")
     assert guided >= chance + 0.15
