@@ -17,8 +17,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tiny import compose_app
 
 from capsal import viz
+from capsal.cli.explain import explain
 from capsal.explorer import ExplorerMaps, write_explorer
 
 H, W, GRID = 48, 64, (3, 4)
@@ -54,11 +56,16 @@ def image_explorer(tmp_path) -> Path:
     return write_explorer(tmp_path / "explorer.html", photo(), LABELS, explainers, boxes, "a red circle")
 
 
+TEMPORAL = np.array([[0.1, 0.2, 1.0, 0.3, 0.0], [1.0, 0.5, 0.2, 0.1, 0.0], [0.0, 0.0, 0.2, 0.4, 1.0]])
+
+
 @pytest.fixture
 def video_explorer(tmp_path) -> Path:
-    temporal = np.array([[0.1, 0.2, 1.0, 0.3, 0.0], [1.0, 0.5, 0.2, 0.1, 0.0], [0.0, 0.0, 0.2, 0.4, 1.0]])
-    maps = ExplorerMaps(grid_maps(PEAKS, frames=5), temporal)
-    return write_explorer(tmp_path / "explorer.html", photo(frames=5), LABELS, {"caption_guided": maps})
+    explainers = {
+        "caption_guided": ExplorerMaps(grid_maps(PEAKS, frames=5), TEMPORAL),
+        "temporal_only": ExplorerMaps(None, TEMPORAL[:, ::-1].copy()),  # an explainer with no map inside the frames
+    }
+    return write_explorer(tmp_path / "explorer.html", photo(frames=5), LABELS, explainers)
 
 
 def test_the_page_is_one_offline_file(image_explorer):
@@ -192,6 +199,9 @@ def test_choosing_a_word_shows_its_map_with_the_peak_marked(browser, image_explo
     browser.evaluate("document.querySelectorAll('.word')[1].dispatchEvent(new MouseEvent('mouseenter'))")
     assert (browser.canvas()[47, 50] >= 240).all()  # word 1's ground-truth box, outlined in white along its bottom
 
+    browser.evaluate("const o = document.getElementById('opacity'); o.value = 0; o.dispatchEvent(new Event('input'))")
+    assert closest(browser.canvas(), photo()[:1].astype(int))[0] < 5  # the slider at 0: the bare photo
+    browser.evaluate(f"o.value = {viz.OPACITY}; o.dispatchEvent(new Event('input'))")
     browser.evaluate("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'ArrowRight'}))")
     assert browser.evaluate("capsal.state.word") == 2
     browser.evaluate("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'ArrowLeft'}))")
@@ -220,5 +230,23 @@ def test_the_scrubber_moves_through_a_clips_frames_under_its_temporal_curve(brow
     assert np.abs(browser.canvas("curve") - curve).mean() > 0.5  # the current frame's bar is highlighted
     browser.evaluate("capsal.select(2); document.getElementById('jump').click()")
     assert browser.evaluate("capsal.state.frame") == 4  # word 2's most salient frame
+    browser.evaluate("capsal.setExplainer('temporal_only'); capsal.jump()")
+    assert browser.evaluate("capsal.state.frame") == 0  # its word 2 peaks at frame 0
+    assert closest(browser.canvas(), photo(frames=5)[:1].astype(int))[0] < 5  # the bare frame, no map over it
     assert browser.requests() == [video_explorer.as_uri()]
+    assert not browser.errors()
+
+
+@pytest.mark.timeout(300)
+def test_capsal_explains_clip_explorer_scrubs_its_frames(browser, video_checkpoint, tmp_path):
+    summary = explain(compose_app("explain", tmp_path, f"ckpt_path={video_checkpoint}", "sample=val:0"))
+    page = Path(summary["explorer"])
+    browser.open(page)
+    assert browser.evaluate("document.querySelectorAll('.word').length") == len(summary["panels"])
+    first = summary["panels"][0]["best_frame"]
+    assert browser.evaluate("capsal.state.frame") == first  # the page and the summary agree on the peak frame
+    before = browser.canvas()
+    browser.evaluate(f"capsal.setFrame({(first + 4) % summary['frames']})")
+    assert np.abs(browser.canvas() - before).mean() > 2  # another frame of the clip
+    assert browser.requests() == [page.as_uri()]
     assert not browser.errors()
