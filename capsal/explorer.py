@@ -70,7 +70,7 @@ def write_explorer(
         csp=escape(CSP),
         title=escape(title or "capsal explorer"),
         style=STYLE,
-        data=json.dumps(data, separators=(",", ":")).replace("</", "<\\/"),
+        data=json.dumps(data, separators=(",", ":")).replace("<", "\\u003c"),  # no "</script>" or "<!--" inside
         script=SCRIPT,
     )
     path = Path(path)

@@ -75,6 +75,14 @@ def test_the_page_is_one_offline_file(image_explorer):
     assert "src=" not in page.replace("img.src = src", "")  # nothing loaded by reference: frames are data URIs
 
 
+def test_a_label_that_looks_like_markup_stays_text(tmp_path):
+    label = "</script><!-- <b>"
+    page = write_explorer(tmp_path / "x.html", photo(), [label], {"e": ExplorerMaps(grid_maps(PEAKS[:1]))}).read_text()
+    assert page.count("</script>") == 2 and "<!--" not in page  # the data and the code end where they should
+    data = re.search(r'<script id="capsal-data" type="application/json">(.*?)</script>', page, re.DOTALL)
+    assert json.loads(data.group(1))["labels"] == [label]
+
+
 class DevTools:
     """A headless Chromium and one page in it, spoken to over the DevTools protocol's websocket."""
 
