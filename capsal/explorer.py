@@ -60,7 +60,7 @@ def write_explorer(
         "labels": list(labels),
         "frames": [_jpeg(frame, scale) for frame in frames],
         "size": [round(width * scale), round(height * scale)],
-        "boxes": [[[round(v * scale) for v in box] for box in label] for label in boxes] if boxes else None,
+        "boxes": [[_scale_box(box, scale) for box in label] for label in boxes] if boxes else None,
         "video": any(maps.temporal is not None for maps in explainers.values()),
         "opacity": OPACITY,
         "lut": _b64(np.round(heat_colors(np.linspace(0.0, 1.0, 256)) * 255).astype(np.uint8)),
@@ -95,6 +95,12 @@ def _explainer(name: str, maps: ExplorerMaps, count: int) -> dict:
         entry["best"] = peak_frames(temporal).tolist()
         entry["temporal"] = [_b64(_quantise(label)) for label in temporal.numpy()]
     return entry
+
+
+def _scale_box(box: Box, scale: float) -> list[int]:
+    """An inclusive pixel box on a frame shrunk by ``scale``: its first and last pixels, not its corners, scaled."""
+    x0, y0, x1, y1 = box
+    return [round(x0 * scale), round(y0 * scale), round((x1 + 1) * scale) - 1, round((y1 + 1) * scale) - 1]
 
 
 def _quantise(values: np.ndarray) -> np.ndarray:

@@ -83,6 +83,20 @@ def test_a_label_that_looks_like_markup_stays_text(tmp_path):
     assert json.loads(data.group(1))["labels"] == [label]
 
 
+def test_a_large_photo_is_shrunk_with_its_boxes(tmp_path):
+    from capsal.explorer import MAX_SIDE
+
+    big = np.zeros((1, 2 * MAX_SIDE, 3 * MAX_SIDE // 2, 3), np.uint8)
+    maps = {"e": ExplorerMaps(grid_maps(PEAKS[:1]))}
+    page = write_explorer(tmp_path / "x.html", big, ["a"], maps, [[(0, 0, 3 * MAX_SIDE // 2 - 1, 2 * MAX_SIDE - 1)]])
+    data = json.loads(re.search(r'type="application/json">(.*?)</script>', page.read_text(), re.DOTALL).group(1))
+    assert data["size"] == [3 * MAX_SIDE // 4, MAX_SIDE]  # the longer side at MAX_SIDE, the aspect ratio kept
+    assert data["boxes"] == [
+        [[0, 0, 3 * MAX_SIDE // 4 - 1, MAX_SIDE - 1]]
+    ]  # the whole photo's box, still the whole photo
+    assert Image.open(io.BytesIO(base64.b64decode(data["frames"][0].split(",")[1]))).size == tuple(data["size"])
+
+
 class DevTools:
     """A headless Chromium and one page in it, spoken to over the DevTools protocol's websocket."""
 
