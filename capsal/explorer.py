@@ -79,6 +79,16 @@ def write_explorer(
     return path
 
 
+def read_explorer(path: str | Path) -> dict:
+    """The data a written ``explorer.html`` carries (labels, frames, maps, ...), for tools and tests that check it."""
+    import re
+
+    found = re.search(r'<script id="capsal-data" type="application/json">(.*?)</script>', Path(path).read_text(), re.S)
+    if found is None:
+        raise ValueError(f"{path} is not an explorer written by capsal: it has no capsal-data block")
+    return json.loads(found.group(1))
+
+
 def _explainer(name: str, maps: ExplorerMaps, count: int) -> dict:
     """One explainer's arrays for the page, with the peaks found by :mod:`capsal.maxima` (one rule everywhere)."""
     entry: dict = {"name": name, "grid": None, "spatial": None, "peaks": None, "temporal": None, "best": None}

@@ -21,7 +21,7 @@ from tiny import compose_app
 
 from capsal import viz
 from capsal.cli.explain import explain
-from capsal.explorer import ExplorerMaps, write_explorer
+from capsal.explorer import ExplorerMaps, read_explorer, write_explorer
 
 H, W, GRID = 48, 64, (3, 4)
 LABELS = ["a", "red", "circle"]
@@ -77,10 +77,10 @@ def test_the_page_is_one_offline_file(image_explorer):
 
 def test_a_label_that_looks_like_markup_stays_text(tmp_path):
     label = "</script><!-- <b>"
-    page = write_explorer(tmp_path / "x.html", photo(), [label], {"e": ExplorerMaps(grid_maps(PEAKS[:1]))}).read_text()
+    path = write_explorer(tmp_path / "x.html", photo(), [label], {"e": ExplorerMaps(grid_maps(PEAKS[:1]))})
+    page = path.read_text()
     assert page.count("</script>") == 2 and "<!--" not in page  # the data and the code end where they should
-    data = re.search(r'<script id="capsal-data" type="application/json">(.*?)</script>', page, re.DOTALL)
-    assert json.loads(data.group(1))["labels"] == [label]
+    assert read_explorer(path)["labels"] == [label]
 
 
 def test_a_large_photo_is_shrunk_with_its_boxes(tmp_path):
@@ -89,7 +89,7 @@ def test_a_large_photo_is_shrunk_with_its_boxes(tmp_path):
     big = np.zeros((1, 2 * MAX_SIDE, 3 * MAX_SIDE // 2, 3), np.uint8)
     maps = {"e": ExplorerMaps(grid_maps(PEAKS[:1]))}
     page = write_explorer(tmp_path / "x.html", big, ["a"], maps, [[(0, 0, 3 * MAX_SIDE // 2 - 1, 2 * MAX_SIDE - 1)]])
-    data = json.loads(re.search(r'type="application/json">(.*?)</script>', page.read_text(), re.DOTALL).group(1))
+    data = read_explorer(page)
     assert data["size"] == [3 * MAX_SIDE // 4, MAX_SIDE]  # the longer side at MAX_SIDE, the aspect ratio kept
     assert data["boxes"] == [
         [[0, 0, 3 * MAX_SIDE // 4 - 1, MAX_SIDE - 1]]

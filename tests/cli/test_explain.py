@@ -17,6 +17,7 @@ from tiny import compose_app
 
 from capsal.cli.explain import explain
 from capsal.errors import UserError
+from capsal.explorer import read_explorer
 
 
 def assert_picture(path, min_size=(200, 150)):
@@ -234,9 +235,7 @@ def explorer_data(out: Path, summary: dict) -> dict:
     assert summary["explorer"] == str(out / "explorer.html")
     page = (out / "explorer.html").read_text()
     assert "Content-Security-Policy" in page and not re.search(r"https?://", page)
-    found = re.search(r'<script id="capsal-data" type="application/json">(.*?)</script>', page, re.DOTALL)
-    assert found, "the explorer has no data"
-    return json.loads(found.group(1))
+    return read_explorer(out / "explorer.html")
 
 
 # caption_guided with every option combination on both kinds of input; each other explainer with two of them
