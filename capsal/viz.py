@@ -18,7 +18,8 @@ from matplotlib.patches import Rectangle
 from capsal.maxima import peak_frame, peak_location
 from capsal.types import Box
 
-COLORMAP = "jet"  # red = high, blue = low, as in the paper's figures
+COLORMAP = "viridis"  # perceptually uniform: yellow = high, dark blue = low; the explorer inlines the same table
+OPACITY = 0.75  # the overlay's opacity where saliency is 1; it falls linearly to 0 where saliency is 0
 
 
 def to_numpy_image(pixels: torch.Tensor) -> np.ndarray:
@@ -32,8 +33,7 @@ def to_numpy_image(pixels: torch.Tensor) -> np.ndarray:
 def draw_overlay(ax, image: np.ndarray, heat: np.ndarray, title: str = "", boxes: Sequence[Box] = ()) -> None:
     """The image, the heatmap over it, the maximum (:func:`capsal.maxima.peak_location`) marked with a star and
     ground-truth boxes in white."""
-    ax.imshow(image, interpolation="nearest")
-    ax.imshow(heat, cmap=COLORMAP, alpha=0.5, vmin=0.0, vmax=1.0, interpolation="bilinear")
+    ax.imshow(blend(image, heat), interpolation="nearest")
     x, y = peak_location(torch.as_tensor(heat))
     ax.plot([x], [y], marker="*", markersize=14, color="white", markeredgecolor="black")
     for x0, y0, x1, y1 in boxes:
@@ -111,10 +111,18 @@ def resize(array: np.ndarray, height: int, width: int, mode: str = "bilinear") -
 
 
 def heat_colors(heat: np.ndarray) -> np.ndarray:
-    """``(H, W)`` values in [0, 1] -> ``(H, W, 3)`` colours of :data:`COLORMAP` (red = high)."""
+    """``(H, W)`` values in [0, 1] -> ``(H, W, 3)`` colours of :data:`COLORMAP` (yellow = high)."""
     from matplotlib import colormaps
 
     return colormaps[COLORMAP](np.clip(heat, 0.0, 1.0))[..., :3]
+
+
+def blend(image: np.ndarray, heat: np.ndarray, opacity: float = OPACITY) -> np.ndarray:
+    """The heatmap over the image with an opacity that rises with saliency (``opacity * heat``), so the image shows
+    unchanged where saliency is 0 and stays visible where it is low; ``image`` ``(H, W, 3)`` and ``heat`` ``(H, W)``
+    in [0, 1]. The explorer (:mod:`capsal.explorer`) draws its maps by the same rule."""
+    weight = opacity * np.clip(heat, 0.0, 1.0)[..., None]
+    return (1.0 - weight) * image + weight * heat_colors(heat)
 
 
 def _rectangle(canvas: np.ndarray, x0: int, y0: int, x1: int, y1: int, color, width: int = 1) -> None:
@@ -145,16 +153,16 @@ def overlay_cell(
     shape: tuple[int, int] | None = None,
     point: tuple[float, float] | None = None,
     boxes: Sequence[Box] = (),
-    alpha: float = 0.5,
+    opacity: float = OPACITY,
 ) -> np.ndarray:
     """One gallery cell, ``(h, w, 3)`` float: the image (``(H, W, 3)`` in [0, 1]) with the heatmap (``(H, W)`` in
-    [0, 1], same size) blended over it, ground-truth ``boxes`` in white and the maximum ``point`` marked, all in the
-    image's pixel coordinates; resized to ``shape`` (default :func:`cell_shape`)."""
+    [0, 1], same size) blended over it (:func:`blend`), ground-truth ``boxes`` in white and the maximum ``point``
+    marked, all in the image's pixel coordinates; resized to ``shape`` (default :func:`cell_shape`)."""
     height, width = image.shape[:2]
     cell_h, cell_w = shape or cell_shape(height, width)
     canvas = resize(image, cell_h, cell_w, "nearest" if cell_h >= height else "bilinear").copy()
     if heat is not None:
-        canvas = (1 - alpha) * canvas + alpha * heat_colors(resize(heat, cell_h, cell_w))
+        canvas = blend(canvas, resize(heat, cell_h, cell_w), opacity)
     sx, sy = cell_w / width, cell_h / height
     thick = max(1, round(min(sx, sy) / 2))
     for x0, y0, x1, y1 in boxes:

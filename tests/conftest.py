@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,12 @@ def localising_soft_attention_model():
     from capsal.models.soft_attention import SoftAttention
 
     return _train_localising(SoftAttention, 750)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium, which ``make test`` installs (as root); no test installs anything."""
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.skip("chromium is not installed: run `make chromium` as root (the Makefile installs it)")
+    return path

@@ -22,6 +22,7 @@ from capsal.devices import resolve_device
 from capsal.errors import UserError
 from capsal.explainers import build_explainers
 from capsal.explainers.saliency import Saliency
+from capsal.explorer import ExplorerMaps, write_explorer
 from capsal.maxima import peak_frames, peak_location
 from capsal.types import Box, Caption, Sample
 from capsal.viz import overlay_figure, save_figure, save_png, to_numpy_image, video_panel
@@ -146,9 +147,11 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
             "unknown_words": model.vocab.unknown_words(query) if query else [],
         }
     )
+    summary["explorer"] = str(output_dir / "explorer.html")
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"capsal-explain: '{summary['sentence']}' -> {output_dir / 'saliency.png'}")
     print(f"capsal-explain: arrays {output_dir / 'saliency.npz'}, summary {output_dir / 'summary.json'}")
+    print(f"capsal-explain: explorer {summary['explorer']} (open it in any browser, offline)")
     return summary
 
 
@@ -190,8 +193,19 @@ def _write_image(saliency: Saliency, given: ExplainInput, spans, caption, output
     heats = saliency.to_image_size(height, width, scaled).cpu().numpy()
     image = to_numpy_image(given.pixels[0])
     labels = [label for _, _, label in spans]
-    fig = overlay_figure(image, list(heats), labels, " ".join(saliency.words[0]), _boxes_for(caption, spans))
+    sentence, boxes = " ".join(saliency.words[0]), _boxes_for(caption, spans)
+    fig = overlay_figure(image, list(heats), labels, sentence, boxes)
     save_figure(fig, output_dir / "saliency.png")
+    h, w = saliency.layout.grid_size
+    grids = rearrange(scaled.float().cpu(), "p (h w) -> p 1 h w", h=h, w=w).numpy()
+    write_explorer(
+        output_dir / "explorer.html",
+        _frames(given),
+        labels,
+        {saliency.explainer: ExplorerMaps(grids)},
+        boxes,
+        sentence,
+    )
     n = len(saliency.words[0])  # one row per word
     np.savez_compressed(
         output_dir / "saliency.npz",
@@ -235,6 +249,15 @@ def _write_video(saliency: Saliency, given: ExplainInput, spans, output_dir: Pat
     panel = video_panel(shown, temporal.numpy(), labels, spatial, title=" ".join(saliency.words[0]))
     save_png(panel.image, output_dir / "saliency.png")
     np.savez_compressed(output_dir / "saliency.npz", **arrays)
+    maps = ExplorerMaps(arrays.get("regions"), temporal.numpy())
+    write_explorer(
+        output_dir / "explorer.html",
+        _frames(given),
+        labels,
+        {saliency.explainer: maps},
+        None,
+        " ".join(saliency.words[0]),
+    )
     panels = []
     for k, (s, e, label) in enumerate(spans):
         entry = {"span": [s, e], "text": label, "best_frame": best[k]}
@@ -242,6 +265,11 @@ def _write_video(saliency: Saliency, given: ExplainInput, spans, output_dir: Pat
             entry["max_xy"] = list(panel.points[k])
         panels.append(entry)
     return {"kind": "video", "frames": int(temporal.shape[1]), "panels": panels}
+
+
+def _frames(given: ExplainInput) -> np.ndarray:
+    """The frames as the explorer takes them: uint8 ``(T, H, W, 3)`` at the input's own size."""
+    return rearrange(given.pixels, "t c h w -> t h w c").cpu().numpy()
 
 
 main = command("capsal-explain", "explain", explain)

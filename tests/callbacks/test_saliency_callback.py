@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -265,15 +264,6 @@ def test_video_fit_logs_temporal_scalars_and_fig5_images(tiny_train_cfg, tmp_pat
         pixels = list(image.convert("L").getdata())
         assert len(set(pixels)) > 10  # grey levels and frames, not a blank canvas
         assert " ".join(figure["words"]) in figure["sentence"]
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """Debian's chromium, which ``make test`` installs (as root); no test installs anything."""
-    path = shutil.which("chromium")
-    if path is None:
-        pytest.skip("chromium is not installed: run `make chromium` as root (the Makefile installs it)")
-    return path
 
 
 PROBE = """<script>

@@ -17,6 +17,7 @@ from tiny import compose_app
 
 from capsal.cli.explain import explain
 from capsal.errors import UserError
+from capsal.explorer import read_explorer
 
 
 def assert_picture(path, min_size=(200, 150)):
@@ -222,6 +223,19 @@ def check_outputs(out: Path, summary: dict, kind: str, explainer: str, case: str
         assert arrays["regions"].shape == (len(spans), FRAMES, 4, 4)
         assert arrays["spatial"].shape == (len(spans), height, width)
         assert all(0 <= p["best_frame"] < FRAMES for p in summary["panels"])
+    page = explorer_data(out, summary)
+    assert page["labels"] == [p["text"] for p in summary["panels"]]
+    assert [e["name"] for e in page["explainers"]] == [explainer]  # the one asked for
+    assert page["size"] == [width, height] and len(page["frames"]) == (1 if kind == "image" else FRAMES)
+    assert page["video"] == (kind == "video")
+
+
+def explorer_data(out: Path, summary: dict) -> dict:
+    """The data inlined in the ``explorer.html`` that the summary points at, after checking the page is offline."""
+    assert summary["explorer"] == str(out / "explorer.html")
+    page = (out / "explorer.html").read_text()
+    assert "Content-Security-Policy" in page and not re.search(r"https?://", page)
+    return read_explorer(out / "explorer.html")
 
 
 # caption_guided with every option combination on both kinds of input; each other explainer with two of them
@@ -247,8 +261,9 @@ def test_every_option_combination_writes_its_figure_arrays_and_summary(
     check_outputs(tmp_path, summary, kind, explainer, case)
     if case == "sample+reference":
         assert summary["input"].startswith("val:0")
-        if kind == "image":  # the reference's noun phrases, each with a ground-truth box in the figure
+        if kind == "image":  # the reference's noun phrases, each with a ground-truth box in the figure and explorer
             assert all(len(p["text"].split()) >= 3 for p in summary["panels"])
+            assert all(explorer_data(tmp_path, summary)["boxes"])
 
 
 @pytest.mark.parametrize("kind", ["image", "video"])

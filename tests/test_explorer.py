@@ -1,0 +1,274 @@
+"""``explorer.html`` in headless Chromium, driven through the DevTools protocol with the network switched off: no
+request leaves the page, the word chosen decides the map drawn (its peak marked at the map's maximum cell), the
+scrubber decides the frame, the switch decides the explainer."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tiny import compose_app
+
+from capsal import viz
+from capsal.cli.explain import explain
+from capsal.explorer import ExplorerMaps, read_explorer, write_explorer
+
+H, W, GRID = 48, 64, (3, 4)
+LABELS = ["a", "red", "circle"]
+PEAKS = [(0, 0), (3, 2), (1, 1)]  # (x, y) cell of each word's maximum under the first explainer
+GRADCAM_PEAKS = [(3, 0), (0, 2), (2, 0)]
+
+
+def grid_maps(peaks, frames: int = 1) -> np.ndarray:
+    """``(P, T, h, w)`` maps that fall off from each label's peak cell (shifted by one column per frame)."""
+    ys, xs = np.mgrid[: GRID[0], : GRID[1]]
+    maps = np.zeros((len(peaks), frames, *GRID))
+    for k, (x, y) in enumerate(peaks):
+        for t in range(frames):
+            maps[k, t] = np.clip(1.0 - 0.45 * np.hypot(xs - (x + t) % GRID[1], ys - y), 0.0, 1.0)
+    return maps
+
+
+def photo(frames: int = 1) -> np.ndarray:
+    """Mid-grey frames with a little texture, each a different shade, so a scrubbed frame is told apart."""
+    rng = np.random.default_rng(0)
+    base = np.stack([np.full((H, W, 3), 60 + 30 * t, np.float64) for t in range(frames)])
+    return np.clip(base + rng.normal(0, 4, base.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def image_explorer(tmp_path) -> Path:
+    explainers = {
+        "caption_guided": ExplorerMaps(grid_maps(PEAKS)),
+        "gradcam": ExplorerMaps(grid_maps(GRADCAM_PEAKS)),
+    }
+    boxes = [[], [[40, 28, 63, 47]], []]
+    return write_explorer(tmp_path / "explorer.html", photo(), LABELS, explainers, boxes, "a red circle")
+
+
+TEMPORAL = np.array([[0.1, 0.2, 1.0, 0.3, 0.0], [1.0, 0.5, 0.2, 0.1, 0.0], [0.0, 0.0, 0.2, 0.4, 1.0]])
+
+
+@pytest.fixture
+def video_explorer(tmp_path) -> Path:
+    explainers = {
+        "caption_guided": ExplorerMaps(grid_maps(PEAKS, frames=5), TEMPORAL),
+        "temporal_only": ExplorerMaps(None, TEMPORAL[:, ::-1].copy()),  # an explainer with no map inside the frames
+    }
+    return write_explorer(tmp_path / "explorer.html", photo(frames=5), LABELS, explainers)
+
+
+def test_the_page_is_one_offline_file(image_explorer):
+    page = image_explorer.read_text()
+    assert not re.search(r"https?://", page)  # no script, style, font or image from anywhere
+    assert re.search(r"<meta http-equiv=\"Content-Security-Policy\" content=\"default-src &#x27;none&#x27;", page)
+    assert "src=" not in page.replace("img.src = src", "")  # nothing loaded by reference: frames are data URIs
+
+
+def test_a_label_that_looks_like_markup_stays_text(tmp_path):
+    label = "</script><!-- <b>"
+    path = write_explorer(tmp_path / "x.html", photo(), [label], {"e": ExplorerMaps(grid_maps(PEAKS[:1]))})
+    page = path.read_text()
+    assert page.count("</script>") == 2 and "<!--" not in page  # the data and the code end where they should
+    assert read_explorer(path)["labels"] == [label]
+
+
+def test_a_large_photo_is_shrunk_with_its_boxes(tmp_path):
+    from capsal.explorer import MAX_SIDE
+
+    big = np.zeros((1, 2 * MAX_SIDE, 3 * MAX_SIDE // 2, 3), np.uint8)
+    maps = {"e": ExplorerMaps(grid_maps(PEAKS[:1]))}
+    page = write_explorer(tmp_path / "x.html", big, ["a"], maps, [[(0, 0, 3 * MAX_SIDE // 2 - 1, 2 * MAX_SIDE - 1)]])
+    data = read_explorer(page)
+    assert data["size"] == [3 * MAX_SIDE // 4, MAX_SIDE]  # the longer side at MAX_SIDE, the aspect ratio kept
+    assert data["boxes"] == [
+        [[0, 0, 3 * MAX_SIDE // 4 - 1, MAX_SIDE - 1]]
+    ]  # the whole photo's box, still the whole photo
+    assert Image.open(io.BytesIO(base64.b64decode(data["frames"][0].split(",")[1]))).size == tuple(data["size"])
+
+
+class DevTools:
+    """A headless Chromium and one page in it, spoken to over the DevTools protocol's websocket."""
+
+    def __init__(self, chromium: str, profile: Path):
+        websocket = pytest.importorskip(
+            "websocket", reason="websocket-client is in the dev extra: pip install -e .[dev]"
+        )
+        self.process = subprocess.Popen(
+            [
+                chromium,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+                f"--user-data-dir={profile}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and len(port_file.read_text().split()) == 2):
+            assert time.monotonic() < deadline and self.process.poll() is None, "chromium did not start"
+            time.sleep(0.1)
+        port, browser = port_file.read_text().split()
+        self.socket = websocket.create_connection(f"ws://127.0.0.1:{port}{browser}", timeout=30)
+        self.calls, self.events = 0, []
+        target = self.call("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        for domain in ("Network", "Page", "Runtime"):
+            self.call(f"{domain}.enable", self.session)
+        offline = {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}
+        self.call("Network.emulateNetworkConditions", self.session, **offline)
+
+    def call(self, method: str, session: str | None = None, **params) -> dict:
+        self.calls += 1
+        message = {"id": self.calls, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        self.socket.send(json.dumps(message))
+        while True:
+            reply = json.loads(self.socket.recv())
+            if reply.get("id") == self.calls:
+                assert "error" not in reply, (method, reply["error"])
+                return reply["result"]
+            self.events.append(reply)
+
+    def evaluate(self, expression: str):
+        result = self.call("Runtime.evaluate", self.session, expression=expression, returnByValue=True)
+        assert "exceptionDetails" not in result, result["exceptionDetails"]
+        return result["result"].get("value")
+
+    def open(self, path: Path) -> None:
+        self.call("Page.navigate", self.session, url=path.as_uri())
+        deadline = time.monotonic() + 30
+        while self.evaluate("document.body && document.body.dataset.ready") != "1":
+            assert time.monotonic() < deadline, "the explorer never finished loading its frames"
+            time.sleep(0.05)
+
+    def canvas(self, element: str = "view") -> np.ndarray:
+        url = self.evaluate(f"document.getElementById('{element}').toDataURL('image/png')")
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")).astype(int)
+
+    def requests(self) -> list[str]:
+        """Every URL the page asked for, but the data URIs inlined in it."""
+        sent = [e["params"]["request"]["url"] for e in self.events if e.get("method") == "Network.requestWillBeSent"]
+        return [url for url in sent if not url.startswith("data:")]
+
+    def errors(self) -> list[dict]:
+        return [e["params"] for e in self.events if e.get("method") == "Runtime.exceptionThrown"]
+
+    def close(self) -> None:
+        self.socket.close()
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def browser(chromium, tmp_path):
+    devtools = DevTools(chromium, tmp_path / "chromium-profile")
+    yield devtools
+    devtools.close()
+
+
+def peak_pixel(x: int, y: int) -> tuple[int, int]:
+    """The canvas pixel at the centre of grid cell ``(x, y)``."""
+    return int((x + 0.5) * W / GRID[1]), int((y + 0.5) * H / GRID[0])
+
+
+def expected_view(maps: np.ndarray) -> np.ndarray:
+    """What the canvas should show for each ``(P, 1, h, w)`` grid map: the photo with the map upsampled over it by
+    :func:`capsal.viz.blend`, the static figures' rule."""
+    heat = F.interpolate(torch.as_tensor(maps[:, 0])[:, None].float(), size=(H, W), mode="bilinear")[:, 0].numpy()
+    return np.stack([viz.to_uint8(viz.blend(photo()[0] / 255.0, h)).astype(int) for h in heat])
+
+
+def closest(canvas: np.ndarray, views: np.ndarray) -> list[float]:
+    """The median difference (0-255) between the canvas and each expected view: marker and boxes barely count."""
+    return [float(np.median(np.abs(canvas - view).mean(-1))) for view in views]
+
+
+@pytest.mark.timeout(120)
+def test_choosing_a_word_shows_its_map_with_the_peak_marked(browser, image_explorer):
+    browser.open(image_explorer)
+    views = expected_view(grid_maps(PEAKS))
+    for k in range(len(LABELS)):
+        browser.evaluate(f"document.querySelectorAll('.word')[{k}].click()")
+        assert browser.evaluate("document.querySelector('.word.selected').dataset.index") == str(k)
+        shown = browser.canvas()
+        differences = closest(shown, views)
+        assert differences[k] < 6 and all(d > 10 for j, d in enumerate(differences) if j != k), differences
+        cell_x, cell_y = PEAKS[k]
+        assert browser.evaluate("capsal.peak()") == [(cell_x + 0.5) * W / GRID[1], (cell_y + 0.5) * H / GRID[0]]
+        x, y = peak_pixel(cell_x, cell_y)
+        assert (shown[y, x] >= 240).all(), f"no white marker at word {k}'s peak"
+    assert (shown[47, 50] < 240).any()  # word 2 has no box
+    browser.evaluate("document.querySelectorAll('.word')[1].dispatchEvent(new MouseEvent('mouseenter'))")
+    assert (browser.canvas()[47, 50] >= 240).all()  # word 1's ground-truth box, outlined in white along its bottom
+
+    browser.evaluate("const o = document.getElementById('opacity'); o.value = 0; o.dispatchEvent(new Event('input'))")
+    assert closest(browser.canvas(), photo()[:1].astype(int))[0] < 5  # the slider at 0: the bare photo
+    browser.evaluate(f"o.value = {viz.OPACITY}; o.dispatchEvent(new Event('input'))")
+    browser.evaluate("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'ArrowRight'}))")
+    assert browser.evaluate("capsal.state.word") == 2
+    browser.evaluate("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'ArrowLeft'}))")
+    assert browser.evaluate("capsal.state.word") == 1
+    browser.evaluate("capsal.setExplainer('gradcam')")
+    assert browser.evaluate("document.body.dataset.explainer") == "gradcam"
+    assert browser.evaluate("document.querySelector('.word.selected').dataset.index") == "1"  # the same word
+    differences = closest(browser.canvas(), expected_view(grid_maps(GRADCAM_PEAKS)))
+    assert differences[1] < 6 and differences[0] > 10, differences  # gradcam's map of word 1
+    assert browser.requests() == [image_explorer.as_uri()]  # the page itself, nothing else
+    assert not browser.errors()
+
+
+@pytest.mark.timeout(120)
+def test_the_scrubber_moves_through_a_clips_frames_under_its_temporal_curve(browser, video_explorer):
+    browser.open(video_explorer)
+    assert browser.evaluate("capsal.state.frame") == 2  # opens on word 0's most salient frame
+    curve = browser.canvas("curve")
+    assert curve.std() > 10  # the bar chart is drawn
+    before = browser.canvas()
+    browser.evaluate("const s = document.getElementById('frame'); s.value = 4; s.dispatchEvent(new Event('input'))")
+    assert browser.evaluate("document.body.dataset.frame") == "4"
+    after = browser.canvas()
+    x, y = peak_pixel(1, 2)  # word 0's map is 0 there in frames 2 and 4: each frame's own shade shows
+    assert after[y, x].mean() - before[y, x].mean() == pytest.approx(60, abs=8)
+    assert np.abs(browser.canvas("curve") - curve).mean() > 0.5  # the current frame's bar is highlighted
+    browser.evaluate("capsal.select(2); document.getElementById('jump').click()")
+    assert browser.evaluate("capsal.state.frame") == 4  # word 2's most salient frame
+    browser.evaluate("capsal.setExplainer('temporal_only'); capsal.jump()")
+    assert browser.evaluate("capsal.state.frame") == 0  # its word 2 peaks at frame 0
+    assert closest(browser.canvas(), photo(frames=5)[:1].astype(int))[0] < 5  # the bare frame, no map over it
+    assert browser.requests() == [video_explorer.as_uri()]
+    assert not browser.errors()
+
+
+@pytest.mark.timeout(300)
+def test_capsal_explains_clip_explorer_scrubs_its_frames(browser, video_checkpoint, tmp_path):
+    summary = explain(compose_app("explain", tmp_path, f"ckpt_path={video_checkpoint}", "sample=val:0"))
+    page = Path(summary["explorer"])
+    browser.open(page)
+    assert browser.evaluate("document.querySelectorAll('.word').length") == len(summary["panels"])
+    first = summary["panels"][0]["best_frame"]
+    assert browser.evaluate("capsal.state.frame") == first  # the page and the summary agree on the peak frame
+    before = browser.canvas()
+    browser.evaluate(f"capsal.setFrame({(first + 4) % summary['frames']})")
+    assert np.abs(browser.canvas() - before).mean() > 2  # another frame of the clip
+    assert browser.requests() == [page.as_uri()]
+    assert not browser.errors()
