@@ -511,6 +511,7 @@ document.addEventListener("keydown", (event) => {
 window.capsal = {state, select, show, setExplainer, setFrame, jump, rows, peak: () => peak(current())};
 show(0).then(() => {
   if (data.table) listRows();
+  capsal.readyMs = performance.now();  // from the start of navigation to the first sample drawn
   document.body.dataset.ready = "1";
 });
 """
