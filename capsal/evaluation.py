@@ -15,12 +15,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
+from einops import rearrange
 
 from capsal.datamodules.base import collate_samples
 from capsal.devices import gather_dicts, gather_objects
 from capsal.explainers.base import Explainer
 from capsal.explainers.saliency import Saliency
+from capsal.explorer import ExplorerMaps
 from capsal.maxima import peak_frames, peak_locations
 from capsal.metrics import (
     AttentionCorrectness,
@@ -137,6 +140,7 @@ class LocalisationEvaluator:
         is_video: bool | None = None,
         keep_records: bool = False,
         faithfulness_steps: int | None = None,
+        keep_maps: bool = False,
     ):
         self.explainers = explainers
         self.categories = list(categories)
@@ -144,6 +148,7 @@ class LocalisationEvaluator:
         self.device = device
         self.metrics: dict[str, dict[str, Any]] = {}
         self.keep_records = keep_records
+        self.keep_maps = keep_maps  # each record also holds its phrase's grid map ("maps"), for the explorer
         self.faithfulness_steps = faithfulness_steps
         self.records: list[dict[str, Any]] = []  # one per (phrase, explainer), when keep_records
         self.timings: dict[str, list[tuple[float, int]]] = {name: [] for name in explainers}  # (seconds, captions)
@@ -245,6 +250,7 @@ class LocalisationEvaluator:
             if self.keep_records:
                 self._record_video(name, spans, phrases, temporal, batch)
                 self._record_curves(first_record, curves)
+                self._record_maps(first_record, saliency, spans)
             return
         sizes = [caption.original_size or (height, width) for caption in batch.captions]
         maps = scored_maps(saliency, spans, sizes)
@@ -254,6 +260,27 @@ class LocalisationEvaluator:
         if self.keep_records:
             self._record_image(name, spans, phrases, maps, boxes, batch)
             self._record_curves(first_record, curves)
+            self._record_maps(first_record, saliency, spans)
+
+    def _record_maps(self, first: int, saliency: Saliency, spans) -> None:
+        """With ``keep_maps``, the phrase records from ``first`` on get the Eq. 9 maps the metrics scored, at grid
+        resolution (float16, small enough to gather): ``maps`` an :class:`~capsal.explorer.ExplorerMaps` of one
+        phrase, ``spatial`` ``(T, h, w)`` and, for video, ``temporal`` ``(T,)``."""
+        if not self.keep_maps:
+            return
+        h, w = saliency.layout.grid_size
+        values = saliency.phrase_maps(spans).float().cpu()
+        if saliency.layout.is_video:
+            regions = saliency.phrase_region_maps(spans)
+            spatial = None if regions is None else rearrange(regions.float().cpu(), "p t (h w) -> p t h w", h=h, w=w)
+            temporal = values
+        else:
+            spatial, temporal = rearrange(values, "p (h w) -> p 1 h w", h=h, w=w), None
+        for k, record in enumerate(self.records[first:]):
+            record["maps"] = ExplorerMaps(
+                None if spatial is None else spatial[k].numpy().astype(np.float16),
+                None if temporal is None else temporal[k].numpy().astype(np.float16),
+            )
 
     def _record_curves(self, first: int, curves: dict[str, Curves]) -> None:
         """The phrase records from ``first`` on (one per scored phrase, in order) get their deletion and insertion

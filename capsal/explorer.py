@@ -1,9 +1,11 @@
 """``explorer.html``: one self-contained page to point at a word and see its map over the full-size image (or scrub a
 clip's frames), flipping between explainers; it works offline in any browser, with no server and no network.
 
-Everything is inlined: the frames as JPEG data URIs, each map as base64 uint8 at grid resolution (upsampled on a
-canvas by the browser), a 256-entry colour table of :data:`capsal.viz.COLORMAP`, a few lines of vanilla JavaScript.
-A Content-Security-Policy forbids every request, so the page cannot reach the network even by mistake.
+One writer serves ``capsal-explain`` (one image or clip) and ``capsal-eval`` (every sample of a split, each phrase
+with its hit or miss and its mass inside its boxes, filtered and sorted in the page). Everything is inlined: the
+frames as JPEG data URIs, each map as base64 uint8 at grid resolution (upsampled on a canvas by the browser), a
+256-entry colour table of :data:`capsal.viz.COLORMAP`, a few lines of vanilla JavaScript. A Content-Security-Policy
+forbids every request, so the page cannot reach the network even by mistake.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
@@ -21,12 +24,15 @@ import torch
 from einops import rearrange
 
 from capsal.maxima import peak_frames, peak_locations
-from capsal.types import Box
+from capsal.types import Box, Sample
 from capsal.viz import OPACITY, heat_colors
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 MAX_SIDE = 720  # frames larger than this (pixels, longer side) are shrunk to keep the file small
 JPEG_QUALITY = 88
+SAMPLES_PER_PAGE = (
+    50  # an evaluation's explorer: at most this many samples per file (explorer.html, explorer-2.html...)
+)
 
 
 @dataclass
@@ -40,6 +46,25 @@ class ExplorerMaps:
     temporal: np.ndarray | None = None
 
 
+@dataclass
+class ExplorerSample:
+    """One image or clip of the page: ``frames`` uint8 ``(T, H, W, 3)``, ``labels`` its words or phrases,
+    ``explainers`` their maps by name, ``boxes`` each label's ground-truth boxes in frame pixels (inclusive
+    ``x0, y0, x1, y1``). An evaluation adds per label its caption and category and, per explainer, the hit (None:
+    not scored) and the mass inside the boxes, which the page filters and sorts by."""
+
+    frames: np.ndarray
+    labels: Sequence[str]
+    explainers: Mapping[str, ExplorerMaps]
+    boxes: Sequence[Sequence[Box]] | None = None
+    title: str = ""
+    sample_id: str = ""
+    captions: Sequence[str] = ()
+    categories: Sequence[str | None] | None = None
+    hits: Mapping[str, Sequence[bool | None]] = field(default_factory=dict)
+    mass: Mapping[str, Sequence[float | None]] = field(default_factory=dict)
+
+
 def write_explorer(
     path: str | Path,
     frames: np.ndarray,
@@ -51,20 +76,23 @@ def write_explorer(
     """Write ``explorer.html`` for one image or clip: ``frames`` uint8 ``(T, H, W, 3)`` (an image: ``T = 1``),
     ``labels`` the words or phrases, ``explainers`` their maps by name (the first is shown first), ``boxes`` each
     label's ground-truth boxes in frame pixels (inclusive ``x0, y0, x1, y1``)."""
-    if not explainers:
-        raise ValueError("the explorer needs at least one explainer's maps")
-    height, width = frames.shape[1:3]
-    scale = min(1.0, MAX_SIDE / max(height, width))
+    return write_samples(path, [ExplorerSample(frames, labels, explainers, boxes, title)], title)
+
+
+def write_samples(
+    path: str | Path, samples: Sequence[ExplorerSample], title: str = "", pages: Sequence[str] = ()
+) -> Path:
+    """Write one page of ``samples`` (the first shown first); ``pages`` names the sibling files of the same
+    evaluation, linked from the page."""
+    if not samples:
+        raise ValueError("the explorer needs at least one sample")
     data = {
         "title": title,
-        "labels": list(labels),
-        "frames": [_jpeg(frame, scale) for frame in frames],
-        "size": [round(width * scale), round(height * scale)],
-        "boxes": [[_scale_box(box, scale) for box in label] for label in boxes] if boxes else None,
-        "video": any(maps.temporal is not None for maps in explainers.values()),
         "opacity": OPACITY,
         "lut": _b64(np.round(heat_colors(np.linspace(0.0, 1.0, 256)) * 255).astype(np.uint8)),
-        "explainers": [_explainer(name, maps, len(labels)) for name, maps in explainers.items()],
+        "pages": list(pages),
+        "table": any(sample.hits for sample in samples),
+        "samples": [_sample(sample) for sample in samples],
     }
     page = PAGE.format(
         csp=escape(CSP),
@@ -79,14 +107,117 @@ def write_explorer(
     return path
 
 
-def read_explorer(path: str | Path) -> dict:
-    """The data a written ``explorer.html`` carries (labels, frames, maps, ...), for tools and tests that check it."""
-    import re
+def page_name(index: int) -> str:
+    """The file of page ``index`` (0-based) of an evaluation's explorer: ``explorer.html``, ``explorer-2.html``..."""
+    return "explorer.html" if index == 0 else f"explorer-{index + 1}.html"
 
+
+def write_pages(
+    folder: str | Path, samples: Iterable[ExplorerSample], count: int, title: str = "", per_page: int = SAMPLES_PER_PAGE
+) -> list[Path]:
+    """Write ``count`` samples (consumed lazily, so one page's frames are in memory at a time) in files of at most
+    ``per_page`` samples each, in the order given; returns the files."""
+    names = [page_name(k) for k in range(max(1, -(-count // per_page)))]
+    written = []
+    for k, chunk in enumerate(_chunks(iter(samples), per_page)):
+        written.append(write_samples(Path(folder) / names[k], chunk, title, names))
+    return written
+
+
+def evaluation_samples(samples: Iterable[Sample], records: Sequence[dict]) -> Iterator[ExplorerSample]:
+    """The explorer's view of an evaluation: each sample of ``samples`` (the split, in its order) that has scored
+    phrases, each phrase (a caption's span) with every explainer's map, hit and mass inside its boxes, taken from
+    the evaluator's records (those with ``maps``: phrases cut at the model's word limit were not scored). Every
+    explainer records a sample's phrases in the same order; a caption given twice brings its phrases twice."""
+    by_sample: dict[str, dict[int, dict]] = {}
+    seen: dict[tuple[str, str], int] = {}  # the n-th record of a sample and explainer is the sample's n-th phrase
+    for record in records:
+        index = seen.setdefault((record["sample_id"], record["explainer"]), 0)
+        seen[record["sample_id"], record["explainer"]] += 1
+        if record.get("maps") is None:
+            continue
+        phrase = by_sample.setdefault(record["sample_id"], {}).setdefault(index, {"record": record, "maps": {}})
+        phrase["maps"][record["explainer"]] = record
+    names = list(dict.fromkeys(record["explainer"] for record in records if record.get("maps") is not None))
+    for sample in samples:
+        phrases = [p for p in by_sample.get(sample.sample_id, {}).values() if len(p["maps"]) == len(names)]
+        if not phrases:
+            continue
+        firsts = [p["record"] for p in phrases]
+        spans = {(c.text, p.start, p.end): list(p.boxes) for c in sample.captions for p in c.phrases}
+        explainers = {}
+        for name in names:
+            maps = [p["maps"][name]["maps"] for p in phrases]
+            spatial = None if maps[0].spatial is None else np.stack([m.spatial for m in maps]).astype(np.float32)
+            temporal = None if maps[0].temporal is None else np.stack([m.temporal for m in maps]).astype(np.float32)
+            explainers[name] = ExplorerMaps(spatial, temporal)
+        yield ExplorerSample(
+            frames=rearrange(sample.pixels, "t c h w -> t h w c").numpy(),
+            labels=[r["phrase"] for r in firsts],
+            explainers=explainers,
+            boxes=None if explainers[names[0]].temporal is not None else [spans.get(_key(r), []) for r in firsts],
+            sample_id=sample.sample_id,
+            captions=list(dict.fromkeys(r["caption"] for r in firsts)),
+            categories=[r["category"] for r in firsts],
+            hits={name: [p["maps"][name]["hit"] for p in phrases] for name in names},
+            mass={name: [p["maps"][name].get("mass_inside") for p in phrases] for name in names},
+        )
+
+
+def scored_sample_count(records: Sequence[dict]) -> int:
+    """How many samples :func:`evaluation_samples` yields from ``records`` (when every sample is in the split)."""
+    return len({record["sample_id"] for record in records if record.get("maps") is not None})
+
+
+def _key(record: dict) -> tuple:
+    return (record["caption"], *record["span"])
+
+
+def read_explorer(path: str | Path) -> dict:
+    """The data a written ``explorer.html`` carries (its samples with their labels, frames, maps, hits...), for
+    tools and tests that check it."""
     found = re.search(r'<script id="capsal-data" type="application/json">(.*?)</script>', Path(path).read_text(), re.S)
     if found is None:
         raise ValueError(f"{path} is not an explorer written by capsal: it has no capsal-data block")
     return json.loads(found.group(1))
+
+
+def _chunks(items: Iterator[ExplorerSample], size: int) -> Iterator[list[ExplorerSample]]:
+    chunk: list[ExplorerSample] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _sample(sample: ExplorerSample) -> dict:
+    """One sample's part of the page data: frames shrunk to :data:`MAX_SIDE`, boxes with them, maps quantised."""
+    if not sample.explainers:
+        raise ValueError("the explorer needs at least one explainer's maps")
+    frames = sample.frames
+    height, width = frames.shape[1:3]
+    scale = min(1.0, MAX_SIDE / max(height, width))
+    count = len(sample.labels)
+    boxes = sample.boxes
+    return {
+        "id": sample.sample_id,
+        "title": sample.title,
+        "labels": list(sample.labels),
+        "captions": list(sample.captions),
+        "categories": list(sample.categories) if sample.categories is not None else None,
+        "frames": [_jpeg(frame, scale) for frame in frames],
+        "size": [round(width * scale), round(height * scale)],
+        "boxes": [[_scale_box(box, scale) for box in label] for label in boxes] if boxes else None,
+        "video": any(maps.temporal is not None for maps in sample.explainers.values()),
+        "explainers": [_explainer(name, maps, count) for name, maps in sample.explainers.items()],
+        "hits": {name: list(values) for name, values in sample.hits.items()},
+        "mass": {
+            name: [None if v is None else round(float(v), 4) for v in values] for name, values in sample.mass.items()
+        },
+    }
 
 
 def _explainer(name: str, maps: ExplorerMaps, count: int) -> dict:
@@ -137,6 +268,18 @@ PAGE = """<!DOCTYPE html>
 <meta http-equiv="Content-Security-Policy" content="{csp}">
 <title>{title}</title><style>{style}</style></head><body>
 <h1>{title}</h1>
+<nav id="pages"></nav>
+<div id="table" hidden><p class="controls">
+<label>category <select id="category"><option value="">all</option></select></label>
+<label>pointing <select id="hit"><option value="">all</option><option value="hit">hit</option>
+<option value="miss">miss</option></select></label>
+<label>sort <select id="sort"><option value="order">sample order</option>
+<option value="mass-asc">mass in box, lowest first</option><option value="mass-desc">mass in box, highest first</option>
+</select></label>
+<span class="hint">&uarr; &darr; move through the samples; the explainer below is the one scored</span></p>
+<div id="rows-box"><table id="rows"><thead><tr><th>sample</th><th>phrase</th><th>category</th><th>pointing</th>
+<th>mass in box</th></tr></thead><tbody></tbody></table></div></div>
+<p id="captions"></p>
 <p id="words"></p>
 <p class="controls"><label>explainer <select id="explainer"></select></label>
 <label>opacity <input id="opacity" type="range" min="0" max="1" step="0.05"></label>
@@ -152,30 +295,45 @@ PAGE = """<!DOCTYPE html>
 
 STYLE = (
     "body{font-family:sans-serif;margin:1.2em;color:#222}h1{font-size:1.2em}"
-    "#words{font-size:1.3em;line-height:1.8}"
+    "#words{font-size:1.3em;line-height:1.8}#captions{color:#555;margin:.2em 0}"
     ".word{cursor:pointer;padding:.1em .25em;border-radius:4px}.word:hover{background:#eee}"
     ".word.selected{background:#2a788e;color:#fff}"
     ".controls label{margin-right:1.2em}.hint{color:#777;font-size:.85em}"
+    "#pages a{margin-right:.6em}#rows-box{max-height:14em;overflow-y:auto;border:1px solid #ddd}"
+    "#rows{border-collapse:collapse;font-size:.9em;width:100%}#rows td,#rows th{padding:.15em .5em;text-align:left}"
+    "#rows tbody tr{cursor:pointer}#rows tr.selected{background:#2a788e;color:#fff}.miss{color:#b3261e}"
     "canvas{display:block;max-width:100%;image-rendering:auto}"
     "#view{min-width:min(100%,480px)}#curve{margin-top:4px}"
 )
 
-# The page's whole behaviour: state (word, explainer, frame), one draw() that paints the frame, the map (colour table
-# and opacity rule of capsal.viz.blend), the peak (a white plus), the boxes and, for a clip, the temporal bar chart.
+# The page's whole behaviour: state (sample, word, explainer, frame), one draw() that paints the frame, the map
+# (colour table and opacity rule of capsal.viz.blend), the peak (a white plus), the boxes and, for a clip, the
+# temporal bar chart; for an evaluation, a table of phrases filtered and sorted, whose rows choose sample and word.
 SCRIPT = """
 "use strict";
 const data = JSON.parse(document.getElementById("capsal-data").textContent);
 const bytes = (b64) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
 const lut = bytes(data.lut);
-const state = {word: 0, explainer: 0, frame: 0, opacity: data.opacity};
-const [W, H] = data.size;
+const state = {sample: 0, word: 0, explainer: 0, frame: 0, opacity: data.opacity};
+const names = data.samples[0].explainers.map((e) => e.name);
 const view = document.getElementById("view");
-view.width = W; view.height = H;
 const ctx = view.getContext("2d");
-const frames = data.frames.map((src) => { const img = new Image(); img.src = src; return img; });
-const explainers = data.explainers.map((e) => ({...e,
-  spatial: e.spatial && e.spatial.map(bytes), temporal: e.temporal && e.temporal.map(bytes)}));
 const small = document.createElement("canvas");
+const prepared = [];
+
+function prepare(s) {
+  // a sample's frames as images and its maps as bytes, made when it is first shown
+  if (!prepared[s]) {
+    const sample = data.samples[s];
+    const frames = sample.frames.map((src) => { const img = new Image(); img.src = src; return img; });
+    const explainers = sample.explainers.map((e) => ({...e,
+      spatial: e.spatial && e.spatial.map(bytes), temporal: e.temporal && e.temporal.map(bytes)}));
+    prepared[s] = {frames, explainers, decoded: Promise.all(frames.map((img) => img.decode()))};
+  }
+  return prepared[s];
+}
+const sample = () => data.samples[state.sample];
+const current = () => prepare(state.sample).explainers.find((e) => e.name === names[state.explainer]);
 
 function mapImage(e) {
   // the word's grid map in the current frame as RGBA: colour from the table, opacity rising with saliency
@@ -194,14 +352,16 @@ function mapImage(e) {
 function peak(e) {
   // the centre of the peak cell in canvas pixels, as capsal.maxima found it
   if (!e.peaks) return null;
+  const [W, H] = sample().size;
   const [x, y] = e.peaks[state.word][state.frame];
   const [h, w] = e.grid;
   return [(x + 0.5) * W / w, (y + 0.5) * H / h];
 }
 
 function draw() {
-  const e = explainers[state.explainer];
-  ctx.drawImage(frames[state.frame], 0, 0, W, H);
+  const e = current(), [W, H] = sample().size;
+  if (view.width !== W || view.height !== H) { view.width = W; view.height = H; }
+  ctx.drawImage(prepare(state.sample).frames[state.frame], 0, 0, W, H);
   if (e.spatial) {
     ctx.imageSmoothingEnabled = true;
     ctx.drawImage(mapImage(e), 0, 0, W, H);
@@ -213,26 +373,25 @@ function draw() {
       ctx.stroke();
     }
   }
-  for (const [x0, y0, x1, y1] of (data.boxes && data.boxes[state.word]) || []) {
+  for (const [x0, y0, x1, y1] of (sample().boxes && sample().boxes[state.word]) || []) {
     ctx.strokeStyle = "#fff"; ctx.lineWidth = 2; ctx.strokeRect(x0, y0, x1 - x0 + 1, y1 - y0 + 1);
   }
-  if (data.video) drawCurve(e);
+  if (sample().video) drawCurve(e);
   document.querySelectorAll(".word").forEach((el, k) => el.classList.toggle("selected", k === state.word));
-  document.body.dataset.word = state.word;
-  document.body.dataset.explainer = e.name;
-  document.body.dataset.frame = state.frame;
+  document.querySelectorAll("#rows tbody tr").forEach((tr) => tr.classList.toggle("selected",
+    Number(tr.dataset.sample) === state.sample && Number(tr.dataset.word) === state.word));
+  Object.assign(document.body.dataset, {sample: state.sample, word: state.word, explainer: e.name, frame: state.frame});
 }
 
 function drawCurve(e) {
   // the word's temporal saliency, a bar per frame: the current frame dark, the most salient one outlined
-  const curve = document.getElementById("curve");
+  const curve = document.getElementById("curve"), W = sample().size[0];
   curve.width = W;
   const c = curve.getContext("2d");
-  const n = frames.length, bar = W / n;
+  const n = sample().frames.length, bar = W / n;
   c.clearRect(0, 0, W, curve.height);
   if (!e.temporal) return;
-  const values = e.temporal[state.word];
-  values.forEach((v, t) => {
+  e.temporal[state.word].forEach((v, t) => {
     const height = Math.max(1, v / 255 * (curve.height - 4));
     c.fillStyle = t === state.frame ? "#21456b" : "#8ab";
     c.fillRect(t * bar + 1, curve.height - height, Math.max(1, bar - 2), height);
@@ -241,53 +400,118 @@ function drawCurve(e) {
   c.strokeRect(e.best[state.word] * bar + 1, 1, Math.max(1, bar - 2), curve.height - 2);
 }
 
-function select(k) { state.word = (k + data.labels.length) % data.labels.length; draw(); }
+function words() {
+  // the sample's captions and its clickable words or phrases
+  const s = sample();
+  document.getElementById("captions").textContent = s.captions.join(" / ");
+  const box = document.getElementById("words");
+  box.replaceChildren();
+  s.labels.forEach((label, k) => {
+    const span = document.createElement("span");
+    span.className = "word"; span.dataset.index = k;
+    span.textContent = s.categories && s.categories[k] ? `${label} [${s.categories[k]}]` : label;
+    span.addEventListener("mouseenter", () => select(k));
+    span.addEventListener("click", () => select(k));
+    box.append(span, " ");
+  });
+  const video = document.getElementById("video");
+  video.hidden = !s.video;
+  document.getElementById("frame").max = s.frames.length - 1;
+}
+
+function show(s, k = 0) {
+  // sample s with its word k; draws once its frames are decoded (the first time it is shown)
+  state.sample = (s + data.samples.length) % data.samples.length;
+  state.word = k; state.frame = 0;
+  words();
+  return prepare(state.sample).decoded.then(() => { if (sample().video) jump(); else draw(); });
+}
+function select(k) { state.word = (k + sample().labels.length) % sample().labels.length; draw(); }
 function setExplainer(name) {
-  state.explainer = Math.max(0, explainers.findIndex((e) => e.name === name));
-  document.getElementById("explainer").value = explainers[state.explainer].name;
+  state.explainer = Math.max(0, names.indexOf(name));
+  document.getElementById("explainer").value = names[state.explainer];
+  if (data.table) listRows();
   draw();
 }
 function setFrame(t) {
-  state.frame = Math.min(frames.length - 1, Math.max(0, t));
+  state.frame = Math.min(sample().frames.length - 1, Math.max(0, t));
   document.getElementById("frame").value = state.frame;
   document.getElementById("frame-number").textContent = state.frame;
   draw();
 }
-function jump() { const e = explainers[state.explainer]; if (e.best) setFrame(e.best[state.word]); }
+function jump() { const e = current(); if (e.best) setFrame(e.best[state.word]); else draw(); }
 
-const words = document.getElementById("words");
-data.labels.forEach((label, k) => {
-  const span = document.createElement("span");
-  span.className = "word"; span.textContent = label; span.dataset.index = k;
-  span.addEventListener("mouseenter", () => select(k));
-  span.addEventListener("click", () => select(k));
-  words.append(span, " ");
-});
+function rows() {
+  // the table's phrases under the filters (category, the chosen explainer's hit or miss), in the chosen order
+  const name = names[state.explainer], category = document.getElementById("category").value;
+  const wanted = {"": null, hit: true, miss: false}[document.getElementById("hit").value];
+  const found = [];
+  data.samples.forEach((s, i) => s.labels.forEach((phrase, k) => {
+    const hit = (s.hits[name] || [])[k], mass = (s.mass[name] || [])[k];
+    if (category && (s.categories || [])[k] !== category) return;
+    if (wanted !== null && hit !== wanted) return;
+    found.push({sample: i, word: k, id: s.id, phrase, category: (s.categories || [])[k], hit, mass});
+  }));
+  const order = document.getElementById("sort").value;
+  if (order !== "order") {
+    const sign = order === "mass-asc" ? 1 : -1;
+    const key = (r) => (r.mass === null || r.mass === undefined ? Infinity : sign * r.mass);
+    found.sort((a, b) => key(a) - key(b));
+  }
+  return found;
+}
+
+function listRows() {
+  const body = document.querySelector("#rows tbody");
+  body.replaceChildren(...rows().map((r) => {
+    const tr = document.createElement("tr");
+    Object.assign(tr.dataset, {sample: r.sample, word: r.word});
+    const pointing = r.hit === true ? "hit" : r.hit === false ? "miss" : "";
+    for (const text of [r.id, r.phrase, r.category || "", pointing, r.mass == null ? "" : r.mass.toFixed(3)]) {
+      tr.insertCell().textContent = text;
+    }
+    tr.cells[3].className = pointing;
+    tr.addEventListener("click", () => show(r.sample, r.word));
+    return tr;
+  }));
+  draw();
+}
+
 const chooser = document.getElementById("explainer");
-explainers.forEach((e) => chooser.add(new Option(e.name, e.name)));
-chooser.disabled = explainers.length < 2;
+names.forEach((name) => chooser.add(new Option(name, name)));
+chooser.disabled = names.length < 2;
 chooser.addEventListener("change", () => setExplainer(chooser.value));
 const opacity = document.getElementById("opacity");
 opacity.value = state.opacity;
 opacity.addEventListener("input", () => { state.opacity = Number(opacity.value); draw(); });
-if (data.video) {
-  document.getElementById("video").hidden = false;
-  const scrubber = document.getElementById("frame");
-  scrubber.max = frames.length - 1;
-  scrubber.addEventListener("input", () => setFrame(Number(scrubber.value)));
-  document.getElementById("jump").addEventListener("click", jump);
-  document.getElementById("curve").addEventListener("click", (event) => {
-    setFrame(Math.floor(event.offsetX / event.target.clientWidth * frames.length));
-  });
+document.getElementById("frame").addEventListener("input", (event) => setFrame(Number(event.target.value)));
+document.getElementById("jump").addEventListener("click", jump);
+document.getElementById("curve").addEventListener("click", (event) => {
+  setFrame(Math.floor(event.offsetX / event.target.clientWidth * sample().frames.length));
+});
+data.pages.forEach((name) => {
+  const link = document.createElement("a");
+  link.href = name; link.textContent = name;
+  document.getElementById("pages").append(link);
+});
+if (data.table) {
+  document.getElementById("table").hidden = false;
+  const categories = new Set(data.samples.flatMap((s) => s.categories || []).filter((c) => c));
+  const menu = document.getElementById("category");
+  [...categories].sort().forEach((c) => menu.add(new Option(c, c)));
+  for (const id of ["category", "hit", "sort"]) document.getElementById(id).addEventListener("change", listRows);
 }
 document.addEventListener("keydown", (event) => {
   if (event.target.tagName === "INPUT" || event.target.tagName === "SELECT") return;
   if (event.key === "ArrowRight") select(state.word + 1);
   if (event.key === "ArrowLeft") select(state.word - 1);
+  if (event.key === "ArrowDown") { event.preventDefault(); show(state.sample + 1); }
+  if (event.key === "ArrowUp") { event.preventDefault(); show(state.sample - 1); }
 });
-window.capsal = {state, select, setExplainer, setFrame, jump, peak: () => peak(explainers[state.explainer])};
-Promise.all(frames.map((img) => img.decode())).then(() => {
-  if (data.video) jump(); else draw();
+window.capsal = {state, select, show, setExplainer, setFrame, jump, rows, peak: () => peak(current())};
+show(0).then(() => {
+  if (data.table) listRows();
+  capsal.readyMs = performance.now();  // from the start of navigation to the first sample drawn
   document.body.dataset.ready = "1";
 });
 """

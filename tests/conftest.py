@@ -135,3 +135,13 @@ def chromium() -> str:
     if path is None:
         pytest.skip("chromium is not installed: run `make chromium` as root (the Makefile installs it)")
     return path
+
+
+@pytest.fixture
+def browser(chromium, tmp_path):
+    """A headless Chromium with the network off, one page open in it."""
+    from devtools import DevTools
+
+    devtools = DevTools(chromium, tmp_path / "chromium-profile")
+    yield devtools
+    devtools.close()

@@ -31,6 +31,7 @@ from capsal.evaluation import (
     caption_pairs,
 )
 from capsal.explainers import build_explainers, get_explainer
+from capsal.explorer import evaluation_samples, scored_sample_count, write_pages
 from capsal.metrics.captioning import caption_scores
 from capsal.models.protocol import item_layout, visual_grid
 from capsal.sanity import phrase_sample_ids, randomisation_steps, sanity_check
@@ -77,7 +78,13 @@ def localisation_evaluator(cfg, datamodule, model, explainers, loader) -> Locali
         layout = item_layout(model, tuple(visual_grid(model, probe.to(model_device(model))).shape[1:4]))
     steps = int(cfg.faithfulness_steps) if cfg.faithfulness else None
     return LocalisationEvaluator(
-        explainers, categories, cfg.tolerance, is_video=layout.is_video, keep_records=True, faithfulness_steps=steps
+        explainers,
+        categories,
+        cfg.tolerance,
+        is_video=layout.is_video,
+        keep_records=True,
+        faithfulness_steps=steps,
+        keep_maps=bool(cfg.explorer),
     )
 
 
@@ -122,6 +129,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         results["sanity"] = sanity_check(model, explainers, sanity_batches, cfg.progress, last_step)
         results["sanity_steps"] = randomisation_steps(model)
     records = module.results.get("records", [])
+    if records and cfg.explorer:
+        write_evaluation_explorer(loader.dataset, records, Path(cfg.output_dir), f"{model_source(cfg)}, {cfg.split}")
+    for record in records:
+        record.pop("maps", None)  # the grid maps go to the explorer only, not to phrases.csv
     if records:
         results.update(interval_results(results["localisation"], records, evaluator.categories))
     if evaluator is not None:
@@ -130,6 +141,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     write_results(results, list(getattr(datamodule, "categories", None) or []), Path(cfg.output_dir))
     write_phrase_records(records, Path(cfg.output_dir) / "phrases.csv")
     return results
+
+
+def write_evaluation_explorer(dataset, records: list[dict[str, Any]], output_dir: Path, title: str) -> list[Path]:
+    """``explorer.html`` (and ``explorer-2.html``... past :data:`capsal.explorer.SAMPLES_PER_PAGE` samples) of the
+    gathered records, the split's samples read once more for their frames; on global rank zero only."""
+    samples = (dataset[i] for i in range(len(dataset)))
+    pages = write_pages(output_dir, evaluation_samples(samples, records), scored_sample_count(records), title)
+    log.info("capsal-eval: explorer %s (%d pages; open it in any browser, offline)", pages[0], len(pages))
+    return pages
 
 
 main = command("capsal-eval", "eval", evaluate)

@@ -75,6 +75,7 @@ class EvalSettings:
     caption_metrics: CaptionMetricNames | None = None
     sanity: bool = False
     sanity_samples: PositiveInt = 32
+    explorer: bool = True
     progress: bool = True
     output_dir: str = "."
 
