@@ -21,7 +21,7 @@ from capsal.models.hf import HFCaptioner
 from capsal.models.protocol import check_no_item
 
 QUERY = "a big yellow triangle"  # yellow and triangle are two tokens each in every tiny tokenizer
-PROMPT = {"blip": "a picture of"}
+PROMPT = {"blip": "a picture of", "blip2": "a picture of"}
 ATTENTION_READERS = {"rollout", "relevancy", "soft_attention"}  # the explainers that read a model's attention maps
 
 
@@ -78,6 +78,9 @@ def test_keep_input_with_every_item_is_the_models_own_encoder_and_generation(fol
     ours = model.generate(model.items(model.features(pixels)), max_len=6)
     prompt = torch.tensor([[*model.vocab.prefix, model.vocab.eos_id]] * 2)  # BLIP drops the prompt's last token
     extra = {"input_ids": prompt} if family == "blip" else {}
+    if family == "blip2":  # its image tokens, then bos and the prompt
+        image = torch.full((2, model.hf.config.num_query_tokens), model.hf.config.image_token_id)
+        extra = {"input_ids": torch.cat([image, torch.tensor([model.vocab.prefix] * 2)], dim=1)}
     theirs = model.hf.generate(pixel_values=values, max_new_tokens=6, num_beams=1, do_sample=False, **extra)
     if family == "blip2":  # BLIP-2's rows start with its image tokens
         theirs = theirs[:, model.hf.config.num_query_tokens :]
