@@ -126,10 +126,11 @@ def compose_app(name: str, output_dir: Path, *overrides: str, conf: Path | None 
 # words of the synthetic captions (and BLIP's prompt); these are split into several subword tokens
 HF_WORDS = ("a", "big", "small", "and", "red", "green", "blue", "yellow", "circle", "square", "picture", "of")
 HF_SPLIT = {"triangle": ("tri", "angle"), "diamond": ("dia", "mond"), "yellow": ("yel", "low")}
-HF_FAMILIES = ("vit_gpt2", "deit_bert", "blip", "git")
+HF_FAMILIES = ("vit_gpt2", "deit_bert", "blip", "git", "blip2")
 # each family's ``keep`` modes: GIT's image tokens are a prefix of its language model, the others cross-attend
+# (BLIP-2: its Q-Former to the tower)
 HF_KEEP = {"git": ("input", "prefix")}
-HF_ATTENDING = tuple(family for family in HF_FAMILIES if family != "git")  # with cross-attention maps to read
+HF_ATTENDING = ("vit_gpt2", "deit_bert", "blip")  # with cross-attention maps capsal reads
 HF_CASES = [(family, keep) for family in HF_FAMILIES for keep in HF_KEEP.get(family, ("input", "encoder_output"))]
 
 
@@ -189,6 +190,18 @@ def save_tiny_hf(folder: Path, family: str = "vit_gpt2", seed: int = 0, image_si
         text.update(bos_token_id=ids("[CLS]"), eos_token_id=ids("[SEP]"))
         model = tf.GitForCausalLM(tf.GitConfig(vision_config=vision, **text))
         processor = tf.CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=size)
+    elif family == "blip2":  # a Q-Former with 4 queries and a tiny OPT that reads them, as Salesforce/blip2-opt-2.7b
+        vocab_file, merges_file = _bpe_files(folder)
+        tokenizer = tf.GPT2Tokenizer(vocab=str(vocab_file), merges=str(merges_file), pad_token="<pad>")
+        tokenizer.add_tokens(["<image>"], special_tokens=True)
+        opt = {"hidden_size": width, "num_hidden_layers": 2, "num_attention_heads": 4, "ffn_dim": 2 * width}
+        opt.update(vocab_size=len(tokenizer), max_position_embeddings=64, word_embed_proj_dim=width)
+        opt.update(bos_token_id=0, eos_token_id=0, pad_token_id=tokenizer.pad_token_id)
+        qformer = {**layers, "encoder_hidden_size": width, "vocab_size": len(tokenizer)}
+        config = tf.Blip2Config(vision_config=vision, qformer_config=qformer, text_config=tf.OPTConfig(**opt))
+        config.num_query_tokens, config.image_token_index = 4, tokenizer.convert_tokens_to_ids("<image>")
+        model = tf.Blip2ForConditionalGeneration(config)
+        processor = tf.BlipImageProcessor(size=size)
     elif family == "blip":
         tokenizer = tf.BertTokenizer(vocab=str(_wordpiece_file(folder)), do_lower_case=True)
         ids = tokenizer.convert_tokens_to_ids

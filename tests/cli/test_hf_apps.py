@@ -23,7 +23,7 @@ from capsal.errors import UserError
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hf_apps")
-    return {family: save_tiny_hf(root / family, family) for family in ("vit_gpt2", "blip", "git")}
+    return {family: save_tiny_hf(root / family, family) for family in ("vit_gpt2", "blip", "git", "blip2")}
 
 
 def test_explain_an_image_file_with_a_pretrained_folder(folders, tmp_path):
@@ -67,9 +67,11 @@ def test_eval_writes_the_tables_for_a_pretrained_folder(folders, tmp_path):
     assert 0.0 <= results["localisation"]["caption_guided"]["pointing_game"]["avg"] <= 1.0
 
 
-@pytest.mark.parametrize("keep", ["input", "prefix"])
-def test_explain_and_eval_a_pretrained_git_folder_on_shapes_image(folders, tmp_path, keep):
-    model = ["model=hf_captioner", f"model.name_or_path={folders['git']}", f"model.keep={keep}"]
+@pytest.mark.parametrize(
+    ("family", "keep"), [("git", "input"), ("git", "prefix"), ("blip2", "input"), ("blip2", "encoder_output")]
+)
+def test_explain_and_eval_a_pretrained_prefix_family_folder_on_shapes_image(folders, tmp_path, family, keep):
+    model = ["model=hf_captioner", f"model.name_or_path={folders[family]}", f"model.keep={keep}"]
     data = ["datamodule=shapes_image", "datamodule.num_val=4", "datamodule.num_test=6"]
     summary = explain(compose_app("explain", tmp_path / "explain", *model, *data, "sample=val:1", "reference=true"))
     assert summary["panels"] and (tmp_path / "explain" / "saliency.png").is_file()
@@ -78,7 +80,7 @@ def test_explain_and_eval_a_pretrained_git_folder_on_shapes_image(folders, tmp_p
     eval_data = [*data, "max_samples=6", "caption_metrics=[]", "explainers=[caption_guided,gradient,random]"]
     results = evaluate(compose_app("eval", tmp_path / "eval", *model, *eval_data))
     assert "Table 1: pointing game" in (tmp_path / "eval" / "tables.md").read_text()
-    assert results["phrases"] > 0 and results["checkpoint"] == str(folders["git"])
+    assert results["phrases"] > 0 and results["checkpoint"] == str(folders[family])
     assert 0.0 <= results["localisation"]["caption_guided"]["pointing_game"]["avg"] <= 1.0
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
-from tiny import HF_CASES, HF_FAMILIES, compose_train, save_tiny_hf
+from tiny import HF_ATTENDING, HF_CASES, HF_FAMILIES, compose_train, save_tiny_hf
 
 from capsal import check_protocol
 from capsal.errors import UserError
@@ -21,7 +21,7 @@ from capsal.models.hf import HFCaptioner
 from capsal.models.protocol import check_no_item
 
 QUERY = "a big yellow triangle"  # yellow and triangle are two tokens each in every tiny tokenizer
-PROMPT = {"blip": "a picture of"}
+PROMPT = {"blip": "a picture of", "blip2": "a picture of"}
 ATTENTION_READERS = {"rollout", "relevancy", "soft_attention"}  # the explainers that read a model's attention maps
 
 
@@ -66,12 +66,24 @@ def test_keep_input_with_every_item_is_the_models_own_encoder_and_generation(fol
         tokens = torch.tensor([model.vocab.encode(QUERY)] * 2)
         theirs = model.hf(input_ids=tokens, pixel_values=values).logits[:, state["memory"].shape[1] :]
         torch.testing.assert_close(model.token_logits(state, tokens), theirs)
+    elif family == "blip2":  # the Q-Former reads the whole tower output; the language model's logits are BLIP-2's
+        torch.testing.assert_close(state["memory"], tower)
+        tokens = torch.tensor([model.vocab.encode(QUERY)] * 2)
+        queries = model.hf.config.num_query_tokens
+        image = torch.full((2, queries), model.hf.config.image_token_id)
+        theirs = model.hf(input_ids=torch.cat([image, tokens], dim=1), pixel_values=values).logits[:, queries:]
+        torch.testing.assert_close(model.token_logits(state, tokens), theirs)
     else:
         torch.testing.assert_close(state["memory"], model.project(tower))
     ours = model.generate(model.items(model.features(pixels)), max_len=6)
     prompt = torch.tensor([[*model.vocab.prefix, model.vocab.eos_id]] * 2)  # BLIP drops the prompt's last token
     extra = {"input_ids": prompt} if family == "blip" else {}
+    if family == "blip2":  # its image tokens, then bos and the prompt
+        image = torch.full((2, model.hf.config.num_query_tokens), model.hf.config.image_token_id)
+        extra = {"input_ids": torch.cat([image, torch.tensor([model.vocab.prefix] * 2)], dim=1)}
     theirs = model.hf.generate(pixel_values=values, max_new_tokens=6, num_beams=1, do_sample=False, **extra)
+    if family == "blip2":  # BLIP-2's rows start with its image tokens
+        theirs = theirs[:, model.hf.config.num_query_tokens :]
     prefix, eos = len(model.vocab.prefix), model.vocab.eos_id
 
     def until_eos(row: list[int]) -> list[int]:
@@ -90,7 +102,7 @@ def test_subword_tokens_belong_to_their_words_and_prompts_to_none(folders, famil
     prefix = len(vocab.prefix)
     assert owners[:prefix] == [-1] * prefix and owners[-1] == -1  # bos, prompt and eos belong to no word
     assert owners[prefix:-1] == [0, 1, 2, 2, 3, 3]  # yellow and triangle are two tokens each
-    assert vocab.unknown_words("a purple triangle") == (["purple"] if family != "vit_gpt2" else [])
+    assert vocab.unknown_words("a purple triangle") == ([] if family in ("vit_gpt2", "blip2") else ["purple"])
 
 
 def reference_losses(model, items: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -125,7 +137,7 @@ def test_every_builtin_explainer_runs_on_the_models_caption_and_a_query(folders,
     model = load(folders[family], family, keep)
     items = model.items(model.features(images()))
     refused = {name for name in available_explainers() if build_explainer(name).refusal(model) is not None}
-    assert refused == (ATTENTION_READERS if family == "git" else set())  # GIT has no cross-attention to read
+    assert refused == (set() if family in HF_ATTENDING else ATTENTION_READERS)  # GIT, BLIP-2: no maps capsal reads
     for name in sorted(refused):
         with pytest.raises(UserError, match=f"explainer {name} needs .*; HFCaptioner has none: use explainer="):
             build_explainer(name).explain(model, items)
@@ -138,12 +150,32 @@ def test_every_builtin_explainer_runs_on_the_models_caption_and_a_query(folders,
             assert torch.isfinite(real).all() and real.amax(dim=-1).eq(1).all(), name
 
 
-@pytest.mark.parametrize("keep", ["input", "prefix"])
-def test_git_with_no_item_is_its_language_model_on_the_words_alone(folders, keep):
-    model = load(folders["git"], "git", keep)
+@pytest.mark.parametrize(("family", "keep"), [case for case in HF_CASES if case[0] in ("git", "blip2")])
+def test_a_prefix_family_with_no_item_is_its_language_model_on_the_words_alone(folders, family, keep):
+    model = load(folders[family], family, keep)
     tokens = torch.tensor([model.vocab.encode(QUERY)[:-1]] * 2)
-    alone = torch.log_softmax(model.hf(input_ids=tokens).logits, dim=-1)  # GIT's own forward without pixels
+    language = model.hf if family == "git" else model.hf.language_model  # without pixels, without query tokens
+    alone = torch.log_softmax(language(input_ids=tokens).logits, dim=-1)
     torch.testing.assert_close(check_no_item(model, torch.randn(2, 3, model.feature_size), tokens), alone)
+
+
+def test_blip2_keep_encoder_output_is_its_qformer_reading_the_kept_patch_tokens_alone(folders):
+    """Every item: the Q-Former on the tower's output less its class token; item i among every item, the rest
+    masked from the Q-Former's cross-attention, gives item i alone: masked patches leak nothing."""
+    model = load(folders["blip2"], "blip2", "encoder_output").double()
+    pixels = images().double()
+    items = model.items(model.features(pixels))
+    hf = model.hf
+    tower = hf.vision_model(pixel_values=model.pixel_values(pixels[:, 0])).last_hidden_state
+    query = hf.qformer(query_embeds=hf.query_tokens.expand(2, -1, -1), encoder_hidden_states=tower[:, 1:])
+    torch.testing.assert_close(model.encode(items)["queries"], hf.language_projection(query.last_hidden_state))
+    tokens = torch.tensor([model.vocab.encode(QUERY)[:-1]] * 2)
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[0, 5], mask[1, 9] = True, True
+    hidden = model.token_logprobs(model.encode(items, mask), tokens)
+    alone = model.token_logprobs(model.encode(items[[0, 1], [5, 9]][:, None]), tokens)
+    torch.testing.assert_close(hidden, alone, atol=1e-10, rtol=0)
+    assert not torch.allclose(hidden[0], model.token_logprobs(model.encode(items), tokens)[0])
 
 
 def test_git_keep_prefix_hides_image_tokens_as_if_they_were_not_there(folders):
@@ -165,6 +197,8 @@ def test_the_cross_attending_families_refuse_keep_prefix_and_git_refuses_encoder
         HFCaptioner(str(folders["blip"]), keep="prefix")
     with pytest.raises(UserError, match=r"GitForCausalLM reads its image tokens as a prefix: use model\.keep=input"):
         HFCaptioner(str(folders["git"]), keep="encoder_output")
+    with pytest.raises(UserError, match=r"model\.keep=prefix would hide BLIP-2's projected query tokens, which are no"):
+        HFCaptioner(str(folders["blip2"]), keep="prefix")
 
 
 def test_soft_attention_reads_the_last_layers_cross_attention_on_the_patches(folders):
@@ -227,8 +261,8 @@ def test_a_checkpoint_records_the_class_path_configs_name_and_the_models_own_wei
     assert checkpoint["capsal"]["model_class"] == target == "capsal.models.hf.HFCaptioner"
     assert all(key.startswith("hf.") for key in checkpoint["state_dict"])
     assert checkpoint["hyper_parameters"]["keep"] == "input" and checkpoint["hyper_parameters"]["item_mode"] == "grid"
-    stages = ["decoder", "projection", "encoder"] if family == "git" else ["decoder", "encoder"]
-    assert [name for name, _ in model.randomisation_stages()] == stages
+    stages = {"git": ["decoder", "projection", "encoder"], "blip2": ["decoder", "qformer", "encoder"]}
+    assert [name for name, _ in model.randomisation_stages()] == stages.get(family, ["decoder", "encoder"])
 
 
 @pytest.mark.parametrize("name", ["caption_guided", "gradient"])

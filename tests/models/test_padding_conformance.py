@@ -28,8 +28,16 @@ def hf_folders(tmp_path_factory) -> dict[str, Path]:
     return {family: save_tiny_hf(root / family, family) for family in HF_FAMILIES}
 
 
-# no attention weights to read (has_attention): capsal's own without, GIT (its image tokens are a prefix)
-WITHOUT_ATTENTION = ("s2vt", "s2vt_meanpool", "transformer", "git/input", "git/prefix")
+# no attention weights to read (has_attention): capsal's own without, GIT and BLIP-2 (image tokens are a prefix)
+WITHOUT_ATTENTION = (
+    "s2vt",
+    "s2vt_meanpool",
+    "transformer",
+    "git/input",
+    "git/prefix",
+    "blip2/input",
+    "blip2/encoder_output",
+)
 
 
 @pytest.fixture(params=[*OWN, *HF])

@@ -2,9 +2,11 @@
 
 Supported families, one adapter each (:class:`~capsal.models.hf.family.Family`): ``VisionEncoderDecoderModel``
 (ViT, DeiT, Swin... encoders with GPT-2/BERT-style decoders that cross-attend: ViT-GPT2 and kin,
-:mod:`~capsal.models.hf.vision_encoder_decoder`), ``BlipForConditionalGeneration`` (:mod:`~capsal.models.hf.blip`)
-and ``GitForCausalLM`` (:mod:`~capsal.models.hf.git`: image tokens as a prefix of a language model's own
-self-attention, with its own ``keep`` modes, ``input`` and ``prefix``, described there).
+:mod:`~capsal.models.hf.vision_encoder_decoder`), ``BlipForConditionalGeneration`` (:mod:`~capsal.models.hf.blip`),
+``GitForCausalLM`` (:mod:`~capsal.models.hf.git`: image tokens as a prefix of a language model's own self-attention,
+with its own ``keep`` modes, ``input`` and ``prefix``, described there) and
+``Blip2ForConditionalGeneration`` (:mod:`~capsal.models.hf.blip2`: a querying transformer between the tower and an
+OPT language model that reads its outputs as a prefix; ``keep=input`` and ``keep=encoder_output``, described there).
 :class:`HFCaptioner` is the LightningModule users configure; it holds the ``transformers`` model and its family.
 
 Items are the image's patch tokens, an ``h x w`` grid read row-major; pixels go through the model's own image

@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from einops import rearrange
 from torch import nn
 
-from capsal.models.hf.family import CrossAttentionFamily
+from capsal.models.hf.family import CrossAttentionFamily, patch_embeddings
 
 
 class BlipFamily(CrossAttentionFamily):
@@ -43,7 +42,7 @@ class BlipFamily(CrossAttentionFamily):
         return masks + super().read_hooks(state)
 
     def embed_patches(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return rearrange(self.vision.embeddings.patch_embedding(pixel_values), "b d h w -> b (h w) d")
+        return patch_embeddings(self.vision)(pixel_values)
 
     def run_encoder(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.vision.post_layernorm(self.vision.encoder(inputs_embeds=hidden).last_hidden_state)

@@ -128,7 +128,7 @@ class HFCaptioner(LightningCaptioner):
     def attention_trace(self) -> Callable[..., AttentionTrace] | None:
         """``attention_trace(items, mask, tokens)``: every attention map of one teacher-forced pass
         (:meth:`CrossAttentionFamily.attention_trace <capsal.models.hf.family.CrossAttentionFamily.attention_trace>`),
-        or None for a family whose attention capsal does not read (GIT), so explainers that need it refuse."""
+        or None for a family whose attention capsal does not read (GIT, BLIP-2), so explainers that need it refuse."""
         return self._attention_trace if self.family.attends else None
 
     def _attention_trace(self, items: torch.Tensor, mask: torch.Tensor | None, tokens: torch.Tensor) -> AttentionTrace:
@@ -163,7 +163,7 @@ class HFCaptioner(LightningCaptioner):
     @property
     def attention(self) -> Callable[[State, torch.Tensor], torch.Tensor] | None:
         """``attention(state, tokens) -> (B, n, m)``: the decoder's attention on each item (:meth:`Family.attention
-        <capsal.models.hf.family.Family.attention>`), or None for a family without cross-attention (GIT)."""
+        <capsal.models.hf.family.Family.attention>`), or None where capsal reads none (GIT, BLIP-2)."""
         return self.family.attention if self.family.attends else None
 
     @torch.no_grad()

@@ -147,8 +147,7 @@ class CrossAttentionFamily(Family):
     def patch_tokens(self, pixel_values: torch.Tensor, keep: str) -> torch.Tensor:
         if keep == "input":
             return self.embed_patches(pixel_values)
-        hidden = self.vision(pixel_values=pixel_values).last_hidden_state
-        return hidden[:, len(prefix_tokens(self.vision)) :]
+        return output_patches(self.vision, pixel_values)
 
     def encode(self, items: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: str) -> State:
         """``memory`` ``(B, S, D)``, its ``mask``, the item each memory token is (``item``, -1 for prefix tokens)
@@ -338,6 +337,23 @@ def embed_kept(vision: nn.Module, items: torch.Tensor, positions: torch.Tensor) 
     start = torch.cat(prefix, dim=1) + table[:, : len(prefix)]
     patches = items + table[0, len(prefix) :][positions]
     return torch.cat([start.expand(items.shape[0], -1, -1), patches], dim=1)
+
+
+def patch_embeddings(vision: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``pixel_values -> (B, h*w, d)``: a ViT-style tower's patch embeddings (its ``patch_embedding`` convolution),
+    before position embeddings and prefix tokens: the items of ``keep=input``."""
+    embedding = vision.embeddings.patch_embedding
+
+    def embed(pixel_values: torch.Tensor) -> torch.Tensor:
+        return rearrange(embedding(pixel_values.to(embedding.weight.dtype)), "b d h w -> b (h w) d")
+
+    return embed
+
+
+def output_patches(vision: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """``(B, h*w, d)``: a vision tower's output patch tokens for the whole image, its prefix tokens (class...) left
+    out: the items of ``keep=encoder_output`` and ``keep=prefix``."""
+    return vision(pixel_values=pixel_values).last_hidden_state[:, len(prefix_tokens(vision)) :]
 
 
 def prefix_tokens(vision: nn.Module) -> list[torch.Tensor]:

@@ -25,12 +25,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from einops import rearrange, repeat
+from einops import repeat
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutput
 
 from capsal.errors import UserError
-from capsal.models.hf.family import Family, State, embed_kept, kept_rows, prefix_tokens
+from capsal.models.hf.family import Family, State, embed_kept, kept_rows, output_patches, patch_embeddings
 
 
 class GitFamily(Family):
@@ -75,10 +75,8 @@ class GitFamily(Family):
 
     def patch_tokens(self, pixel_values: torch.Tensor, keep: str) -> torch.Tensor:
         if keep == "input":
-            embedding = self.vision.embeddings.patch_embedding
-            patches = embedding(pixel_values.to(embedding.weight.dtype))
-            return rearrange(patches, "b d h w -> b (h w) d")
-        return self.vision(pixel_values=pixel_values).last_hidden_state[:, len(prefix_tokens(self.vision)) :]
+            return patch_embeddings(self.vision)(pixel_values)
+        return output_patches(self.vision, pixel_values)
 
     def encode(self, items: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: str) -> State:
         """``memory``: the projected image tokens ``(B, S, D)`` the language model reads as its prefix, ``mask`` the
