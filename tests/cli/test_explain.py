@@ -223,7 +223,7 @@ def check_outputs(out: Path, summary: dict, kind: str, explainer: str, case: str
         assert arrays["regions"].shape == (len(spans), FRAMES, 4, 4)
         assert arrays["spatial"].shape == (len(spans), height, width)
         assert all(0 <= p["best_frame"] < FRAMES for p in summary["panels"])
-    page = explorer_data(out, summary)
+    (page,) = explorer_data(out, summary)["samples"]  # capsal-explain's page holds its one sample
     assert page["labels"] == [p["text"] for p in summary["panels"]]
     assert [e["name"] for e in page["explainers"]] == [explainer]  # the one asked for
     assert page["size"] == [width, height] and len(page["frames"]) == (1 if kind == "image" else FRAMES)
@@ -263,7 +263,7 @@ def test_every_option_combination_writes_its_figure_arrays_and_summary(
         assert summary["input"].startswith("val:0")
         if kind == "image":  # the reference's noun phrases, each with a ground-truth box in the figure and explorer
             assert all(len(p["text"].split()) >= 3 for p in summary["panels"])
-            assert all(explorer_data(tmp_path, summary)["boxes"])
+            assert all(explorer_data(tmp_path, summary)["samples"][0]["boxes"])
 
 
 @pytest.mark.parametrize("kind", ["image", "video"])
