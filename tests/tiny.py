@@ -245,18 +245,22 @@ def readme_captioner_class() -> type:
     return namespace["MyCaptioner"]
 
 
+# the words and sizes of the tiny captioners of the protocol tests (:func:`tiny_captioners`, test_s2vt.py)
+CAPTIONER_WORDS = ["a", "red", "circle"]
+CAPTIONER_SIZES = {
+    "hidden_size": 16,
+    "embed_size": 8,
+    "dropout": 0.0,
+    "backbone": {"_target_": "capsal.models.backbones.SmallCNN", "channels": [4, 8]},
+}
+
+
 def tiny_captioners() -> dict:
     """capsal's own captioners, tiny and random, by name (a constructor each) over the words a, red, circle: the
     models every protocol and padding conformance test runs over."""
     from capsal.models import S2VT, SoftAttention, TransformerCaptioner
 
-    words = ["a", "red", "circle"]
-    tiny = {
-        "hidden_size": 16,
-        "embed_size": 8,
-        "dropout": 0.0,
-        "backbone": {"_target_": "capsal.models.backbones.SmallCNN", "channels": [4, 8]},
-    }
+    words, tiny = CAPTIONER_WORDS, CAPTIONER_SIZES
     return {
         "s2vt": lambda: S2VT(words, encoder="lstm", **tiny),
         "s2vt_meanpool": lambda: S2VT(words, encoder="mean", **tiny),

@@ -159,6 +159,18 @@ def test_a_prefix_family_with_no_item_is_its_language_model_on_the_words_alone(f
     torch.testing.assert_close(check_no_item(model, torch.randn(2, 3, model.feature_size), tokens), alone)
 
 
+def assert_the_masked_items_leak_nothing(model, items: torch.Tensor) -> None:
+    """Item 5 (row 0) and item 9 (row 1) among every item, the rest masked, give those items alone, and differ from
+    every item seen."""
+    tokens = torch.tensor([model.vocab.encode(QUERY)[:-1]] * 2)
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[0, 5], mask[1, 9] = True, True
+    hidden = model.token_logprobs(model.encode(items, mask), tokens)
+    alone = model.token_logprobs(model.encode(items[[0, 1], [5, 9]][:, None]), tokens)
+    torch.testing.assert_close(hidden, alone, atol=1e-10, rtol=0)
+    assert not torch.allclose(hidden[0], model.token_logprobs(model.encode(items), tokens)[0])
+
+
 def test_blip2_keep_encoder_output_is_its_qformer_reading_the_kept_patch_tokens_alone(folders):
     """Every item: the Q-Former on the tower's output less its class token; item i among every item, the rest
     masked from the Q-Former's cross-attention, gives item i alone: masked patches leak nothing."""
@@ -169,13 +181,7 @@ def test_blip2_keep_encoder_output_is_its_qformer_reading_the_kept_patch_tokens_
     tower = hf.vision_model(pixel_values=model.pixel_values(pixels[:, 0])).last_hidden_state
     query = hf.qformer(query_embeds=hf.query_tokens.expand(2, -1, -1), encoder_hidden_states=tower[:, 1:])
     torch.testing.assert_close(model.encode(items)["queries"], hf.language_projection(query.last_hidden_state))
-    tokens = torch.tensor([model.vocab.encode(QUERY)[:-1]] * 2)
-    mask = torch.zeros(2, 16, dtype=torch.bool)
-    mask[0, 5], mask[1, 9] = True, True
-    hidden = model.token_logprobs(model.encode(items, mask), tokens)
-    alone = model.token_logprobs(model.encode(items[[0, 1], [5, 9]][:, None]), tokens)
-    torch.testing.assert_close(hidden, alone, atol=1e-10, rtol=0)
-    assert not torch.allclose(hidden[0], model.token_logprobs(model.encode(items), tokens)[0])
+    assert_the_masked_items_leak_nothing(model, items)
 
 
 def test_git_keep_prefix_hides_image_tokens_as_if_they_were_not_there(folders):
@@ -183,13 +189,7 @@ def test_git_keep_prefix_hides_image_tokens_as_if_they_were_not_there(folders):
     and move no position."""
     model = load(folders["git"], "git", "prefix").double()
     items = model.items(model.features(images().double()))
-    tokens = torch.tensor([model.vocab.encode(QUERY)[:-1]] * 2)
-    mask = torch.zeros(2, 16, dtype=torch.bool)
-    mask[0, 5], mask[1, 9] = True, True
-    hidden = model.token_logprobs(model.encode(items, mask), tokens)
-    alone = model.token_logprobs(model.encode(items[[0, 1], [5, 9]][:, None]), tokens)
-    torch.testing.assert_close(hidden, alone, atol=1e-10, rtol=0)
-    assert not torch.allclose(hidden[0], model.token_logprobs(model.encode(items), tokens)[0])
+    assert_the_masked_items_leak_nothing(model, items)
 
 
 def test_the_cross_attending_families_refuse_keep_prefix_and_git_refuses_encoder_output(folders):

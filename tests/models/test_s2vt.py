@@ -6,19 +6,14 @@ import itertools
 
 import pytest
 import torch
+from tiny import CAPTIONER_SIZES, CAPTIONER_WORDS
 
 from capsal import check_protocol
 from capsal.errors import UserError
 from capsal.models.backbones import SmallCNN, TorchvisionBackbone
 from capsal.models.s2vt import S2VT
 
-WORDS = ["a", "red", "circle"]
-TINY = {
-    "hidden_size": 16,
-    "embed_size": 8,
-    "dropout": 0.0,
-    "backbone": {"_target_": "capsal.models.backbones.SmallCNN", "channels": [4, 8]},
-}
+WORDS, TINY = CAPTIONER_WORDS, CAPTIONER_SIZES
 
 
 def _model(encoder: str = "lstm", **kwargs) -> S2VT:
