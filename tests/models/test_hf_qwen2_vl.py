@@ -15,6 +15,7 @@ from transformers.vision_utils import get_vision_position_ids
 
 from capsal.errors import UserError
 from capsal.models.hf import HFCaptioner
+from capsal.models.protocol import check_no_item
 
 QUERY = "a big yellow triangle"
 # a chat template of Qwen2-VL-Instruct's shape: a user turn holding the image, then the assistant's turn opened
@@ -111,6 +112,20 @@ def test_keep_prefix_hides_a_token_at_the_positions_of_the_whole_sequence(folder
     assert not torch.allclose(ours, torch.log_softmax(moved, dim=-1))
     with pytest.raises(RuntimeError, match="shape mismatch"):
         model.hf(**inputs, attention_mask=attention)
+
+
+def test_a_row_with_no_item_is_the_model_with_every_image_token_hidden(folder):
+    model = load(folder, "prefix")
+    pixels = images()
+    tokens = torch.tensor([model.vocab.encode(QUERY)[:-1]] * 2)
+    ours = check_no_item(model, torch.randn(2, 3, model.feature_size, dtype=torch.float64), tokens)
+    inputs = own_inputs(model, pixels, tokens)
+    attention = (inputs["input_ids"] != model.hf.config.image_token_id).long()
+    whole, _ = model.hf.model.get_rope_index(
+        inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"]
+    )
+    theirs = model.hf(**inputs, attention_mask=attention, position_ids=whole).logits[:, 17:]
+    torch.testing.assert_close(ours, torch.log_softmax(theirs, dim=-1), atol=1e-10, rtol=0)
 
 
 def repeat_rows(positions: torch.Tensor) -> torch.Tensor:
