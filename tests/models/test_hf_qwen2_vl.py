@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -176,6 +177,24 @@ def test_a_chat_template_is_prefix_and_generation_follows_the_processors_own_pro
     assert until_eos(ours, model.vocab.eos_id) == until_eos(theirs, model.vocab.eos_id)
     words, owners = model.vocab.words_of(model.vocab.encode(QUERY))
     assert words == ["a", "big", "yellow", "triangle"] and owners[0] == -1
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"size": {"longest_edge": 255, "shortest_edge": 0}}, r"max_pixels=255 \(size\.longest_edge\) leaves no"),
+        ({"patch_size": 14}, r"cuts patch_size/merge_size \(14, 2\), the model's tower \(8, 2\)"),
+    ],
+)
+def test_an_image_processor_that_cannot_cut_the_models_grid_stops_in_one_line(folder, tmp_path, change, message):
+    """max_pixels below one 16 x 16 square of merged patches, or patches the tower does not cut."""
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    config = json.loads((broken / "processor_config.json").read_text())
+    config["image_processor"].update(change)
+    (broken / "processor_config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=message):
+        HFCaptioner(str(broken), keep="prefix")
 
 
 def test_keep_encoder_output_is_refused_in_one_line(folder):

@@ -39,6 +39,7 @@ tokens.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -49,6 +50,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from capsal.errors import UserError
 from capsal.models.hf.family import Family, State
+
+log = logging.getLogger("capsal")
 
 
 class Qwen2VLFamily(Family):
@@ -94,23 +97,18 @@ class Qwen2VLFamily(Family):
                 f"{(vision.patch_size, vision.spatial_merge_size)}; save the model's own Qwen2VLImageProcessor in "
                 "the folder"
             )
-        size = processor.size
-        most, least = (
-            (size["longest_edge"], size["shortest_edge"])
-            if isinstance(size, dict)
-            else (
-                size.longest_edge,
-                size.shortest_edge,
-            )
-        )
-        side = math.isqrt(int(most)) // factor * factor
-        if side == 0 or side * side < int(least or 0):
+        size = dict(processor.size)  # max_pixels and min_pixels, as the processor keeps them
+        most, least = int(size["longest_edge"]), int(size.get("shortest_edge") or 0)
+        side = math.isqrt(most) // factor * factor
+        if side == 0 or side * side < least:
             raise UserError(
                 f"the image processor's max_pixels={most} (size.longest_edge) leaves no square of {factor} x {factor} "
                 f"pixel groups between its min_pixels={least} and it; raise max_pixels in preprocessor_config.json"
             )
         self.side = side // factor
         self._frame_positions = None
+        grid = f"{self.side} x {self.side}"
+        log.info("Qwen2-VL: images resized to %d x %d pixels, a %s grid (max_pixels=%d)", side, side, grid, most)
         return SquareImages(processor, side)
 
     def special_ids(self, tokenizer: Any) -> tuple[int, int, int]:
@@ -211,7 +209,7 @@ class Qwen2VLFamily(Family):
         start, size = len(self.before), self.side**2
         after = torch.tensor(self.after[:-1], dtype=torch.long, device=device)
         image = torch.full((count,), self.model.config.image_token_id, device=device)
-        head = torch.cat([torch.tensor(self.before, device=device), image, after])
+        head = torch.cat([torch.tensor(self.before, dtype=torch.long, device=device), image, after])
         ids = torch.cat([repeat(head, "l -> b l", b=batch), tokens], dim=1)
         embed = self.decoder.get_input_embeddings()
         words = embed(ids[:, start + count :])
@@ -280,10 +278,10 @@ def frame(tokenizer: Any, config: Any) -> tuple[list[int], list[int]]:
     text = tokenizer.apply_chat_template(message, add_generation_prompt=True, tokenize=False)
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     image = int(config.image_token_id)
-    if ids.count(image) != 1 or ids[-1] == image:
+    if ids.count(image) != 1 or ids[0] == image or ids[-1] == image:
         raise UserError(
-            f"the tokenizer's chat template gives {ids.count(image)} image tokens (id {image}) for one image, "
-            "followed by nothing; save the model's own Qwen2-VL chat template in the folder"
+            f"the tokenizer's chat template gives {ids.count(image)} image tokens (id {image}) for one image, not "
+            "one between other tokens; save the model's own Qwen2-VL chat template in the folder"
         )
     at = ids.index(image)
     return ids[:at], ids[at + 1 :]
