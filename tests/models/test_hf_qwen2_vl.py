@@ -89,9 +89,9 @@ def test_every_item_is_the_models_own_forward_and_generate(folder, keep):
 
 
 def test_keep_prefix_hides_a_token_at_the_positions_of_the_whole_sequence(folder):
-    """Item 5 (row 0) and item 9 (row 1) hidden: the model's own forward with those image tokens masked and the
-    whole sequence's M-RoPE positions passed; letting positions follow the mask differs (a plain language model's
-    count of the visible tokens) or fails (Qwen2-VL's own derivation), which is why capsal passes them."""
+    """Item 5 (row 0) and item 9 (row 1) hidden: the model's own forward and generate with those image tokens masked
+    and the whole sequence's M-RoPE positions passed; letting positions follow the mask differs (a plain language
+    model's count of the visible tokens) or fails (Qwen2-VL's own derivation), which is why capsal passes them."""
     model = load(folder, "prefix")
     pixels = images()
     items = model.items(model.features(pixels))
@@ -113,6 +113,12 @@ def test_keep_prefix_hides_a_token_at_the_positions_of_the_whole_sequence(folder
     assert not torch.allclose(ours, torch.log_softmax(moved, dim=-1))
     with pytest.raises(RuntimeError, match="shape mismatch"):
         model.hf(**inputs, attention_mask=attention)
+    # generation after bos: the model's own generate with the same mask and positions (each step one further)
+    ours = model.generate(items, mask, max_len=6)
+    start = own_inputs(model, pixels, tokens[:, :1])
+    step = {"attention_mask": attention[:, :18], "position_ids": whole[..., :18]}
+    theirs = model.hf.generate(**start, **step, max_new_tokens=6, do_sample=False)[:, 17:]
+    assert until_eos(ours, model.vocab.eos_id) == until_eos(theirs, model.vocab.eos_id)
 
 
 def test_a_row_with_no_item_is_the_model_with_every_image_token_hidden(folder):
