@@ -2,7 +2,7 @@
 (``<|image_pad|>``) of a Qwen2 language model's input, placed by M-RoPE (3D rotary positions: temporal, height,
 width).
 
-The tower embeds 14 x 14 (here ``patch_size``) patches with a temporal patch size (an image repeats its frame), runs
+The tower embeds 14 x 14 patches (``patch_size``) with a temporal patch size (an image repeats its frame), runs
 full attention over one image's patches (``cu_seqlens``) with 2D rotary positions, and its ``PatchMerger`` merges each
 2 x 2 group of neighbouring patches into one language-model token. Items are the merged tokens, one per 2 x 2 patch
 group, an ``h x w`` grid read row-major. Every image is resized to one square (so a batch shares one grid): its side
@@ -60,8 +60,8 @@ class Qwen2VLFamily(Family):
 
     The family learns the grid from the image processor (:meth:`image_processor`) and the frame from the tokenizer
     (:meth:`special_ids`), both called once when the captioner is built. The state holds ``memory`` (the merged tokens
-    ``(B, m, D)`` the language model reads, masked ones zero), its ``mask``, the ``item`` each is (-1: hidden),
-    ``count`` and ``positions`` (each item's cell of the grid)."""
+    ``(B, m, D)`` the language model reads; ``keep=input`` leaves masked ones zero), its ``mask``, the ``item`` each
+    is (-1: hidden), ``count`` and ``positions`` (each item's cell of the grid)."""
 
     model_type = "qwen2_vl"
     model_class = "Qwen2VLForConditionalGeneration"
@@ -199,7 +199,9 @@ class Qwen2VLFamily(Family):
             self._frame_positions = cached
         return cached
 
-    def inputs(self, state: State, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    def inputs(
+        self, state: State, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """``(input ids, inputs_embeds, attention mask, position ids (3, B, L), frame length)`` of ``frame before,
         the state's image tokens, frame after, tokens``: hidden image tokens masked, every token at the position the
         whole sequence gives it (module doc)."""
