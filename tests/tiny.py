@@ -126,10 +126,10 @@ def compose_app(name: str, output_dir: Path, *overrides: str, conf: Path | None 
 # words of the synthetic captions (and BLIP's prompt); these are split into several subword tokens
 HF_WORDS = ("a", "big", "small", "and", "red", "green", "blue", "yellow", "circle", "square", "picture", "of")
 HF_SPLIT = {"triangle": ("tri", "angle"), "diamond": ("dia", "mond"), "yellow": ("yel", "low")}
-HF_FAMILIES = ("vit_gpt2", "deit_bert", "blip", "git", "blip2")
+HF_FAMILIES = ("vit_gpt2", "deit_bert", "blip", "git", "blip2", "qwen2_vl")
 # each family's ``keep`` modes: GIT's image tokens are a prefix of its language model, the others cross-attend
 # (BLIP-2: its Q-Former to the tower)
-HF_KEEP = {"git": ("input", "prefix")}
+HF_KEEP = {"git": ("input", "prefix"), "qwen2_vl": ("input", "prefix")}
 HF_ATTENDING = ("vit_gpt2", "deit_bert", "blip")  # with cross-attention maps capsal reads
 HF_CASES = [(family, keep) for family in HF_FAMILIES for keep in HF_KEEP.get(family, ("input", "encoder_output"))]
 
@@ -202,6 +202,8 @@ def save_tiny_hf(folder: Path, family: str = "vit_gpt2", seed: int = 0, image_si
         config.num_query_tokens, config.image_token_index = 4, tokenizer.convert_tokens_to_ids("<image>")
         model = tf.Blip2ForConditionalGeneration(config)
         processor = tf.BlipImageProcessor(size=size)
+    elif family == "qwen2_vl":  # a 64 x 64 square of 8 x 8 patches, merged 2 x 2: a 4 x 4 grid of merged tokens
+        model, tokenizer, processor = _tiny_qwen2_vl(folder, width)
     elif family == "blip":
         tokenizer = tf.BertTokenizer(vocab=str(_wordpiece_file(folder)), do_lower_case=True)
         ids = tokenizer.convert_tokens_to_ids
@@ -234,6 +236,41 @@ def save_tiny_hf(folder: Path, family: str = "vit_gpt2", seed: int = 0, image_si
     tokenizer.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+QWEN2_VL_SPECIALS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def _tiny_qwen2_vl(folder: Path, width: int):
+    """A tiny Qwen2-VL: the GPT-2 BPE files with Qwen's vision tokens added, a two-layer Qwen2 language model ``width``
+    wide (head width 8: M-RoPE sections 2, 1, 1), a two-block tower ``width // 4`` wide (a merged group of four patch
+    embeddings is ``width`` wide too), and processors whose ``min_pixels = max_pixels`` make every image 64 x 64."""
+    import transformers as tf
+
+    vocab_file, merges_file = _bpe_files(folder)
+    tokenizer = tf.GPT2Tokenizer(vocab=str(vocab_file), merges=str(merges_file))
+    tokenizer.add_tokens(list(QWEN2_VL_SPECIALS), special_tokens=True)
+    ids = tokenizer.convert_tokens_to_ids
+    rope = {"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0}
+    text = {"hidden_size": width, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+    text.update(intermediate_size=2 * width, vocab_size=len(tokenizer), max_position_embeddings=64)
+    text.update(rope_parameters=rope, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    vision = {"depth": 2, "embed_dim": width // 4, "hidden_size": width, "num_heads": 2, "mlp_ratio": 2}
+    vision.update(patch_size=8, spatial_merge_size=2, temporal_patch_size=2)
+    config = tf.Qwen2VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+    cut = {"patch_size": 8, "merge_size": 2, "temporal_patch_size": 2}
+    images = tf.Qwen2VLImageProcessor(min_pixels=64 * 64, max_pixels=64 * 64, **cut)
+    processor = tf.Qwen2VLProcessor(
+        image_processor=images, tokenizer=tokenizer, video_processor=tf.Qwen2VLVideoProcessor(**cut)
+    )
+    return tf.Qwen2VLForConditionalGeneration(config), tokenizer, processor
 
 
 def readme_captioner_class() -> type:

@@ -23,7 +23,7 @@ from capsal.errors import UserError
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hf_apps")
-    return {family: save_tiny_hf(root / family, family) for family in ("vit_gpt2", "blip", "git", "blip2")}
+    return {family: save_tiny_hf(root / family, family) for family in ("vit_gpt2", "blip", "git", "blip2", "qwen2_vl")}
 
 
 def test_explain_an_image_file_with_a_pretrained_folder(folders, tmp_path):
@@ -68,7 +68,15 @@ def test_eval_writes_the_tables_for_a_pretrained_folder(folders, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("family", "keep"), [("git", "input"), ("git", "prefix"), ("blip2", "input"), ("blip2", "encoder_output")]
+    ("family", "keep"),
+    [
+        ("git", "input"),
+        ("git", "prefix"),
+        ("blip2", "input"),
+        ("blip2", "encoder_output"),
+        ("qwen2_vl", "input"),
+        ("qwen2_vl", "prefix"),
+    ],
 )
 def test_explain_and_eval_a_pretrained_prefix_family_folder_on_shapes_image(folders, tmp_path, family, keep):
     model = ["model=hf_captioner", f"model.name_or_path={folders[family]}", f"model.keep={keep}"]
@@ -87,13 +95,18 @@ def test_explain_and_eval_a_pretrained_prefix_family_folder_on_shapes_image(fold
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("family", "explainers"),
-    [("vit_gpt2", "[caption_guided,rollout,relevancy,random]"), ("git", "[caption_guided,random]")],
+    [
+        ("vit_gpt2", "[caption_guided,rollout,relevancy,random]"),
+        ("git", "[caption_guided,random]"),
+        ("qwen2_vl", "[caption_guided,random]"),
+    ],
 )
 def test_a_fine_tuned_captioner_loads_alone_and_its_saliency_points_at_the_named_object(tmp_path, family, explainers):
     """Seeded: a tiny ViT-GPT2 (cross-attention) or GIT (image tokens as the language model's prefix; 64 x 64 pixels,
-    an 8 x 8 patch grid) fine-tuned 60 steps on single-object shapes_image; its checkpoint loads with the pretrained
-    folder deleted, and caption-guided maxima fall on the named object far more often than random points
-    (capsal-eval on 48 held-out images; ViT-GPT2's rollout and relevancy printed beside them)."""
+    an 8 x 8 patch grid) or Qwen2-VL (64 x 64 pixels, a 4 x 4 grid of merged tokens) fine-tuned 60 steps on
+    single-object shapes_image; its checkpoint loads with the pretrained folder deleted, and caption-guided maxima
+    fall on the named object far more often than random points (capsal-eval on 48 held-out images; ViT-GPT2's
+    rollout and relevancy printed beside them)."""
     folder = save_tiny_hf(tmp_path / family, family, image_size=64)
     data = ["datamodule.num_train=2000", "datamodule.num_val=16", "datamodule.num_test=48", "datamodule.batch_size=32"]
     data += ["datamodule.min_objects=1", "datamodule.max_objects=1", "datamodule.captions_per_image=1"]

@@ -52,7 +52,8 @@ def test_a_saved_folder_loads_through_the_config_and_implements_the_protocol(fol
     assert model.item_layout(tuple(grid.shape[1:4])).num_items == 16
 
 
-@pytest.mark.parametrize("family", HF_FAMILIES)
+# Qwen2-VL's tower takes flat patches and a grid: tests/models/test_hf_qwen2_vl.py checks it against its own forward
+@pytest.mark.parametrize("family", [family for family in HF_FAMILIES if family != "qwen2_vl"])
 def test_keep_input_with_every_item_is_the_models_own_encoder_and_generation(folders, family):
     """All items at their own positions give exactly the vision encoder's output, and ``generate`` the model's own
     greedy caption."""
@@ -102,7 +103,8 @@ def test_subword_tokens_belong_to_their_words_and_prompts_to_none(folders, famil
     prefix = len(vocab.prefix)
     assert owners[:prefix] == [-1] * prefix and owners[-1] == -1  # bos, prompt and eos belong to no word
     assert owners[prefix:-1] == [0, 1, 2, 2, 3, 3]  # yellow and triangle are two tokens each
-    assert vocab.unknown_words("a purple triangle") == ([] if family in ("vit_gpt2", "blip2") else ["purple"])
+    byte_level = ("vit_gpt2", "blip2", "qwen2_vl")  # GPT-2's BPE spells any word in bytes; WordPiece lacks "purple"
+    assert vocab.unknown_words("a purple triangle") == ([] if family in byte_level else ["purple"])
 
 
 def reference_losses(model, items: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
