@@ -73,7 +73,7 @@ class HFCaptioner(LightningCaptioner):
         self.tokenizer = tokenizer
         bos, eos, pad = self.family.special_ids(tokenizer)
         self.vocab = PretrainedTokenizer(tokenizer, bos, eos, pad, self.decoder.config.vocab_size, prompt)
-        self.feature_size: int = self.vision.config.hidden_size
+        self.feature_size: int = self.family.feature_size
         self.family.check_keep(keep)
 
     # ---- the model's parts ------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ class Family(ABC):
     model_type: ClassVar[str]  # the ``config.model_type`` this family wraps
     attends: ClassVar[bool] = False  # whether :meth:`attention` and :meth:`attention_trace` read attention weights
     model_class: ClassVar[str]  # the ``transformers`` class that loads it
+    processor_class: ClassVar[str] = "AutoImageProcessor"  # the ``transformers`` class that loads its processor
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -96,6 +97,11 @@ class Family(ABC):
     ) -> AttentionTrace:
         """Every attention map of one teacher-forced pass, for a family that ``attends``."""
         raise UserError(f"{type(self.model).__name__}: capsal reads no attention maps of this model")
+
+    @property
+    def feature_size(self) -> int:
+        """The width of the items (``features``' last dimension): by default the vision encoder's."""
+        return int(self.vision.config.hidden_size)
 
     def max_sentence_tokens(self) -> int | None:
         """The decoder's position table: the most tokens (prefix included) it takes."""
@@ -200,20 +206,11 @@ class CrossAttentionFamily(Family):
                 handle.remove()
 
     def read_hooks(self, state: State) -> list[Any]:
-        """Hooks that make each cross-attention read the zero vector (before its output projection) for a row with
-        no item (``keep=encoder_output``, mask all False), as PyTorch's fused attention does over nothing, instead of
-        the uniform weights over padding that eager attention gives: the decoder from the words alone."""
+        """:func:`zero_context_hooks` for the state's rows with no item (``keep=encoder_output``, mask all False)."""
         empty = ~state["mask"].any(dim=1)
         if not bool(empty.any()):
             return []
-        handles = []
-        for name, module in self.decoder.named_modules():
-            if not name.endswith("crossattention"):
-                continue
-            if isinstance(getattr(module, "c_proj", None), nn.Module):  # GPT-2: the heads' values, then c_proj
-                handles.append(module.c_proj.register_forward_pre_hook(functools.partial(_zero_rows_in, empty)))
-            elif isinstance(getattr(module, "self", None), nn.Module):  # BERT, BLIP: the context, then output
-                handles.append(module.self.register_forward_hook(functools.partial(_zero_rows_out, empty)))
+        handles = zero_context_hooks(self.decoder, empty)
         if not handles:
             raise UserError(
                 f"model.keep=encoder_output cannot be asked for a row with no item (mask all False): capsal does not "
@@ -264,6 +261,24 @@ class CrossAttentionFamily(Family):
                 generation_config=config,
                 cache=cross_attention_cache(self.decoder.config),
             )
+
+
+def zero_context_hooks(decoder: nn.Module, empty: torch.Tensor) -> list[Any]:
+    """Hooks that make each cross-attention of ``decoder`` read the zero vector (before its output projection) in
+    the rows ``empty`` (B,) marks as having nothing to read, as PyTorch's fused attention does over nothing, instead
+    of the uniform weights over padding that eager attention gives: the decoder from the words alone. None where
+    capsal does not know the decoder's cross-attention (GPT-2, BERT, BLIP and BART are known)."""
+    handles = []
+    for name, module in decoder.named_modules():
+        if name.endswith("encoder_attn") and isinstance(getattr(module, "out_proj", None), nn.Module):  # BART
+            handles.append(module.out_proj.register_forward_pre_hook(functools.partial(_zero_rows_in, empty)))
+        if not name.endswith("crossattention"):
+            continue
+        if isinstance(getattr(module, "c_proj", None), nn.Module):  # GPT-2: the heads' values, then c_proj
+            handles.append(module.c_proj.register_forward_pre_hook(functools.partial(_zero_rows_in, empty)))
+        elif isinstance(getattr(module, "self", None), nn.Module):  # BERT, BLIP: the context, then output
+            handles.append(module.self.register_forward_hook(functools.partial(_zero_rows_out, empty)))
+    return handles
 
 
 def _rows(empty: torch.Tensor, size: int) -> torch.Tensor:
