@@ -33,7 +33,7 @@ class HFCaptioner(LightningCaptioner):
     """A pretrained ``transformers`` captioner (``name_or_path``: a hub id or a ``save_pretrained`` folder).
 
     ``keep``: where "keep only item i" happens, ``input``, ``encoder_output`` (cross-attending families) or
-    ``prefix`` (GIT) (:mod:`capsal.models.hf`);
+    ``prefix`` (GIT, Florence-2) (:mod:`capsal.models.hf`);
     ``prompt``: text after bos that is part of the prefix (BLIP's conditional captioning, e.g. "a picture of");
     ``from_config``: random weights of the same architecture. ``max_len``/``beam_size``: generation; the optimizer
     and captioning metrics as every capsal model. The model's own parts sit in ``hf`` (its weights, under the

@@ -47,8 +47,9 @@ def offline_hint(name_or_path: str, error: BaseException) -> str:
 
 
 def load_parts(name_or_path: str, from_config: bool = False):
-    """``(model, tokenizer, image processor)`` of a hub id or a ``save_pretrained`` folder; ``from_config``: the
-    architecture with random weights (benchmarks; capsal checkpoints, whose state dict holds the weights)."""
+    """``(model, tokenizer, image processor)`` of a hub id or a ``save_pretrained`` folder (the processor by the
+    family's ``processor_class``: Florence-2's whole ``Florence2Processor``, which its family reads); ``from_config``:
+    the architecture with random weights (benchmarks; capsal checkpoints, whose state dict holds the weights)."""
     transformers = require_transformers()
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
