@@ -130,7 +130,7 @@ HF_FAMILIES = ("vit_gpt2", "deit_bert", "blip", "git", "blip2", "florence2")
 # each family's ``keep`` modes: GIT's image tokens are a prefix of its language model, the others cross-attend
 # (BLIP-2: its Q-Former to the tower); Florence-2's DaViT tower cannot see one patch alone
 HF_KEEP = {"git": ("input", "prefix"), "florence2": ("prefix", "encoder_output")}
-HF_ATTENDING = ("vit_gpt2", "deit_bert", "blip")  # with cross-attention maps capsal reads
+HF_ATTENDING = ("vit_gpt2", "deit_bert", "blip", "florence2")  # with cross-attention maps capsal reads
 HF_CASES = [(family, keep) for family in HF_FAMILIES for keep in HF_KEEP.get(family, ("input", "encoder_output"))]
 
 

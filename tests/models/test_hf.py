@@ -316,10 +316,8 @@ def florence_inputs(model, pixels: torch.Tensor, keep: str, hidden: list[int]) -
 
 
 def florence_logprobs(model, inputs: dict, tokens: torch.Tensor) -> torch.Tensor:
-    """Florence-2's own log-probabilities of ``tokens`` (after its decoder start token) on ``inputs``."""
-    start = torch.full((tokens.shape[0], 1), model.hf.config.text_config.decoder_start_token_id)
-    logits = model.hf(**inputs, decoder_input_ids=torch.cat([start, tokens], dim=1)).logits[:, 1:]
-    return torch.log_softmax(logits, dim=-1)
+    """Florence-2's own log-probabilities after ``tokens`` (rows from its decoder start token) on ``inputs``."""
+    return torch.log_softmax(model.hf(**inputs, decoder_input_ids=tokens).logits, dim=-1)
 
 
 @pytest.mark.parametrize("keep", FLORENCE_KEEP)
@@ -349,8 +347,8 @@ def test_florence2_generates_its_own_greedy_caption_after_its_decoder_start_and_
     inputs = florence_inputs(model, pixels, keep, [-1, -1])
     theirs = model.hf.generate(**inputs, max_new_tokens=7, num_beams=1, do_sample=False)  # bos is forced
     start, bos = model.hf.config.text_config.decoder_start_token_id, model.vocab.bos_id
-    assert theirs[:, :2].tolist() == [[start, bos]] * 2 and model.vocab.prefix == [bos]
-    assert ours.tolist() == theirs[:, 1 : 1 + ours.shape[1]].tolist()
+    assert theirs[:, :2].tolist() == [[start, bos]] * 2 and model.vocab.prefix == [start, bos]
+    assert ours.tolist() == theirs[:, : ours.shape[1]].tolist()
 
 
 @pytest.mark.parametrize("keep", FLORENCE_KEEP)
@@ -379,12 +377,35 @@ def test_florence2_reads_its_caption_prompt_from_its_processor_and_never_explain
     image = ids == model.hf.config.image_token_id
     assert int(image.sum()) == 17 and bool(image[:17].all())  # the summary token and the 4 x 4 grid, first
     assert model.tokenizer.decode(ids[~image]) == "<s>What does the image describe?</s>"
-    assert model.vocab.prefix == [model.vocab.bos_id]
+    assert model.vocab.prefix == [model.hf.config.text_config.decoder_start_token_id, model.vocab.bos_id]
     items = model.items(model.features(images()))
     saliency = build_explainer("caption_guided").explain(model, items, tokens=QUERY)
     assert saliency.words == [["a", "big", "yellow", "triangle"]] * 2
     caption = build_explainer("caption_guided").explain(model, items)
     assert all("describe" not in words for words in caption.words)
+
+
+@pytest.mark.parametrize("keep", FLORENCE_KEEP)
+def test_florence2_soft_attention_is_its_last_decoder_layers_cross_attention_on_the_grid_tokens(folders, keep):
+    """Item 5 (row 0) and 9 (row 1) hidden: the weights on each item are Florence-2's own (eager attention, the mean
+    over heads of its last layer) at that item's column, zero for the hidden ones; the prompt's share is left out."""
+    model = load(folders["florence2"], "florence2", keep).double()
+    pixels = images().double()
+    tokens = torch.tensor([model.vocab.encode(QUERY)[:-1]] * 2)
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[0, 5], mask[1, 9] = False, False
+    ours = model.attention(model.encode(model.items(model.features(pixels)), mask), tokens)
+    inputs = florence_inputs(model, pixels, keep, [5, 9])
+    model.hf.set_attn_implementation("eager")
+    cross = model.hf(**inputs, decoder_input_ids=tokens, output_attentions=True).cross_attentions[-1].mean(dim=1)
+    if keep == "prefix":  # the summary token, then the grid
+        (image,) = torch.nonzero(inputs["input_ids"][0] == model.hf.config.image_token_id).T
+        cross = cross[..., image[1:]]
+    else:
+        cross = cross[..., inputs["attention_mask"][0].bool() | inputs["attention_mask"][1].bool()]
+    torch.testing.assert_close(ours, cross)
+    assert ours[0, :, 5].abs().max() == 0 and ours[1, :, 9].abs().max() == 0
+    assert bool((ours.sum(dim=-1) < 1 - 1e-3).all()) == (keep == "prefix")  # the prompt's share, left out
 
 
 def test_florence2_refuses_keep_input_naming_its_modes(folders):

@@ -72,7 +72,8 @@ class HFCaptioner(LightningCaptioner):
         self.processor = self.family.image_processor(processor)
         self.tokenizer = tokenizer
         bos, eos, pad = self.family.special_ids(tokenizer)
-        self.vocab = PretrainedTokenizer(tokenizer, bos, eos, pad, self.decoder.config.vocab_size, prompt)
+        size, start = self.decoder.config.vocab_size, self.family.start_ids()
+        self.vocab = PretrainedTokenizer(tokenizer, bos, eos, pad, size, prompt, start)
         self.feature_size: int = self.family.feature_size
         self.family.check_keep(keep)
 

@@ -60,6 +60,10 @@ class Family(ABC):
     def special_ids(self, tokenizer: Any) -> tuple[int, int, int]:
         """``(bos, eos, pad)`` the model decodes with."""
 
+    def start_ids(self) -> list[int]:
+        """Tokens the decoder reads before bos (none by default): part of every row's prefix, never words."""
+        return []
+
     def image_processor(self, processor: Any) -> Any:
         """The processor as capsal uses it: by default the whole image resized (:func:`whole_image`)."""
         return whole_image(processor)
@@ -222,9 +226,7 @@ class CrossAttentionFamily(Family):
     def attention(self, state: State, tokens: torch.Tensor) -> torch.Tensor:
         """The last decoder layer's cross-attention weights, the mean over its heads, on each item (the class
         token's share is left out, so a row sums to at most 1)."""
-        with eager_attention(self.decoder):
-            weights = self.decode(state, tokens, output_attentions=True).cross_attentions[-1].mean(dim=1)
-        return on_items(weights, state["item"], state["count"])
+        return cross_attention_on_items(self, state, tokens)
 
     def attention_trace(
         self, items: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: str, tokens: torch.Tensor
@@ -240,15 +242,8 @@ class CrossAttentionFamily(Family):
                 "the attention trace of model.keep=input needs every item present (mask all True): a row with fewer "
                 "items is encoded alone; explain the rows one at a time"
             )
-        groups = {
-            "encoder": recorded_modules(self.vision, "attentions") if keep == "input" else [],
-            "decoder": recorded_modules(self.decoder, "attentions"),
-            "cross": recorded_modules(self.decoder, "cross_attentions"),
-        }
-        with eager_attention(self.vision), eager_attention(self.decoder), recording(groups) as maps:
-            state = self.encode(items, mask, positions, keep)
-            logprobs = torch.log_softmax(widened(self.decode(state, tokens).logits), dim=-1)
-        return AttentionTrace(maps["encoder"], maps["decoder"], maps["cross"], logprobs, state["item"], state["count"])
+        encoder = recorded_modules(self.vision, "attentions") if keep == "input" else []
+        return traced_pass(self, encoder, [self.vision, self.decoder], items, mask, positions, keep, tokens)
 
     def generate(self, state: State, prefix: torch.Tensor, config: Any) -> torch.Tensor:
         """The decoder's own ``generate`` after ``prefix``, cross-attending to the state's memory."""
@@ -261,6 +256,43 @@ class CrossAttentionFamily(Family):
                 generation_config=config,
                 cache=cross_attention_cache(self.decoder.config),
             )
+
+
+def cross_attention_on_items(family: Family, state: State, tokens: torch.Tensor) -> torch.Tensor:
+    """``(B, n, m)``: the last decoder layer's cross-attention weights of ``family.decode``, the mean over its heads,
+    on each item, under eager attention (columns that are no item, a class token or a prompt, are left out, so a row
+    sums to at most 1)."""
+    with eager_attention(family.decoder):
+        weights = family.decode(state, tokens, output_attentions=True).cross_attentions[-1].mean(dim=1)
+    return on_items(weights, state["item"], state["count"])
+
+
+def traced_pass(
+    family: Family,
+    encoder: list[nn.Module],
+    eager: list[nn.Module],
+    items: torch.Tensor,
+    mask: torch.Tensor,
+    positions: torch.Tensor,
+    keep: str,
+    tokens: torch.Tensor,
+) -> AttentionTrace:
+    """Every attention map of one pass of ``family.encode`` and ``family.decode``, under eager attention in the
+    ``eager`` models (fused kernels return no weights): the ``encoder`` self-attention modules that run inside
+    ``encode`` (none when the encoder ran before), then the decoder's self- and cross-attention, recorded from the
+    modules ``transformers`` itself records as ``attentions`` and ``cross_attentions`` (:func:`recorded_modules`)."""
+    groups = {
+        "encoder": encoder,
+        "decoder": recorded_modules(family.decoder, "attentions"),
+        "cross": recorded_modules(family.decoder, "cross_attentions"),
+    }
+    with contextlib.ExitStack() as stack:
+        for model in eager:
+            stack.enter_context(eager_attention(model))
+        maps = stack.enter_context(recording(groups))
+        state = family.encode(items, mask, positions, keep)
+        logprobs = torch.log_softmax(widened(family.decode(state, tokens).logits), dim=-1)
+    return AttentionTrace(maps["encoder"], maps["decoder"], maps["cross"], logprobs, state["item"], state["count"])
 
 
 def zero_context_hooks(decoder: nn.Module, empty: torch.Tensor) -> list[Any]:

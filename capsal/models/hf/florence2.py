@@ -27,8 +27,9 @@ the explained text is the decoder's sentence (the model's own caption, or a quer
 ``keep=input`` is refused: the tower has no class token and no position table to run one patch alone, and its
 convolutions (a patch embedding at every stage, a depthwise convolution in every block) and windowed attention mix
 neighbouring patches before the grid tokens exist. BART's decoder starts from ``decoder_start_token_id`` (``</s>``)
-before bos (``<s>``, which Florence-2's generation forces): capsal's rows start at bos, and the family puts the
-decoder start before them. ``generate`` is the model's own ``generate`` on the state's encoder output.
+before bos (``<s>``, which Florence-2's generation forces): capsal's rows start with both, a prefix that is never
+words. ``generate`` is the model's own ``generate`` on the state's encoder output; ``attention`` and
+``attention_trace`` read the decoder's cross-attention (and, for ``keep=prefix``, BART's encoder layers).
 """
 
 from __future__ import annotations
@@ -45,7 +46,16 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 from capsal.errors import UserError
-from capsal.models.hf.family import Family, State, whole_image, zero_context_hooks
+from capsal.models.hf.family import (
+    Family,
+    State,
+    cross_attention_on_items,
+    recorded_modules,
+    traced_pass,
+    whole_image,
+    zero_context_hooks,
+)
+from capsal.models.protocol import AttentionTrace
 
 
 class Florence2Family(Family):
@@ -57,6 +67,7 @@ class Florence2Family(Family):
     input layout (where the image tokens and the prompt sit) is read from the processor (:meth:`image_processor`)."""
 
     model_type = "florence2"
+    attends = True
     model_class = "Florence2ForConditionalGeneration"
     processor_class = "Florence2Processor"
     task: ClassVar[str] = "<CAPTION>"  # the task prompt the processor turns into the encoder's text
@@ -83,6 +94,10 @@ class Florence2Family(Family):
     def feature_size(self) -> int:
         """The items are image tokens or encoder outputs, as wide as BART."""
         return int(self.model.config.text_config.d_model)
+
+    def start_ids(self) -> list[int]:
+        """BART's decoder start token (``</s>``), before bos."""
+        return [int(self.model.config.text_config.decoder_start_token_id)]
 
     def special_ids(self, tokenizer: Any) -> tuple[int, int, int]:
         """BART's bos / eos / pad, from its text config."""
@@ -135,10 +150,6 @@ class Florence2Family(Family):
             ("encoder", self.vision),
         ]
 
-    def max_sentence_tokens(self) -> int | None:
-        """BART's decoder positions less the decoder start token before capsal's rows."""
-        return int(self.decoder.config.max_position_embeddings) - 1
-
     def patch_tokens(self, pixel_values: torch.Tensor, keep: str) -> torch.Tensor:
         """``keep=prefix``: the projected grid tokens (the summary token left out); ``keep=encoder_output``: BART's
         encoder outputs at the grid tokens, from the model's own encoder pass on the whole image and the prompt."""
@@ -185,36 +196,45 @@ class Florence2Family(Family):
         none = torch.full((batch, len(prompt)), -1, dtype=torch.long, device=items.device)
         return {"memory": memory, "mask": seen, "item": torch.cat([index, none], dim=1), "count": count}
 
-    def _start(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``tokens`` after BART's decoder start token."""
-        start = torch.full_like(tokens[:, :1], int(self.model.config.text_config.decoder_start_token_id))
-        return torch.cat([start, tokens], dim=1)
-
     def decode(self, state: State, tokens: torch.Tensor, **options: Any) -> Seq2SeqLMOutput:
-        """The model's own decoder and head on ``tokens`` after the decoder start, cross-attending to the state's
-        memory: logits ``(B, n, V)`` for ``tokens``."""
+        """The model's own decoder and head on ``tokens`` (rows from the decoder start token), cross-attending to
+        the state's memory: logits ``(B, n, V)``."""
         with self.reading(state):
-            out = self.model(
+            return self.model(
                 encoder_outputs=BaseModelOutput(last_hidden_state=state["memory"]),
                 attention_mask=state["mask"].long(),
-                decoder_input_ids=self._start(tokens),
+                decoder_input_ids=tokens,
                 use_cache=False,
                 **options,
             )
-        return Seq2SeqLMOutput(logits=out.logits[:, 1:], cross_attentions=out.cross_attentions)
 
     def generate(self, state: State, prefix: torch.Tensor, config: Any) -> torch.Tensor:
-        """``Florence2ForConditionalGeneration.generate`` after the decoder start and ``prefix``, on the state's
-        encoder output; rows ``prefix, generated tokens``."""
-        config.update(decoder_start_token_id=int(self.model.config.text_config.decoder_start_token_id))
+        """``Florence2ForConditionalGeneration.generate`` after ``prefix`` (from the decoder start token) on the
+        state's encoder output; rows ``prefix, generated tokens``."""
+        config.update(decoder_start_token_id=self.start_ids()[0])  # the prefix starts with it: nothing is prepended
         with self.reading(state):
-            out = self.model.generate(
+            return self.model.generate(
                 encoder_outputs=BaseModelOutput(last_hidden_state=state["memory"]),
                 attention_mask=state["mask"].long(),
-                decoder_input_ids=self._start(prefix),
+                decoder_input_ids=prefix,
                 generation_config=config,
             )
-        return out[:, 1:]
+
+    def attention(self, state: State, tokens: torch.Tensor) -> torch.Tensor:
+        """The last decoder layer's cross-attention, the mean over its heads, on each item (the prompt's share is
+        left out, so a row sums to at most 1)."""
+        return cross_attention_on_items(self, state, tokens)
+
+    def attention_trace(
+        self, items: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: str, tokens: torch.Tensor
+    ) -> AttentionTrace:
+        """Every attention map of one pass of :meth:`encode` and :meth:`decode` (:func:`~capsal.models.hf.family.
+        traced_pass`). The encoder sequence is what the decoder cross-attends to: ``keep=prefix``: the kept image
+        tokens and the prompt, through BART's encoder layers (the tower ran before: none of its layers is in the
+        pass); ``keep=encoder_output``: the grid tokens' encoder outputs, with no encoder layer in the pass."""
+        encoder = recorded_modules(self.encoder, "attentions") if keep == "prefix" else []
+        language = self.model.model.language_model
+        return traced_pass(self, encoder, [language], items, mask, positions, keep, tokens)
 
     @contextlib.contextmanager
     def reading(self, state: State) -> Iterator[None]:
