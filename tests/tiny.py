@@ -218,7 +218,7 @@ def save_tiny_hf(folder: Path, family: str = "vit_gpt2", seed: int = 0, image_si
         bart = {"d_model": width, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4}
         bart.update(decoder_attention_heads=4, encoder_ffn_dim=2 * width, decoder_ffn_dim=2 * width)
         bart.update(vocab_size=len(tokenizer), max_position_embeddings=64, bos_token_id=0, pad_token_id=1)
-        bart.update(eos_token_id=2, decoder_start_token_id=2, forced_bos_token_id=0, init_std=0.3)
+        bart.update(eos_token_id=2, decoder_start_token_id=2, forced_bos_token_id=0)
         config = tf.Florence2Config(vision_config=vision, text_config=bart, image_token_id=tokenizer.image_token_id)
         model = tf.Florence2ForConditionalGeneration(config)
         model.generation_config.forced_bos_token_id = 0  # its captions start </s> <s>, as Florence-2's do

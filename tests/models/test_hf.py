@@ -408,6 +408,33 @@ def test_florence2_soft_attention_is_its_last_decoder_layers_cross_attention_on_
     assert bool((ours.sum(dim=-1) < 1 - 1e-3).all()) == (keep == "prefix")  # the prompt's share, left out
 
 
+def test_florence2_attention_trace_under_keep_prefix_is_its_own_maps_without_the_summary_token(folders):
+    """Every map of the trace equals Florence-2's own (eager) under the mask hiding the summary token and item 5
+    (row 0) / 9 (row 1): BART's encoder self-attention (the rows of the tokens it sees) and the decoder's
+    cross-attention over the grid tokens then the prompt (the hidden summary token's row and column dropped), the
+    decoder's self-attention as it is."""
+    model = load(folders["florence2"], "florence2", "prefix").double()
+    pixels = images().double()
+    tokens = torch.tensor([model.vocab.encode(QUERY)[:-1]] * 2)
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[0, 5], mask[1, 9] = False, False
+    trace = model.attention_trace(model.items(model.features(pixels)), mask, tokens)
+    model.hf.set_attn_implementation("eager")
+    inputs = florence_inputs(model, pixels, "prefix", [5, 9])
+    assert bool((inputs["input_ids"][:, 0] == model.hf.config.image_token_id).all())  # the summary token is first
+    theirs = model.hf(**inputs, decoder_input_ids=tokens, output_attentions=True)
+    assert len(trace.encoder) == len(theirs.encoder_attentions) == 2 and len(trace.cross) == 2
+    seen = torch.ones(2, trace.item.shape[1], dtype=torch.bool)
+    seen[0, 5], seen[1, 9] = False, False  # a hidden token's own row reads the zero vector capsal gives it
+    for ours, own in zip(trace.encoder, theirs.encoder_attentions, strict=True):
+        for row in range(2):
+            torch.testing.assert_close(ours[row][:, seen[row]], own[row, :, 1:, 1:][:, seen[row]])
+    for ours, own in zip(trace.decoder, theirs.decoder_attentions, strict=True):
+        torch.testing.assert_close(ours, own)
+    for ours, own in zip(trace.cross, theirs.cross_attentions, strict=True):
+        torch.testing.assert_close(ours, own[..., 1:])
+
+
 def test_florence2_refuses_keep_input_naming_its_modes(folders):
     with pytest.raises(UserError, match=r"DaViT tower .* use model\.keep=prefix or model\.keep=encoder_output$"):
         HFCaptioner(str(folders["florence2"]), keep="input")
