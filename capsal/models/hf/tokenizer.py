@@ -13,10 +13,10 @@ class PretrainedTokenizer(Tokenizer):
 
     Captions are encoded as :func:`~capsal.text.tokenize`'s words (lower case, no punctuation), so word spans mean
     what the datasets mean. ``prefix``: ``start`` (tokens a decoder reads before bos, e.g. BART's decoder start
-    token), bos, then the prompt's tokens; a caption's tokens follow, then eos. A token
-    belongs to the word it adds characters to: decoding the row's first k tokens and the first k+1 gives
-    :func:`~capsal.text.tokenize`'s words, and the (k+1)-th token belongs to the last word when the words changed,
-    to none when they did not (punctuation).
+    token), bos, then the prompt's tokens; a caption's tokens follow, then eos. A token belongs to the word it adds
+    characters to: decoding the row's first k tokens and the first k+1 gives :func:`~capsal.text.tokenize`'s words,
+    and the (k+1)-th token belongs to the last word when the words changed, to none when they did not
+    (punctuation).
     """
 
     def __init__(
