@@ -126,21 +126,26 @@ def compose_app(name: str, output_dir: Path, *overrides: str, conf: Path | None 
 # words of the synthetic captions (and BLIP's prompt); these are split into several subword tokens
 HF_WORDS = ("a", "big", "small", "and", "red", "green", "blue", "yellow", "circle", "square", "picture", "of")
 HF_SPLIT = {"triangle": ("tri", "angle"), "diamond": ("dia", "mond"), "yellow": ("yel", "low")}
-HF_FAMILIES = ("vit_gpt2", "deit_bert", "blip", "git", "blip2", "qwen2_vl")
-# each family's ``keep`` modes: GIT's image tokens are a prefix of its language model, the others cross-attend
-# (BLIP-2: its Q-Former to the tower)
-HF_KEEP = {"git": ("input", "prefix"), "qwen2_vl": ("input", "prefix")}
-HF_ATTENDING = ("vit_gpt2", "deit_bert", "blip")  # with cross-attention maps capsal reads
+HF_FAMILIES = ("vit_gpt2", "deit_bert", "blip", "git", "blip2", "qwen2_vl", "florence2")
+# each family's ``keep`` modes: GIT's and Qwen2-VL's image tokens are a prefix of their language model, the others
+# cross-attend (BLIP-2: its Q-Former to the tower); Florence-2's DaViT tower cannot see one patch alone
+HF_KEEP = {"git": ("input", "prefix"), "qwen2_vl": ("input", "prefix"), "florence2": ("prefix", "encoder_output")}
+HF_ATTENDING = ("vit_gpt2", "deit_bert", "blip", "florence2")  # with cross-attention maps capsal reads
 HF_CASES = [(family, keep) for family in HF_FAMILIES for keep in HF_KEEP.get(family, ("input", "encoder_output"))]
 
 
-def _bpe_files(folder: Path) -> tuple[Path, Path]:
-    """GPT-2 byte-level BPE files: letters, the space mark ``Ġ``, and merges that build each word after a space
-    (``Ġcircle``) whole, or in the pieces of ``HF_SPLIT``; a word without a space before it falls into letters."""
+def _bpe_files(
+    folder: Path, specials: tuple[str, ...] = ("<|endoftext|>",), every_byte: bool = False
+) -> tuple[Path, Path]:
+    """GPT-2 byte-level BPE files: ``specials``, letters (``every_byte``: all 256 byte symbols, so any text encodes),
+    the space mark ``Ġ``, and merges that build each word after a space (``Ġcircle``) whole, or in the pieces of
+    ``HF_SPLIT``; a word without a space before it falls into letters."""
     import json
 
-    letters = list("abcdefghijklmnopqrstuvwxyz")
-    vocab = {token: i for i, token in enumerate(["<|endoftext|>", "Ġ", *letters])}
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    letters = list(bytes_to_unicode().values()) if every_byte else list("abcdefghijklmnopqrstuvwxyz")
+    vocab = {token: i for i, token in enumerate(dict.fromkeys([*specials, "Ġ", *letters]))}
     merges: list[str] = []
 
     def build(piece: str) -> None:
@@ -204,6 +209,24 @@ def save_tiny_hf(folder: Path, family: str = "vit_gpt2", seed: int = 0, image_si
         processor = tf.BlipImageProcessor(size=size)
     elif family == "qwen2_vl":  # a 64 x 64 square of 8 x 8 patches, merged 2 x 2: a 4 x 4 grid of merged tokens
         model, tokenizer, processor = _tiny_qwen2_vl(folder, width)
+    elif family == "florence2":  # a two-stage DaViT (stride 8: a 4 x 4 grid at 32) and BART, as Florence-2-base
+        vocab_file, merges_file = _bpe_files(folder, ("<s>", "<pad>", "</s>", "<unk>"), every_byte=True)
+        image_token = {"image_token": "<image>"}  # the token the processor repeats for each image token
+        tokenizer = tf.BartTokenizer(vocab=str(vocab_file), merges=str(merges_file), extra_special_tokens=image_token)
+        stages = {"depths": [1, 1], "patch_size": [7, 3], "patch_stride": [4, 2], "patch_padding": [3, 1]}
+        stages.update(patch_prenorm=[False, True], embed_dim=[width // 2, width], num_heads=[2, 4], num_groups=[2, 4])
+        vision = {**stages, "window_size": 2, "projection_dim": width, "max_position_embeddings": 8}
+        vision.update(max_temporal_embeddings=4, drop_path_rate=0.0)
+        bart = {"d_model": width, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4}
+        bart.update(decoder_attention_heads=4, encoder_ffn_dim=2 * width, decoder_ffn_dim=2 * width)
+        bart.update(vocab_size=len(tokenizer), max_position_embeddings=64, bos_token_id=0, pad_token_id=1)
+        bart.update(eos_token_id=2, decoder_start_token_id=2, forced_bos_token_id=0)
+        config = tf.Florence2Config(vision_config=vision, text_config=bart, image_token_id=tokenizer.image_token_id)
+        model = tf.Florence2ForConditionalGeneration(config)
+        model.generation_config.forced_bos_token_id = 0  # its captions start </s> <s>, as Florence-2's do
+        grid = (image_size // 8) ** 2
+        images = tf.CLIPImageProcessor(size=size, do_center_crop=False, image_seq_length=grid + 1)  # + the mean
+        processor = tf.Florence2Processor(image_processor=images, tokenizer=tokenizer)
     elif family == "blip":
         tokenizer = tf.BertTokenizer(vocab=str(_wordpiece_file(folder)), do_lower_case=True)
         ids = tokenizer.convert_tokens_to_ids

@@ -23,7 +23,8 @@ from capsal.errors import UserError
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hf_apps")
-    return {family: save_tiny_hf(root / family, family) for family in ("vit_gpt2", "blip", "git", "blip2", "qwen2_vl")}
+    families = ("vit_gpt2", "blip", "git", "blip2", "qwen2_vl", "florence2")
+    return {family: save_tiny_hf(root / family, family) for family in families}
 
 
 def test_explain_an_image_file_with_a_pretrained_folder(folders, tmp_path):
@@ -76,6 +77,8 @@ def test_eval_writes_the_tables_for_a_pretrained_folder(folders, tmp_path):
         ("blip2", "encoder_output"),
         ("qwen2_vl", "input"),
         ("qwen2_vl", "prefix"),
+        ("florence2", "prefix"),
+        ("florence2", "encoder_output"),
     ],
 )
 def test_explain_and_eval_a_pretrained_prefix_family_folder_on_shapes_image(folders, tmp_path, family, keep):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import HF_ATTENDING, save_tiny_hf
+from tiny import HF_ATTENDING, HF_CASES, save_tiny_hf
 
 from capsal.errors import UserError
 from capsal.explainers import build_explainer, get_explainer
@@ -243,18 +243,19 @@ def test_a_vit_gpt2s_maps_are_the_rules_applied_by_hand(hf_folders, method):
     assert saliency.scores[real].abs().sum() > 0
 
 
-@pytest.mark.parametrize("keep", ["input", "encoder_output"])
-@pytest.mark.parametrize("family", HF_ATTENDING)
+@pytest.mark.parametrize(("family", "keep"), [case for case in HF_CASES if case[0] in HF_ATTENDING])
 def test_a_hugging_face_trace_is_its_own_pass_over_the_patches(hf_folders, family, keep):
     model = hf_model(hf_folders[family], family, keep)
     items = model.items(model.features(torch.rand(2, 1, 3, 32, 32, dtype=torch.float64)))
     tokens = model.generate(items)[:, :-1]
     trace = model.attention_trace(items, None, tokens)
     torch.testing.assert_close(trace.logprobs, model.token_logprobs(model.encode(items), tokens), atol=1e-6, rtol=0)
-    prefix = {"input": 2 if family == "deit_bert" else 1, "encoder_output": 0}[keep]
-    assert trace.item[0].tolist() == [-1] * prefix + list(range(16)) and trace.count == 16
-    assert len(trace.encoder) == (2 if keep == "input" else 0) and len(trace.decoder) == len(trace.cross) == 2
-    assert trace.cross[0].shape == (2, 4, tokens.shape[1], prefix + 16)
+    prefix = {"input": 2 if family == "deit_bert" else 1}.get(keep, 0)  # class (and distillation) tokens
+    # Florence-2's keep=prefix: its encoder reads the task prompt after the image tokens
+    prompt = int((model.family.task_ids != model.hf.config.image_token_id).sum()) if keep == "prefix" else 0
+    assert trace.item[0].tolist() == [-1] * prefix + list(range(16)) + [-1] * prompt and trace.count == 16
+    assert len(trace.encoder) == (0 if keep == "encoder_output" else 2) and len(trace.decoder) == len(trace.cross) == 2
+    assert trace.cross[0].shape == (2, 4, tokens.shape[1], prefix + 16 + prompt)
 
 
 @pytest.mark.parametrize("method", EXPLAINERS)

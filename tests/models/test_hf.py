@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
-from tiny import HF_ATTENDING, HF_CASES, HF_FAMILIES, compose_train, save_tiny_hf
+from tiny import HF_ATTENDING, HF_CASES, HF_FAMILIES, HF_KEEP, compose_train, save_tiny_hf
 
 from capsal import check_protocol
 from capsal.errors import UserError
@@ -31,8 +31,10 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     return {family: save_tiny_hf(root / family, family) for family in HF_FAMILIES}
 
 
-def load(folder: Path, family: str, keep: str = "input", *overrides: str):
-    """The captioner ``model=hf_captioner model.name_or_path=<folder>`` composes, in eval mode."""
+def load(folder: Path, family: str, keep: str | None = None, *overrides: str):
+    """The captioner ``model=hf_captioner model.name_or_path=<folder>`` composes, in eval mode (``keep``: the
+    family's first mode when None)."""
+    keep = keep or HF_KEEP.get(family, ("input",))[0]
     prompt = [f"model.prompt='{PROMPT[family]}'"] if family in PROMPT else []
     cfg = compose_train("model=hf_captioner", f"model.name_or_path={folder}", f"model.keep={keep}", *prompt, *overrides)
     return instantiate(cfg.model).eval()
@@ -53,7 +55,10 @@ def test_a_saved_folder_loads_through_the_config_and_implements_the_protocol(fol
 
 
 # Qwen2-VL's tower takes flat patches and a grid: tests/models/test_hf_qwen2_vl.py checks it against its own forward
-@pytest.mark.parametrize("family", [family for family in HF_FAMILIES if family != "qwen2_vl"])
+KEEP_INPUT_TOWERS = [f for f in HF_FAMILIES if "input" in HF_KEEP.get(f, ("input",)) and f != "qwen2_vl"]
+
+
+@pytest.mark.parametrize("family", KEEP_INPUT_TOWERS)
 def test_keep_input_with_every_item_is_the_models_own_encoder_and_generation(folders, family):
     """All items at their own positions give exactly the vision encoder's output, and ``generate`` the model's own
     greedy caption."""
@@ -103,7 +108,7 @@ def test_subword_tokens_belong_to_their_words_and_prompts_to_none(folders, famil
     prefix = len(vocab.prefix)
     assert owners[:prefix] == [-1] * prefix and owners[-1] == -1  # bos, prompt and eos belong to no word
     assert owners[prefix:-1] == [0, 1, 2, 2, 3, 3]  # yellow and triangle are two tokens each
-    byte_level = ("vit_gpt2", "blip2", "qwen2_vl")  # GPT-2's BPE spells any word in bytes; WordPiece lacks "purple"
+    byte_level = ("vit_gpt2", "blip2", "qwen2_vl", "florence2")  # byte-level BPE: any word encodes
     assert vocab.unknown_words("a purple triangle") == ([] if family in byte_level else ["purple"])
 
 
@@ -262,8 +267,10 @@ def test_a_checkpoint_records_the_class_path_configs_name_and_the_models_own_wei
     target = compose_train("model=hf_captioner", "model.name_or_path=x").model._target_
     assert checkpoint["capsal"]["model_class"] == target == "capsal.models.hf.HFCaptioner"
     assert all(key.startswith("hf.") for key in checkpoint["state_dict"])
-    assert checkpoint["hyper_parameters"]["keep"] == "input" and checkpoint["hyper_parameters"]["item_mode"] == "grid"
+    keep = HF_KEEP.get(family, ("input",))[0]
+    assert checkpoint["hyper_parameters"]["keep"] == keep and checkpoint["hyper_parameters"]["item_mode"] == "grid"
     stages = {"git": ["decoder", "projection", "encoder"], "blip2": ["decoder", "qformer", "encoder"]}
+    stages["florence2"] = ["decoder", "text_encoder", "projection", "encoder"]
     assert [name for name, _ in model.randomisation_stages()] == stages.get(family, ["decoder", "encoder"])
 
 
@@ -281,3 +288,157 @@ def test_a_foil_word_of_other_subword_tokens_is_contrasted_in_one_more_pass(fold
     assert contrast.words == fact.words and contrast.foil_words == [["a", "big", "yellow", "circle"]] * 2
     torch.testing.assert_close(contrast.scores[:, 2], fact.scores[:, 2] - foil.scores[:, 2], atol=1e-8, rtol=0)
     assert contrast.scores[:, :2].abs().max() == 0
+
+
+# ---- Florence-2: the projected image tokens, then the <CAPTION> prompt, are BART's encoder input -----------------
+FLORENCE_KEEP = HF_KEEP["florence2"]
+
+
+def florence_inputs(model, pixels: torch.Tensor, keep: str, hidden: list[int]) -> dict:
+    """What ``Florence2ForConditionalGeneration``'s own forward and generate take for capsal's state: the
+    processor's input ids for ``<CAPTION>`` with the pixels, under an encoder attention mask hiding the summary token
+    and the image token of item ``hidden[b]`` in row b (-1: none) (``keep=prefix``); or the model's own encoder
+    output, its decoder reading only the grid tokens but ``hidden``'s (``keep=encoder_output``)."""
+    import transformers
+    from transformers.modeling_outputs import BaseModelOutput
+
+    processor = transformers.Florence2Processor.from_pretrained(model.hparams.name_or_path)
+    inputs = processor(text=["<CAPTION>"] * 2, images=pixels[:, 0], do_rescale=False, return_tensors="pt")
+    ids, values = inputs["input_ids"], inputs["pixel_values"].double()
+    (image,) = torch.nonzero(ids[0] == model.hf.config.image_token_id).T  # the summary token, then the grid
+    grid = torch.zeros_like(ids, dtype=torch.bool)
+    grid[:, image[1:]] = True
+    for row, item in enumerate(hidden):
+        if item >= 0:
+            grid[row, image[1 + item]] = False
+    if keep == "prefix":
+        seen = grid | (ids != model.hf.config.image_token_id)  # the prompt stays
+        return {"input_ids": ids, "pixel_values": values, "attention_mask": seen.long()}
+    start = torch.full((2, 1), model.hf.config.text_config.decoder_start_token_id)
+    encoder = model.hf(input_ids=ids, pixel_values=values, decoder_input_ids=start).encoder_last_hidden_state
+    return {"encoder_outputs": BaseModelOutput(last_hidden_state=encoder), "attention_mask": grid.long()}
+
+
+def florence_logprobs(model, inputs: dict, tokens: torch.Tensor) -> torch.Tensor:
+    """Florence-2's own log-probabilities after ``tokens`` (rows from its decoder start token) on ``inputs``."""
+    return torch.log_softmax(model.hf(**inputs, decoder_input_ids=tokens).logits, dim=-1)
+
+
+@pytest.mark.parametrize("keep", FLORENCE_KEEP)
+def test_florence2_with_every_item_or_one_hidden_is_its_own_forward_under_that_mask(folders, keep):
+    """Every item, then item 5 (row 0) and item 9 (row 1) hidden: capsal's log-probabilities equal Florence-2's own
+    forward with those image tokens (and the summary token) masked, the prompt seen (``keep=prefix``: hidden tokens
+    move no position), or its own encoder output read at the other grid tokens (``keep=encoder_output``)."""
+    model = load(folders["florence2"], "florence2", keep).double()
+    pixels = images().double()
+    items = model.items(model.features(pixels))
+    tokens = torch.tensor([model.vocab.encode(QUERY)[:-1]] * 2)
+    every = model.token_logprobs(model.encode(items), tokens)
+    torch.testing.assert_close(every, florence_logprobs(model, florence_inputs(model, pixels, keep, [-1, -1]), tokens))
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[0, 5], mask[1, 9] = False, False
+    hidden = model.token_logprobs(model.encode(items, mask), tokens)
+    theirs = florence_logprobs(model, florence_inputs(model, pixels, keep, [5, 9]), tokens)
+    torch.testing.assert_close(hidden, theirs)
+    assert not torch.allclose(hidden, every)
+
+
+@pytest.mark.parametrize("keep", FLORENCE_KEEP)
+def test_florence2_generates_its_own_greedy_caption_after_its_decoder_start_and_bos(folders, keep):
+    model = load(folders["florence2"], "florence2", keep).double()
+    pixels = images().double()
+    ours = model.generate(model.items(model.features(pixels)), max_len=6)
+    inputs = florence_inputs(model, pixels, keep, [-1, -1])
+    theirs = model.hf.generate(**inputs, max_new_tokens=7, num_beams=1, do_sample=False)  # bos is forced
+    start, bos = model.hf.config.text_config.decoder_start_token_id, model.vocab.bos_id
+    assert theirs[:, :2].tolist() == [[start, bos]] * 2 and model.vocab.prefix == [start, bos]
+    assert ours.tolist() == theirs[:, : ours.shape[1]].tolist()
+
+
+@pytest.mark.parametrize("keep", FLORENCE_KEEP)
+def test_florence2_with_no_item_reads_the_prompt_alone_or_nothing(folders, keep):
+    """``keep=prefix``: every image token hidden, the encoder on the prompt alone, as Florence-2's own forward under
+    that mask; ``keep=encoder_output``: the decoder reads nothing, and a masked item's values reach no word."""
+    model = load(folders["florence2"], "florence2", keep).double()
+    tokens = torch.tensor([model.vocab.encode(QUERY)[:-1]] * 2)
+    alone = check_no_item(model, torch.randn(2, 3, model.feature_size, dtype=torch.float64), tokens)
+    if keep == "prefix":
+        inputs = florence_inputs(model, images().double(), keep, [-1, -1])
+        inputs["attention_mask"] = (inputs["input_ids"] != model.hf.config.image_token_id).long()
+        torch.testing.assert_close(alone, florence_logprobs(model, inputs, tokens))
+
+
+def test_florence2_reads_its_caption_prompt_from_its_processor_and_never_explains_it(folders):
+    """The folder's ``Florence2Processor`` loads by path; its ``<CAPTION>`` text is the encoder's prompt, after the
+    image tokens; the decoder's rows start at bos, so the words are the caption's alone."""
+    import transformers
+
+    from capsal.models.hf import load_parts
+
+    model = load(folders["florence2"], "florence2", "prefix")
+    assert isinstance(load_parts(str(folders["florence2"]))[2], transformers.Florence2Processor)
+    ids = model.family.task_ids
+    image = ids == model.hf.config.image_token_id
+    assert int(image.sum()) == 17 and bool(image[:17].all())  # the summary token and the 4 x 4 grid, first
+    assert model.tokenizer.decode(ids[~image]) == "<s>What does the image describe?</s>"
+    assert model.vocab.prefix == [model.hf.config.text_config.decoder_start_token_id, model.vocab.bos_id]
+    items = model.items(model.features(images()))
+    saliency = build_explainer("caption_guided").explain(model, items, tokens=QUERY)
+    assert saliency.words == [["a", "big", "yellow", "triangle"]] * 2
+    caption = build_explainer("caption_guided").explain(model, items)
+    assert all("describe" not in words for words in caption.words)
+
+
+@pytest.mark.parametrize("keep", FLORENCE_KEEP)
+def test_florence2_soft_attention_is_its_last_decoder_layers_cross_attention_on_the_grid_tokens(folders, keep):
+    """Item 5 (row 0) and 9 (row 1) hidden: the weights on each item are Florence-2's own (eager attention, the mean
+    over heads of its last layer) at that item's column, zero for the hidden ones; the prompt's share is left out."""
+    model = load(folders["florence2"], "florence2", keep).double()
+    pixels = images().double()
+    tokens = torch.tensor([model.vocab.encode(QUERY)[:-1]] * 2)
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[0, 5], mask[1, 9] = False, False
+    ours = model.attention(model.encode(model.items(model.features(pixels)), mask), tokens)
+    inputs = florence_inputs(model, pixels, keep, [5, 9])
+    model.hf.set_attn_implementation("eager")
+    cross = model.hf(**inputs, decoder_input_ids=tokens, output_attentions=True).cross_attentions[-1].mean(dim=1)
+    if keep == "prefix":  # the summary token, then the grid
+        (image,) = torch.nonzero(inputs["input_ids"][0] == model.hf.config.image_token_id).T
+        cross = cross[..., image[1:]]
+    else:
+        cross = cross[..., inputs["attention_mask"][0].bool() | inputs["attention_mask"][1].bool()]
+    torch.testing.assert_close(ours, cross)
+    assert ours[0, :, 5].abs().max() == 0 and ours[1, :, 9].abs().max() == 0
+    assert bool((ours.sum(dim=-1) < 1 - 1e-3).all()) == (keep == "prefix")  # the prompt's share, left out
+
+
+def test_florence2_attention_trace_under_keep_prefix_is_its_own_maps_without_the_summary_token(folders):
+    """Every map of the trace equals Florence-2's own (eager) under the mask hiding the summary token and item 5
+    (row 0) / 9 (row 1): BART's encoder self-attention (the rows of the tokens it sees) and the decoder's
+    cross-attention over the grid tokens then the prompt (the hidden summary token's row and column dropped), the
+    decoder's self-attention as it is."""
+    model = load(folders["florence2"], "florence2", "prefix").double()
+    pixels = images().double()
+    tokens = torch.tensor([model.vocab.encode(QUERY)[:-1]] * 2)
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[0, 5], mask[1, 9] = False, False
+    trace = model.attention_trace(model.items(model.features(pixels)), mask, tokens)
+    model.hf.set_attn_implementation("eager")
+    inputs = florence_inputs(model, pixels, "prefix", [5, 9])
+    assert bool((inputs["input_ids"][:, 0] == model.hf.config.image_token_id).all())  # the summary token is first
+    theirs = model.hf(**inputs, decoder_input_ids=tokens, output_attentions=True)
+    assert len(trace.encoder) == len(theirs.encoder_attentions) == 2 and len(trace.cross) == 2
+    seen = torch.ones(2, trace.item.shape[1], dtype=torch.bool)
+    seen[0, 5], seen[1, 9] = False, False  # a hidden token's own row reads the zero vector capsal gives it
+    for ours, own in zip(trace.encoder, theirs.encoder_attentions, strict=True):
+        for row in range(2):
+            torch.testing.assert_close(ours[row][:, seen[row]], own[row, :, 1:, 1:][:, seen[row]])
+    for ours, own in zip(trace.decoder, theirs.decoder_attentions, strict=True):
+        torch.testing.assert_close(ours, own)
+    for ours, own in zip(trace.cross, theirs.cross_attentions, strict=True):
+        torch.testing.assert_close(ours, own[..., 1:])
+
+
+def test_florence2_refuses_keep_input_naming_its_modes(folders):
+    with pytest.raises(UserError, match=r"DaViT tower .* use model\.keep=prefix or model\.keep=encoder_output$"):
+        HFCaptioner(str(folders["florence2"]), keep="input")

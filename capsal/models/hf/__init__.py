@@ -6,9 +6,11 @@ Supported families, one adapter each (:class:`~capsal.models.hf.family.Family`):
 ``GitForCausalLM`` (:mod:`~capsal.models.hf.git`: image tokens as a prefix of a language model's own self-attention,
 with its own ``keep`` modes, ``input`` and ``prefix``, described there) and
 ``Blip2ForConditionalGeneration`` (:mod:`~capsal.models.hf.blip2`: a querying transformer between the tower and an
-OPT language model that reads its outputs as a prefix; ``keep=input`` and ``keep=encoder_output``, described there)
-and ``Qwen2VLForConditionalGeneration`` (:mod:`~capsal.models.hf.qwen2_vl`: merged tower tokens in place of the
-language model's image tokens, placed by M-RoPE; ``keep=input`` and ``keep=prefix``, described there).
+OPT language model that reads its outputs as a prefix; ``keep=input`` and ``keep=encoder_output``, described there),
+``Qwen2VLForConditionalGeneration`` (:mod:`~capsal.models.hf.qwen2_vl`: merged tower tokens in place of the
+language model's image tokens, placed by M-RoPE; ``keep=input`` and ``keep=prefix``, described there) and
+``Florence2ForConditionalGeneration`` (:mod:`~capsal.models.hf.florence2`: image tokens and a task prompt as a BART
+encoder's input; ``keep=prefix`` and ``keep=encoder_output``, described there).
 :class:`HFCaptioner` is the LightningModule users configure; it holds the ``transformers`` model and its family.
 
 Items are the image's patch tokens, an ``h x w`` grid read row-major; pixels go through the model's own image

@@ -33,7 +33,7 @@ class HFCaptioner(LightningCaptioner):
     """A pretrained ``transformers`` captioner (``name_or_path``: a hub id or a ``save_pretrained`` folder).
 
     ``keep``: where "keep only item i" happens, ``input``, ``encoder_output`` (cross-attending families) or
-    ``prefix`` (GIT, Qwen2-VL) (:mod:`capsal.models.hf`);
+    ``prefix`` (GIT, Qwen2-VL, Florence-2) (:mod:`capsal.models.hf`);
     ``prompt``: text after bos that is part of the prefix (BLIP's conditional captioning, e.g. "a picture of");
     ``from_config``: random weights of the same architecture. ``max_len``/``beam_size``: generation; the optimizer
     and captioning metrics as every capsal model. The model's own parts sit in ``hf`` (its weights, under the
@@ -72,8 +72,9 @@ class HFCaptioner(LightningCaptioner):
         self.processor = self.family.image_processor(processor)
         self.tokenizer = tokenizer
         bos, eos, pad = self.family.special_ids(tokenizer)
-        self.vocab = PretrainedTokenizer(tokenizer, bos, eos, pad, self.decoder.config.vocab_size, prompt)
-        self.feature_size: int = self.vision.config.hidden_size
+        size, start = self.decoder.config.vocab_size, self.family.start_ids()
+        self.vocab = PretrainedTokenizer(tokenizer, bos, eos, pad, size, prompt, start)
+        self.feature_size: int = self.family.feature_size
         self.family.check_keep(keep)
 
     # ---- the model's parts ------------------------------------------------------------------------------------

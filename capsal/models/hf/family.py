@@ -41,6 +41,7 @@ class Family(ABC):
     model_type: ClassVar[str]  # the ``config.model_type`` this family wraps
     attends: ClassVar[bool] = False  # whether :meth:`attention` and :meth:`attention_trace` read attention weights
     model_class: ClassVar[str]  # the ``transformers`` class that loads it
+    processor_class: ClassVar[str] = "AutoImageProcessor"  # the ``transformers`` class that loads its processor
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -58,6 +59,10 @@ class Family(ABC):
     @abstractmethod
     def special_ids(self, tokenizer: Any) -> tuple[int, int, int]:
         """``(bos, eos, pad)`` the model decodes with."""
+
+    def start_ids(self) -> list[int]:
+        """Tokens the decoder reads before bos (none by default): part of every row's prefix, never words."""
+        return []
 
     def image_processor(self, processor: Any) -> Any:
         """The processor as capsal uses it: by default the whole image resized (:func:`whole_image`)."""
@@ -96,6 +101,11 @@ class Family(ABC):
     ) -> AttentionTrace:
         """Every attention map of one teacher-forced pass, for a family that ``attends``."""
         raise UserError(f"{type(self.model).__name__}: capsal reads no attention maps of this model")
+
+    @property
+    def feature_size(self) -> int:
+        """The width of the items (``features``' last dimension): by default the vision encoder's."""
+        return int(self.vision.config.hidden_size)
 
     def max_sentence_tokens(self) -> int | None:
         """The decoder's position table: the most tokens (prefix included) it takes."""
@@ -200,20 +210,11 @@ class CrossAttentionFamily(Family):
                 handle.remove()
 
     def read_hooks(self, state: State) -> list[Any]:
-        """Hooks that make each cross-attention read the zero vector (before its output projection) for a row with
-        no item (``keep=encoder_output``, mask all False), as PyTorch's fused attention does over nothing, instead of
-        the uniform weights over padding that eager attention gives: the decoder from the words alone."""
+        """:func:`zero_context_hooks` for the state's rows with no item (``keep=encoder_output``, mask all False)."""
         empty = ~state["mask"].any(dim=1)
         if not bool(empty.any()):
             return []
-        handles = []
-        for name, module in self.decoder.named_modules():
-            if not name.endswith("crossattention"):
-                continue
-            if isinstance(getattr(module, "c_proj", None), nn.Module):  # GPT-2: the heads' values, then c_proj
-                handles.append(module.c_proj.register_forward_pre_hook(functools.partial(_zero_rows_in, empty)))
-            elif isinstance(getattr(module, "self", None), nn.Module):  # BERT, BLIP: the context, then output
-                handles.append(module.self.register_forward_hook(functools.partial(_zero_rows_out, empty)))
+        handles = zero_context_hooks(self.decoder, empty)
         if not handles:
             raise UserError(
                 f"model.keep=encoder_output cannot be asked for a row with no item (mask all False): capsal does not "
@@ -225,9 +226,7 @@ class CrossAttentionFamily(Family):
     def attention(self, state: State, tokens: torch.Tensor) -> torch.Tensor:
         """The last decoder layer's cross-attention weights, the mean over its heads, on each item (the class
         token's share is left out, so a row sums to at most 1)."""
-        with eager_attention(self.decoder):
-            weights = self.decode(state, tokens, output_attentions=True).cross_attentions[-1].mean(dim=1)
-        return on_items(weights, state["item"], state["count"])
+        return cross_attention_on_items(self, state, tokens)
 
     def attention_trace(
         self, items: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: str, tokens: torch.Tensor
@@ -243,15 +242,8 @@ class CrossAttentionFamily(Family):
                 "the attention trace of model.keep=input needs every item present (mask all True): a row with fewer "
                 "items is encoded alone; explain the rows one at a time"
             )
-        groups = {
-            "encoder": recorded_modules(self.vision, "attentions") if keep == "input" else [],
-            "decoder": recorded_modules(self.decoder, "attentions"),
-            "cross": recorded_modules(self.decoder, "cross_attentions"),
-        }
-        with eager_attention(self.vision), eager_attention(self.decoder), recording(groups) as maps:
-            state = self.encode(items, mask, positions, keep)
-            logprobs = torch.log_softmax(widened(self.decode(state, tokens).logits), dim=-1)
-        return AttentionTrace(maps["encoder"], maps["decoder"], maps["cross"], logprobs, state["item"], state["count"])
+        encoder = recorded_modules(self.vision, "attentions") if keep == "input" else []
+        return traced_pass(self, encoder, [self.vision, self.decoder], items, mask, positions, keep, tokens)
 
     def generate(self, state: State, prefix: torch.Tensor, config: Any) -> torch.Tensor:
         """The decoder's own ``generate`` after ``prefix``, cross-attending to the state's memory."""
@@ -264,6 +256,61 @@ class CrossAttentionFamily(Family):
                 generation_config=config,
                 cache=cross_attention_cache(self.decoder.config),
             )
+
+
+def cross_attention_on_items(family: Family, state: State, tokens: torch.Tensor) -> torch.Tensor:
+    """``(B, n, m)``: the last decoder layer's cross-attention weights of ``family.decode``, the mean over its heads,
+    on each item, under eager attention (columns that are no item, a class token or a prompt, are left out, so a row
+    sums to at most 1)."""
+    with eager_attention(family.decoder):
+        weights = family.decode(state, tokens, output_attentions=True).cross_attentions[-1].mean(dim=1)
+    return on_items(weights, state["item"], state["count"])
+
+
+def traced_pass(
+    family: Family,
+    encoder: list[nn.Module],
+    eager: list[nn.Module],
+    items: torch.Tensor,
+    mask: torch.Tensor,
+    positions: torch.Tensor,
+    keep: str,
+    tokens: torch.Tensor,
+) -> AttentionTrace:
+    """Every attention map of one pass of ``family.encode`` and ``family.decode``, under eager attention in the
+    ``eager`` models (fused kernels return no weights): the ``encoder`` self-attention modules that run inside
+    ``encode`` (none when the encoder ran before), then the decoder's self- and cross-attention, recorded from the
+    modules ``transformers`` itself records as ``attentions`` and ``cross_attentions`` (:func:`recorded_modules`)."""
+    groups = {
+        "encoder": encoder,
+        "decoder": recorded_modules(family.decoder, "attentions"),
+        "cross": recorded_modules(family.decoder, "cross_attentions"),
+    }
+    with contextlib.ExitStack() as stack:
+        for model in eager:
+            stack.enter_context(eager_attention(model))
+        maps = stack.enter_context(recording(groups))
+        state = family.encode(items, mask, positions, keep)
+        logprobs = torch.log_softmax(widened(family.decode(state, tokens).logits), dim=-1)
+    return AttentionTrace(maps["encoder"], maps["decoder"], maps["cross"], logprobs, state["item"], state["count"])
+
+
+def zero_context_hooks(decoder: nn.Module, empty: torch.Tensor) -> list[Any]:
+    """Hooks that make each cross-attention of ``decoder`` read the zero vector (before its output projection) in
+    the rows ``empty`` (B,) marks as having nothing to read, as PyTorch's fused attention does over nothing, instead
+    of the uniform weights over padding that eager attention gives: the decoder from the words alone. None where
+    capsal does not know the decoder's cross-attention (GPT-2, BERT, BLIP and BART are known)."""
+    handles = []
+    for name, module in decoder.named_modules():
+        if name.endswith("encoder_attn") and isinstance(getattr(module, "out_proj", None), nn.Module):  # BART
+            handles.append(module.out_proj.register_forward_pre_hook(functools.partial(_zero_rows_in, empty)))
+        if not name.endswith("crossattention"):
+            continue
+        if isinstance(getattr(module, "c_proj", None), nn.Module):  # GPT-2: the heads' values, then c_proj
+            handles.append(module.c_proj.register_forward_pre_hook(functools.partial(_zero_rows_in, empty)))
+        elif isinstance(getattr(module, "self", None), nn.Module):  # BERT, BLIP: the context, then output
+            handles.append(module.self.register_forward_hook(functools.partial(_zero_rows_out, empty)))
+    return handles
 
 
 def _rows(empty: torch.Tensor, size: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ from capsal.errors import UserError
 from capsal.models.hf.blip import BlipFamily
 from capsal.models.hf.blip2 import Blip2Family
 from capsal.models.hf.family import Family
+from capsal.models.hf.florence2 import Florence2Family
 from capsal.models.hf.git import GitFamily
 from capsal.models.hf.qwen2_vl import Qwen2VLFamily
 from capsal.models.hf.vision_encoder_decoder import VisionEncoderDecoderFamily
@@ -20,7 +21,7 @@ from capsal.models.hf.vision_encoder_decoder import VisionEncoderDecoderFamily
 # the families capsal explains, by ``config.model_type``
 FAMILIES: dict[str, type[Family]] = {
     family.model_type: family
-    for family in (VisionEncoderDecoderFamily, BlipFamily, GitFamily, Blip2Family, Qwen2VLFamily)
+    for family in (VisionEncoderDecoderFamily, BlipFamily, GitFamily, Blip2Family, Qwen2VLFamily, Florence2Family)
 }
 # what ``save_pretrained`` writes besides the weights: a capsal checkpoint carries these, its state dict the weights
 PRETRAINED_FILE_SUFFIXES = (".json", ".txt", ".model", ".jinja")  # .jinja: a chat template (Qwen2-VL)
@@ -47,8 +48,9 @@ def offline_hint(name_or_path: str, error: BaseException) -> str:
 
 
 def load_parts(name_or_path: str, from_config: bool = False):
-    """``(model, tokenizer, image processor)`` of a hub id or a ``save_pretrained`` folder; ``from_config``: the
-    architecture with random weights (benchmarks; capsal checkpoints, whose state dict holds the weights)."""
+    """``(model, tokenizer, image processor)`` of a hub id or a ``save_pretrained`` folder (the processor by the
+    family's ``processor_class``: Florence-2's whole ``Florence2Processor``, which its family reads); ``from_config``:
+    the architecture with random weights (benchmarks; capsal checkpoints, whose state dict holds the weights)."""
     transformers = require_transformers()
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
@@ -62,7 +64,8 @@ def load_parts(name_or_path: str, from_config: bool = False):
         # never the code a model repository or a checkpoint's files may name (auto_map): capsal's families are built in
         config = transformers.AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
         tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
-        processor = transformers.AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=False)
+        processor_class = getattr(FAMILIES.get(config.model_type), "processor_class", "AutoImageProcessor")
+        processor = getattr(transformers, processor_class).from_pretrained(name_or_path, trust_remote_code=False)
     except (OSError, ValueError) as error:
         raise UserError(offline_hint(name_or_path, error)) from error
     family = FAMILIES.get(config.model_type)

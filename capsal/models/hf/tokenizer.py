@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from capsal.text import Tokenizer, tokenize
@@ -12,19 +12,29 @@ class PretrainedTokenizer(Tokenizer):
     """A Hugging Face tokenizer behind capsal's :class:`~capsal.text.Tokenizer` interface.
 
     Captions are encoded as :func:`~capsal.text.tokenize`'s words (lower case, no punctuation), so word spans mean
-    what the datasets mean. ``prefix``: bos then the prompt's tokens; a caption's tokens follow, then eos. A token
-    belongs to the word it adds characters to: decoding the row's first k tokens and the first k+1 gives
-    :func:`~capsal.text.tokenize`'s words, and the (k+1)-th token belongs to the last word when the words changed,
-    to none when they did not (punctuation).
+    what the datasets mean. ``prefix``: ``start`` (tokens a decoder reads before bos, e.g. BART's decoder start
+    token), bos, then the prompt's tokens; a caption's tokens follow, then eos. A token belongs to the word it adds
+    characters to: decoding the row's first k tokens and the first k+1 gives :func:`~capsal.text.tokenize`'s words,
+    and the (k+1)-th token belongs to the last word when the words changed, to none when they did not
+    (punctuation).
     """
 
-    def __init__(self, tokenizer: Any, bos_id: int, eos_id: int, pad_id: int, size: int, prompt: str | None = None):
+    def __init__(
+        self,
+        tokenizer: Any,
+        bos_id: int,
+        eos_id: int,
+        pad_id: int,
+        size: int,
+        prompt: str | None = None,
+        start: Sequence[int] = (),
+    ):
         self.tokenizer = tokenizer
         self.bos_id, self.eos_id, self.pad_id = int(bos_id), int(eos_id), int(pad_id)
         self.size = int(size)
         self.prompt = prompt or None
         prompt_ids = self._ids(" ".join(tokenize(prompt))) if self.prompt else []
-        self.prefix: list[int] = [self.bos_id, *prompt_ids]
+        self.prefix: list[int] = [*(int(i) for i in start), self.bos_id, *prompt_ids]
 
     def __len__(self) -> int:
         return self.size
