@@ -50,8 +50,9 @@ class ExplorerMaps:
 class ExplorerSample:
     """One image or clip of the page: ``frames`` uint8 ``(T, H, W, 3)``, ``labels`` its words or phrases,
     ``explainers`` their maps by name, ``boxes`` each label's ground-truth boxes in frame pixels (inclusive
-    ``x0, y0, x1, y1``). An evaluation adds per label its caption and category and, per explainer, the hit (None:
-    not scored) and the mass inside the boxes, which the page filters and sorts by."""
+    ``x0, y0, x1, y1``), drawn on every frame; a clip whose objects move gives ``frame_boxes`` instead, each label's
+    boxes by frame index, drawn on their frame only. An evaluation adds per label its caption and category and, per
+    explainer, the hit (None: not scored) and the mass inside the boxes, which the page filters and sorts by."""
 
     frames: np.ndarray
     labels: Sequence[str]
@@ -63,6 +64,7 @@ class ExplorerSample:
     categories: Sequence[str | None] | None = None
     hits: Mapping[str, Sequence[bool | None]] = field(default_factory=dict)
     mass: Mapping[str, Sequence[float | None]] = field(default_factory=dict)
+    frame_boxes: Sequence[Mapping[int, Sequence[Box]]] | None = None
 
 
 def write_explorer(
@@ -127,8 +129,9 @@ def write_pages(
 def evaluation_samples(samples: Iterable[Sample], records: Sequence[dict]) -> Iterator[ExplorerSample]:
     """The explorer's view of an evaluation: each sample of ``samples`` (the split, in its order) that has scored
     phrases, each phrase (a caption's span) with every explainer's map, hit and mass inside its boxes, taken from
-    the evaluator's records (those with ``maps``: phrases cut at the model's word limit were not scored). Every
-    explainer records a sample's phrases in the same order; a caption given twice brings its phrases twice."""
+    the evaluator's records (those with ``maps``: phrases cut at the model's word limit were not scored), and its
+    ground-truth boxes (a clip's per frame). Every explainer records a sample's phrases in the same order; a caption
+    given twice brings its phrases twice."""
     by_sample: dict[str, dict[int, dict]] = {}
     seen: dict[tuple[str, str], int] = {}  # the n-th record of a sample and explainer is the sample's n-th phrase
     for record in records:
@@ -144,18 +147,21 @@ def evaluation_samples(samples: Iterable[Sample], records: Sequence[dict]) -> It
         if not phrases:
             continue
         firsts = [p["record"] for p in phrases]
-        spans = {(c.text, p.start, p.end): list(p.boxes) for c in sample.captions for p in c.phrases}
+        spans = {(c.text, p.start, p.end): p for c in sample.captions for p in c.phrases}
+        found = [spans.get(_key(r)) for r in firsts]
         explainers = {}
         for name in names:
             maps = [p["maps"][name]["maps"] for p in phrases]
             spatial = None if maps[0].spatial is None else np.stack([m.spatial for m in maps]).astype(np.float32)
             temporal = None if maps[0].temporal is None else np.stack([m.temporal for m in maps]).astype(np.float32)
             explainers[name] = ExplorerMaps(spatial, temporal)
+        video = explainers[names[0]].temporal is not None
         yield ExplorerSample(
             frames=rearrange(sample.pixels, "t c h w -> t h w c").numpy(),
             labels=[r["phrase"] for r in firsts],
             explainers=explainers,
-            boxes=None if explainers[names[0]].temporal is not None else [spans.get(_key(r), []) for r in firsts],
+            boxes=None if video else [list(p.boxes) if p else [] for p in found],
+            frame_boxes=[dict(p.frame_boxes) if p else {} for p in found] if video else None,
             sample_id=sample.sample_id,
             captions=list(dict.fromkeys(r["caption"] for r in firsts)),
             categories=[r["category"] for r in firsts],
@@ -211,6 +217,7 @@ def _sample(sample: ExplorerSample) -> dict:
         "frames": [_jpeg(frame, scale) for frame in frames],
         "size": [round(width * scale), round(height * scale)],
         "boxes": [[_scale_box(box, scale) for box in label] for label in boxes] if boxes else None,
+        "frame_boxes": _frame_boxes(sample.frame_boxes, len(frames), scale) if sample.frame_boxes else None,
         "video": any(maps.temporal is not None for maps in sample.explainers.values()),
         "explainers": [_explainer(name, maps, count) for name, maps in sample.explainers.items()],
         "hits": {name: list(values) for name, values in sample.hits.items()},
@@ -236,6 +243,11 @@ def _explainer(name: str, maps: ExplorerMaps, count: int) -> dict:
         entry["best"] = peak_frames(temporal).tolist()
         entry["temporal"] = [_b64(_quantise(label)) for label in temporal.numpy()]
     return entry
+
+
+def _frame_boxes(labels: Sequence[Mapping[int, Sequence[Box]]], frames: int, scale: float) -> list[list[list]]:
+    """Per label, per frame (every one of the clip's, in order) the boxes drawn on it, scaled with the frames."""
+    return [[[_scale_box(box, scale) for box in label.get(t, ())] for t in range(frames)] for label in labels]
 
 
 def _scale_box(box: Box, scale: float) -> list[int]:
@@ -358,6 +370,13 @@ function peak(e) {
   return [(x + 0.5) * W / w, (y + 0.5) * H / h];
 }
 
+function boxes() {
+  // the word's ground-truth boxes: those of the current frame where the clip has them per frame
+  const s = sample();
+  if (s.frame_boxes) return s.frame_boxes[state.word][state.frame];
+  return (s.boxes && s.boxes[state.word]) || [];
+}
+
 function draw() {
   const e = current(), [W, H] = sample().size;
   if (view.width !== W || view.height !== H) { view.width = W; view.height = H; }
@@ -373,7 +392,7 @@ function draw() {
       ctx.stroke();
     }
   }
-  for (const [x0, y0, x1, y1] of (sample().boxes && sample().boxes[state.word]) || []) {
+  for (const [x0, y0, x1, y1] of boxes()) {
     ctx.strokeStyle = "#fff"; ctx.lineWidth = 2; ctx.strokeRect(x0, y0, x1 - x0 + 1, y1 - y0 + 1);
   }
   if (sample().video) drawCurve(e);
@@ -508,7 +527,7 @@ document.addEventListener("keydown", (event) => {
   if (event.key === "ArrowDown") { event.preventDefault(); show(state.sample + 1); }
   if (event.key === "ArrowUp") { event.preventDefault(); show(state.sample - 1); }
 });
-window.capsal = {state, select, show, setExplainer, setFrame, jump, rows, peak: () => peak(current())};
+window.capsal = {state, select, show, setExplainer, setFrame, jump, rows, boxes, peak: () => peak(current())};
 show(0).then(() => {
   if (data.table) listRows();
   capsal.readyMs = performance.now();  // from the start of navigation to the first sample drawn
