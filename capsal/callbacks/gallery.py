@@ -15,13 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from einops import rearrange
 
 from capsal import viz
 from capsal.evaluation import explain_batch
 from capsal.explainers.base import Explainer
 from capsal.explainers.saliency import Saliency
-from capsal.explorer import ExplorerMaps, ExplorerSample
+from capsal.explorer import ExplorerSample, saliency_maps
 from capsal.maxima import peak_frames, peak_locations
 from capsal.metrics.base import points_in_boxes
 from capsal.types import Box, Caption, Phrase, Sample
@@ -202,21 +201,11 @@ def _explorer_sample(
     saliencies: dict[str, Saliency], row: int, frames: np.ndarray, words: list[str], truth, results, video: bool
 ) -> ExplorerSample:
     """One sentence of the gallery as the explorer shows it: the words drawn in the figure with each explainer's
-    Eq. 8 maps at grid resolution (a clip: its temporal curve and, where the explainer has them, the maps inside
-    every frame), each word's hit as the figure colours it and its phrase's boxes (a clip: per frame)."""
+    maps at grid resolution (a clip: its temporal curve and, where the explainer has them, the maps inside every
+    frame) and those of every run of words a reader may select, each word's hit as the figure colours it and its
+    phrase's boxes (a clip: per frame)."""
     n = len(words)
-    explainers = {}
-    for name, saliency in saliencies.items():
-        h, w = saliency.layout.grid_size
-        if not video:
-            spatial = rearrange(saliency.e[row, :n].float().cpu(), "n (h w) -> n 1 h w", h=h, w=w).numpy()
-            explainers[name] = ExplorerMaps(spatial)
-            continue
-        regions = saliency.region_e
-        spatial = None
-        if regions is not None:
-            spatial = rearrange(regions[row, :n].float().cpu(), "n t (h w) -> n t h w", h=h, w=w).numpy()
-        explainers[name] = ExplorerMaps(spatial, saliency.e[row, :n].float().cpu().numpy())
+    explainers = {name: saliency_maps(s, row, [(t, t + 1) for t in range(n)]) for name, s in saliencies.items()}
     phrases = [_phrase_of(truth, t) for t in range(n)]
     return ExplorerSample(
         frames=viz.to_uint8(frames),

@@ -24,7 +24,7 @@ from capsal import viz
 from capsal.callbacks import SaliencyCallback
 from capsal.cli.train import train
 from capsal.errors import UserError
-from capsal.explorer import read_explorer
+from capsal.explorer import MAX_RUN, read_explorer
 
 EPOCHS = 2
 SAMPLES = 4  # the callback's default num_samples
@@ -91,7 +91,10 @@ def check_explorer(data: dict, record: dict, rows: list[dict]) -> None:
                     (figure["sample"], figure["kind"], entry["name"])]  # fmt: skip
             assert [r["word"] for r in ours] == sample["labels"]
             assert sample["hits"][entry["name"]] == [r["hit"] for r in ours]
-            for row, values in zip(ours, entry["spatial"], strict=True):
+            n = len(sample["labels"])  # every run of 2 to MAX_RUN words is selectable, its map after the words'
+            assert entry["runs"] == [[a, b] for a in range(n) for b in range(a + 2, min(a + MAX_RUN, n) + 1)]
+            assert len(entry["spatial"]) == n + len(entry["runs"])
+            for row, values in zip(ours, entry["spatial"][:n], strict=True):
                 grid = torch.tensor(decoded(values, (1, *entry["grid"])), dtype=torch.float32)
                 heat = F.interpolate(grid[None], size=(64, 64), mode="bilinear", align_corners=False)[0, 0]
                 # uint8 quantisation moves each value by at most half a step: the table's point is a maximum
@@ -323,9 +326,11 @@ def test_video_fit_logs_temporal_scalars_and_fig5_images(tiny_train_cfg, tmp_pat
     for sample, figure in zip(data["samples"], record["figures"], strict=True):
         assert sample["video"] and len(sample["frames"]) == 8 and sample["labels"] == figure["words"]
         for entry in sample["explainers"]:
-            curves = np.stack([decoded(values, (8,)) for values in entry["temporal"]])
-            assert curves.shape == (len(figure["words"]), 8)
-            assert [int(np.argmax(c)) for c in curves] == entry["best"]  # the page's jump goes to the curve's peak
+            curves = np.stack([decoded(values, (8,)) for values in entry["temporal"]])  # the words', then runs'
+            assert curves.shape == (len(figure["words"]) + len(entry["runs"]), 8)
+            # the page's jump goes to the curve's peak, where the curve drawn has one (ties: their centroid)
+            unique = (curves == curves.max(1, keepdims=True)).sum(1) == 1
+            assert list(curves.argmax(1)[unique]) == list(np.array(entry["best"])[unique]) and unique.any()
         caption = split[figure["index"]].captions[0]
         for k, boxes in enumerate(sample["frame_boxes"]):
             phrase = next((p for p in caption.phrases if p.start <= k < p.end), None)
