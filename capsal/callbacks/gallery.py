@@ -74,7 +74,7 @@ class GalleryFigure:
     strip: np.ndarray | None = None  # video: word x frame temporal saliency, one panel per explainer
     results: list[WordResult] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)  # where "image" and "strip" were saved as PNG
-    explorer: ExplorerSample | None = None  # the words shown, every explainer's grid maps, for explorer.html
+    explorer: ExplorerSample | None = None  # the words shown with their grid maps, for explorer.html (None: no words)
 
 
 def _phrase_of(caption: Caption | None, word: int) -> Phrase | None:
@@ -190,7 +190,8 @@ def explain_gallery(
                 colors = [["black", *(viz.HIT_COLORS[r.hit] for r in result_row)] for _, result_row in rows]
                 image = viz.mosaic_figure(cells, titles, list(saliencies), f"{kind}: {shown}", columns, colors)
             explorer = _explorer_sample(saliencies, row, frames_np[b], list(words), truth, results, video)
-            explorer.sample_id, explorer.captions = f"{sample.sample_id} ({kind})", [f"{kind}: {sentence}"]
+            if explorer is not None:
+                explorer.sample_id, explorer.captions = f"{sample.sample_id} ({kind})", [f"{kind}: {sentence}"]
             figures.append(
                 GalleryFigure(b, sample.sample_id, kind, sentence, list(words), image, None, results, explorer=explorer)
             )
@@ -199,12 +200,14 @@ def explain_gallery(
 
 def _explorer_sample(
     saliencies: dict[str, Saliency], row: int, frames: np.ndarray, words: list[str], truth, results, video: bool
-) -> ExplorerSample:
+) -> ExplorerSample | None:
     """One sentence of the gallery as the explorer shows it: the words drawn in the figure with each explainer's
     maps at grid resolution (a clip: its temporal curve and, where the explainer has them, the maps inside every
     frame) and those of every run of words a reader may select, each word's hit as the figure colours it and its
-    phrase's boxes (a clip: per frame)."""
+    phrase's boxes (a clip: per frame). None for an empty caption: the page has no word to point at."""
     n = len(words)
+    if n == 0:
+        return None
     explainers = {name: saliency_maps(s, row, [(t, t + 1) for t in range(n)]) for name, s in saliencies.items()}
     phrases = [_phrase_of(truth, t) for t in range(n)]
     return ExplorerSample(

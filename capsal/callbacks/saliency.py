@@ -251,10 +251,11 @@ class SaliencyCallback(L.Callback):
             )
         settings = {name: repr(explainer) for name, explainer in self.explainers.items()}
         record = {"epoch": epoch, "step": step, "metrics": metrics, "explainers": settings, "figures": entries}
-        if self.explorer:
+        sentences = [figure.explorer for figure in figures if figure.explorer is not None]
+        if self.explorer and sentences:  # (a sentence without words has nothing to point at)
             record["explorer"] = f"{folder}/explorer.html"
             title = f"capsal saliency gallery, epoch {epoch} (step {step})"
-            write_samples(self.gallery_dir / record["explorer"], [f.explorer for f in figures if f.explorer], title)
+            write_samples(self.gallery_dir / record["explorer"], sentences, title)
         # A validation of epoch E replaces what a previous run (resumed or restarted) wrote from E on.
         self._records = [r for r in self._records if r["epoch"] < epoch] + [record]
         (self.gallery_dir / "gallery.json").write_text(json.dumps({"epochs": self._records}, indent=1))
