@@ -329,8 +329,8 @@ PAGE = """<!DOCTYPE html>
 <p id="words"></p>
 <p class="controls"><label>explainer <select id="explainer"></select></label>
 <label>opacity <input id="opacity" type="range" min="0" max="1" step="0.05"></label>
-<span class="hint">hover or click a word; shift-click or drag across words for their phrase;
-&larr; &rarr; move through the words</span></p>
+<span class="hint">hover or click a word<span id="span-hint">; shift-click or drag across words for their
+phrase</span>; &larr; &rarr; move through the words</span></p>
 <canvas id="view"></canvas>
 <div id="video" hidden><canvas id="curve" height="48"></canvas>
 <p class="controls"><label>frame <input id="frame" type="range" min="0" step="1" value="0"></label>
@@ -488,6 +488,7 @@ function words() {
     });
     box.append(span, " ");
   });
+  document.getElementById("span-hint").hidden = !current().runs.length;  // labels that are never selected together
   const video = document.getElementById("video");
   video.hidden = !s.video;
   document.getElementById("frame").max = s.frames.length - 1;

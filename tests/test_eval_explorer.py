@@ -85,6 +85,7 @@ def test_filter_sort_and_select_in_the_browser(browser, evaluated):
     page = evaluated / "explorer.html"
     browser.open(page)
     expected = csv_rows(evaluated)
+    assert browser.evaluate("document.getElementById('span-hint').hidden")  # phrases are not selected together
     browser.evaluate("capsal.setExplainer('gradcam')")
     browser.evaluate("const h = document.getElementById('hit'); h.value = 'miss'; h.dispatchEvent(new Event('change'))")
     shown = browser.evaluate(

@@ -212,6 +212,7 @@ def test_dragging_or_shift_clicking_across_words_shows_their_phrase_map(browser,
         return np.array(browser.evaluate("capsal.map()")) / 255.0
 
     assert shown() == pytest.approx(hand_phrase_map(losses, 0, 1), abs=1 / 255)  # one word: its own map
+    assert not browser.evaluate("document.getElementById('span-hint').hidden")  # the page says how to select
     single = browser.canvas()
     word(1, "mousedown")  # press on "red", drag across "square" to "and", let go
     for k in (2, 3):
