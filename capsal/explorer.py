@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,31 +28,40 @@ from capsal.maxima import peak_frames, peak_locations
 from capsal.types import Box, Sample
 from capsal.viz import OPACITY, heat_colors
 
+if TYPE_CHECKING:
+    from capsal.explainers.saliency import Saliency
+
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 MAX_SIDE = 720  # frames larger than this (pixels, longer side) are shrunk to keep the file small
 JPEG_QUALITY = 88
 SAMPLES_PER_PAGE = (
     50  # an evaluation's explorer: at most this many samples per file (explorer.html, explorer-2.html...)
 )
+MAX_RUN = 8  # labels a selection in the page spans at most: a sentence of n labels brings about 7n run maps
 
 
 @dataclass
 class ExplorerMaps:
-    """One explainer's maps at grid resolution, values in [0, 1], one row per label (word or phrase).
+    """One explainer's maps at grid resolution, values in [0, 1], one row per label (word or phrase), then one per
+    run of ``runs``.
 
     ``spatial`` ``(P, T, h, w)``: the map inside each frame (an image is one frame; None: a video explainer with no
-    in-frame maps). ``temporal`` ``(P, T)``: a video's saliency over its frames (None for an image)."""
+    in-frame maps). ``temporal`` ``(P, T)``: a video's saliency over its frames (None for an image). ``runs``: label
+    ranges ``[a, b)`` a reader may select in the page (shift-click or drag across the words), whose maps follow the
+    labels' rows in this order."""
 
     spatial: np.ndarray | None
     temporal: np.ndarray | None = None
+    runs: Sequence[tuple[int, int]] = ()
 
 
 @dataclass
 class ExplorerSample:
     """One image or clip of the page: ``frames`` uint8 ``(T, H, W, 3)``, ``labels`` its words or phrases,
     ``explainers`` their maps by name, ``boxes`` each label's ground-truth boxes in frame pixels (inclusive
-    ``x0, y0, x1, y1``). An evaluation adds per label its caption and category and, per explainer, the hit (None:
-    not scored) and the mass inside the boxes, which the page filters and sorts by."""
+    ``x0, y0, x1, y1``), drawn on every frame; a clip whose objects move gives ``frame_boxes`` instead, each label's
+    boxes by frame index, drawn on their frame only. An evaluation adds per label its caption and category and, per
+    explainer, the hit (None: not scored) and the mass inside the boxes, which the page filters and sorts by."""
 
     frames: np.ndarray
     labels: Sequence[str]
@@ -63,6 +73,29 @@ class ExplorerSample:
     categories: Sequence[str | None] | None = None
     hits: Mapping[str, Sequence[bool | None]] = field(default_factory=dict)
     mass: Mapping[str, Sequence[float | None]] = field(default_factory=dict)
+    frame_boxes: Sequence[Mapping[int, Sequence[Box]]] | None = None
+
+
+def saliency_maps(saliency: Saliency, row: int, spans: Sequence[tuple[int, int]]) -> ExplorerMaps:
+    """Row ``row`` of ``saliency`` as the explorer draws it, at grid resolution: Eq. 9 of each label's word span
+    ``(start, end)`` and, as ``runs``, of every run of 2 to :data:`MAX_RUN` labels that follow each other in the
+    sentence (a phrase selected in the page is Eq. 9 of its words, as everywhere in capsal: their losses summed, then
+    scaled)."""
+    adjacent = [spans[k][1] == spans[k + 1][0] for k in range(len(spans) - 1)]
+    runs = [
+        (a, b)
+        for a in range(len(spans))
+        for b in range(a + 2, min(a + MAX_RUN, len(spans)) + 1)
+        if all(adjacent[a : b - 1])
+    ]
+    words = [(row, start, end) for start, end in spans] + [(row, spans[a][0], spans[b - 1][1]) for a, b in runs]
+    h, w = saliency.layout.grid_size
+    values = saliency.phrase_maps(words).float().cpu()
+    if not saliency.layout.is_video:
+        return ExplorerMaps(rearrange(values, "p (h w) -> p 1 h w", h=h, w=w).numpy(), runs=runs)
+    regions = saliency.phrase_region_maps(words)
+    spatial = None if regions is None else rearrange(regions.float().cpu(), "p t (h w) -> p t h w", h=h, w=w)
+    return ExplorerMaps(None if spatial is None else spatial.numpy(), values.numpy(), runs=runs)
 
 
 def write_explorer(
@@ -127,8 +160,9 @@ def write_pages(
 def evaluation_samples(samples: Iterable[Sample], records: Sequence[dict]) -> Iterator[ExplorerSample]:
     """The explorer's view of an evaluation: each sample of ``samples`` (the split, in its order) that has scored
     phrases, each phrase (a caption's span) with every explainer's map, hit and mass inside its boxes, taken from
-    the evaluator's records (those with ``maps``: phrases cut at the model's word limit were not scored). Every
-    explainer records a sample's phrases in the same order; a caption given twice brings its phrases twice."""
+    the evaluator's records (those with ``maps``: phrases cut at the model's word limit were not scored), and its
+    ground-truth boxes (a clip's per frame). Every explainer records a sample's phrases in the same order; a caption
+    given twice brings its phrases twice."""
     by_sample: dict[str, dict[int, dict]] = {}
     seen: dict[tuple[str, str], int] = {}  # the n-th record of a sample and explainer is the sample's n-th phrase
     for record in records:
@@ -144,18 +178,21 @@ def evaluation_samples(samples: Iterable[Sample], records: Sequence[dict]) -> It
         if not phrases:
             continue
         firsts = [p["record"] for p in phrases]
-        spans = {(c.text, p.start, p.end): list(p.boxes) for c in sample.captions for p in c.phrases}
+        spans = {(c.text, p.start, p.end): p for c in sample.captions for p in c.phrases}
+        found = [spans.get(_key(r)) for r in firsts]
         explainers = {}
         for name in names:
             maps = [p["maps"][name]["maps"] for p in phrases]
             spatial = None if maps[0].spatial is None else np.stack([m.spatial for m in maps]).astype(np.float32)
             temporal = None if maps[0].temporal is None else np.stack([m.temporal for m in maps]).astype(np.float32)
             explainers[name] = ExplorerMaps(spatial, temporal)
+        video = explainers[names[0]].temporal is not None
         yield ExplorerSample(
             frames=rearrange(sample.pixels, "t c h w -> t h w c").numpy(),
             labels=[r["phrase"] for r in firsts],
             explainers=explainers,
-            boxes=None if explainers[names[0]].temporal is not None else [spans.get(_key(r), []) for r in firsts],
+            boxes=None if video else [list(p.boxes) if p else [] for p in found],
+            frame_boxes=[dict(p.frame_boxes) if p else {} for p in found] if video else None,
             sample_id=sample.sample_id,
             captions=list(dict.fromkeys(r["caption"] for r in firsts)),
             categories=[r["category"] for r in firsts],
@@ -211,6 +248,7 @@ def _sample(sample: ExplorerSample) -> dict:
         "frames": [_jpeg(frame, scale) for frame in frames],
         "size": [round(width * scale), round(height * scale)],
         "boxes": [[_scale_box(box, scale) for box in label] for label in boxes] if boxes else None,
+        "frame_boxes": _frame_boxes(sample.frame_boxes, len(frames), scale) if sample.frame_boxes else None,
         "video": any(maps.temporal is not None for maps in sample.explainers.values()),
         "explainers": [_explainer(name, maps, count) for name, maps in sample.explainers.items()],
         "hits": {name: list(values) for name, values in sample.hits.items()},
@@ -220,13 +258,16 @@ def _sample(sample: ExplorerSample) -> dict:
     }
 
 
-def _explainer(name: str, maps: ExplorerMaps, count: int) -> dict:
+def _explainer(name: str, maps: ExplorerMaps, labels: int) -> dict:
     """One explainer's arrays for the page, with the peaks found by :mod:`capsal.maxima` (one rule everywhere)."""
     entry: dict = {"name": name, "grid": None, "spatial": None, "peaks": None, "temporal": None, "best": None}
+    entry["runs"] = [[int(a), int(b)] for a, b in maps.runs]
+    count = labels + len(maps.runs)
+    for values in (maps.spatial, maps.temporal):
+        if values is not None and len(values) != count:
+            raise ValueError(f"{name}: {len(values)} maps for {labels} labels and {len(maps.runs)} runs")
     if maps.spatial is not None:
         spatial = torch.as_tensor(np.asarray(maps.spatial, dtype=np.float32))
-        if spatial.shape[0] != count:
-            raise ValueError(f"{name}: {spatial.shape[0]} maps for {count} labels")
         entry["grid"] = list(spatial.shape[-2:])
         peaks = peak_locations(rearrange(spatial, "p t h w -> (p t) h w"))
         entry["peaks"] = rearrange(peaks, "(p t) xy -> p t xy", p=count).tolist()
@@ -236,6 +277,11 @@ def _explainer(name: str, maps: ExplorerMaps, count: int) -> dict:
         entry["best"] = peak_frames(temporal).tolist()
         entry["temporal"] = [_b64(_quantise(label)) for label in temporal.numpy()]
     return entry
+
+
+def _frame_boxes(labels: Sequence[Mapping[int, Sequence[Box]]], frames: int, scale: float) -> list[list[list]]:
+    """Per label, per frame (every one of the clip's, in order) the boxes drawn on it, scaled with the frames."""
+    return [[[_scale_box(box, scale) for box in label.get(t, ())] for t in range(frames)] for label in labels]
 
 
 def _scale_box(box: Box, scale: float) -> list[int]:
@@ -283,7 +329,8 @@ PAGE = """<!DOCTYPE html>
 <p id="words"></p>
 <p class="controls"><label>explainer <select id="explainer"></select></label>
 <label>opacity <input id="opacity" type="range" min="0" max="1" step="0.05"></label>
-<span class="hint">hover or click a word; &larr; &rarr; move through the words</span></p>
+<span class="hint">hover or click a word<span id="span-hint">; shift-click or drag across words for their
+phrase</span>; &larr; &rarr; move through the words</span></p>
 <canvas id="view"></canvas>
 <div id="video" hidden><canvas id="curve" height="48"></canvas>
 <p class="controls"><label>frame <input id="frame" type="range" min="0" step="1" value="0"></label>
@@ -314,7 +361,8 @@ SCRIPT = """
 const data = JSON.parse(document.getElementById("capsal-data").textContent);
 const bytes = (b64) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
 const lut = bytes(data.lut);
-const state = {sample: 0, word: 0, explainer: 0, frame: 0, opacity: data.opacity};
+// span: the labels [a, b) selected together (shift-click or drag), whose map is Eq. 9 of their words; else null
+const state = {sample: 0, word: 0, span: null, explainer: 0, frame: 0, opacity: data.opacity};
 const names = data.samples[0].explainers.map((e) => e.name);
 const view = document.getElementById("view");
 const ctx = view.getContext("2d");
@@ -334,11 +382,15 @@ function prepare(s) {
 }
 const sample = () => data.samples[state.sample];
 const current = () => prepare(state.sample).explainers.find((e) => e.name === names[state.explainer]);
+const runIndex = (e, [a, b]) => e.runs.findIndex((run) => run[0] === a && run[1] === b);
+// the row of the explainer's maps shown: the word's, or the selected run's (after the labels' rows)
+const row = (e) => (state.span ? sample().labels.length + runIndex(e, state.span) : state.word);
+const chosen = (k) => (state.span ? state.span[0] <= k && k < state.span[1] : k === state.word);
 
 function mapImage(e) {
   // the word's grid map in the current frame as RGBA: colour from the table, opacity rising with saliency
   const [h, w] = e.grid;
-  const values = e.spatial[state.word].subarray(state.frame * h * w, (state.frame + 1) * h * w);
+  const values = e.spatial[row(e)].subarray(state.frame * h * w, (state.frame + 1) * h * w);
   small.width = w; small.height = h;
   const sctx = small.getContext("2d");
   const pixels = sctx.createImageData(w, h);
@@ -353,9 +405,17 @@ function peak(e) {
   // the centre of the peak cell in canvas pixels, as capsal.maxima found it
   if (!e.peaks) return null;
   const [W, H] = sample().size;
-  const [x, y] = e.peaks[state.word][state.frame];
+  const [x, y] = e.peaks[row(e)][state.frame];
   const [h, w] = e.grid;
   return [(x + 0.5) * W / w, (y + 0.5) * H / h];
+}
+
+function boxes() {
+  // the word's ground-truth boxes: those of the current frame where the clip has them per frame
+  const s = sample();
+  const labels = s.labels.map((_, k) => k).filter(chosen);
+  const drawn = labels.flatMap((k) => (s.frame_boxes ? s.frame_boxes[k][state.frame] : (s.boxes || [])[k] || []));
+  return drawn.filter((box, i) => drawn.findIndex((other) => String(other) === String(box)) === i);
 }
 
 function draw() {
@@ -373,14 +433,16 @@ function draw() {
       ctx.stroke();
     }
   }
-  for (const [x0, y0, x1, y1] of (sample().boxes && sample().boxes[state.word]) || []) {
+  for (const [x0, y0, x1, y1] of boxes()) {
     ctx.strokeStyle = "#fff"; ctx.lineWidth = 2; ctx.strokeRect(x0, y0, x1 - x0 + 1, y1 - y0 + 1);
   }
   if (sample().video) drawCurve(e);
-  document.querySelectorAll(".word").forEach((el, k) => el.classList.toggle("selected", k === state.word));
+  document.querySelectorAll(".word").forEach((el, k) => el.classList.toggle("selected", chosen(k)));
   document.querySelectorAll("#rows tbody tr").forEach((tr) => tr.classList.toggle("selected",
     Number(tr.dataset.sample) === state.sample && Number(tr.dataset.word) === state.word));
-  Object.assign(document.body.dataset, {sample: state.sample, word: state.word, explainer: e.name, frame: state.frame});
+  const span = state.span ? state.span.join("-") : "";
+  Object.assign(document.body.dataset, {sample: state.sample, word: state.word, span, explainer: e.name,
+    frame: state.frame});
 }
 
 function drawCurve(e) {
@@ -391,13 +453,13 @@ function drawCurve(e) {
   const n = sample().frames.length, bar = W / n;
   c.clearRect(0, 0, W, curve.height);
   if (!e.temporal) return;
-  e.temporal[state.word].forEach((v, t) => {
+  e.temporal[row(e)].forEach((v, t) => {
     const height = Math.max(1, v / 255 * (curve.height - 4));
     c.fillStyle = t === state.frame ? "#21456b" : "#8ab";
     c.fillRect(t * bar + 1, curve.height - height, Math.max(1, bar - 2), height);
   });
   c.strokeStyle = "#e8a100"; c.lineWidth = 2;
-  c.strokeRect(e.best[state.word] * bar + 1, 1, Math.max(1, bar - 2), curve.height - 2);
+  c.strokeRect(e.best[row(e)] * bar + 1, 1, Math.max(1, bar - 2), curve.height - 2);
 }
 
 function words() {
@@ -410,10 +472,23 @@ function words() {
     const span = document.createElement("span");
     span.className = "word"; span.dataset.index = k;
     span.textContent = s.categories && s.categories[k] ? `${label} [${s.categories[k]}]` : label;
-    span.addEventListener("mouseenter", () => select(k));
-    span.addEventListener("click", () => select(k));
+    span.addEventListener("mousedown", (event) => {
+      event.preventDefault();  // no text selection while dragging across the words
+      dragged = false;
+      if (!event.shiftKey) drag = {from: k, moved: false};
+    });
+    span.addEventListener("mouseenter", () => {
+      if (drag && k !== drag.from) {
+        drag.moved = true; selectSpan(drag.from, k);
+      } else if (!drag && !state.span) select(k);  // hovering shows a word, unless words are selected together
+    });
+    span.addEventListener("click", (event) => {
+      if (event.shiftKey) selectSpan(state.word, k); else if (!dragged) select(k);
+      dragged = false;
+    });
     box.append(span, " ");
   });
+  document.getElementById("span-hint").hidden = !current().runs.length;  // labels that are never selected together
   const video = document.getElementById("video");
   video.hidden = !s.video;
   document.getElementById("frame").max = s.frames.length - 1;
@@ -422,11 +497,21 @@ function words() {
 function show(s, k = 0) {
   // sample s with its word k; draws once its frames are decoded (the first time it is shown)
   state.sample = (s + data.samples.length) % data.samples.length;
-  state.word = k; state.frame = 0;
+  state.word = k; state.span = null; state.frame = 0;
   words();
   return prepare(state.sample).decoded.then(() => { if (sample().video) jump(); else draw(); });
 }
-function select(k) { state.word = (k + sample().labels.length) % sample().labels.length; draw(); }
+function select(k) {
+  state.span = null; state.word = (k + sample().labels.length) % sample().labels.length; draw();
+}
+function selectSpan(first, last) {
+  // labels first..last (either order) together, where the page holds their run's map; else label last alone
+  const span = [Math.min(first, last), Math.max(first, last) + 1];
+  if (span[1] - span[0] < 2 || runIndex(current(), span) < 0) return select(last);
+  state.word = first; state.span = span; draw();
+}
+let drag = null, dragged = false;  // a press on a word, and whether the last one moved across words
+document.addEventListener("mouseup", () => { dragged = Boolean(drag && drag.moved); drag = null; });
 function setExplainer(name) {
   state.explainer = Math.max(0, names.indexOf(name));
   document.getElementById("explainer").value = names[state.explainer];
@@ -439,7 +524,7 @@ function setFrame(t) {
   document.getElementById("frame-number").textContent = state.frame;
   draw();
 }
-function jump() { const e = current(); if (e.best) setFrame(e.best[state.word]); else draw(); }
+function jump() { const e = current(); if (e.best) setFrame(e.best[row(e)]); else draw(); }
 
 function rows() {
   // the table's phrases under the filters (category, the chosen explainer's hit or miss), in the chosen order
@@ -508,7 +593,8 @@ document.addEventListener("keydown", (event) => {
   if (event.key === "ArrowDown") { event.preventDefault(); show(state.sample + 1); }
   if (event.key === "ArrowUp") { event.preventDefault(); show(state.sample - 1); }
 });
-window.capsal = {state, select, show, setExplainer, setFrame, jump, rows, peak: () => peak(current())};
+window.capsal = {state, select, selectSpan, show, setExplainer, setFrame, jump, rows, boxes,
+  peak: () => peak(current()), map: () => Array.from(current().spatial[row(current())])};
 show(0).then(() => {
   if (data.table) listRows();
   capsal.readyMs = performance.now();  // from the start of navigation to the first sample drawn

@@ -278,7 +278,8 @@ def gallery_html(epochs: Sequence[dict], title: str = "capsal saliency gallery")
     """A self-contained HTML page (relative image paths, inline CSS, no scripts) showing gallery figures.
 
     ``epochs``: records ``{"epoch", "step", "metrics": {name: value}, "figures": [{"sample", "sample_id", "kind",
-    "sentence", "png", "strip" (or None)}]}``, shown newest epoch first, one card per sample.
+    "sentence", "png", "strip" (or None)}], "explorer" (optional)}``, shown newest epoch first, one card per
+    sample; ``explorer``, the epoch's interactive page, is linked under the epoch's heading.
     """
     from html import escape
 
@@ -301,6 +302,11 @@ def gallery_html(epochs: Sequence[dict], title: str = "capsal saliency gallery")
     for record in sorted(epochs, key=lambda r: r["epoch"], reverse=True):
         parts.append(f'<section class="epoch" id="epoch-{record["epoch"]}">')
         parts.append(f"<h2>Epoch {record['epoch']} (step {record['step']})</h2>")
+        if record.get("explorer"):
+            parts.append(
+                f'<p><a class="explorer" href="{escape(record["explorer"])}">explorer</a>: point at a word to see '
+                "its map (offline, in this browser)</p>"
+            )
         metrics = record.get("metrics") or {}
         if metrics:
             parts.append('<table class="metrics"><tr><th>metric</th><th>value</th></tr>')

@@ -85,6 +85,7 @@ def test_filter_sort_and_select_in_the_browser(browser, evaluated):
     page = evaluated / "explorer.html"
     browser.open(page)
     expected = csv_rows(evaluated)
+    assert browser.evaluate("document.getElementById('span-hint').hidden")  # phrases are not selected together
     browser.evaluate("capsal.setExplainer('gradcam')")
     browser.evaluate("const h = document.getElementById('hit'); h.value = 'miss'; h.dispatchEvent(new Event('change'))")
     shown = browser.evaluate(
@@ -118,5 +119,77 @@ def test_filter_sort_and_select_in_the_browser(browser, evaluated):
     assert np.abs(canvases[0] - canvases[1]).mean() > 2  # another phrase, another map drawn
     browser.evaluate("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'ArrowDown'}))")
     assert browser.evaluate("capsal.state.sample") == (int(last[0]) + 1) % 6
+    assert browser.requests() == [page.as_uri()]
+    assert not browser.errors()
+
+
+CLIP_FRAMES = 26
+
+
+@pytest.fixture(scope="module")
+def evaluated_clips(video_checkpoint, tmp_path_factory) -> Path:
+    """capsal-eval's explorer of 26-frame clips (the checkpoint trained on 8-frame ones: S2VT reads any length)."""
+    folder = tmp_path_factory.mktemp("eval_explorer_video")
+    clips = ["datamodule=shapes_video", f"datamodule.num_frames={CLIP_FRAMES}", "datamodule.frame_size=32"]
+    overrides = [f"ckpt_path={video_checkpoint}", "max_samples=2", "caption_metrics=[]", "progress=false", *clips]
+    evaluate(compose_app("eval", folder, *overrides, "explainers=[caption_guided]", "faithfulness=false"))
+    return folder
+
+
+def clip_phrases(folder: Path) -> list:
+    """The scored phrases of the evaluated clips from the dataset itself, in the order capsal-eval records them."""
+    from capsal.datamodules.shapes import ShapesVideoDataModule
+
+    split = ShapesVideoDataModule(num_frames=CLIP_FRAMES, frame_size=32).get_split("test")
+    ids = [row["sample_id"] for row in csv_rows(folder)]
+    return [(split[k].sample_id, [p for c in split[k].captions for p in c.phrases]) for k in range(len(split)) if
+            split[k].sample_id in ids]  # fmt: skip
+
+
+def test_a_clip_page_holds_its_frames_curves_and_boxes_per_frame(evaluated_clips):
+    data = read_explorer(evaluated_clips / "explorer.html")
+    expected = clip_phrases(evaluated_clips)
+    assert [s["id"] for s in data["samples"]] == [sample_id for sample_id, _ in expected]
+    for sample, (_, phrases) in zip(data["samples"], expected, strict=True):
+        assert sample["video"] and len(sample["frames"]) == CLIP_FRAMES and sample["boxes"] is None
+        (entry,) = sample["explainers"]
+        assert len(entry["temporal"]) == len(phrases) and len(entry["best"]) == len(phrases)
+        assert sample["frame_boxes"] == [
+            [[list(box) for box in p.frame_boxes.get(t, [])] for t in range(CLIP_FRAMES)] for p in phrases
+        ]
+        assert all(any(frames) for frames in sample["frame_boxes"])  # every phrase's object is on some frames
+
+
+@pytest.mark.timeout(300)
+def test_scrubbing_a_clip_moves_the_drawn_box_with_the_object(browser, evaluated_clips):
+    page = evaluated_clips / "explorer.html"
+    browser.open(page)
+    _, phrases = clip_phrases(evaluated_clips)[0]
+    # the phrase and two frames of its event between which its object moved farthest
+    k, t0, t1 = max(
+        ((k, a, b) for k, p in enumerate(phrases) for a in p.frame_boxes for b in p.frame_boxes),
+        key=lambda c: abs(np.subtract(phrases[c[0]].frame_boxes[c[1]][0], phrases[c[0]].frame_boxes[c[2]][0])).max(),
+    )
+    browser.evaluate(f"capsal.select({k})")
+    drawn = {}
+    for t in (t0, t1):
+        scrubber = "document.getElementById('frame')"  # the range input a user drags
+        browser.evaluate(f"{scrubber}.value = {t}; {scrubber}.dispatchEvent(new Event('input'))")
+        assert browser.evaluate("[capsal.state.frame, Number(document.body.dataset.frame)]") == [t, t]
+        assert browser.evaluate("capsal.boxes()") == [list(phrases[k].frame_boxes[t][0])]
+        drawn[t] = browser.canvas()
+    white = {t: np.all(canvas == 255, axis=-1) for t, canvas in drawn.items()}
+
+    def outline(t: int) -> np.ndarray:
+        """The pixels of the box's left and right columns on frame t (the 2-pixel white stroke covers them)."""
+        x0, y0, x1, y1 = phrases[k].frame_boxes[t][0]
+        mask = np.zeros_like(white[t])
+        mask[y0 : y1 + 1, [x0, x1]] = True
+        return mask
+
+    for t, other in ((t0, t1), (t1, t0)):
+        assert white[t][outline(t)].all()  # the frame's own box is drawn
+        assert white[t][outline(other) & ~outline(t)].mean() < 0.5  # not the box of the other frame
+    assert np.abs(drawn[t0] - drawn[t1]).mean() > 2  # another frame of the clip
     assert browser.requests() == [page.as_uri()]
     assert not browser.errors()

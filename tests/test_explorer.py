@@ -19,6 +19,7 @@ from tiny import compose_app
 from capsal import viz
 from capsal.cli.explain import explain
 from capsal.explorer import ExplorerMaps, read_explorer, write_explorer
+from capsal.maxima import peak_location
 
 H, W, GRID = 48, 64, (3, 4)
 LABELS = ["a", "red", "circle"]
@@ -178,5 +179,64 @@ def test_capsal_explains_clip_explorer_scrubs_its_frames(browser, video_checkpoi
     before = browser.canvas()
     browser.evaluate(f"capsal.setFrame({(first + 4) % summary['frames']})")
     assert np.abs(browser.canvas() - before).mean() > 2  # another frame of the clip
+    assert browser.requests() == [page.as_uri()]
+    assert not browser.errors()
+
+
+def hand_phrase_map(losses: np.ndarray, start: int, end: int) -> np.ndarray:
+    """Eq. 9 by hand from ``saliency.npz``: the words' losses summed and negated, scaled to [0, 1] over the cells."""
+    values = -losses[start:end].sum(0)
+    return (values - values.min()) / (values.max() - values.min())
+
+
+@pytest.mark.timeout(300)
+def test_dragging_or_shift_clicking_across_words_shows_their_phrase_map(browser, image_checkpoint, tmp_path):
+    query = "query='a red square and a blue circle'"
+    summary = explain(compose_app("explain", tmp_path, f"ckpt_path={image_checkpoint}", "sample=val:0", query))
+    arrays = np.load(tmp_path / "saliency.npz")
+    losses, (h, w) = arrays["losses"].astype(np.float64), summary["grid"]
+    page = Path(summary["explorer"])
+    browser.open(page)
+
+    def word(k: int, event: str, **options) -> None:
+        init = ", ".join(f"{key}: {str(value).lower()}" for key, value in {"bubbles": True, **options}.items())
+        browser.evaluate(
+            f"document.querySelectorAll('.word')[{k}].dispatchEvent(new MouseEvent('{event}', {{{init}}}))"
+        )
+
+    def click(k: int, **options) -> None:
+        for event in ("mousedown", "mouseup", "click"):  # as a mouse sends them
+            word(k, event, **options)
+
+    def shown() -> np.ndarray:
+        return np.array(browser.evaluate("capsal.map()")) / 255.0
+
+    assert shown() == pytest.approx(hand_phrase_map(losses, 0, 1), abs=1 / 255)  # one word: its own map
+    assert not browser.evaluate("document.getElementById('span-hint').hidden")  # the page says how to select
+    single = browser.canvas()
+    word(1, "mousedown")  # press on "red", drag across "square" to "and", let go
+    for k in (2, 3):
+        word(k, "mouseenter")
+    browser.evaluate("document.dispatchEvent(new MouseEvent('mouseup'))")
+    assert browser.evaluate("document.body.dataset.span") == "1-4"
+    selected = browser.evaluate("[...document.querySelectorAll('.word.selected')].map((el) => el.dataset.index)")
+    assert selected == ["1", "2", "3"]
+    expected = hand_phrase_map(losses, 1, 4)
+    assert shown() == pytest.approx(expected, abs=1 / 255)
+    assert not np.allclose(expected, sum(hand_phrase_map(losses, k, k + 1) for k in (1, 2, 3)) / 3, atol=0.05)
+    x, y = peak_location(torch.as_tensor(expected.reshape(h, w)))  # the marker at the phrase map's own peak cell
+    size = read_explorer(page)["samples"][0]["size"]
+    assert browser.evaluate("capsal.peak()") == [(x + 0.5) * size[0] / w, (y + 0.5) * size[1] / h]
+    assert np.abs(browser.canvas() - single).mean() > 1
+    word(5, "mouseenter")  # hovering another word keeps the selection
+    assert browser.evaluate("document.body.dataset.span") == "1-4"
+
+    click(4)  # a click shows one word again; shift-click on another selects from it
+    assert browser.evaluate("[document.body.dataset.span, capsal.state.word]") == ["", 4]
+    click(6, shiftKey=True)
+    assert browser.evaluate("document.body.dataset.span") == "4-7"
+    assert shown() == pytest.approx(hand_phrase_map(losses, 4, 7), abs=1 / 255)
+    browser.evaluate("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'ArrowLeft'}))")
+    assert browser.evaluate("[document.body.dataset.span, capsal.state.word]") == ["", 3]
     assert browser.requests() == [page.as_uri()]
     assert not browser.errors()

@@ -2,7 +2,8 @@
 caption (``prediction``) and its ground-truth caption (``reference``) by every explainer in one batched call each.
 
 Everything here is plain computation on one batch (no Lightning): :func:`explain_gallery` returns one
-:class:`GalleryFigure` per (sample, sentence) with the rendered mosaic, the video strip and the per-word table rows.
+:class:`GalleryFigure` per (sample, sentence) with the rendered mosaic, the video strip, the per-word table rows and
+the same words' grid maps as one sample of the epoch's ``explorer.html`` (:mod:`capsal.explorer`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from capsal import viz
 from capsal.evaluation import explain_batch
 from capsal.explainers.base import Explainer
 from capsal.explainers.saliency import Saliency
+from capsal.explorer import ExplorerSample, saliency_maps
 from capsal.maxima import peak_frames, peak_locations
 from capsal.metrics.base import points_in_boxes
 from capsal.types import Box, Caption, Phrase, Sample
@@ -72,6 +74,7 @@ class GalleryFigure:
     strip: np.ndarray | None = None  # video: word x frame temporal saliency, one panel per explainer
     results: list[WordResult] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)  # where "image" and "strip" were saved as PNG
+    explorer: ExplorerSample | None = None  # the words shown with their grid maps, for explorer.html (None: no words)
 
 
 def _phrase_of(caption: Caption | None, word: int) -> Phrase | None:
@@ -186,8 +189,35 @@ def explain_gallery(
                 titles = [["input", *(r.word for r in result_row)] for _, result_row in rows]
                 colors = [["black", *(viz.HIT_COLORS[r.hit] for r in result_row)] for _, result_row in rows]
                 image = viz.mosaic_figure(cells, titles, list(saliencies), f"{kind}: {shown}", columns, colors)
-            figures.append(GalleryFigure(b, sample.sample_id, kind, sentence, list(words), image, None, results))
+            explorer = _explorer_sample(saliencies, row, frames_np[b], list(words), truth, results, video)
+            if explorer is not None:
+                explorer.sample_id, explorer.captions = f"{sample.sample_id} ({kind})", [f"{kind}: {sentence}"]
+            figures.append(
+                GalleryFigure(b, sample.sample_id, kind, sentence, list(words), image, None, results, explorer=explorer)
+            )
     return figures
+
+
+def _explorer_sample(
+    saliencies: dict[str, Saliency], row: int, frames: np.ndarray, words: list[str], truth, results, video: bool
+) -> ExplorerSample | None:
+    """One sentence of the gallery as the explorer shows it: the words drawn in the figure with each explainer's
+    maps at grid resolution (a clip: its temporal curve and, where the explainer has them, the maps inside every
+    frame) and those of every run of words a reader may select, each word's hit as the figure colours it and its
+    phrase's boxes (a clip: per frame). None for an empty caption: the page has no word to point at."""
+    n = len(words)
+    if n == 0:
+        return None
+    explainers = {name: saliency_maps(s, row, [(t, t + 1) for t in range(n)]) for name, s in saliencies.items()}
+    phrases = [_phrase_of(truth, t) for t in range(n)]
+    return ExplorerSample(
+        frames=viz.to_uint8(frames),
+        labels=words,
+        explainers=explainers,
+        boxes=None if video else [_boxes(p, None, False) for p in phrases],
+        frame_boxes=[dict(p.frame_boxes) if p else {} for p in phrases] if video else None,
+        hits={name: [r.hit for r in results if r.explainer == name] for name in saliencies},
+    )
 
 
 def _word_row(name: str, computed, row: int, words, truth, frames: np.ndarray, shape, video: bool, tolerance: float):

@@ -8,7 +8,9 @@ Each due validation epoch (every ``every_n_epochs``, never the sanity check):
   ``avg`` over phrases) is logged with ``pl_module.log``, so every logger (CSV too) gets it;
 - gallery (global rank zero only): a fixed, seeded set of validation samples is explained for the model's own
   caption and for the reference, one batched call per explainer; the figures go to W&B (images and a per-word
-  table), TensorBoard (images) and always to a local folder with an ``index.html`` readable offline.
+  table), TensorBoard (images) and always to a local folder with an ``index.html`` readable offline; the same
+  explained words go to one ``explorer.html`` per epoch (:mod:`capsal.explorer`), linked from ``index.html`` and
+  logged to W&B as ``wandb.Html``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from capsal.evaluation import LocalisationEvaluator
 from capsal.explainers import build_explainers, get_explainer
 from capsal.explainers.base import Explainer, eval_mode
 from capsal.explainers.registry import ExplainerNames
+from capsal.explorer import write_samples
 from capsal.models.protocol import visual_grid
 from capsal.types import Batch, Sample
 
@@ -59,6 +62,8 @@ class SaliencyCallback(L.Callback):
     - ``gallery_dir``: local gallery folder; None: ``<trainer.default_root_dir>/gallery``.
     - ``seed``: chooses the gallery samples.
     - ``max_words``: words shown per sentence in a figure (and rows in the table).
+    - ``explorer``: also write the gallery's sentences as ``<gallery_dir>/epoch_XXX/explorer.html`` (point at a
+      word to see its map; scrub a clip's frames) and log it to W&B as ``val/saliency/explorer``.
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class SaliencyCallback(L.Callback):
         gallery_dir: str | None = None,
         seed: Seed = 0,
         max_words: PositiveInt = 12,
+        explorer: bool = True,
     ):
         if sentences not in SENTENCES:
             raise UserError(f"callbacks.saliency.sentences={sentences!r} must be prediction, reference or both")
@@ -101,6 +107,7 @@ class SaliencyCallback(L.Callback):
         self.gallery_dir = Path(gallery_dir) if gallery_dir else None
         self.seed = int(seed)
         self.max_words = int(max_words)
+        self.explorer = bool(explorer)
         self.gallery_index: Path | None = None
         self.sample_indices: list[int] | None = None
         self.explainers: dict[str, Explainer] = {}
@@ -211,7 +218,8 @@ class SaliencyCallback(L.Callback):
         record = self._write_local(figures, epoch, step, metrics)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                _log_wandb(logger, figures, epoch, step)
+                explorer = self.gallery_dir / record["explorer"] if record.get("explorer") else None
+                _log_wandb(logger, figures, epoch, step, explorer)
             elif isinstance(logger, TensorBoardLogger):
                 _log_tensorboard(logger, figures, step)
         log.info("saliency gallery: epoch %d, %d figures -> %s", epoch, len(record["figures"]), self.gallery_index)
@@ -243,6 +251,11 @@ class SaliencyCallback(L.Callback):
             )
         settings = {name: repr(explainer) for name, explainer in self.explainers.items()}
         record = {"epoch": epoch, "step": step, "metrics": metrics, "explainers": settings, "figures": entries}
+        sentences = [figure.explorer for figure in figures if figure.explorer is not None]
+        if self.explorer and sentences:  # (a sentence without words has nothing to point at)
+            record["explorer"] = f"{folder}/explorer.html"
+            title = f"capsal saliency gallery, epoch {epoch} (step {step})"
+            write_samples(self.gallery_dir / record["explorer"], sentences, title)
         # A validation of epoch E replaces what a previous run (resumed or restarted) wrote from E on.
         self._records = [r for r in self._records if r["epoch"] < epoch] + [record]
         (self.gallery_dir / "gallery.json").write_text(json.dumps({"epochs": self._records}, indent=1))
@@ -260,8 +273,13 @@ def _val_dataset(trainer: L.Trainer):
     return loader.dataset
 
 
-def _log_wandb(logger: WandbLogger, figures: list[GalleryFigure], epoch: int, step: int) -> None:
+def _log_wandb(
+    logger: WandbLogger, figures: list[GalleryFigure], epoch: int, step: int, explorer: Path | None = None
+) -> None:
     import wandb
+
+    if explorer is not None:  # the page as written (inject=False: W&B would add a stylesheet link to it)
+        logger.log_metrics({"val/saliency/explorer": wandb.Html(str(explorer), inject=False)}, step=step)
 
     by_sample: dict[int, list[GalleryFigure]] = {}
     for figure in figures:

@@ -22,7 +22,7 @@ from capsal.devices import resolve_device
 from capsal.errors import UserError
 from capsal.explainers import build_explainers
 from capsal.explainers.saliency import Saliency
-from capsal.explorer import ExplorerMaps, write_explorer
+from capsal.explorer import saliency_maps, write_explorer
 from capsal.maxima import peak_frames, peak_location
 from capsal.types import Box, Caption, Sample
 from capsal.viz import overlay_figure, save_figure, save_png, to_numpy_image, video_panel
@@ -196,16 +196,8 @@ def _write_image(saliency: Saliency, given: ExplainInput, spans, caption, output
     sentence, boxes = " ".join(saliency.words[0]), _boxes_for(caption, spans)
     fig = overlay_figure(image, list(heats), labels, sentence, boxes)
     save_figure(fig, output_dir / "saliency.png")
-    h, w = saliency.layout.grid_size
-    grids = rearrange(scaled.float().cpu(), "p (h w) -> p 1 h w", h=h, w=w).numpy()
-    write_explorer(
-        output_dir / "explorer.html",
-        _frames(given),
-        labels,
-        {saliency.explainer: ExplorerMaps(grids)},
-        boxes,
-        sentence,
-    )
+    maps = saliency_maps(saliency, 0, [(s, e) for s, e, _ in spans])
+    write_explorer(output_dir / "explorer.html", _frames(given), labels, {saliency.explainer: maps}, boxes, sentence)
     n = len(saliency.words[0])  # one row per word
     np.savez_compressed(
         output_dir / "saliency.npz",
@@ -249,7 +241,7 @@ def _write_video(saliency: Saliency, given: ExplainInput, spans, output_dir: Pat
     panel = video_panel(shown, temporal.numpy(), labels, spatial, title=" ".join(saliency.words[0]))
     save_png(panel.image, output_dir / "saliency.png")
     np.savez_compressed(output_dir / "saliency.npz", **arrays)
-    maps = ExplorerMaps(arrays.get("regions"), temporal.numpy())
+    maps = saliency_maps(saliency, 0, [(s, e) for s, e, _ in spans])
     write_explorer(
         output_dir / "explorer.html",
         _frames(given),

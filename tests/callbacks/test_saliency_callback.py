@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import re
@@ -10,7 +11,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 from PIL import Image
@@ -20,6 +24,7 @@ from capsal import viz
 from capsal.callbacks import SaliencyCallback
 from capsal.cli.train import train
 from capsal.errors import UserError
+from capsal.explorer import MAX_RUN, read_explorer
 
 EPOCHS = 2
 SAMPLES = 4  # the callback's default num_samples
@@ -64,7 +69,39 @@ def tensorboard_run(compose_train, tmp_path_factory):
     return out, train(cfg)
 
 
-def test_wandb_offline_run_logs_gallery_images_and_table(tiny_train_cfg, tmp_path):
+def decoded(values: str, shape) -> np.ndarray:
+    """A map of the explorer's data as the page decodes it: base64 uint8 over [0, 1]."""
+    return np.frombuffer(base64.b64decode(values), np.uint8).reshape(shape) / 255.0
+
+
+def check_explorer(data: dict, record: dict, rows: list[dict]) -> None:
+    """The epoch's explorer holds each gallery sentence with the figure's words, and each word's map under each
+    explainer peaks where the W&B table says the figure's (upsampled to 64x64) map does; same hits, and boxes on the
+    reference words of a grounded phrase only."""
+    figures = record["figures"]
+    assert [s["id"] for s in data["samples"]] == [f"{f['sample_id']} ({f['kind']})" for f in figures]
+    assert [s["labels"] for s in data["samples"]] == [f["words"] for f in figures]
+    for sample, figure in zip(data["samples"], figures, strict=True):
+        assert [e["name"] for e in sample["explainers"]] == figure["explainers"]
+        assert sample["captions"] == [f"{figure['kind']}: {figure['sentence']}"]
+        reference = figure["kind"] == "reference"
+        assert [bool(b) for b in sample["boxes"]] == [reference and w != "and" for w in sample["labels"]]
+        for entry in sample["explainers"]:
+            ours = [r for r in rows if (r["sample"], r["sentence"], r["explainer"]) ==
+                    (figure["sample"], figure["kind"], entry["name"])]  # fmt: skip
+            assert [r["word"] for r in ours] == sample["labels"]
+            assert sample["hits"][entry["name"]] == [r["hit"] for r in ours]
+            n = len(sample["labels"])  # every run of 2 to MAX_RUN words is selectable, its map after the words'
+            assert entry["runs"] == [[a, b] for a in range(n) for b in range(a + 2, min(a + MAX_RUN, n) + 1)]
+            assert len(entry["spatial"]) == n + len(entry["runs"])
+            for row, values in zip(ours, entry["spatial"][:n], strict=True):
+                grid = torch.tensor(decoded(values, (1, *entry["grid"])), dtype=torch.float32)
+                heat = F.interpolate(grid[None], size=(64, 64), mode="bilinear", align_corners=False)[0, 0]
+                # uint8 quantisation moves each value by at most half a step: the table's point is a maximum
+                assert heat[row["max_y"], row["max_x"]] >= heat.max() - 1.01 / 255
+
+
+def test_wandb_offline_run_logs_gallery_images_table_and_explorer(tiny_train_cfg, tmp_path):
     import wandb
 
     cfg = tiny_train_cfg("logger=wandb", f"trainer.max_epochs={EPOCHS}")
@@ -107,6 +144,14 @@ def test_wandb_offline_run_logs_gallery_images_and_table(tiny_train_cfg, tmp_pat
     staged = [p for p in (tmp_path / ".wandb-data").rglob("*") if p.is_file() and p.read_bytes()[:4] == b"\x89PNG"]
     assert len(staged) >= len(rows)
     assert {Image.open(p).size for p in staged} == {viz.cell_shape(64, 64)[::-1]}
+    # one explorer per epoch, logged as wandb.Html: the page as written in the gallery, the epoch's sentences in it
+    explorers = sorted((media / "html" / "val" / "saliency").glob("explorer_*.html"), key=step_of)
+    assert len(explorers) == EPOCHS
+    for logged, table, record in zip(explorers, tables, records, strict=True):
+        assert logged.read_text() == (tmp_path / "gallery" / record["explorer"]).read_text()
+        content = json.loads(table.read_text())
+        rows = [dict(zip(content["columns"], row, strict=True)) for row in content["data"]]
+        check_explorer(read_explorer(logged), record, rows)
     assert summary["wandb_sync"].startswith("wandb sync")
     assert summary["gallery"] == str(tmp_path / "gallery" / "index.html")
     assert "val/pointing_game/caption_guided" in summary["metrics"]
@@ -142,6 +187,7 @@ class _GalleryPage(HTMLParser):
     def __init__(self):
         super().__init__()
         self.images: list[str] = []
+        self.links: list[str] = []
         self.headings: list[str] = []
         self.tags: set[str] = set()
         self.text: list[str] = []
@@ -151,6 +197,8 @@ class _GalleryPage(HTMLParser):
         self.tags.add(tag)
         if tag == "img":
             self.images.append(dict(attrs)["src"])
+        if tag == "a":
+            self.links.append(dict(attrs)["href"])
         self._in_h2 = tag == "h2"
 
     def handle_data(self, data):
@@ -172,6 +220,13 @@ def test_html_gallery_shows_every_figure_newest_epoch_first(tensorboard_run):
     assert sorted(p.relative_to(gallery).as_posix() for p in gallery.rglob("*.png")) == sorted(expected)
     assert [h.split(" (")[0] for h in page.headings] == [f"Epoch {e}" for e in reversed(range(EPOCHS))]
     assert not page.tags & {"script", "link", "iframe"}  # readable offline: no external assets
+    # one explorer per validation epoch, linked under its heading, holding that epoch's gallery sentences
+    assert page.links == [f"epoch_{e:03d}/explorer.html" for e in reversed(range(EPOCHS))]
+    assert sorted(p.relative_to(gallery).as_posix() for p in gallery.rglob("*.html")) == sorted(
+        ["index.html", *page.links]
+    )
+    for link in page.links:
+        assert len(read_explorer(gallery / link)["samples"]) == SAMPLES * len(KINDS)
     text = " ".join(page.text)
     for record in manifest(gallery):
         for figure in record["figures"]:
@@ -264,6 +319,25 @@ def test_video_fit_logs_temporal_scalars_and_fig5_images(tiny_train_cfg, tmp_pat
         pixels = list(image.convert("L").getdata())
         assert len(set(pixels)) > 10  # grey levels and frames, not a blank canvas
         assert " ".join(figure["words"]) in figure["sentence"]
+    # the epoch's explorer: the clips' 8 frames, each word's temporal curve, its phrase's boxes on their frames
+    data = read_explorer(tmp_path / "gallery" / record["explorer"])
+    datamodule = instantiate(cfg.datamodule, _convert_="all")
+    split, drawn = datamodule.get_split("val"), 0
+    for sample, figure in zip(data["samples"], record["figures"], strict=True):
+        assert sample["video"] and len(sample["frames"]) == 8 and sample["labels"] == figure["words"]
+        for entry in sample["explainers"]:
+            curves = np.stack([decoded(values, (8,)) for values in entry["temporal"]])  # the words', then runs'
+            assert curves.shape == (len(figure["words"]) + len(entry["runs"]), 8)
+            # the page's jump goes to the curve's peak, where the curve drawn has one (ties: their centroid)
+            unique = (curves == curves.max(1, keepdims=True)).sum(1) == 1
+            assert list(curves.argmax(1)[unique]) == list(np.array(entry["best"])[unique]) and unique.any()
+        caption = split[figure["index"]].captions[0]
+        for k, boxes in enumerate(sample["frame_boxes"]):
+            phrase = next((p for p in caption.phrases if p.start <= k < p.end), None)
+            truth = phrase.frame_boxes if figure["kind"] == "reference" and phrase else {}
+            assert boxes == [[list(b) for b in truth.get(t, [])] for t in range(8)]
+            drawn += sum(map(bool, boxes))
+    assert drawn > 0  # the reference phrases' objects are boxed on the frames they are in
 
 
 PROBE = """<script>
@@ -312,6 +386,23 @@ def test_html_gallery_images_load_in_headless_chromium(chromium, tensorboard_run
     loaded, total = map(int, found.groups())
     assert total == EPOCHS * SAMPLES * len(KINDS)
     assert loaded == total
+
+
+@pytest.mark.timeout(300)
+def test_gallery_explorer_shows_each_words_map_offline(browser, tensorboard_run):
+    page = tensorboard_run[0] / "gallery" / "epoch_001" / "explorer.html"
+    browser.open(page)
+    canvases = []
+    for word in (1, 2):
+        browser.evaluate(f"document.querySelectorAll('.word')[{word}].dispatchEvent(new MouseEvent('mouseenter'))")
+        assert browser.evaluate("capsal.state.word") == word
+        canvases.append(browser.canvas())
+    assert np.abs(canvases[0] - canvases[1]).mean() > 1  # another word, another map over the same image
+    browser.evaluate("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'ArrowDown'}))")
+    assert browser.evaluate("capsal.state.sample") == 1
+    assert browser.evaluate("document.querySelectorAll('#rows tbody tr').length") > SAMPLES * len(KINDS)
+    assert browser.requests() == [page.as_uri()]
+    assert not browser.errors()
 
 
 def test_faithfulness_steps_log_deletion_and_insertion_to_the_csv_logger(tiny_train_cfg, tmp_path):
