@@ -82,6 +82,13 @@ class DevTools:
         url = self.evaluate(f"document.getElementById('{element}').toDataURL('image/png')")
         return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")).astype(int)
 
+    def screenshot(self, width: int = 1280, height: int = 900) -> np.ndarray:
+        """What a person sees: the page rendered in a ``width x height`` window at one device pixel per CSS pixel."""
+        metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+        self.call("Emulation.setDeviceMetricsOverride", self.session, **metrics)
+        data = self.call("Page.captureScreenshot", self.session, format="png")["data"]
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+
     def requests(self) -> list[str]:
         """Every URL the page asked for, but the data URIs inlined in it."""
         sent = [e["params"]["request"]["url"] for e in self.events if e.get("method") == "Network.requestWillBeSent"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import re
 from pathlib import Path
 
@@ -144,6 +145,25 @@ def test_choosing_a_word_shows_its_map_with_the_peak_marked(browser, image_explo
     assert differences[1] < 6 and differences[0] > 10, differences  # gradcam's map of word 1
     assert browser.requests() == [image_explorer.as_uri()]  # the page itself, nothing else
     assert not browser.errors()
+
+
+@pytest.mark.timeout(120)
+def test_the_map_is_on_screen_as_drawn_in_a_laptop_sized_window(browser, image_explorer):
+    """The canvas the other tests read is what a person sees: in a 1280 x 900 window the selected word's map shows
+    whole, uncovered, at least 320 pixels wide and in the photo's proportions (a small photo is enlarged).
+    ``CAPSAL_SCREENSHOTS=<folder>`` keeps the screenshot (docs/explorer.png is one)."""
+    browser.open(image_explorer)
+    browser.evaluate("document.querySelectorAll('.word')[1].click()")
+    screen = browser.screenshot()
+    box = browser.evaluate("(({x, y, width, height}) => [x, y, width, height])(view.getBoundingClientRect())")
+    x, y, width, height = (round(v) for v in box)
+    assert width >= 320 and abs(width / height - W / H) < 0.02, box
+    assert x >= 0 and y >= 0 and x + width <= screen.shape[1] and y + height <= screen.shape[0], box
+    on_screen = np.asarray(Image.fromarray(screen[y : y + height, x : x + width]).resize((W, H), Image.BOX)).astype(int)
+    assert float(np.median(np.abs(on_screen - browser.canvas()).mean(-1))) < 4
+    assert closest(on_screen, expected_view(grid_maps(PEAKS)))[1] < 6  # word 1's map, not another's
+    if folder := os.environ.get("CAPSAL_SCREENSHOTS"):
+        Image.fromarray(screen).save(Path(folder) / "explorer.png")
 
 
 @pytest.mark.timeout(120)
