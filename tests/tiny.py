@@ -126,10 +126,10 @@ def compose_app(name: str, output_dir: Path, *overrides: str, conf: Path | None 
 # words of the synthetic captions (and BLIP's prompt); these are split into several subword tokens
 HF_WORDS = ("a", "big", "small", "and", "red", "green", "blue", "yellow", "circle", "square", "picture", "of")
 HF_SPLIT = {"triangle": ("tri", "angle"), "diamond": ("dia", "mond"), "yellow": ("yel", "low")}
-HF_FAMILIES = ("vit_gpt2", "deit_bert", "blip", "git", "blip2")
-# each family's ``keep`` modes: GIT's image tokens are a prefix of its language model, the others cross-attend
-# (BLIP-2: its Q-Former to the tower)
-HF_KEEP = {"git": ("input", "prefix")}
+HF_FAMILIES = ("vit_gpt2", "deit_bert", "blip", "git", "blip2", "llava", "paligemma")
+# each family's ``keep`` modes: GIT's, LLaVA's and PaliGemma's image tokens are a prefix of their language model's
+# text, the others cross-attend (BLIP-2: its Q-Former to the tower)
+HF_KEEP = {"git": ("input", "prefix"), "llava": ("input", "prefix"), "paligemma": ("input", "prefix")}
 HF_ATTENDING = ("vit_gpt2", "deit_bert", "blip")  # with cross-attention maps capsal reads
 HF_CASES = [(family, keep) for family in HF_FAMILIES for keep in HF_KEEP.get(family, ("input", "encoder_output"))]
 
@@ -202,6 +202,8 @@ def save_tiny_hf(folder: Path, family: str = "vit_gpt2", seed: int = 0, image_si
         config.num_query_tokens, config.image_token_index = 4, tokenizer.convert_tokens_to_ids("<image>")
         model = tf.Blip2ForConditionalGeneration(config)
         processor = tf.BlipImageProcessor(size=size)
+    elif family in ("llava", "paligemma"):  # image tokens in the language model's text, built by the processor
+        model, tokenizer, processor = _tiny_image_text_to_text(folder, family, layers, vision, size)
     elif family == "blip":
         tokenizer = tf.BertTokenizer(vocab=str(_wordpiece_file(folder)), do_lower_case=True)
         ids = tokenizer.convert_tokens_to_ids
@@ -234,6 +236,58 @@ def save_tiny_hf(folder: Path, family: str = "vit_gpt2", seed: int = 0, image_si
     tokenizer.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+# a chat template in the tiny BPE's letters: the user turn (image, then the prompt) and the assistant's cue
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }} {% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<image>{% else %}{{ content['text'] }}{% endif %}{% endfor %} "
+    "{% endfor %}{% if add_generation_prompt %}assistant{% endif %}"
+)
+
+
+def _tiny_image_text_to_text(folder: Path, family: str, layers: dict, vision: dict, size: dict):
+    """A tiny ``AutoModelForImageTextToText`` model of ``family`` with a BPE tokenizer that knows ``<image>``, and
+    its processor (which expands ``<image>`` into one token per image token): LLaVA (CLIP tower with a class token,
+    the penultimate layer's patches, a Llama language model, a chat template), PaliGemma (SigLIP tower, Gemma)."""
+    import transformers as tf
+
+    vocab_file, merges_file = _bpe_files(folder)
+    tokenizer = tf.GPT2Tokenizer(vocab=str(vocab_file), merges=str(merges_file), pad_token="<pad>")
+    tokenizer.add_tokens(["<image>"], special_tokens=True)
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    text = {**layers, "vocab_size": len(tokenizer), "max_position_embeddings": 128, "num_key_value_heads": 2}
+    text.update(bos_token_id=0, eos_token_id=0, pad_token_id=tokenizer.pad_token_id, head_dim=8)
+    if family == "llava":
+        config = tf.LlavaConfig(
+            vision_config=tf.CLIPVisionConfig(**vision), text_config=tf.LlamaConfig(**text), image_token_index=image_id
+        )
+        config.image_seq_length = (vision["image_size"] // vision["patch_size"]) ** 2
+        image_processor = tf.CLIPImageProcessor(size={"shortest_edge": size["height"]}, crop_size=size)
+        processor = tf.LlavaProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            patch_size=vision["patch_size"],
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+            chat_template=TINY_CHAT_TEMPLATE,
+        )
+        return tf.LlavaForConditionalGeneration(config), tokenizer, processor
+    tokens = (vision["image_size"] // vision["patch_size"]) ** 2
+    siglip = tf.SiglipVisionConfig(**vision)
+    width = layers["hidden_size"]
+    config = tf.PaliGemmaConfig(
+        vision_config=siglip,
+        text_config=tf.GemmaConfig(**text),
+        image_token_id=image_id,
+        projection_dim=width,
+        hidden_size=width,
+    )
+    config.text_config.num_image_tokens = config.vision_config.num_image_tokens = tokens
+    image_processor = tf.SiglipImageProcessor(size=size)
+    image_processor.image_seq_length = tokens
+    processor = tf.PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    return tf.PaliGemmaForConditionalGeneration(config), tokenizer, processor
 
 
 def readme_captioner_class() -> type:

@@ -23,7 +23,10 @@ from capsal.errors import UserError
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hf_apps")
-    return {family: save_tiny_hf(root / family, family) for family in ("vit_gpt2", "blip", "git", "blip2")}
+    return {
+        family: save_tiny_hf(root / family, family)
+        for family in ("vit_gpt2", "blip", "git", "blip2", "llava", "paligemma")
+    }
 
 
 def test_explain_an_image_file_with_a_pretrained_folder(folders, tmp_path):
@@ -68,7 +71,9 @@ def test_eval_writes_the_tables_for_a_pretrained_folder(folders, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("family", "keep"), [("git", "input"), ("git", "prefix"), ("blip2", "input"), ("blip2", "encoder_output")]
+    ("family", "keep"),
+    [("git", "input"), ("git", "prefix"), ("blip2", "input"), ("blip2", "encoder_output")]
+    + [(family, keep) for family in ("llava", "paligemma") for keep in ("input", "prefix")],
 )
 def test_explain_and_eval_a_pretrained_prefix_family_folder_on_shapes_image(folders, tmp_path, family, keep):
     model = ["model=hf_captioner", f"model.name_or_path={folders[family]}", f"model.keep={keep}"]

@@ -21,7 +21,8 @@ from capsal.models.hf import HFCaptioner
 from capsal.models.protocol import check_no_item
 
 QUERY = "a big yellow triangle"  # yellow and triangle are two tokens each in every tiny tokenizer
-PROMPT = {"blip": "a picture of", "blip2": "a picture of"}
+PROMPT = {"blip": "a picture of", "blip2": "a picture of", "llava": "a picture of", "paligemma": "caption en"}
+IMAGE_TEXT = ("llava", "paligemma")  # image tokens in the language model's text, the prefix written by the processor
 ATTENTION_READERS = {"rollout", "relevancy", "soft_attention"}  # the explainers that read a model's attention maps
 
 
@@ -73,11 +74,21 @@ def test_keep_input_with_every_item_is_the_models_own_encoder_and_generation(fol
         image = torch.full((2, queries), model.hf.config.image_token_id)
         theirs = model.hf(input_ids=torch.cat([image, tokens], dim=1), pixel_values=values).logits[:, queries:]
         torch.testing.assert_close(model.token_logits(state, tokens), theirs)
+    elif family in IMAGE_TEXT:  # the projected image tokens are the model's own; its logits too, on every token
+        torch.testing.assert_close(
+            state["memory"], torch.stack(list(model.hf.get_image_features(values).pooler_output))
+        )
+        tokens = torch.tensor([model.vocab.encode(QUERY)] * 2)
+        theirs = model.hf(input_ids=tokens, pixel_values=values, **prefix_kinds(model, tokens)).logits
+        torch.testing.assert_close(model.token_logits(state, tokens), theirs)
     else:
         torch.testing.assert_close(state["memory"], model.project(tower))
     ours = model.generate(model.items(model.features(pixels)), max_len=6)
     prompt = torch.tensor([[*model.vocab.prefix, model.vocab.eos_id]] * 2)  # BLIP drops the prompt's last token
     extra = {"input_ids": prompt} if family == "blip" else {}
+    if family in IMAGE_TEXT:  # the processor's prefix: image tokens, chat template or prompt
+        prefix = torch.tensor([model.vocab.prefix] * 2)
+        extra = {"input_ids": prefix, **prefix_kinds(model, prefix)}
     if family == "blip2":  # its image tokens, then bos and the prompt
         image = torch.full((2, model.hf.config.num_query_tokens), model.hf.config.image_token_id)
         extra = {"input_ids": torch.cat([image, torch.tensor([model.vocab.prefix] * 2)], dim=1)}
@@ -102,7 +113,17 @@ def test_subword_tokens_belong_to_their_words_and_prompts_to_none(folders, famil
     prefix = len(vocab.prefix)
     assert owners[:prefix] == [-1] * prefix and owners[-1] == -1  # bos, prompt and eos belong to no word
     assert owners[prefix:-1] == [0, 1, 2, 2, 3, 3]  # yellow and triangle are two tokens each
-    assert vocab.unknown_words("a purple triangle") == ([] if family in ("vit_gpt2", "blip2") else ["purple"])
+    bpe = ("vit_gpt2", "blip2", *IMAGE_TEXT)  # byte-level BPE spells any word in letters
+    assert vocab.unknown_words("a purple triangle") == ([] if family in bpe else ["purple"])
+
+
+def prefix_kinds(model, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """PaliGemma's ``token_type_ids`` (0 on the prefix, its bidirectional part; 1 on the words), built by hand."""
+    if model.hf.config.model_type != "paligemma":
+        return {}
+    kinds = torch.ones_like(tokens)
+    kinds[:, : len(model.vocab.prefix)] = 0
+    return {"token_type_ids": kinds}
 
 
 def reference_losses(model, items: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -262,6 +283,7 @@ def test_a_checkpoint_records_the_class_path_configs_name_and_the_models_own_wei
     assert all(key.startswith("hf.") for key in checkpoint["state_dict"])
     assert checkpoint["hyper_parameters"]["keep"] == "input" and checkpoint["hyper_parameters"]["item_mode"] == "grid"
     stages = {"git": ["decoder", "projection", "encoder"], "blip2": ["decoder", "qformer", "encoder"]}
+    stages.update({family: stages["git"] for family in IMAGE_TEXT})
     assert [name for name, _ in model.randomisation_stages()] == stages.get(family, ["decoder", "encoder"])
 
 
@@ -279,3 +301,99 @@ def test_a_foil_word_of_other_subword_tokens_is_contrasted_in_one_more_pass(fold
     assert contrast.words == fact.words and contrast.foil_words == [["a", "big", "yellow", "circle"]] * 2
     torch.testing.assert_close(contrast.scores[:, 2], fact.scores[:, 2] - foil.scores[:, 2], atol=1e-8, rtol=0)
     assert contrast.scores[:, :2].abs().max() == 0
+
+
+def hand_built_mask(model, tokens: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, n, n)`` additive mask: causal (PaliGemma: bidirectional over its prefix), image tokens whose
+    ``visible`` is False seen by no other token (each still sees itself, so no row is empty)."""
+    n = tokens.shape[1]
+    query, key = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    allowed = key <= query
+    if model.hf.config.model_type == "paligemma":
+        prefix = len(model.vocab.prefix)
+        allowed = allowed | ((query < prefix) & (key < prefix))
+    seen = torch.ones_like(tokens, dtype=torch.bool)
+    seen[tokens == model.hf.config.image_token_id] = visible.flatten()
+    allowed = (allowed[None] & seen[:, None, :]) | (query == key)[None]
+    bias = torch.zeros(allowed.shape, dtype=torch.float64).masked_fill(~allowed, torch.finfo(torch.float64).min)
+    return bias[:, None]
+
+
+@pytest.mark.parametrize("family", IMAGE_TEXT)
+def test_keep_prefix_hides_image_tokens_as_the_models_own_forward_under_a_hand_built_mask(folders, family):
+    """Row 0 keeps patch 5, row 1 no patch: the words' log-probabilities are the model's own forward on the whole
+    image under a hand-built mask that hides the other image tokens, at unmoved positions; a patch encoded alone at
+    its position gives the same, and the masked items' values reach nothing."""
+    model = load(folders[family], family, "prefix").double()
+    pixels = images().double()
+    items = model.items(model.features(pixels))
+    tokens = torch.tensor([model.vocab.encode(QUERY)[:-1]] * 2)
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[0, 5] = True
+    ours = model.token_logprobs(model.encode(items, mask), tokens)
+    start = 1 if family == "paligemma" else 0  # PaliGemma numbers its positions from 1
+    positions = torch.arange(tokens.shape[1])[None].expand(2, -1) + start
+    own = model.hf(
+        input_ids=tokens,
+        pixel_values=model.pixel_values(pixels[:, 0]),
+        attention_mask=hand_built_mask(model, tokens, mask),
+        position_ids=positions,
+        **prefix_kinds(model, tokens),
+    ).logits
+    words = slice(len(model.vocab.prefix) - 1, None)  # the last prefix token predicts the first word
+    torch.testing.assert_close(ours[:, words], torch.log_softmax(own, dim=-1)[:, words], atol=1e-10, rtol=0)
+    alone = model.token_logprobs(model.encode(items[:1, 5:6], None, torch.tensor([[5]])), tokens[:1])
+    torch.testing.assert_close(ours[:1], alone, atol=1e-10, rtol=0)
+    assert not torch.allclose(ours[0], ours[1])
+    torch.testing.assert_close(check_no_item(model, items, tokens), ours[1:].expand(2, -1, -1), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize(("family", "keep"), [case for case in HF_CASES if case[0] in IMAGE_TEXT])
+def test_generate_with_hidden_image_tokens_is_greedy_decoding_at_unmoved_positions(folders, family, keep):
+    """``generate`` with one patch kept per row gives the tokens teacher forcing ranks first at every step: its
+    positions are those of ``decode`` (which the hand-built mask checks), not counted from the attention mask."""
+    model = load(folders[family], family, keep).double()
+    items = model.items(model.features(images().double()))
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[0, 5], mask[1, 10] = True, True
+    rows = model.generate(items, mask, max_len=6)
+    prefix = len(model.vocab.prefix)
+    assert rows.shape[1] > prefix and bool((rows[:, :prefix] == torch.tensor(model.vocab.prefix)).all())
+    logprobs = model.token_logprobs(model.encode(items, mask), rows[:, :-1])
+    best = logprobs.argmax(dim=-1)[:, prefix - 1 :]
+    generated = rows[:, prefix:]
+    real = generated != model.vocab.pad_id
+    assert torch.equal(best[real], generated[real])
+
+
+@pytest.mark.parametrize(("family", "keep"), [case for case in HF_CASES if case[0] in IMAGE_TEXT])
+def test_an_image_text_family_with_no_item_is_its_prompt_and_words_at_their_places(folders, family, keep):
+    """No item hides every image token: the model's own forward with all of them masked by hand, whatever the
+    items' values."""
+    model = load(folders[family], family, keep).double()
+    tokens = torch.tensor([model.vocab.encode(QUERY)[:-1]] * 2)
+    ours = check_no_item(model, torch.randn(2, 3, model.feature_size, dtype=torch.float64), tokens)
+    start = 1 if family == "paligemma" else 0
+    own = model.hf(
+        input_ids=tokens,
+        pixel_values=model.pixel_values(images().double()[:, 0]),
+        attention_mask=hand_built_mask(model, tokens, torch.zeros(2, 16, dtype=torch.bool)),
+        position_ids=torch.arange(tokens.shape[1])[None].expand(2, -1) + start,
+        **prefix_kinds(model, tokens),
+    ).logits
+    words = slice(len(model.vocab.prefix) - 1, None)
+    torch.testing.assert_close(ours[:, words], torch.log_softmax(own, dim=-1)[:, words], atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("family", IMAGE_TEXT)
+def test_an_image_text_checkpoint_loads_alone_with_its_processors_prefix_and_captions(folders, family, tmp_path):
+    """The checkpoint carries the whole processor (image token, chat template): loaded without the folder, the
+    prefix and the captions are the same."""
+    model = load(folders[family], family)
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    model.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "model.ckpt")
+    again = HFCaptioner.load_from_checkpoint(tmp_path / "model.ckpt").eval()
+    assert again.vocab.prefix == model.vocab.prefix
+    items = model.items(model.features(images()))
+    torch.testing.assert_close(again.generate(items, max_len=6), model.generate(items, max_len=6), rtol=0, atol=0)

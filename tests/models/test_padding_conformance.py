@@ -28,7 +28,8 @@ def hf_folders(tmp_path_factory) -> dict[str, Path]:
     return {family: save_tiny_hf(root / family, family) for family in HF_FAMILIES}
 
 
-# no attention weights to read (has_attention): capsal's own without, GIT and BLIP-2 (image tokens are a prefix)
+# no attention weights to read (has_attention): capsal's own without, GIT, BLIP-2, LLaVA and PaliGemma (image tokens
+# are a prefix)
 WITHOUT_ATTENTION = (
     "s2vt",
     "s2vt_meanpool",
@@ -37,6 +38,7 @@ WITHOUT_ATTENTION = (
     "git/prefix",
     "blip2/input",
     "blip2/encoder_output",
+    *(f"{family}/{keep}" for family in ("llava", "paligemma") for keep in ("input", "prefix")),
 )
 
 

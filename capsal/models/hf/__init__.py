@@ -6,7 +6,10 @@ Supported families, one adapter each (:class:`~capsal.models.hf.family.Family`):
 ``GitForCausalLM`` (:mod:`~capsal.models.hf.git`: image tokens as a prefix of a language model's own self-attention,
 with its own ``keep`` modes, ``input`` and ``prefix``, described there) and
 ``Blip2ForConditionalGeneration`` (:mod:`~capsal.models.hf.blip2`: a querying transformer between the tower and an
-OPT language model that reads its outputs as a prefix; ``keep=input`` and ``keep=encoder_output``, described there).
+OPT language model that reads its outputs as a prefix; ``keep=input`` and ``keep=encoder_output``, described there),
+``LlavaForConditionalGeneration`` and ``PaliGemmaForConditionalGeneration``
+(:mod:`~capsal.models.hf.image_text_to_text`: image tokens inside the language model's text, written by the model's
+processor; ``keep=input`` and ``keep=prefix``).
 :class:`HFCaptioner` is the LightningModule users configure; it holds the ``transformers`` model and its family.
 
 Items are the image's patch tokens, an ``h x w`` grid read row-major; pixels go through the model's own image

@@ -33,7 +33,7 @@ class HFCaptioner(LightningCaptioner):
     """A pretrained ``transformers`` captioner (``name_or_path``: a hub id or a ``save_pretrained`` folder).
 
     ``keep``: where "keep only item i" happens, ``input``, ``encoder_output`` (cross-attending families) or
-    ``prefix`` (GIT) (:mod:`capsal.models.hf`);
+    ``prefix`` (GIT, LLaVA, PaliGemma) (:mod:`capsal.models.hf`);
     ``prompt``: text after bos that is part of the prefix (BLIP's conditional captioning, e.g. "a picture of");
     ``from_config``: random weights of the same architecture. ``max_len``/``beam_size``: generation; the optimizer
     and captioning metrics as every capsal model. The model's own parts sit in ``hf`` (its weights, under the
@@ -69,10 +69,12 @@ class HFCaptioner(LightningCaptioner):
         self.hf, tokenizer, processor = load_parts(str(name_or_path), from_config)
         self.hf.train()  # from_pretrained gives eval mode; a LightningModule starts in training mode (dropout on)
         self.family = family_of(self.hf)
+        self.pretrained_processor = processor  # as loaded: what a checkpoint carries
         self.processor = self.family.image_processor(processor)
         self.tokenizer = tokenizer
         bos, eos, pad = self.family.special_ids(tokenizer)
-        self.vocab = PretrainedTokenizer(tokenizer, bos, eos, pad, self.decoder.config.vocab_size, prompt)
+        size = self.decoder.config.vocab_size
+        self.vocab = PretrainedTokenizer(tokenizer, bos, eos, pad, size, prompt, self.family.prefix_ids(prompt))
         self.feature_size: int = self.vision.config.hidden_size
         self.family.check_keep(keep)
 
@@ -199,7 +201,7 @@ class HFCaptioner(LightningCaptioner):
     def pretrained_files(self) -> dict[str, bytes]:
         """Everything ``save_pretrained`` writes but the weights (config, generation config, tokenizer, image
         processor): a capsal checkpoint carries these, its state dict the weights, so it loads alone."""
-        return pretrained_files(self.hf, self.tokenizer, self.processor)
+        return pretrained_files(self.hf, self.tokenizer, self.pretrained_processor)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

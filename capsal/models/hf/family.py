@@ -41,6 +41,9 @@ class Family(ABC):
     model_type: ClassVar[str]  # the ``config.model_type`` this family wraps
     attends: ClassVar[bool] = False  # whether :meth:`attention` and :meth:`attention_trace` read attention weights
     model_class: ClassVar[str]  # the ``transformers`` class that loads it
+    # what loads its processor: ``AutoImageProcessor``, or ``AutoProcessor`` for a family whose processor also knows
+    # its image token and chat template (its tokenizer is then the processor's)
+    processor_class: ClassVar[str] = "AutoImageProcessor"
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -62,6 +65,11 @@ class Family(ABC):
     def image_processor(self, processor: Any) -> Any:
         """The processor as capsal uses it: by default the whole image resized (:func:`whole_image`)."""
         return whole_image(processor)
+
+    def prefix_ids(self, prompt: str | None) -> list[int] | None:
+        """The token ids before a caption's words, when the family writes them (image tokens, a chat template);
+        None: bos then the prompt's tokens (:class:`~capsal.models.hf.tokenizer.PretrainedTokenizer`)."""
+        return None
 
     @abstractmethod
     def check_keep(self, keep: str) -> None:
@@ -334,8 +342,10 @@ def embed_kept(vision: nn.Module, items: torch.Tensor, positions: torch.Tensor) 
     tokens (class...) then the patches, each plus its own position embedding, as its embeddings would give them."""
     prefix = [rearrange(token.to(items.dtype), "... d -> 1 (...) d") for token in prefix_tokens(vision)]
     table = position_table(vision).to(items.dtype)
-    start = torch.cat(prefix, dim=1) + table[:, : len(prefix)]
     patches = items + table[0, len(prefix) :][positions]
+    if not prefix:  # SigLIP: no class token
+        return patches
+    start = torch.cat(prefix, dim=1) + table[:, : len(prefix)]
     return torch.cat([start.expand(items.shape[0], -1, -1), patches], dim=1)
 
 

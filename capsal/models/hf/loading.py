@@ -14,14 +14,16 @@ from capsal.models.hf.blip import BlipFamily
 from capsal.models.hf.blip2 import Blip2Family
 from capsal.models.hf.family import Family
 from capsal.models.hf.git import GitFamily
+from capsal.models.hf.image_text_to_text import LlavaFamily, PaliGemmaFamily
 from capsal.models.hf.vision_encoder_decoder import VisionEncoderDecoderFamily
 
 # the families capsal explains, by ``config.model_type``
 FAMILIES: dict[str, type[Family]] = {
-    family.model_type: family for family in (VisionEncoderDecoderFamily, BlipFamily, GitFamily, Blip2Family)
+    family.model_type: family
+    for family in (VisionEncoderDecoderFamily, BlipFamily, GitFamily, Blip2Family, LlavaFamily, PaliGemmaFamily)
 }
 # what ``save_pretrained`` writes besides the weights: a capsal checkpoint carries these, its state dict the weights
-PRETRAINED_FILE_SUFFIXES = (".json", ".txt", ".model")
+PRETRAINED_FILE_SUFFIXES = (".json", ".txt", ".model", ".jinja")
 
 
 def require_transformers():
@@ -45,8 +47,9 @@ def offline_hint(name_or_path: str, error: BaseException) -> str:
 
 
 def load_parts(name_or_path: str, from_config: bool = False):
-    """``(model, tokenizer, image processor)`` of a hub id or a ``save_pretrained`` folder; ``from_config``: the
-    architecture with random weights (benchmarks; capsal checkpoints, whose state dict holds the weights)."""
+    """``(model, tokenizer, processor)`` of a hub id or a ``save_pretrained`` folder (the processor its family's
+    ``processor_class`` loads: the image processor, or the whole processor with the tokenizer inside); ``from_config``:
+    the architecture with random weights (benchmarks; capsal checkpoints, whose state dict holds the weights)."""
     transformers = require_transformers()
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
@@ -59,8 +62,6 @@ def load_parts(name_or_path: str, from_config: bool = False):
     try:
         # never the code a model repository or a checkpoint's files may name (auto_map): capsal's families are built in
         config = transformers.AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
-        processor = transformers.AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=False)
     except (OSError, ValueError) as error:
         raise UserError(offline_hint(name_or_path, error)) from error
     family = FAMILIES.get(config.model_type)
@@ -69,6 +70,13 @@ def load_parts(name_or_path: str, from_config: bool = False):
             f"model.name_or_path={name_or_path} is a {config.model_type!r} model; capsal explains "
             f"{', '.join(f.model_class for f in FAMILIES.values())}"
         )
+    try:
+        processor = getattr(transformers, family.processor_class).from_pretrained(name_or_path, trust_remote_code=False)
+        tokenizer = getattr(processor, "tokenizer", None) or transformers.AutoTokenizer.from_pretrained(
+            name_or_path, trust_remote_code=False
+        )
+    except (OSError, ValueError) as error:
+        raise UserError(offline_hint(name_or_path, error)) from error
     model_class = getattr(transformers, family.model_class)
     model = model_class(config) if from_config else model_class.from_pretrained(name_or_path)
     return model, tokenizer, processor
