@@ -126,10 +126,12 @@ def compose_app(name: str, output_dir: Path, *overrides: str, conf: Path | None 
 # words of the synthetic captions (and BLIP's prompt); these are split into several subword tokens
 HF_WORDS = ("a", "big", "small", "and", "red", "green", "blue", "yellow", "circle", "square", "picture", "of")
 HF_SPLIT = {"triangle": ("tri", "angle"), "diamond": ("dia", "mond"), "yellow": ("yel", "low")}
-HF_FAMILIES = ("vit_gpt2", "deit_bert", "blip", "git", "blip2", "llava", "paligemma")
+HF_FAMILIES = ("vit_gpt2", "deit_bert", "blip", "git", "blip2", "llava", "paligemma", "idefics3")
 # each family's ``keep`` modes: GIT's, LLaVA's and PaliGemma's image tokens are a prefix of their language model's
 # text, the others cross-attend (BLIP-2: its Q-Former to the tower)
+# (Idefics3: keep=prefix alone, its pixel shuffle merges patches into one image token)
 HF_KEEP = {"git": ("input", "prefix"), "llava": ("input", "prefix"), "paligemma": ("input", "prefix")}
+HF_KEEP["idefics3"] = ("prefix",)
 HF_ATTENDING = ("vit_gpt2", "deit_bert", "blip")  # with cross-attention maps capsal reads
 HF_CASES = [(family, keep) for family in HF_FAMILIES for keep in HF_KEEP.get(family, ("input", "encoder_output"))]
 
@@ -202,6 +204,8 @@ def save_tiny_hf(folder: Path, family: str = "vit_gpt2", seed: int = 0, image_si
         config.num_query_tokens, config.image_token_index = 4, tokenizer.convert_tokens_to_ids("<image>")
         model = tf.Blip2ForConditionalGeneration(config)
         processor = tf.BlipImageProcessor(size=size)
+    elif family == "idefics3":  # SigLIP, pixel shuffle 2: 64 pixels, an 8 x 8 patch grid, 4 x 4 image tokens
+        model, tokenizer, processor = _tiny_idefics3(folder, layers, {**vision, "image_size": 2 * image_size})
     elif family in ("llava", "paligemma"):  # image tokens in the language model's text, built by the processor
         model, tokenizer, processor = _tiny_image_text_to_text(folder, family, layers, vision, size)
     elif family == "blip":
@@ -288,6 +292,31 @@ def _tiny_image_text_to_text(folder: Path, family: str, layers: dict, vision: di
     image_processor.image_seq_length = tokens
     processor = tf.PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
     return tf.PaliGemmaForConditionalGeneration(config), tokenizer, processor
+
+
+def _tiny_idefics3(folder: Path, layers: dict, vision: dict):
+    """A tiny ``Idefics3ForConditionalGeneration`` (SigLIP tower, pixel shuffle by 2, Llama) whose processor gives one
+    grid (``do_image_splitting`` off), its tokenizer knowing the processor's image tokens."""
+    import transformers as tf
+
+    vocab_file, merges_file = _bpe_files(folder)
+    tokenizer = tf.GPT2Tokenizer(vocab=str(vocab_file), merges=str(merges_file), pad_token="<pad>")
+    tokenizer.add_tokens(["<fake_token_around_image>", "<image>", "<global-img>"], special_tokens=True)
+    text = {**layers, "vocab_size": len(tokenizer), "max_position_embeddings": 128, "num_key_value_heads": 2}
+    text.update(bos_token_id=0, eos_token_id=0, pad_token_id=tokenizer.pad_token_id, head_dim=8)
+    config = tf.Idefics3Config(
+        vision_config=tf.Idefics3VisionConfig(**vision),
+        text_config=tf.LlamaConfig(**text),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
+    )
+    side = vision["image_size"]
+    image_processor = tf.Idefics3ImageProcessor(
+        size={"longest_edge": side}, max_image_size={"longest_edge": side}, do_image_splitting=False
+    )
+    tokens = (side // vision["patch_size"] // 2) ** 2
+    processor = tf.Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=tokens)
+    return tf.Idefics3ForConditionalGeneration(config), tokenizer, processor
 
 
 def readme_captioner_class() -> type:

@@ -25,7 +25,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hf_apps")
     return {
         family: save_tiny_hf(root / family, family)
-        for family in ("vit_gpt2", "blip", "git", "blip2", "llava", "paligemma")
+        for family in ("vit_gpt2", "blip", "git", "blip2", "llava", "paligemma", "idefics3")
     }
 
 
@@ -73,7 +73,8 @@ def test_eval_writes_the_tables_for_a_pretrained_folder(folders, tmp_path):
 @pytest.mark.parametrize(
     ("family", "keep"),
     [("git", "input"), ("git", "prefix"), ("blip2", "input"), ("blip2", "encoder_output")]
-    + [(family, keep) for family in ("llava", "paligemma") for keep in ("input", "prefix")],
+    + [(family, keep) for family in ("llava", "paligemma") for keep in ("input", "prefix")]
+    + [("idefics3", "prefix")],
 )
 def test_explain_and_eval_a_pretrained_prefix_family_folder_on_shapes_image(folders, tmp_path, family, keep):
     model = ["model=hf_captioner", f"model.name_or_path={folders[family]}", f"model.keep={keep}"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
-from tiny import HF_ATTENDING, HF_CASES, HF_FAMILIES, compose_train, save_tiny_hf
+from tiny import HF_ATTENDING, HF_CASES, HF_FAMILIES, HF_KEEP, compose_train, save_tiny_hf
 
 from capsal import check_protocol
 from capsal.errors import UserError
@@ -22,7 +22,8 @@ from capsal.models.protocol import check_no_item
 
 QUERY = "a big yellow triangle"  # yellow and triangle are two tokens each in every tiny tokenizer
 PROMPT = {"blip": "a picture of", "blip2": "a picture of", "llava": "a picture of", "paligemma": "caption en"}
-IMAGE_TEXT = ("llava", "paligemma")  # image tokens in the language model's text, the prefix written by the processor
+# image tokens in the language model's text, the prefix written by the processor
+IMAGE_TEXT = ("llava", "paligemma", "idefics3")
 ATTENTION_READERS = {"rollout", "relevancy", "soft_attention"}  # the explainers that read a model's attention maps
 
 
@@ -32,8 +33,10 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     return {family: save_tiny_hf(root / family, family) for family in HF_FAMILIES}
 
 
-def load(folder: Path, family: str, keep: str = "input", *overrides: str):
-    """The captioner ``model=hf_captioner model.name_or_path=<folder>`` composes, in eval mode."""
+def load(folder: Path, family: str, keep: str | None = None, *overrides: str):
+    """The captioner ``model=hf_captioner model.name_or_path=<folder>`` composes, in eval mode (``keep``: by default
+    the family's first mode)."""
+    keep = keep or HF_KEEP.get(family, ("input",))[0]
     prompt = [f"model.prompt='{PROMPT[family]}'"] if family in PROMPT else []
     cfg = compose_train("model=hf_captioner", f"model.name_or_path={folder}", f"model.keep={keep}", *prompt, *overrides)
     return instantiate(cfg.model).eval()
@@ -49,7 +52,7 @@ def test_a_saved_folder_loads_through_the_config_and_implements_the_protocol(fol
     model = load(folders[family], family, keep)
     assert check_protocol(model) == []
     grid = model.features(images())
-    assert grid.shape == (2, 1, 4, 4, 32)  # 32 x 32 pixels in 8 x 8 patches
+    assert grid.shape == (2, 1, 4, 4, model.feature_size)  # 32 x 32 pixels in 8 x 8 patches (Idefics3: 64, shuffled)
     assert model.item_layout(tuple(grid.shape[1:4])).num_items == 16
 
 
@@ -61,7 +64,7 @@ def test_keep_input_with_every_item_is_the_models_own_encoder_and_generation(fol
     pixels = images()
     values = model.pixel_values(pixels[:, 0])
     state = model.encode(model.items(model.features(pixels)))
-    tower = model.vision(pixel_values=values).last_hidden_state
+    tower = model.vision(pixel_values=values.flatten(0, -4)).last_hidden_state  # Idefics3: (1, B, 3, H, W)
     if family == "git":  # the projected tower output is the language model's prefix: its logits are GIT's own
         torch.testing.assert_close(state["memory"], model.hf.git.visual_projection(tower))
         tokens = torch.tensor([model.vocab.encode(QUERY)] * 2)
@@ -75,9 +78,8 @@ def test_keep_input_with_every_item_is_the_models_own_encoder_and_generation(fol
         theirs = model.hf(input_ids=torch.cat([image, tokens], dim=1), pixel_values=values).logits[:, queries:]
         torch.testing.assert_close(model.token_logits(state, tokens), theirs)
     elif family in IMAGE_TEXT:  # the projected image tokens are the model's own; its logits too, on every token
-        torch.testing.assert_close(
-            state["memory"], torch.stack(list(model.hf.get_image_features(values).pooler_output))
-        )
+        features = model.hf.get_image_features(values).pooler_output  # Idefics3: one sample, both images
+        torch.testing.assert_close(state["memory"], torch.cat(list(features)).reshape(state["memory"].shape))
         tokens = torch.tensor([model.vocab.encode(QUERY)] * 2)
         theirs = model.hf(input_ids=tokens, pixel_values=values, **prefix_kinds(model, tokens)).logits
         torch.testing.assert_close(model.token_logits(state, tokens), theirs)
@@ -220,6 +222,8 @@ def test_the_cross_attending_families_refuse_keep_prefix_and_git_refuses_encoder
         HFCaptioner(str(folders["git"]), keep="encoder_output")
     with pytest.raises(UserError, match=r"model\.keep=prefix would hide BLIP-2's projected query tokens, which are no"):
         HFCaptioner(str(folders["blip2"]), keep="prefix")
+    with pytest.raises(UserError, match=r"pixel shuffle merges groups of patches into one image token.*keep=prefix$"):
+        HFCaptioner(str(folders["idefics3"]), keep="input")
 
 
 def test_soft_attention_reads_the_last_layers_cross_attention_on_the_patches(folders):
@@ -281,7 +285,8 @@ def test_a_checkpoint_records_the_class_path_configs_name_and_the_models_own_wei
     target = compose_train("model=hf_captioner", "model.name_or_path=x").model._target_
     assert checkpoint["capsal"]["model_class"] == target == "capsal.models.hf.HFCaptioner"
     assert all(key.startswith("hf.") for key in checkpoint["state_dict"])
-    assert checkpoint["hyper_parameters"]["keep"] == "input" and checkpoint["hyper_parameters"]["item_mode"] == "grid"
+    options = checkpoint["hyper_parameters"]
+    assert options["keep"] == HF_KEEP.get(family, ("input",))[0] and options["item_mode"] == "grid"
     stages = {"git": ["decoder", "projection", "encoder"], "blip2": ["decoder", "qformer", "encoder"]}
     stages.update({family: stages["git"] for family in IMAGE_TEXT})
     assert [name for name, _ in model.randomisation_stages()] == stages.get(family, ["decoder", "encoder"])

@@ -75,7 +75,7 @@ class HFCaptioner(LightningCaptioner):
         bos, eos, pad = self.family.special_ids(tokenizer)
         size = self.decoder.config.vocab_size
         self.vocab = PretrainedTokenizer(tokenizer, bos, eos, pad, size, prompt, self.family.prefix_ids(prompt))
-        self.feature_size: int = self.vision.config.hidden_size
+        self.feature_size: int = self.family.feature_size(keep)
         self.family.check_keep(keep)
 
     # ---- the model's parts ------------------------------------------------------------------------------------

@@ -66,6 +66,10 @@ class Family(ABC):
         """The processor as capsal uses it: by default the whole image resized (:func:`whole_image`)."""
         return whole_image(processor)
 
+    def feature_size(self, keep: str) -> int:
+        """The width of the items ``keep`` gives (:meth:`patch_tokens`): by default the vision encoder's."""
+        return int(self.vision.config.hidden_size)
+
     def prefix_ids(self, prompt: str | None) -> list[int] | None:
         """The token ids before a caption's words, when the family writes them (image tokens, a chat template);
         None: bos then the prompt's tokens (:class:`~capsal.models.hf.tokenizer.PretrainedTokenizer`)."""

@@ -1,5 +1,6 @@
 """``AutoModelForImageTextToText`` families whose image tokens sit in a language model's text: LLaVA
-(``LlavaForConditionalGeneration``) and PaliGemma (``PaliGemmaForConditionalGeneration``).
+(``LlavaForConditionalGeneration``), PaliGemma (``PaliGemmaForConditionalGeneration``) and Idefics3
+(``Idefics3ForConditionalGeneration``: ``keep=prefix`` alone, on one grid; :class:`Idefics3Family`).
 
 A vision tower (CLIP with a class token for LLaVA, SigLIP without one for PaliGemma) gives one token per patch; a
 projector maps them to the language model's width, and they replace the image tokens of the text (the processor's
@@ -29,15 +30,19 @@ alone, at their places. ``generate`` is the model's own ``generate`` on the stat
 
 from __future__ import annotations
 
+import copy
+import logging
 from typing import Any
 
 import torch
-from einops import repeat
+from einops import rearrange, repeat
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from capsal.errors import UserError
 from capsal.models.hf.family import Family, State, embed_kept, kept_rows, patch_embeddings, prefix_tokens, whole_image
+
+log = logging.getLogger("capsal")
 
 
 class ImageTextToTextFamily(Family):
@@ -106,10 +111,13 @@ class ImageTextToTextFamily(Family):
             text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
         else:
             text = f"{processor.image_token}{prompt or ''}"
-        image = torch.zeros(3, self.vision.config.image_size, self.vision.config.image_size)
-        ids = processor(text=text, images=image, return_tensors="pt")["input_ids"][0].tolist()
+        ids = processor(text=text, images=self.prefix_image(), return_tensors="pt")["input_ids"][0].tolist()
         self.prefix = [int(i) for i in ids]
         return self.prefix
+
+    def prefix_image(self) -> torch.Tensor:
+        """A blank image of the size the processor gives (its image tokens are counted on it)."""
+        return torch.zeros(3, self.vision.config.image_size, self.vision.config.image_size)
 
     def check_keep(self, keep: str) -> None:
         if keep not in ("input", "prefix"):
@@ -232,6 +240,11 @@ class LlavaFamily(ImageTextToTextFamily):
         """One ``(N, D)`` tensor per image."""
         return list(memory)
 
+    def feature_size(self, keep: str) -> int:
+        """``keep=prefix``: the selected layers side by side."""
+        layer = self.model.config.vision_feature_layer
+        return super().feature_size(keep) * (1 if keep == "input" or isinstance(layer, int) else len(layer))
+
     def select(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
         layer = self.model.config.vision_feature_layer
         layers = [layer] if isinstance(layer, int) else list(layer)
@@ -252,3 +265,58 @@ class PaliGemmaFamily(ImageTextToTextFamily):
         """``token_type_ids``: 0 on the prefix (attended bidirectionally), 1 on the words."""
         columns = torch.arange(tokens.shape[1], device=tokens.device)
         return {"token_type_ids": repeat((columns >= len(self.prefix)).long(), "n -> b n", b=tokens.shape[0])}
+
+
+class Idefics3Family(ImageTextToTextFamily):
+    """Idefics3: a SigLIP-style tower (``model.model.vision_model``), a connector whose pixel shuffle merges each
+    ``scale_factor x scale_factor`` group of patch tokens into one token (their widths side by side) before its
+    ``modality_projection``, and a Llama language model (``model.model.text_model``).
+
+    Items are the shuffled tokens, one per group of patches, an ``h/s x w/s`` grid; only ``keep=prefix`` (the tower
+    and the pixel shuffle see the whole image, the language model one group's image token). The image is one grid:
+    the processor's ``do_image_splitting`` is turned off (tiles and their global thumbnail are not explained)."""
+
+    model_type = "idefics3"
+    model_class = "Idefics3ForConditionalGeneration"
+
+    @property
+    def vision(self) -> nn.Module:
+        return self.model.model.vision_model
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.model.model.text_model
+
+    @property
+    def projector(self) -> nn.Module:
+        return self.model.model.connector.modality_projection
+
+    def feature_size(self, keep: str) -> int:
+        return super().feature_size(keep) * int(self.model.config.scale_factor) ** 2
+
+    def image_processor(self, processor: Any) -> Any:
+        """The image processor giving one grid: its image splitting (tiles plus a thumbnail) turned off."""
+        self.processor = processor
+        image = processor.image_processor
+        if getattr(image, "do_image_splitting", False):
+            log.info("%s: image splitting turned off, so the items are one grid", type(image).__name__)
+            image = copy.deepcopy(image)
+            image.do_image_splitting = False
+        return image
+
+    def check_keep(self, keep: str) -> None:
+        if keep != "prefix":
+            raise UserError(
+                f"model.keep={keep}: {type(self.model).__name__}'s pixel shuffle merges groups of patches into one "
+                "image token, and capsal runs its tower on the whole image only: use model.keep=prefix"
+            )
+
+    def patch_tokens(self, pixel_values: torch.Tensor, keep: str) -> torch.Tensor:
+        """The shuffled tower tokens of each image (the processor batches a list of images as one sample's images,
+        ``(1, B, 3, H, W)``: one image each, in order)."""
+        hidden = self.vision(pixel_values=rearrange(pixel_values, "b n c h w -> (b n) c h w")).last_hidden_state
+        return self.model.model.connector.pixel_shuffle(hidden, self.model.config.scale_factor)
+
+    def prefix_image(self) -> torch.Tensor:
+        side = self.processor.image_processor.max_image_size["longest_edge"]
+        return torch.zeros(3, side, side)

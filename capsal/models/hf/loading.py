@@ -14,13 +14,21 @@ from capsal.models.hf.blip import BlipFamily
 from capsal.models.hf.blip2 import Blip2Family
 from capsal.models.hf.family import Family
 from capsal.models.hf.git import GitFamily
-from capsal.models.hf.image_text_to_text import LlavaFamily, PaliGemmaFamily
+from capsal.models.hf.image_text_to_text import Idefics3Family, LlavaFamily, PaliGemmaFamily
 from capsal.models.hf.vision_encoder_decoder import VisionEncoderDecoderFamily
 
 # the families capsal explains, by ``config.model_type``
 FAMILIES: dict[str, type[Family]] = {
     family.model_type: family
-    for family in (VisionEncoderDecoderFamily, BlipFamily, GitFamily, Blip2Family, LlavaFamily, PaliGemmaFamily)
+    for family in (
+        VisionEncoderDecoderFamily,
+        BlipFamily,
+        GitFamily,
+        Blip2Family,
+        LlavaFamily,
+        PaliGemmaFamily,
+        Idefics3Family,
+    )
 }
 # what ``save_pretrained`` writes besides the weights: a capsal checkpoint carries these, its state dict the weights
 PRETRAINED_FILE_SUFFIXES = (".json", ".txt", ".model", ".jinja")
