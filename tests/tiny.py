@@ -206,6 +206,8 @@ def save_tiny_hf(folder: Path, family: str = "vit_gpt2", seed: int = 0, image_si
         processor = tf.BlipImageProcessor(size=size)
     elif family == "idefics3":  # SigLIP, pixel shuffle 2: 64 pixels, an 8 x 8 patch grid, 4 x 4 image tokens
         model, tokenizer, processor = _tiny_idefics3(folder, layers, {**vision, "image_size": 2 * image_size})
+    elif family == "idefics3_tiles":  # 64 pixels in 2 x 2 tiles of 32 and a thumbnail: 2 x 2 image tokens each
+        model, tokenizer, processor = _tiny_idefics3(folder, layers, vision, tiles=2)
     elif family in ("llava", "paligemma"):  # image tokens in the language model's text, built by the processor
         model, tokenizer, processor = _tiny_image_text_to_text(folder, family, layers, vision, size)
     elif family == "blip":
@@ -294,14 +296,16 @@ def _tiny_image_text_to_text(folder: Path, family: str, layers: dict, vision: di
     return tf.PaliGemmaForConditionalGeneration(config), tokenizer, processor
 
 
-def _tiny_idefics3(folder: Path, layers: dict, vision: dict):
+def _tiny_idefics3(folder: Path, layers: dict, vision: dict, tiles: int = 0):
     """A tiny ``Idefics3ForConditionalGeneration`` (SigLIP tower, pixel shuffle by 2, Llama) whose processor gives one
-    grid (``do_image_splitting`` off), its tokenizer knowing the processor's image tokens."""
+    grid (``do_image_splitting`` off), or ``tiles x tiles`` tiles of the tower's size and a thumbnail, its tokenizer
+    knowing the processor's image and tile tokens."""
     import transformers as tf
 
     vocab_file, merges_file = _bpe_files(folder)
     tokenizer = tf.GPT2Tokenizer(vocab=str(vocab_file), merges=str(merges_file), pad_token="<pad>")
-    tokenizer.add_tokens(["<fake_token_around_image>", "<image>", "<global-img>"], special_tokens=True)
+    tiles_tokens = [f"<row_{i + 1}_col_{j + 1}>" for i in range(tiles) for j in range(tiles)]
+    tokenizer.add_tokens(["<fake_token_around_image>", "<image>", "<global-img>", *tiles_tokens], special_tokens=True)
     text = {**layers, "vocab_size": len(tokenizer), "max_position_embeddings": 128, "num_key_value_heads": 2}
     text.update(bos_token_id=0, eos_token_id=0, pad_token_id=tokenizer.pad_token_id, head_dim=8)
     config = tf.Idefics3Config(
@@ -312,7 +316,7 @@ def _tiny_idefics3(folder: Path, layers: dict, vision: dict):
     )
     side = vision["image_size"]
     image_processor = tf.Idefics3ImageProcessor(
-        size={"longest_edge": side}, max_image_size={"longest_edge": side}, do_image_splitting=False
+        size={"longest_edge": side * max(tiles, 1)}, max_image_size={"longest_edge": side}, do_image_splitting=tiles > 0
     )
     tokens = (side // vision["patch_size"] // 2) ** 2
     processor = tf.Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=tokens)

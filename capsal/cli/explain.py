@@ -197,7 +197,7 @@ def _write_image(saliency: Saliency, given: ExplainInput, spans, caption, output
     fig = overlay_figure(image, list(heats), labels, sentence, boxes)
     save_figure(fig, output_dir / "saliency.png")
     h, w = saliency.layout.grid_size
-    grids = rearrange(scaled.float().cpu(), "p (h w) -> p 1 h w", h=h, w=w).numpy()
+    grids = rearrange(saliency.layout.on_grid(scaled.float()).cpu(), "p (h w) -> p 1 h w", h=h, w=w).numpy()
     write_explorer(
         output_dir / "explorer.html",
         _frames(given),

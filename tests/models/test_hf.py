@@ -402,3 +402,49 @@ def test_an_image_text_checkpoint_loads_alone_with_its_processors_prefix_and_cap
     assert again.vocab.prefix == model.vocab.prefix
     items = model.items(model.features(images()))
     torch.testing.assert_close(again.generate(items, max_len=6), model.generate(items, max_len=6), rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def tiles(tmp_path_factory) -> Path:
+    """A tiny Idefics3 whose processor splits a 64-pixel square into 2 x 2 tiles of 32 and adds a thumbnail."""
+    return save_tiny_hf(tmp_path_factory.mktemp("hf_tiles") / "idefics3_tiles", "idefics3_tiles")
+
+
+def test_idefics3_tiles_give_items_for_every_tile_and_the_thumbnail_as_the_models_own_pass(tiles):
+    """20 items (4 tiles and the thumbnail, 2 x 2 shuffled tokens each): every item is the model's own logits and
+    caption; the batched caption-guided losses are one item at a time."""
+    model = load(tiles, "idefics3").double()
+    pixels = images().double()
+    items = model.items(model.features(pixels))
+    assert items.shape[1] == 20 and model.item_layout((1, 1, 20)).grid_size == (4, 4)
+    tokens = torch.tensor([model.vocab.encode(QUERY)] * 2)
+    values = model.pixel_values(pixels[:, 0])
+    assert values.shape[:2] == (1, 10)  # both images' 4 tiles and thumbnail, as one sample's crops
+    theirs = model.hf(input_ids=tokens, pixel_values=values).logits
+    torch.testing.assert_close(model.token_logits(model.encode(items), tokens), theirs)
+    prefix = torch.tensor([model.vocab.prefix] * 2)
+    own = model.hf.generate(input_ids=prefix, pixel_values=values, max_new_tokens=6, do_sample=False)
+    assert torch.equal(model.generate(items, max_len=6)[:, prefix.shape[1] :], own[:, prefix.shape[1] :])
+    saliency = build_explainer("caption_guided").explain(model, items, tokens=QUERY)
+    expected = reference_losses(model, items, saliency.tokens)
+    torch.testing.assert_close(saliency.losses[:, :4], expected[:, :4], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(("row", "column"), [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_a_map_on_one_tiles_items_lands_in_that_tiles_pixels_and_the_thumbnails_in_its_quarter(tiles, row, column):
+    """Tile (row, column)'s 4 items alone give a map whose peak lies in the tile's pixel box; the thumbnail's token
+    (row, column) covers the same quarter of the image (2 x 2 tiles, a 2 x 2 thumbnail)."""
+    from capsal.explainers.saliency import Saliency
+    from capsal.maxima import peak_location
+
+    model = load(tiles, "idefics3")
+    layout = model.item_layout((1, 1, 20))
+    height, width = 90, 150
+    for chosen in (list(range(4 * (2 * row + column), 4 * (2 * row + column) + 4)), [16 + 2 * row + column]):
+        values = torch.zeros(20)
+        values[chosen] = 1.0
+        saliency = Saliency([["x"]], torch.ones(1, 1, dtype=torch.bool), values[None, None], torch.ones(1, 20), layout)
+        heat = saliency.to_image_size(height, width, values[None])[0]
+        x, y = peak_location(heat)
+        assert column * width / 2 <= x < (column + 1) * width / 2 and row * height / 2 <= y < (row + 1) * height / 2
+        assert heat.amax() == 0.5  # a cell is the mean of its tile's token and the thumbnail's over it

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -108,16 +107,16 @@ class HFCaptioner(LightningCaptioner):
         if pixels.shape[1] != 1:
             raise UserError(f"{type(self).__name__} explains images; got clips of {pixels.shape[1]} frames")
         tokens = self.family.patch_tokens(self.pixel_values(pixels[:, 0]), self.hparams.keep)
-        side = math.isqrt(tokens.shape[1])
-        if side * side != tokens.shape[1]:
-            raise UserError(f"the encoder gives {tokens.shape[1]} patch tokens, not a square grid")
-        return rearrange(tokens, "b (h w) d -> b 1 h w d", h=side)
+        layout = self.family.layout(tokens.shape[1])
+        rows = layout.grid_size[0] if layout.cells is None else 1  # tiles: the items in one row
+        return rearrange(tokens, "b (h w) d -> b 1 h w d", h=rows)
 
     def item_layout(self, grid_shape: tuple[int, int, int]) -> ItemLayout:
+        """The family's layout of the grid's tokens (tiles and a thumbnail: combined onto one grid of cells)."""
         frames, h, w = (int(v) for v in grid_shape)
         if frames != 1:
             raise UserError(f"{type(self).__name__} explains images; got clips of {frames} frames")
-        return ItemLayout(False, (h, w), h * w)
+        return self.family.layout(h * w)
 
     def encode(
         self, items: torch.Tensor, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None

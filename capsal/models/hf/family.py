@@ -14,6 +14,7 @@ import contextlib
 import copy
 import functools
 import logging
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
@@ -25,6 +26,7 @@ from torch import nn
 from capsal.errors import UserError
 from capsal.models.protocol import AttentionTrace, on_items, widened
 from capsal.models.tracing import recording
+from capsal.types import ItemLayout
 
 log = logging.getLogger("capsal")
 
@@ -65,6 +67,13 @@ class Family(ABC):
     def image_processor(self, processor: Any) -> Any:
         """The processor as capsal uses it: by default the whole image resized (:func:`whole_image`)."""
         return whole_image(processor)
+
+    def layout(self, count: int) -> ItemLayout:
+        """The layout of ``count`` patch tokens: by default a square grid read row-major."""
+        side = math.isqrt(count)
+        if side * side != count:
+            raise UserError(f"the encoder gives {count} patch tokens, not a square grid")
+        return ItemLayout(False, (side, side), count)
 
     def feature_size(self, keep: str) -> int:
         """The width of the items ``keep`` gives (:meth:`patch_tokens`): by default the vision encoder's."""

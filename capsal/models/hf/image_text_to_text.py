@@ -1,6 +1,7 @@
 """``AutoModelForImageTextToText`` families whose image tokens sit in a language model's text: LLaVA
 (``LlavaForConditionalGeneration``), PaliGemma (``PaliGemmaForConditionalGeneration``) and Idefics3
-(``Idefics3ForConditionalGeneration``: ``keep=prefix`` alone, on one grid; :class:`Idefics3Family`).
+(``Idefics3ForConditionalGeneration``: ``keep=prefix`` alone; tiles and a thumbnail combined onto one grid by
+:func:`tile_cells`; :class:`Idefics3Family`).
 
 A vision tower (CLIP with a class token for LLaVA, SigLIP without one for PaliGemma) gives one token per patch; a
 projector maps them to the language model's width, and they replace the image tokens of the text (the processor's
@@ -30,19 +31,18 @@ alone, at their places. ``generate`` is the model's own ``generate`` on the stat
 
 from __future__ import annotations
 
-import copy
-import logging
+import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from capsal.errors import UserError
 from capsal.models.hf.family import Family, State, embed_kept, kept_rows, patch_embeddings, prefix_tokens, whole_image
-
-log = logging.getLogger("capsal")
+from capsal.types import ItemLayout
 
 
 class ImageTextToTextFamily(Family):
@@ -272,9 +272,12 @@ class Idefics3Family(ImageTextToTextFamily):
     ``scale_factor x scale_factor`` group of patch tokens into one token (their widths side by side) before its
     ``modality_projection``, and a Llama language model (``model.model.text_model``).
 
-    Items are the shuffled tokens, one per group of patches, an ``h/s x w/s`` grid; only ``keep=prefix`` (the tower
-    and the pixel shuffle see the whole image, the language model one group's image token). The image is one grid:
-    the processor's ``do_image_splitting`` is turned off (tiles and their global thumbnail are not explained)."""
+    Items are the shuffled tokens, one per group of patches, ``g x g`` per image (``image_seq_len`` = ``g**2``); only
+    ``keep=prefix`` (the tower and the pixel shuffle see every image whole, the language model one item's token).
+    With ``do_image_splitting`` the processor cuts the image into ``n x n`` tiles (images are made square first, so
+    every image gives the same tiles) and adds a global thumbnail: the items are every tile's tokens, row by row,
+    then the thumbnail's, and :meth:`layout` maps them back onto an ``n*g x n*g`` grid of cells (see
+    :func:`tile_cells`). Without splitting the image is one ``g x g`` grid."""
 
     model_type = "idefics3"
     model_class = "Idefics3ForConditionalGeneration"
@@ -291,18 +294,22 @@ class Idefics3Family(ImageTextToTextFamily):
     def projector(self) -> nn.Module:
         return self.model.model.connector.modality_projection
 
+    @property
+    def side(self) -> int:
+        """The pixels a square image is resized to: the tiles' span with splitting, one tile's without."""
+        image = self.processor.image_processor
+        return int((image.size if image.do_image_splitting else image.max_image_size)["longest_edge"])
+
     def feature_size(self, keep: str) -> int:
         return super().feature_size(keep) * int(self.model.config.scale_factor) ** 2
 
     def image_processor(self, processor: Any) -> Any:
-        """The image processor giving one grid: its image splitting (tiles plus a thumbnail) turned off."""
+        """The image processor on square images (every image then splits into the same tiles)."""
         self.processor = processor
-        image = processor.image_processor
-        if getattr(image, "do_image_splitting", False):
-            log.info("%s: image splitting turned off, so the items are one grid", type(image).__name__)
-            image = copy.deepcopy(image)
-            image.do_image_splitting = False
-        return image
+        return SquareImages(processor.image_processor, self.side)
+
+    def prefix_image(self) -> torch.Tensor:
+        return torch.zeros(3, self.side, self.side)
 
     def check_keep(self, keep: str) -> None:
         if keep != "prefix":
@@ -312,11 +319,50 @@ class Idefics3Family(ImageTextToTextFamily):
             )
 
     def patch_tokens(self, pixel_values: torch.Tensor, keep: str) -> torch.Tensor:
-        """The shuffled tower tokens of each image (the processor batches a list of images as one sample's images,
-        ``(1, B, 3, H, W)``: one image each, in order)."""
-        hidden = self.vision(pixel_values=rearrange(pixel_values, "b n c h w -> (b n) c h w")).last_hidden_state
-        return self.model.model.connector.pixel_shuffle(hidden, self.model.config.scale_factor)
+        """The shuffled tower tokens of each image's tiles and thumbnail, in the prefix's order (the processor
+        batches a list of images as one sample's images, ``(1, B * t, 3, S, S)`` for ``t`` crops each)."""
+        crops = rearrange(pixel_values, "b n c h w -> (b n) c h w")
+        hidden = self.vision(pixel_values=crops).last_hidden_state
+        tokens = self.model.model.connector.pixel_shuffle(hidden, self.model.config.scale_factor)
+        per_image = self.grid_tokens() // tokens.shape[1]
+        return rearrange(tokens, "(b t) k d -> b (t k) d", t=per_image)
 
-    def prefix_image(self) -> torch.Tensor:
-        side = self.processor.image_processor.max_image_size["longest_edge"]
-        return torch.zeros(3, side, side)
+    def layout(self, count: int) -> ItemLayout:
+        """One ``g x g`` grid, or ``n x n`` tiles and a thumbnail on an ``n*g x n*g`` grid of cells."""
+        per_crop = int(self.processor.image_seq_len)
+        crops = count // per_crop
+        if crops == 1:
+            return super().layout(count)
+        tiles = math.isqrt(crops - 1)
+        side = math.isqrt(per_crop)
+        cells = tile_cells(tiles, side)
+        return ItemLayout(False, (tiles * side, tiles * side), count, cells)
+
+
+def tile_cells(tiles: int, side: int) -> torch.Tensor:
+    """``(h*w, m)`` weights of ``tiles x tiles`` tiles of ``side x side`` tokens each (row by row, tokens row-major)
+    and a thumbnail of ``side x side`` tokens over the whole image, on the ``tiles*side`` square grid of cells: the
+    one rule for overlapping items is that a cell is the mean of the items whose pixels cover it, its tile's token
+    and the thumbnail token over it (each 1/2)."""
+    grid = tiles * side
+    y, x = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    tile = (y // side) * tiles + x // side
+    own = tile * side * side + (y % side) * side + x % side
+    thumbnail = tiles * tiles * side * side + (y // tiles) * side + x // tiles
+    cells = torch.zeros(grid * grid, (tiles * tiles + 1) * side * side, dtype=torch.float32)
+    rows = torch.arange(grid * grid)
+    cells[rows, own.flatten()] = 0.5
+    cells[rows, thumbnail.flatten()] = 0.5
+    return cells
+
+
+class SquareImages:
+    """An image processor called on images ``(B, 3, H, W)`` resized to ``side x side`` first (bilinear), so every
+    image gives the same crops and the same prefix; the maps cover the whole image, as the other families' do."""
+
+    def __init__(self, processor: Any, side: int):
+        self.processor, self.side = processor, int(side)
+
+    def __call__(self, images: torch.Tensor, **options: Any) -> Any:
+        square = F.interpolate(images.float(), size=(self.side, self.side), mode="bilinear", align_corners=False)
+        return self.processor(images=square.clamp(0, 1).to(images.dtype), **options)
