@@ -127,11 +127,9 @@ def compose_app(name: str, output_dir: Path, *overrides: str, conf: Path | None 
 HF_WORDS = ("a", "big", "small", "and", "red", "green", "blue", "yellow", "circle", "square", "picture", "of")
 HF_SPLIT = {"triangle": ("tri", "angle"), "diamond": ("dia", "mond"), "yellow": ("yel", "low")}
 HF_FAMILIES = ("vit_gpt2", "deit_bert", "blip", "git", "blip2", "llava", "paligemma", "idefics3")
-# each family's ``keep`` modes: GIT's, LLaVA's and PaliGemma's image tokens are a prefix of their language model's
-# text, the others cross-attend (BLIP-2: its Q-Former to the tower)
-# (Idefics3: keep=prefix alone, its pixel shuffle merges patches into one image token)
-HF_KEEP = {"git": ("input", "prefix"), "llava": ("input", "prefix"), "paligemma": ("input", "prefix")}
-HF_KEEP["idefics3"] = ("prefix",)
+# each family's ``keep`` modes: GIT's, LLaVA's, PaliGemma's and Idefics3's image tokens are a prefix of their language
+# model's text, the others cross-attend (BLIP-2: its Q-Former to the tower)
+HF_KEEP = {family: ("input", "prefix") for family in ("git", "llava", "paligemma", "idefics3")}
 HF_ATTENDING = ("vit_gpt2", "deit_bert", "blip")  # with cross-attention maps capsal reads
 HF_CASES = [(family, keep) for family in HF_FAMILIES for keep in HF_KEEP.get(family, ("input", "encoder_output"))]
 

@@ -74,7 +74,7 @@ def test_eval_writes_the_tables_for_a_pretrained_folder(folders, tmp_path):
     ("family", "keep"),
     [("git", "input"), ("git", "prefix"), ("blip2", "input"), ("blip2", "encoder_output")]
     + [(family, keep) for family in ("llava", "paligemma") for keep in ("input", "prefix")]
-    + [("idefics3", "prefix")],
+    + [("idefics3", "input"), ("idefics3", "prefix")],
 )
 def test_explain_and_eval_a_pretrained_prefix_family_folder_on_shapes_image(folders, tmp_path, family, keep):
     model = ["model=hf_captioner", f"model.name_or_path={folders[family]}", f"model.keep={keep}"]

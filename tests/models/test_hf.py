@@ -222,8 +222,6 @@ def test_the_cross_attending_families_refuse_keep_prefix_and_git_refuses_encoder
         HFCaptioner(str(folders["git"]), keep="encoder_output")
     with pytest.raises(UserError, match=r"model\.keep=prefix would hide BLIP-2's projected query tokens, which are no"):
         HFCaptioner(str(folders["blip2"]), keep="prefix")
-    with pytest.raises(UserError, match=r"pixel shuffle merges groups of patches into one image token.*keep=prefix$"):
-        HFCaptioner(str(folders["idefics3"]), keep="input")
 
 
 def test_soft_attention_reads_the_last_layers_cross_attention_on_the_patches(folders):
@@ -410,16 +408,20 @@ def tiles(tmp_path_factory) -> Path:
     return save_tiny_hf(tmp_path_factory.mktemp("hf_tiles") / "idefics3_tiles", "idefics3_tiles")
 
 
-def test_idefics3_tiles_give_items_for_every_tile_and_the_thumbnail_as_the_models_own_pass(tiles):
-    """20 items (4 tiles and the thumbnail, 2 x 2 shuffled tokens each): every item is the model's own logits and
-    caption; the batched caption-guided losses are one item at a time."""
-    model = load(tiles, "idefics3").double()
+@pytest.mark.parametrize("keep", ["input", "prefix"])
+def test_idefics3_tiles_give_items_for_every_tile_and_the_thumbnail_as_the_models_own_pass(tiles, keep):
+    """20 items (4 tiles and the thumbnail, 2 x 2 shuffled tokens each): every item is the model's own features,
+    logits and caption; the batched caption-guided losses are one item at a time."""
+    model = load(tiles, "idefics3", keep).double()
     pixels = images().double()
     items = model.items(model.features(pixels))
     assert items.shape[1] == 20 and model.item_layout((1, 1, 20)).grid_size == (4, 4)
     tokens = torch.tensor([model.vocab.encode(QUERY)] * 2)
     values = model.pixel_values(pixels[:, 0])
     assert values.shape[:2] == (1, 10)  # both images' 4 tiles and thumbnail, as one sample's crops
+    state = model.encode(items)
+    features = torch.cat(list(model.hf.get_image_features(values).pooler_output))
+    torch.testing.assert_close(state["memory"], features.reshape(state["memory"].shape))
     theirs = model.hf(input_ids=tokens, pixel_values=values).logits
     torch.testing.assert_close(model.token_logits(model.encode(items), tokens), theirs)
     prefix = torch.tensor([model.vocab.prefix] * 2)

@@ -39,6 +39,7 @@ WITHOUT_ATTENTION = (
     "blip2/input",
     "blip2/encoder_output",
     *(f"{family}/{keep}" for family in ("llava", "paligemma") for keep in ("input", "prefix")),
+    "idefics3/input",
     "idefics3/prefix",
 )
 

@@ -1,7 +1,7 @@
 """``AutoModelForImageTextToText`` families whose image tokens sit in a language model's text: LLaVA
 (``LlavaForConditionalGeneration``), PaliGemma (``PaliGemmaForConditionalGeneration``) and Idefics3
-(``Idefics3ForConditionalGeneration``: ``keep=prefix`` alone; tiles and a thumbnail combined onto one grid by
-:func:`tile_cells`; :class:`Idefics3Family`).
+(``Idefics3ForConditionalGeneration``: an item is a group of patches its pixel shuffle merges into one image token;
+tiles and a thumbnail combined onto one grid by :func:`tile_cells`; :class:`Idefics3Family`).
 
 A vision tower (CLIP with a class token for LLaVA, SigLIP without one for PaliGemma) gives one token per patch; a
 projector maps them to the language model's width, and they replace the image tokens of the text (the processor's
@@ -160,13 +160,7 @@ class ImageTextToTextFamily(Family):
             index = repeat(torch.arange(count, device=items.device), "m -> b m", b=batch)
             tokens, kept, item, prefix = items, mask, index.masked_fill(~mask, -1), None
         else:
-            # a row with no item runs the tower on its first item, then hides it (SigLIP has no class token to run)
-            runnable = mask.clone()
-            runnable[:, 0] |= ~mask.any(dim=1)
-            memory, kept, item = kept_rows(self.encode_kept, items, runnable, positions)
-            kept = kept & mask.gather(1, item.clamp(min=0))
-            start = memory.shape[1] - kept.shape[1]
-            tokens, prefix = memory[:, start:], memory[:, :start]
+            tokens, kept, item, prefix = self.kept_tokens(items, mask, positions)
         grid = self.grid_tokens()
         # each kept token into its patch's slot; the unkept ones into one spare slot at the end, dropped
         target = torch.where(kept, positions.gather(1, item.clamp(min=0)), grid)
@@ -182,6 +176,19 @@ class ImageTextToTextFamily(Family):
             seen = torch.cat([shown, seen], dim=1)
             index = torch.cat([torch.full_like(index[:, :1], -1), index], dim=1)
         return {"memory": self.projector(slots), "mask": seen, "item": index, "count": count}
+
+    def kept_tokens(
+        self, items: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``keep=input``: the tower's tokens for each row's kept items ``(B, k, d)``, which are real (``(B, k)``),
+        the item each is (``(B, k)``), and the tower's prefix tokens ``(B, p, d)`` (its class token)."""
+        # a row with no item runs the tower on its first item, then hides it (SigLIP has no class token to run)
+        runnable = mask.clone()
+        runnable[:, 0] |= ~mask.any(dim=1)
+        memory, kept, item = kept_rows(self.encode_kept, items, runnable, positions)
+        kept = kept & mask.gather(1, item.clamp(min=0))
+        start = memory.shape[1] - kept.shape[1]
+        return memory[:, start:], kept, item, memory[:, :start]
 
     def grid_tokens(self) -> int:
         """The patches' image tokens in the prefix (the class token's excluded)."""
@@ -272,8 +279,10 @@ class Idefics3Family(ImageTextToTextFamily):
     ``scale_factor x scale_factor`` group of patch tokens into one token (their widths side by side) before its
     ``modality_projection``, and a Llama language model (``model.model.text_model``).
 
-    Items are the shuffled tokens, one per group of patches, ``g x g`` per image (``image_seq_len`` = ``g**2``); only
-    ``keep=prefix`` (the tower and the pixel shuffle see every image whole, the language model one item's token).
+    Items are the shuffled tokens, one per group of patches, ``g x g`` per crop (``image_seq_len`` = ``g**2``):
+    ``keep=input`` the groups' patch embeddings side by side (the tower sees only the kept groups' patches of each
+    crop, at their own position embeddings: :meth:`kept_tokens`), ``keep=prefix`` the tower's output for every crop
+    whole (the language model sees only the kept groups' image tokens).
     With ``do_image_splitting`` the processor cuts the image into ``n x n`` tiles (images are made square first, so
     every image gives the same tiles) and adds a global thumbnail: the items are every tile's tokens, row by row,
     then the thumbnail's, and :meth:`layout` maps them back onto an ``n*g x n*g`` grid of cells (see
@@ -311,21 +320,64 @@ class Idefics3Family(ImageTextToTextFamily):
     def prefix_image(self) -> torch.Tensor:
         return torch.zeros(3, self.side, self.side)
 
-    def check_keep(self, keep: str) -> None:
-        if keep != "prefix":
-            raise UserError(
-                f"model.keep={keep}: {type(self.model).__name__}'s pixel shuffle merges groups of patches into one "
-                "image token, and capsal runs its tower on the whole image only: use model.keep=prefix"
-            )
+    @property
+    def scale(self) -> int:
+        return int(self.model.config.scale_factor)
 
     def patch_tokens(self, pixel_values: torch.Tensor, keep: str) -> torch.Tensor:
-        """The shuffled tower tokens of each image's tiles and thumbnail, in the prefix's order (the processor
-        batches a list of images as one sample's images, ``(1, B * t, 3, S, S)`` for ``t`` crops each)."""
+        """Each image's tiles and thumbnail in the prefix's order (the processor batches a list of images as one
+        sample's images, ``(1, B * t, 3, S, S)`` for ``t`` crops each), pixel-shuffled: ``keep=prefix`` the tower's
+        output, ``keep=input`` the patch embeddings (an item is its group of patches, their widths side by side)."""
         crops = rearrange(pixel_values, "b n c h w -> (b n) c h w")
-        hidden = self.vision(pixel_values=crops).last_hidden_state
-        tokens = self.model.model.connector.pixel_shuffle(hidden, self.model.config.scale_factor)
+        if keep == "input":
+            hidden = patch_embeddings(self.vision)(crops).contiguous()
+        else:
+            hidden = self.vision(pixel_values=crops).last_hidden_state
+        tokens = self.model.model.connector.pixel_shuffle(hidden, self.scale)
         per_image = self.grid_tokens() // tokens.shape[1]
         return rearrange(tokens, "(b t) k d -> b (t k) d", t=per_image)
+
+    def kept_tokens(
+        self, items: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The tower on each crop's kept groups of patches alone, each patch at its own position embedding (one
+        tower pass per row and crop, padded and masked), pixel-shuffled back into one token per item."""
+        batch, count = items.shape[:2]
+        side, scale = math.isqrt(int(self.processor.image_seq_len)), self.scale
+        patches = rearrange(items, "b m (a c d) -> b m (a c) d", a=scale, c=scale)  # pixel_shuffle's order
+        group_row, group_column = (positions % side**2) // side, positions % side
+        offsets = torch.arange(scale, device=items.device)
+        patch_row = group_row[..., None, None] * scale + offsets[:, None]
+        patch_column = group_column[..., None, None] * scale + offsets[None, :]
+        table = self.crop_positions().to(items.device)  # position id of each patch of a whole crop
+        ids = table[patch_row * side * scale + patch_column].flatten(2)  # (B, m, s*s)
+        crops = self.grid_tokens() // side**2
+        rows = repeat(torch.arange(batch, device=items.device), "b -> b m", m=count)
+        sequence = rows * crops + positions // side**2  # one tower pass per (row, crop)
+        out = torch.zeros_like(patches)
+        for key in torch.unique(sequence[mask]).tolist():
+            chosen = mask & (sequence == key)
+            embedded = patches[chosen] + self.vision.embeddings.position_embedding(ids[chosen])
+            hidden = self.vision.encoder(inputs_embeds=rearrange(embedded, "k p d -> 1 (k p) d")).last_hidden_state
+            out[chosen] = rearrange(self.vision.post_layernorm(hidden), "1 (k p) d -> k p d", p=scale**2)
+        index = repeat(torch.arange(count, device=items.device), "m -> b m", b=batch)
+        return rearrange(out, "b m p d -> b m (p d)"), mask, index, out.new_zeros(batch, 0, out.shape[-1])
+
+    def crop_positions(self) -> torch.Tensor:
+        """``(P*P,)``: the position id the tower's embeddings give each patch of a whole crop, read from its own
+        ``position_embedding`` call on a blank crop."""
+        embeddings = self.vision.embeddings
+        size = self.vision.config.image_size
+        side = size // self.vision.config.patch_size
+        seen: list[torch.Tensor] = []
+        handle = embeddings.position_embedding.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+        try:
+            weight = embeddings.patch_embedding.weight
+            blank = torch.zeros(1, 3, size, size, dtype=weight.dtype, device=weight.device)
+            embeddings(blank, patch_attention_mask=torch.ones(1, side, side, dtype=torch.bool, device=weight.device))
+        finally:
+            handle.remove()
+        return seen[0][0]
 
     def layout(self, count: int) -> ItemLayout:
         """One ``g x g`` grid, or ``n x n`` tiles and a thumbnail on an ``n*g x n*g`` grid of cells."""
