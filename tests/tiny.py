@@ -206,7 +206,7 @@ def save_tiny_hf(folder: Path, family: str = "vit_gpt2", seed: int = 0, image_si
         model, tokenizer, processor = _tiny_idefics3(folder, layers, {**vision, "image_size": 2 * image_size})
     elif family == "idefics3_tiles":  # 64 pixels in 2 x 2 tiles of 32 and a thumbnail: 2 x 2 image tokens each
         model, tokenizer, processor = _tiny_idefics3(folder, layers, vision, tiles=2)
-    elif family in ("llava", "paligemma"):  # image tokens in the language model's text, built by the processor
+    elif family in ("llava", "llava_full", "paligemma"):  # image tokens in the text, written by the processor
         model, tokenizer, processor = _tiny_image_text_to_text(folder, family, layers, vision, size)
     elif family == "blip":
         tokenizer = tf.BertTokenizer(vocab=str(_wordpiece_file(folder)), do_lower_case=True)
@@ -262,9 +262,14 @@ def _tiny_image_text_to_text(folder: Path, family: str, layers: dict, vision: di
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     text = {**layers, "vocab_size": len(tokenizer), "max_position_embeddings": 128, "num_key_value_heads": 2}
     text.update(bos_token_id=0, eos_token_id=0, pad_token_id=tokenizer.pad_token_id, head_dim=8)
-    if family == "llava":
+    if family in ("llava", "llava_full"):  # llava_full: the class token an image token, two layers side by side
+        strategy, layer = ("full", [-2, -1]) if family == "llava_full" else ("default", -2)
         config = tf.LlavaConfig(
-            vision_config=tf.CLIPVisionConfig(**vision), text_config=tf.LlamaConfig(**text), image_token_index=image_id
+            vision_config=tf.CLIPVisionConfig(**vision),
+            text_config=tf.LlamaConfig(**text),
+            image_token_index=image_id,
+            vision_feature_select_strategy=strategy,
+            vision_feature_layer=layer,
         )
         config.image_seq_length = (vision["image_size"] // vision["patch_size"]) ** 2
         image_processor = tf.CLIPImageProcessor(size={"shortest_edge": size["height"]}, crop_size=size)
@@ -272,7 +277,7 @@ def _tiny_image_text_to_text(folder: Path, family: str, layers: dict, vision: di
             image_processor=image_processor,
             tokenizer=tokenizer,
             patch_size=vision["patch_size"],
-            vision_feature_select_strategy="default",
+            vision_feature_select_strategy=strategy,
             num_additional_image_tokens=1,
             chat_template=TINY_CHAT_TEMPLATE,
         )

@@ -450,3 +450,29 @@ def test_a_map_on_one_tiles_items_lands_in_that_tiles_pixels_and_the_thumbnails_
         x, y = peak_location(heat)
         assert column * width / 2 <= x < (column + 1) * width / 2 and row * height / 2 <= y < (row + 1) * height / 2
         assert heat.amax() == 0.5  # a cell is the mean of its tile's token and the thumbnail's over it
+
+
+@pytest.mark.parametrize("keep", ["input", "prefix"])
+def test_llava_with_its_class_token_as_an_image_token_and_two_feature_layers(tmp_path, keep):
+    """``vision_feature_select_strategy="full"``: 17 image tokens, the class token's first; with every item the
+    model's own image features (two layers side by side) and logits. ``keep=input`` shows the class token beside the
+    kept patches, ``keep=prefix`` hides it (it summarises the whole image)."""
+    model = load(save_tiny_hf(tmp_path / "llava_full", "llava_full"), "llava", keep).double()
+    assert model.feature_size == (32 if keep == "input" else 64)
+    pixels = images().double()
+    items = model.items(model.features(pixels))
+    state = model.encode(items)
+    values = model.pixel_values(pixels[:, 0])
+    own = torch.stack(list(model.hf.get_image_features(values).pooler_output))
+    assert state["memory"].shape[1] == 17 and state["item"][0, 0] == -1
+    tokens = torch.tensor([model.vocab.encode(QUERY)] * 2)
+    if keep == "input":
+        torch.testing.assert_close(state["memory"], own)
+        torch.testing.assert_close(
+            model.token_logits(state, tokens), model.hf(input_ids=tokens, pixel_values=values).logits
+        )
+    else:
+        torch.testing.assert_close(state["memory"][:, 1:], own[:, 1:])
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[:, 3] = True
+    assert model.encode(items, mask)["mask"][:, 0].tolist() == [keep == "input"] * 2
