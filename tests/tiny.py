@@ -272,7 +272,8 @@ def _tiny_image_text_to_text(folder: Path, family: str, layers: dict, vision: di
             vision_feature_layer=layer,
         )
         config.image_seq_length = (vision["image_size"] // vision["patch_size"]) ** 2
-        image_processor = tf.CLIPImageProcessor(size={"shortest_edge": size["height"]}, crop_size=size)
+        # padded to a square, then resized and centre-cropped, as llava-hf/llava-1.5-7b-hf
+        image_processor = tf.LlavaImageProcessor(size={"shortest_edge": size["height"]}, crop_size=size, do_pad=True)
         processor = tf.LlavaProcessor(
             image_processor=image_processor,
             tokenizer=tokenizer,

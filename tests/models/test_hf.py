@@ -476,3 +476,17 @@ def test_llava_with_its_class_token_as_an_image_token_and_two_feature_layers(tmp
     mask = torch.zeros(2, 16, dtype=torch.bool)
     mask[:, 3] = True
     assert model.encode(items, mask)["mask"][:, 0].tolist() == [keep == "input"] * 2
+
+
+def test_llavas_padding_to_a_square_is_off_so_the_grid_covers_only_the_image(folders):
+    """A 40 x 48 image, white on its left half, black on its right: resized whole, the processed image is white on
+    its left columns and black on its right ones from the top row to the bottom (padding it to a square first would
+    put rows of the padding colour above and below it)."""
+    model = load(folders["llava"], "llava")
+    pixels = torch.zeros(1, 3, 40, 48)
+    pixels[..., :24] = 1.0
+    values = model.pixel_values(pixels)[0]  # (3, 32, 32)
+    left, right = values[:, :, :14], values[:, :, -14:]
+    torch.testing.assert_close(left, values[:, :1, :1].expand_as(left), atol=1e-3, rtol=0)
+    torch.testing.assert_close(right, values[:, :1, -1:].expand_as(right), atol=1e-3, rtol=0)
+    assert bool((values[:, 0, 0] > values[:, 0, -1]).all())

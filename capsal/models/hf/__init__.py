@@ -14,8 +14,8 @@ processor; ``keep=input`` and ``keep=prefix``).
 
 Items are the image's patch tokens, an ``h x w`` grid read row-major; pixels go through the model's own image
 processor (resize, normalisation: the grid covers the whole image, so ``Saliency.to_image_size`` maps cells back
-to the original pixels; a processor's centre crop is turned off for that reason). ``keep`` says where "keep only
-item i" happens (for the cross-attending families):
+to the original pixels; a processor's centre crop and padding are turned off for that reason). ``keep`` says where
+"keep only item i" happens (for the cross-attending families):
 
 - ``keep=input`` (the paper's Eq. 7 literally, and what its reasoning supports: the model sees nothing of the image
   but item i): ``features`` are the patch embeddings before the encoder; ``encode`` puts the kept patches, each at

@@ -400,14 +400,18 @@ def position_table(vision: nn.Module) -> torch.Tensor | None:
 
 
 def whole_image(processor: Any) -> Any:
-    """The processor resizing the whole image (no centre crop), so the patch grid covers every original pixel and
-    ``Saliency.to_image_size`` maps cells back onto them."""
+    """The processor resizing the whole image (no centre crop, no padding to a square as LLaVA's), so the patch grid
+    covers every original pixel and ``Saliency.to_image_size`` maps cells back onto them."""
     if getattr(processor, "do_center_crop", False):
         log.info("%s: centre crop turned off, so saliency maps cover the whole image", type(processor).__name__)
         processor = copy.deepcopy(processor)
         crop = processor.crop_size
         processor.do_center_crop = False
         processor.size = {"height": crop["height"], "width": crop["width"]}
+    if getattr(processor, "do_pad", False):
+        log.info("%s: padding turned off, so saliency maps cover only the image", type(processor).__name__)
+        processor = copy.deepcopy(processor)
+        processor.do_pad = False
     return processor
 
 
