@@ -206,6 +206,8 @@ def save_tiny_hf(folder: Path, family: str = "vit_gpt2", seed: int = 0, image_si
         model, tokenizer, processor = _tiny_idefics3(folder, layers, {**vision, "image_size": 2 * image_size})
     elif family == "idefics3_tiles":  # 64 pixels in 2 x 2 tiles of 32 and a thumbnail: 2 x 2 image tokens each
         model, tokenizer, processor = _tiny_idefics3(folder, layers, vision, tiles=2)
+    elif family == "smolvlm_tiles":  # SmolVLM's classes, tiled (Idefics3's processor: SmolVLM's needs num2words)
+        model, tokenizer, processor = _tiny_idefics3(folder, layers, vision, tiles=2, kind="SmolVLM")
     elif family in ("llava", "llava_full", "paligemma"):  # image tokens in the text, written by the processor
         model, tokenizer, processor = _tiny_image_text_to_text(folder, family, layers, vision, size)
     elif family == "blip":
@@ -300,7 +302,7 @@ def _tiny_image_text_to_text(folder: Path, family: str, layers: dict, vision: di
     return tf.PaliGemmaForConditionalGeneration(config), tokenizer, processor
 
 
-def _tiny_idefics3(folder: Path, layers: dict, vision: dict, tiles: int = 0):
+def _tiny_idefics3(folder: Path, layers: dict, vision: dict, tiles: int = 0, kind: str = "Idefics3"):
     """A tiny ``Idefics3ForConditionalGeneration`` (SigLIP tower, pixel shuffle by 2, Llama) whose processor gives one
     grid (``do_image_splitting`` off), or ``tiles x tiles`` tiles of the tower's size and a thumbnail, its tokenizer
     knowing the processor's image and tile tokens."""
@@ -312,8 +314,8 @@ def _tiny_idefics3(folder: Path, layers: dict, vision: dict, tiles: int = 0):
     tokenizer.add_tokens(["<fake_token_around_image>", "<image>", "<global-img>", *tiles_tokens], special_tokens=True)
     text = {**layers, "vocab_size": len(tokenizer), "max_position_embeddings": 128, "num_key_value_heads": 2}
     text.update(bos_token_id=0, eos_token_id=0, pad_token_id=tokenizer.pad_token_id, head_dim=8)
-    config = tf.Idefics3Config(
-        vision_config=tf.Idefics3VisionConfig(**vision),
+    config = getattr(tf, f"{kind}Config")(
+        vision_config=getattr(tf, f"{kind}VisionConfig")(**vision),
         text_config=tf.LlamaConfig(**text),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         scale_factor=2,
@@ -324,7 +326,7 @@ def _tiny_idefics3(folder: Path, layers: dict, vision: dict, tiles: int = 0):
     )
     tokens = (side // vision["patch_size"] // 2) ** 2
     processor = tf.Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=tokens)
-    return tf.Idefics3ForConditionalGeneration(config), tokenizer, processor
+    return getattr(tf, f"{kind}ForConditionalGeneration")(config), tokenizer, processor
 
 
 def readme_captioner_class() -> type:

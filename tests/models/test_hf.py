@@ -402,10 +402,11 @@ def test_an_image_text_checkpoint_loads_alone_with_its_processors_prefix_and_cap
     torch.testing.assert_close(again.generate(items, max_len=6), model.generate(items, max_len=6), rtol=0, atol=0)
 
 
-@pytest.fixture(scope="module")
-def tiles(tmp_path_factory) -> Path:
-    """A tiny Idefics3 whose processor splits a 64-pixel square into 2 x 2 tiles of 32 and adds a thumbnail."""
-    return save_tiny_hf(tmp_path_factory.mktemp("hf_tiles") / "idefics3_tiles", "idefics3_tiles")
+@pytest.fixture(scope="module", params=["idefics3_tiles", "smolvlm_tiles"])
+def tiles(tmp_path_factory, request) -> Path:
+    """A tiny Idefics3 (or SmolVLM) whose processor splits a 64-pixel square into 2 x 2 tiles of 32 and adds a
+    thumbnail."""
+    return save_tiny_hf(tmp_path_factory.mktemp("hf_tiles") / request.param, request.param)
 
 
 @pytest.mark.parametrize("keep", ["input", "prefix"])
@@ -490,3 +491,15 @@ def test_llavas_padding_to_a_square_is_off_so_the_grid_covers_only_the_image(fol
     torch.testing.assert_close(left, values[:, :1, :1].expand_as(left), atol=1e-3, rtol=0)
     torch.testing.assert_close(right, values[:, :1, -1:].expand_as(right), atol=1e-3, rtol=0)
     assert bool((values[:, 0, 0] > values[:, 0, -1]).all())
+
+
+def test_a_processor_needing_a_missing_package_stops_with_one_line_naming_it(folders, monkeypatch):
+    """SmolVLM's own processor needs num2words: without it, one line says so instead of a traceback."""
+    import transformers
+
+    def missing(*args, **kwargs):
+        raise ImportError("Package `num2words` is required to run SmolVLM processor. Install it with `pip install x`.")
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", missing)
+    with pytest.raises(UserError, match=r"its processor cannot load: Package `num2words` is required"):
+        HFCaptioner(str(folders["llava"]))

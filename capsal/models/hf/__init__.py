@@ -7,7 +7,8 @@ Supported families, one adapter each (:class:`~capsal.models.hf.family.Family`):
 with its own ``keep`` modes, ``input`` and ``prefix``, described there) and
 ``Blip2ForConditionalGeneration`` (:mod:`~capsal.models.hf.blip2`: a querying transformer between the tower and an
 OPT language model that reads its outputs as a prefix; ``keep=input`` and ``keep=encoder_output``, described there),
-``LlavaForConditionalGeneration`` and ``PaliGemmaForConditionalGeneration``
+``LlavaForConditionalGeneration``, ``PaliGemmaForConditionalGeneration``, ``Idefics3ForConditionalGeneration`` and
+``SmolVLMForConditionalGeneration``
 (:mod:`~capsal.models.hf.image_text_to_text`: image tokens inside the language model's text, written by the model's
 processor; ``keep=input`` and ``keep=prefix``).
 :class:`HFCaptioner` is the LightningModule users configure; it holds the ``transformers`` model and its family.

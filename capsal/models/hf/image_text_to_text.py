@@ -1,7 +1,8 @@
 """``AutoModelForImageTextToText`` families whose image tokens sit in a language model's text: LLaVA
 (``LlavaForConditionalGeneration``), PaliGemma (``PaliGemmaForConditionalGeneration``) and Idefics3
 (``Idefics3ForConditionalGeneration``: an item is a group of patches its pixel shuffle merges into one image token;
-tiles and a thumbnail combined onto one grid by :func:`tile_cells`; :class:`Idefics3Family`).
+tiles and a thumbnail combined onto one grid by :func:`tile_cells`; :class:`Idefics3Family`, and SmolVLM, the same
+architecture under its own classes).
 
 A vision tower (CLIP with a class token for LLaVA, SigLIP without one for PaliGemma) gives one token per patch; a
 projector maps them to the language model's width, and they replace the image tokens of the text (the processor's
@@ -418,3 +419,10 @@ class SquareImages:
     def __call__(self, images: torch.Tensor, **options: Any) -> Any:
         square = F.interpolate(images.float(), size=(self.side, self.side), mode="bilinear", align_corners=False)
         return self.processor(images=square.clamp(0, 1).to(images.dtype), **options)
+
+
+class SmolVLMFamily(Idefics3Family):
+    """SmolVLM: Idefics3's architecture (tower, pixel shuffle, connector, language model) under its own classes."""
+
+    model_type = "smolvlm"
+    model_class = "SmolVLMForConditionalGeneration"

@@ -14,7 +14,7 @@ from capsal.models.hf.blip import BlipFamily
 from capsal.models.hf.blip2 import Blip2Family
 from capsal.models.hf.family import Family
 from capsal.models.hf.git import GitFamily
-from capsal.models.hf.image_text_to_text import Idefics3Family, LlavaFamily, PaliGemmaFamily
+from capsal.models.hf.image_text_to_text import Idefics3Family, LlavaFamily, PaliGemmaFamily, SmolVLMFamily
 from capsal.models.hf.vision_encoder_decoder import VisionEncoderDecoderFamily
 
 # the families capsal explains, by ``config.model_type``
@@ -28,6 +28,7 @@ FAMILIES: dict[str, type[Family]] = {
         LlavaFamily,
         PaliGemmaFamily,
         Idefics3Family,
+        SmolVLMFamily,
     )
 }
 # what ``save_pretrained`` writes besides the weights: a capsal checkpoint carries these, its state dict the weights
@@ -85,6 +86,9 @@ def load_parts(name_or_path: str, from_config: bool = False):
         )
     except (OSError, ValueError) as error:
         raise UserError(offline_hint(name_or_path, error)) from error
+    except ImportError as error:  # a processor needing a package capsal does not install (SmolVLM's num2words)
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"model.name_or_path={name_or_path}: its processor cannot load: {reason}") from error
     model_class = getattr(transformers, family.model_class)
     model = model_class(config) if from_config else model_class.from_pretrained(name_or_path)
     return model, tokenizer, processor
