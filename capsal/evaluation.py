@@ -275,7 +275,8 @@ class LocalisationEvaluator:
             spatial = None if regions is None else rearrange(regions.float().cpu(), "p t (h w) -> p t h w", h=h, w=w)
             temporal = values
         else:
-            spatial, temporal = rearrange(values, "p (h w) -> p 1 h w", h=h, w=w), None
+            grid = saliency.layout.on_grid(values)
+            spatial, temporal = rearrange(grid, "p (h w) -> p 1 h w", h=h, w=w), None
         for k, record in enumerate(self.records[first:]):
             record["maps"] = ExplorerMaps(
                 None if spatial is None else spatial[k].numpy().astype(np.float16),

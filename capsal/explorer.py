@@ -91,8 +91,9 @@ def saliency_maps(saliency: Saliency, row: int, spans: Sequence[tuple[int, int]]
     words = [(row, start, end) for start, end in spans] + [(row, spans[a][0], spans[b - 1][1]) for a, b in runs]
     h, w = saliency.layout.grid_size
     values = saliency.phrase_maps(words).float().cpu()
-    if not saliency.layout.is_video:
-        return ExplorerMaps(rearrange(values, "p (h w) -> p 1 h w", h=h, w=w).numpy(), runs=runs)
+    if not saliency.layout.is_video:  # tiles and a thumbnail (Idefics3) combine onto one grid
+        grid = saliency.layout.on_grid(values)
+        return ExplorerMaps(rearrange(grid, "p (h w) -> p 1 h w", h=h, w=w).numpy(), runs=runs)
     regions = saliency.phrase_region_maps(words)
     spatial = None if regions is None else rearrange(regions.float().cpu(), "p t (h w) -> p t h w", h=h, w=w)
     return ExplorerMaps(None if spatial is None else spatial.numpy(), values.numpy(), runs=runs)

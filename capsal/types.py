@@ -25,6 +25,20 @@ class ItemLayout:
     is_video: bool
     grid_size: tuple[int, int]  # (h, w) of the descriptor grid; for videos, the grid inside each frame
     num_items: int
+    # images whose items are no single grid (tiles and a thumbnail over them): ``(h*w, m)`` weights giving each
+    # cell of ``grid_size`` from the items whose pixels cover it, each row summing to 1; None: item i is cell i
+    cells: torch.Tensor | None = field(default=None, compare=False)
+
+    def on_grid(self, values: torch.Tensor) -> torch.Tensor:
+        """An image's item values ``(..., m)`` as values of the ``h*w`` grid cells (``cells``' weighted sums)."""
+        return values if self.cells is None else values @ self.cells.T.to(values)
+
+    def from_grid(self, values: torch.Tensor) -> torch.Tensor:
+        """Grid cell values ``(..., h*w)`` as item values: each item the weighted mean of the cells it covers."""
+        if self.cells is None:
+            return values
+        cells = self.cells.to(values)
+        return (values @ cells) / cells.sum(dim=0).clamp(min=torch.finfo(cells.dtype).tiny)
 
 
 @dataclass

@@ -126,10 +126,23 @@ def compose_app(name: str, output_dir: Path, *overrides: str, conf: Path | None 
 # words of the synthetic captions (and BLIP's prompt); these are split into several subword tokens
 HF_WORDS = ("a", "big", "small", "and", "red", "green", "blue", "yellow", "circle", "square", "picture", "of")
 HF_SPLIT = {"triangle": ("tri", "angle"), "diamond": ("dia", "mond"), "yellow": ("yel", "low")}
-HF_FAMILIES = ("vit_gpt2", "deit_bert", "blip", "git", "blip2", "qwen2_vl", "florence2")
-# each family's ``keep`` modes: GIT's and Qwen2-VL's image tokens are a prefix of their language model, the others
-# cross-attend (BLIP-2: its Q-Former to the tower); Florence-2's DaViT tower cannot see one patch alone
-HF_KEEP = {"git": ("input", "prefix"), "qwen2_vl": ("input", "prefix"), "florence2": ("prefix", "encoder_output")}
+HF_FAMILIES = (
+    "vit_gpt2",
+    "deit_bert",
+    "blip",
+    "git",
+    "blip2",
+    "llava",
+    "paligemma",
+    "idefics3",
+    "qwen2_vl",
+    "florence2",
+)
+# each family's ``keep`` modes: GIT's, LLaVA's, PaliGemma's, Idefics3's and Qwen2-VL's image tokens are a prefix of
+# their language model's text, the others cross-attend (BLIP-2: its Q-Former to the tower); Florence-2's DaViT tower
+# cannot see one patch alone
+HF_KEEP = {family: ("input", "prefix") for family in ("git", "llava", "paligemma", "idefics3", "qwen2_vl")}
+HF_KEEP["florence2"] = ("prefix", "encoder_output")
 HF_ATTENDING = ("vit_gpt2", "deit_bert", "blip", "florence2")  # with cross-attention maps capsal reads
 HF_CASES = [(family, keep) for family in HF_FAMILIES for keep in HF_KEEP.get(family, ("input", "encoder_output"))]
 
@@ -227,6 +240,14 @@ def save_tiny_hf(folder: Path, family: str = "vit_gpt2", seed: int = 0, image_si
         grid = (image_size // 8) ** 2
         images = tf.CLIPImageProcessor(size=size, do_center_crop=False, image_seq_length=grid + 1)  # + the mean
         processor = tf.Florence2Processor(image_processor=images, tokenizer=tokenizer)
+    elif family == "idefics3":  # SigLIP, pixel shuffle 2: 64 pixels, an 8 x 8 patch grid, 4 x 4 image tokens
+        model, tokenizer, processor = _tiny_idefics3(folder, layers, {**vision, "image_size": 2 * image_size})
+    elif family == "idefics3_tiles":  # 64 pixels in 2 x 2 tiles of 32 and a thumbnail: 2 x 2 image tokens each
+        model, tokenizer, processor = _tiny_idefics3(folder, layers, vision, tiles=2)
+    elif family == "smolvlm_tiles":  # SmolVLM's classes, tiled (Idefics3's processor: SmolVLM's needs num2words)
+        model, tokenizer, processor = _tiny_idefics3(folder, layers, vision, tiles=2, kind="SmolVLM")
+    elif family in ("llava", "llava_full", "paligemma"):  # image tokens in the text, written by the processor
+        model, tokenizer, processor = _tiny_image_text_to_text(folder, family, layers, vision, size)
     elif family == "blip":
         tokenizer = tf.BertTokenizer(vocab=str(_wordpiece_file(folder)), do_lower_case=True)
         ids = tokenizer.convert_tokens_to_ids
@@ -294,6 +315,91 @@ def _tiny_qwen2_vl(folder: Path, width: int):
         image_processor=images, tokenizer=tokenizer, video_processor=tf.Qwen2VLVideoProcessor(**cut)
     )
     return tf.Qwen2VLForConditionalGeneration(config), tokenizer, processor
+
+
+# a chat template in the tiny BPE's letters: the user turn (image, then the prompt) and the assistant's cue
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }} {% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<image>{% else %}{{ content['text'] }}{% endif %}{% endfor %} "
+    "{% endfor %}{% if add_generation_prompt %}assistant{% endif %}"
+)
+
+
+def _tiny_image_text_to_text(folder: Path, family: str, layers: dict, vision: dict, size: dict):
+    """A tiny ``AutoModelForImageTextToText`` model of ``family`` with a BPE tokenizer that knows ``<image>``, and
+    its processor (which expands ``<image>`` into one token per image token): LLaVA (CLIP tower with a class token,
+    the penultimate layer's patches, a Llama language model, a chat template), PaliGemma (SigLIP tower, Gemma)."""
+    import transformers as tf
+
+    vocab_file, merges_file = _bpe_files(folder)
+    tokenizer = tf.GPT2Tokenizer(vocab=str(vocab_file), merges=str(merges_file), pad_token="<pad>")
+    tokenizer.add_tokens(["<image>"], special_tokens=True)
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    text = {**layers, "vocab_size": len(tokenizer), "max_position_embeddings": 128, "num_key_value_heads": 2}
+    text.update(bos_token_id=0, eos_token_id=0, pad_token_id=tokenizer.pad_token_id, head_dim=8)
+    if family in ("llava", "llava_full"):  # llava_full: the class token an image token, two layers side by side
+        strategy, layer = ("full", [-2, -1]) if family == "llava_full" else ("default", -2)
+        config = tf.LlavaConfig(
+            vision_config=tf.CLIPVisionConfig(**vision),
+            text_config=tf.LlamaConfig(**text),
+            image_token_index=image_id,
+            vision_feature_select_strategy=strategy,
+            vision_feature_layer=layer,
+        )
+        config.image_seq_length = (vision["image_size"] // vision["patch_size"]) ** 2
+        # padded to a square, then resized and centre-cropped, as llava-hf/llava-1.5-7b-hf
+        image_processor = tf.LlavaImageProcessor(size={"shortest_edge": size["height"]}, crop_size=size, do_pad=True)
+        processor = tf.LlavaProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            patch_size=vision["patch_size"],
+            vision_feature_select_strategy=strategy,
+            num_additional_image_tokens=1,
+            chat_template=TINY_CHAT_TEMPLATE,
+        )
+        return tf.LlavaForConditionalGeneration(config), tokenizer, processor
+    tokens = (vision["image_size"] // vision["patch_size"]) ** 2
+    siglip = tf.SiglipVisionConfig(**vision)
+    width = layers["hidden_size"]
+    config = tf.PaliGemmaConfig(
+        vision_config=siglip,
+        text_config=tf.GemmaConfig(**text),
+        image_token_id=image_id,
+        projection_dim=width,
+        hidden_size=width,
+    )
+    config.text_config.num_image_tokens = config.vision_config.num_image_tokens = tokens
+    image_processor = tf.SiglipImageProcessor(size=size)
+    image_processor.image_seq_length = tokens
+    processor = tf.PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    return tf.PaliGemmaForConditionalGeneration(config), tokenizer, processor
+
+
+def _tiny_idefics3(folder: Path, layers: dict, vision: dict, tiles: int = 0, kind: str = "Idefics3"):
+    """A tiny ``Idefics3ForConditionalGeneration`` (SigLIP tower, pixel shuffle by 2, Llama) whose processor gives one
+    grid (``do_image_splitting`` off), or ``tiles x tiles`` tiles of the tower's size and a thumbnail, its tokenizer
+    knowing the processor's image and tile tokens."""
+    import transformers as tf
+
+    vocab_file, merges_file = _bpe_files(folder)
+    tokenizer = tf.GPT2Tokenizer(vocab=str(vocab_file), merges=str(merges_file), pad_token="<pad>")
+    tiles_tokens = [f"<row_{i + 1}_col_{j + 1}>" for i in range(tiles) for j in range(tiles)]
+    tokenizer.add_tokens(["<fake_token_around_image>", "<image>", "<global-img>", *tiles_tokens], special_tokens=True)
+    text = {**layers, "vocab_size": len(tokenizer), "max_position_embeddings": 128, "num_key_value_heads": 2}
+    text.update(bos_token_id=0, eos_token_id=0, pad_token_id=tokenizer.pad_token_id, head_dim=8)
+    config = getattr(tf, f"{kind}Config")(
+        vision_config=getattr(tf, f"{kind}VisionConfig")(**vision),
+        text_config=tf.LlamaConfig(**text),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
+    )
+    side = vision["image_size"]
+    image_processor = tf.Idefics3ImageProcessor(
+        size={"longest_edge": side * max(tiles, 1)}, max_image_size={"longest_edge": side}, do_image_splitting=tiles > 0
+    )
+    tokens = (side // vision["patch_size"] // 2) ** 2
+    processor = tf.Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=tokens)
+    return getattr(tf, f"{kind}ForConditionalGeneration")(config), tokenizer, processor
 
 
 def readme_captioner_class() -> type:

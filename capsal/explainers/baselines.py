@@ -70,7 +70,7 @@ class Center(_ConstantMapExplainer):
     def item_map(self, layout: ItemLayout, device: torch.device) -> torch.Tensor:
         if layout.is_video:
             return gaussian(layout.num_items, self.sigma, device)
-        return self._grid_bump(layout, device)
+        return layout.from_grid(self._grid_bump(layout, device))
 
     def region_map(self, layout: ItemLayout, device: torch.device) -> torch.Tensor:
         return self._grid_bump(layout, device)

@@ -147,6 +147,8 @@ class Saliency:
         """
         if values is None:
             values = self.e if not self.layout.is_video else self.region_e
+        if not self.layout.is_video:  # tiles and a thumbnail: their items combined on one grid (ItemLayout.cells)
+            values = self.layout.on_grid(values)
         h, w = self.layout.grid_size
         lead = values.shape[:-1]
         grids = rearrange(values.reshape(-1, h * w), "n (h w) -> n 1 h w", h=h, w=w)

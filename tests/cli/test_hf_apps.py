@@ -23,7 +23,7 @@ from capsal.errors import UserError
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hf_apps")
-    families = ("vit_gpt2", "blip", "git", "blip2", "qwen2_vl", "florence2")
+    families = ("vit_gpt2", "blip", "git", "blip2", "llava", "paligemma", "idefics3", "qwen2_vl", "florence2")
     return {family: save_tiny_hf(root / family, family) for family in families}
 
 
@@ -70,16 +70,9 @@ def test_eval_writes_the_tables_for_a_pretrained_folder(folders, tmp_path):
 
 @pytest.mark.parametrize(
     ("family", "keep"),
-    [
-        ("git", "input"),
-        ("git", "prefix"),
-        ("blip2", "input"),
-        ("blip2", "encoder_output"),
-        ("qwen2_vl", "input"),
-        ("qwen2_vl", "prefix"),
-        ("florence2", "prefix"),
-        ("florence2", "encoder_output"),
-    ],
+    [("git", "input"), ("git", "prefix"), ("blip2", "input"), ("blip2", "encoder_output")]
+    + [(family, keep) for family in ("llava", "paligemma", "idefics3", "qwen2_vl") for keep in ("input", "prefix")]
+    + [("florence2", "prefix"), ("florence2", "encoder_output")],
 )
 def test_explain_and_eval_a_pretrained_prefix_family_folder_on_shapes_image(folders, tmp_path, family, keep):
     model = ["model=hf_captioner", f"model.name_or_path={folders[family]}", f"model.keep={keep}"]
@@ -142,3 +135,19 @@ def test_a_fine_tuned_captioner_loads_alone_and_its_saliency_points_at_the_named
     shown = ", ".join(f"{name} {value:.3f}" for name, value in pointing.items())
     print(f"{family} fine-tuned in {seconds:.0f} s; pointing game: {shown}")
     assert guided >= chance + 0.15
+
+
+def test_explain_and_eval_an_idefics3_folder_with_tiles_map_every_tile_onto_the_image(tmp_path):
+    """2 x 2 tiles and a thumbnail (20 items) on a 4 x 4 grid of cells: the figure, the maps at the input's size, the
+    explorer's grid, and capsal-eval's tables with the centre baseline read through the same layout."""
+    folder = save_tiny_hf(tmp_path / "tiles", "idefics3_tiles")
+    model = ["model=hf_captioner", f"model.name_or_path={folder}", "model.keep=prefix"]
+    data = ["datamodule=shapes_image", "datamodule.num_val=4", "datamodule.num_test=6"]
+    summary = explain(compose_app("explain", tmp_path / "explain", *model, *data, "sample=val:1", "reference=true"))
+    assert summary["grid"] == [4, 4] and (tmp_path / "explain" / "saliency.png").is_file()
+    arrays = np.load(tmp_path / "explain" / "saliency.npz")
+    assert arrays["scores"].shape[-1] == 20 and arrays["maps"].shape[-2:] == (64, 64)
+    eval_data = [*data, "max_samples=6", "caption_metrics=[]", "explainers=[caption_guided,center,random]"]
+    results = evaluate(compose_app("eval", tmp_path / "eval", *model, *eval_data))
+    assert "Table 1: pointing game" in (tmp_path / "eval" / "tables.md").read_text() and results["phrases"] > 0
+    assert 0.0 <= results["localisation"]["center"]["pointing_game"]["avg"] <= 1.0

@@ -21,7 +21,9 @@ from capsal.models.hf import HFCaptioner
 from capsal.models.protocol import check_no_item
 
 QUERY = "a big yellow triangle"  # yellow and triangle are two tokens each in every tiny tokenizer
-PROMPT = {"blip": "a picture of", "blip2": "a picture of"}
+PROMPT = {"blip": "a picture of", "blip2": "a picture of", "llava": "a picture of", "paligemma": "caption en"}
+# image tokens in the language model's text, the prefix written by the processor
+IMAGE_TEXT = ("llava", "paligemma", "idefics3")
 ATTENTION_READERS = {"rollout", "relevancy", "soft_attention"}  # the explainers that read a model's attention maps
 
 
@@ -32,8 +34,8 @@ def folders(tmp_path_factory) -> dict[str, Path]:
 
 
 def load(folder: Path, family: str, keep: str | None = None, *overrides: str):
-    """The captioner ``model=hf_captioner model.name_or_path=<folder>`` composes, in eval mode (``keep``: the
-    family's first mode when None)."""
+    """The captioner ``model=hf_captioner model.name_or_path=<folder>`` composes, in eval mode (``keep``: by default
+    the family's first mode)."""
     keep = keep or HF_KEEP.get(family, ("input",))[0]
     prompt = [f"model.prompt='{PROMPT[family]}'"] if family in PROMPT else []
     cfg = compose_train("model=hf_captioner", f"model.name_or_path={folder}", f"model.keep={keep}", *prompt, *overrides)
@@ -50,7 +52,7 @@ def test_a_saved_folder_loads_through_the_config_and_implements_the_protocol(fol
     model = load(folders[family], family, keep)
     assert check_protocol(model) == []
     grid = model.features(images())
-    assert grid.shape == (2, 1, 4, 4, 32)  # 32 x 32 pixels in 8 x 8 patches
+    assert grid.shape == (2, 1, 4, 4, model.feature_size)  # 32 x 32 pixels in 8 x 8 patches (Idefics3: 64, shuffled)
     assert model.item_layout(tuple(grid.shape[1:4])).num_items == 16
 
 
@@ -66,7 +68,7 @@ def test_keep_input_with_every_item_is_the_models_own_encoder_and_generation(fol
     pixels = images()
     values = model.pixel_values(pixels[:, 0])
     state = model.encode(model.items(model.features(pixels)))
-    tower = model.vision(pixel_values=values).last_hidden_state
+    tower = model.vision(pixel_values=values.flatten(0, -4)).last_hidden_state  # Idefics3: (1, B, 3, H, W)
     if family == "git":  # the projected tower output is the language model's prefix: its logits are GIT's own
         torch.testing.assert_close(state["memory"], model.hf.git.visual_projection(tower))
         tokens = torch.tensor([model.vocab.encode(QUERY)] * 2)
@@ -79,11 +81,20 @@ def test_keep_input_with_every_item_is_the_models_own_encoder_and_generation(fol
         image = torch.full((2, queries), model.hf.config.image_token_id)
         theirs = model.hf(input_ids=torch.cat([image, tokens], dim=1), pixel_values=values).logits[:, queries:]
         torch.testing.assert_close(model.token_logits(state, tokens), theirs)
+    elif family in IMAGE_TEXT:  # the projected image tokens are the model's own; its logits too, on every token
+        features = model.hf.get_image_features(values).pooler_output  # Idefics3: one sample, both images
+        torch.testing.assert_close(state["memory"], torch.cat(list(features)).reshape(state["memory"].shape))
+        tokens = torch.tensor([model.vocab.encode(QUERY)] * 2)
+        theirs = model.hf(input_ids=tokens, pixel_values=values, **prefix_kinds(model, tokens)).logits
+        torch.testing.assert_close(model.token_logits(state, tokens), theirs)
     else:
         torch.testing.assert_close(state["memory"], model.project(tower))
     ours = model.generate(model.items(model.features(pixels)), max_len=6)
     prompt = torch.tensor([[*model.vocab.prefix, model.vocab.eos_id]] * 2)  # BLIP drops the prompt's last token
     extra = {"input_ids": prompt} if family == "blip" else {}
+    if family in IMAGE_TEXT:  # the processor's prefix: image tokens, chat template or prompt
+        prefix = torch.tensor([model.vocab.prefix] * 2)
+        extra = {"input_ids": prefix, **prefix_kinds(model, prefix)}
     if family == "blip2":  # its image tokens, then bos and the prompt
         image = torch.full((2, model.hf.config.num_query_tokens), model.hf.config.image_token_id)
         extra = {"input_ids": torch.cat([image, torch.tensor([model.vocab.prefix] * 2)], dim=1)}
@@ -108,8 +119,17 @@ def test_subword_tokens_belong_to_their_words_and_prompts_to_none(folders, famil
     prefix = len(vocab.prefix)
     assert owners[:prefix] == [-1] * prefix and owners[-1] == -1  # bos, prompt and eos belong to no word
     assert owners[prefix:-1] == [0, 1, 2, 2, 3, 3]  # yellow and triangle are two tokens each
-    byte_level = ("vit_gpt2", "blip2", "qwen2_vl", "florence2")  # byte-level BPE: any word encodes
-    assert vocab.unknown_words("a purple triangle") == ([] if family in byte_level else ["purple"])
+    bpe = ("vit_gpt2", "blip2", "qwen2_vl", "florence2", *IMAGE_TEXT)  # byte-level BPE spells any word in letters
+    assert vocab.unknown_words("a purple triangle") == ([] if family in bpe else ["purple"])
+
+
+def prefix_kinds(model, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """PaliGemma's ``token_type_ids`` (0 on the prefix, its bidirectional part; 1 on the words), built by hand."""
+    if model.hf.config.model_type != "paligemma":
+        return {}
+    kinds = torch.ones_like(tokens)
+    kinds[:, : len(model.vocab.prefix)] = 0
+    return {"token_type_ids": kinds}
 
 
 def reference_losses(model, items: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -267,9 +287,10 @@ def test_a_checkpoint_records_the_class_path_configs_name_and_the_models_own_wei
     target = compose_train("model=hf_captioner", "model.name_or_path=x").model._target_
     assert checkpoint["capsal"]["model_class"] == target == "capsal.models.hf.HFCaptioner"
     assert all(key.startswith("hf.") for key in checkpoint["state_dict"])
-    keep = HF_KEEP.get(family, ("input",))[0]
-    assert checkpoint["hyper_parameters"]["keep"] == keep and checkpoint["hyper_parameters"]["item_mode"] == "grid"
+    options = checkpoint["hyper_parameters"]
+    assert options["keep"] == HF_KEEP.get(family, ("input",))[0] and options["item_mode"] == "grid"
     stages = {"git": ["decoder", "projection", "encoder"], "blip2": ["decoder", "qformer", "encoder"]}
+    stages.update({family: stages["git"] for family in IMAGE_TEXT})
     stages["florence2"] = ["decoder", "text_encoder", "projection", "encoder"]
     assert [name for name, _ in model.randomisation_stages()] == stages.get(family, ["decoder", "encoder"])
 
@@ -442,3 +463,202 @@ def test_florence2_attention_trace_under_keep_prefix_is_its_own_maps_without_the
 def test_florence2_refuses_keep_input_naming_its_modes(folders):
     with pytest.raises(UserError, match=r"DaViT tower .* use model\.keep=prefix or model\.keep=encoder_output$"):
         HFCaptioner(str(folders["florence2"]), keep="input")
+
+
+def hand_built_mask(model, tokens: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, n, n)`` additive mask: causal (PaliGemma: bidirectional over its prefix), image tokens whose
+    ``visible`` is False seen by no other token (each still sees itself, so no row is empty)."""
+    n = tokens.shape[1]
+    query, key = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    allowed = key <= query
+    if model.hf.config.model_type == "paligemma":
+        prefix = len(model.vocab.prefix)
+        allowed = allowed | ((query < prefix) & (key < prefix))
+    seen = torch.ones_like(tokens, dtype=torch.bool)
+    seen[tokens == model.hf.config.image_token_id] = visible.flatten()
+    allowed = (allowed[None] & seen[:, None, :]) | (query == key)[None]
+    bias = torch.zeros(allowed.shape, dtype=torch.float64).masked_fill(~allowed, torch.finfo(torch.float64).min)
+    return bias[:, None]
+
+
+@pytest.mark.parametrize("family", IMAGE_TEXT)
+def test_keep_prefix_hides_image_tokens_as_the_models_own_forward_under_a_hand_built_mask(folders, family):
+    """Row 0 keeps patch 5, row 1 no patch: the words' log-probabilities are the model's own forward on the whole
+    image under a hand-built mask that hides the other image tokens, at unmoved positions; a patch encoded alone at
+    its position gives the same, and the masked items' values reach nothing."""
+    model = load(folders[family], family, "prefix").double()
+    pixels = images().double()
+    items = model.items(model.features(pixels))
+    tokens = torch.tensor([model.vocab.encode(QUERY)[:-1]] * 2)
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[0, 5] = True
+    ours = model.token_logprobs(model.encode(items, mask), tokens)
+    start = 1 if family == "paligemma" else 0  # PaliGemma numbers its positions from 1
+    positions = torch.arange(tokens.shape[1])[None].expand(2, -1) + start
+    own = model.hf(
+        input_ids=tokens,
+        pixel_values=model.pixel_values(pixels[:, 0]),
+        attention_mask=hand_built_mask(model, tokens, mask),
+        position_ids=positions,
+        **prefix_kinds(model, tokens),
+    ).logits
+    words = slice(len(model.vocab.prefix) - 1, None)  # the last prefix token predicts the first word
+    torch.testing.assert_close(ours[:, words], torch.log_softmax(own, dim=-1)[:, words], atol=1e-10, rtol=0)
+    alone = model.token_logprobs(model.encode(items[:1, 5:6], None, torch.tensor([[5]])), tokens[:1])
+    torch.testing.assert_close(ours[:1], alone, atol=1e-10, rtol=0)
+    assert not torch.allclose(ours[0], ours[1])
+    torch.testing.assert_close(check_no_item(model, items, tokens), ours[1:].expand(2, -1, -1), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize(("family", "keep"), [case for case in HF_CASES if case[0] in IMAGE_TEXT])
+def test_generate_with_hidden_image_tokens_is_greedy_decoding_at_unmoved_positions(folders, family, keep):
+    """``generate`` with one patch kept per row gives the tokens teacher forcing ranks first at every step: its
+    positions are those of ``decode`` (which the hand-built mask checks), not counted from the attention mask."""
+    model = load(folders[family], family, keep).double()
+    items = model.items(model.features(images().double()))
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[0, 5], mask[1, 10] = True, True
+    rows = model.generate(items, mask, max_len=6)
+    prefix = len(model.vocab.prefix)
+    assert rows.shape[1] > prefix and bool((rows[:, :prefix] == torch.tensor(model.vocab.prefix)).all())
+    logprobs = model.token_logprobs(model.encode(items, mask), rows[:, :-1])
+    best = logprobs.argmax(dim=-1)[:, prefix - 1 :]
+    generated = rows[:, prefix:]
+    real = generated != model.vocab.pad_id
+    assert torch.equal(best[real], generated[real])
+
+
+@pytest.mark.parametrize(("family", "keep"), [case for case in HF_CASES if case[0] in IMAGE_TEXT])
+def test_an_image_text_family_with_no_item_is_its_prompt_and_words_at_their_places(folders, family, keep):
+    """No item hides every image token: the model's own forward with all of them masked by hand, whatever the
+    items' values."""
+    model = load(folders[family], family, keep).double()
+    tokens = torch.tensor([model.vocab.encode(QUERY)[:-1]] * 2)
+    ours = check_no_item(model, torch.randn(2, 3, model.feature_size, dtype=torch.float64), tokens)
+    start = 1 if family == "paligemma" else 0
+    own = model.hf(
+        input_ids=tokens,
+        pixel_values=model.pixel_values(images().double()[:, 0]),
+        attention_mask=hand_built_mask(model, tokens, torch.zeros(2, 16, dtype=torch.bool)),
+        position_ids=torch.arange(tokens.shape[1])[None].expand(2, -1) + start,
+        **prefix_kinds(model, tokens),
+    ).logits
+    words = slice(len(model.vocab.prefix) - 1, None)
+    torch.testing.assert_close(ours[:, words], torch.log_softmax(own, dim=-1)[:, words], atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("family", IMAGE_TEXT)
+def test_an_image_text_checkpoint_loads_alone_with_its_processors_prefix_and_captions(folders, family, tmp_path):
+    """The checkpoint carries the whole processor (image token, chat template): loaded without the folder, the
+    prefix and the captions are the same."""
+    model = load(folders[family], family)
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    model.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "model.ckpt")
+    again = HFCaptioner.load_from_checkpoint(tmp_path / "model.ckpt").eval()
+    assert again.vocab.prefix == model.vocab.prefix
+    items = model.items(model.features(images()))
+    torch.testing.assert_close(again.generate(items, max_len=6), model.generate(items, max_len=6), rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module", params=["idefics3_tiles", "smolvlm_tiles"])
+def tiles(tmp_path_factory, request) -> Path:
+    """A tiny Idefics3 (or SmolVLM) whose processor splits a 64-pixel square into 2 x 2 tiles of 32 and adds a
+    thumbnail."""
+    return save_tiny_hf(tmp_path_factory.mktemp("hf_tiles") / request.param, request.param)
+
+
+@pytest.mark.parametrize("keep", ["input", "prefix"])
+def test_idefics3_tiles_give_items_for_every_tile_and_the_thumbnail_as_the_models_own_pass(tiles, keep):
+    """20 items (4 tiles and the thumbnail, 2 x 2 shuffled tokens each): every item is the model's own features,
+    logits and caption; the batched caption-guided losses are one item at a time."""
+    model = load(tiles, "idefics3", keep).double()
+    pixels = images().double()
+    items = model.items(model.features(pixels))
+    assert items.shape[1] == 20 and model.item_layout((1, 1, 20)).grid_size == (4, 4)
+    tokens = torch.tensor([model.vocab.encode(QUERY)] * 2)
+    values = model.pixel_values(pixels[:, 0])
+    assert values.shape[:2] == (1, 10)  # both images' 4 tiles and thumbnail, as one sample's crops
+    state = model.encode(items)
+    features = torch.cat(list(model.hf.get_image_features(values).pooler_output))
+    torch.testing.assert_close(state["memory"], features.reshape(state["memory"].shape))
+    theirs = model.hf(input_ids=tokens, pixel_values=values).logits
+    torch.testing.assert_close(model.token_logits(model.encode(items), tokens), theirs)
+    prefix = torch.tensor([model.vocab.prefix] * 2)
+    own = model.hf.generate(input_ids=prefix, pixel_values=values, max_new_tokens=6, do_sample=False)
+    assert torch.equal(model.generate(items, max_len=6)[:, prefix.shape[1] :], own[:, prefix.shape[1] :])
+    saliency = build_explainer("caption_guided").explain(model, items, tokens=QUERY)
+    expected = reference_losses(model, items, saliency.tokens)
+    torch.testing.assert_close(saliency.losses[:, :4], expected[:, :4], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(("row", "column"), [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_a_map_on_one_tiles_items_lands_in_that_tiles_pixels_and_the_thumbnails_in_its_quarter(tiles, row, column):
+    """Tile (row, column)'s 4 items alone give a map whose peak lies in the tile's pixel box; the thumbnail's token
+    (row, column) covers the same quarter of the image (2 x 2 tiles, a 2 x 2 thumbnail)."""
+    from capsal.explainers.saliency import Saliency
+    from capsal.maxima import peak_location
+
+    model = load(tiles, "idefics3")
+    layout = model.item_layout((1, 1, 20))
+    height, width = 90, 150
+    for chosen in (list(range(4 * (2 * row + column), 4 * (2 * row + column) + 4)), [16 + 2 * row + column]):
+        values = torch.zeros(20)
+        values[chosen] = 1.0
+        saliency = Saliency([["x"]], torch.ones(1, 1, dtype=torch.bool), values[None, None], torch.ones(1, 20), layout)
+        heat = saliency.to_image_size(height, width, values[None])[0]
+        x, y = peak_location(heat)
+        assert column * width / 2 <= x < (column + 1) * width / 2 and row * height / 2 <= y < (row + 1) * height / 2
+        assert heat.amax() == 0.5  # a cell is the mean of its tile's token and the thumbnail's over it
+
+
+@pytest.mark.parametrize("keep", ["input", "prefix"])
+def test_llava_with_its_class_token_as_an_image_token_and_two_feature_layers(tmp_path, keep):
+    """``vision_feature_select_strategy="full"``: 17 image tokens, the class token's first; with every item the
+    model's own image features (two layers side by side) and logits. ``keep=input`` shows the class token beside the
+    kept patches, ``keep=prefix`` hides it (it summarises the whole image)."""
+    model = load(save_tiny_hf(tmp_path / "llava_full", "llava_full"), "llava", keep).double()
+    assert model.feature_size == (32 if keep == "input" else 64)
+    pixels = images().double()
+    items = model.items(model.features(pixels))
+    state = model.encode(items)
+    values = model.pixel_values(pixels[:, 0])
+    own = torch.stack(list(model.hf.get_image_features(values).pooler_output))
+    assert state["memory"].shape[1] == 17 and state["item"][0, 0] == -1
+    tokens = torch.tensor([model.vocab.encode(QUERY)] * 2)
+    if keep == "input":
+        torch.testing.assert_close(state["memory"], own)
+        torch.testing.assert_close(
+            model.token_logits(state, tokens), model.hf(input_ids=tokens, pixel_values=values).logits
+        )
+    else:
+        torch.testing.assert_close(state["memory"][:, 1:], own[:, 1:])
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[:, 3] = True
+    assert model.encode(items, mask)["mask"][:, 0].tolist() == [keep == "input"] * 2
+
+
+def test_llavas_padding_to_a_square_is_off_so_the_grid_covers_only_the_image(folders):
+    """A 40 x 48 image, white on its left half, black on its right: resized whole, the processed image is white on
+    its left columns and black on its right ones from the top row to the bottom (padding it to a square first would
+    put rows of the padding colour above and below it)."""
+    model = load(folders["llava"], "llava")
+    pixels = torch.zeros(1, 3, 40, 48)
+    pixels[..., :24] = 1.0
+    values = model.pixel_values(pixels)[0]  # (3, 32, 32)
+    left, right = values[:, :, :14], values[:, :, -14:]
+    torch.testing.assert_close(left, values[:, :1, :1].expand_as(left), atol=1e-3, rtol=0)
+    torch.testing.assert_close(right, values[:, :1, -1:].expand_as(right), atol=1e-3, rtol=0)
+    assert bool((values[:, 0, 0] > values[:, 0, -1]).all())
+
+
+def test_a_processor_needing_a_missing_package_stops_with_one_line_naming_it(folders, monkeypatch):
+    """SmolVLM's own processor needs num2words: without it, one line says so instead of a traceback."""
+    import transformers
+
+    def missing(*args, **kwargs):
+        raise ImportError("Package `num2words` is required to run SmolVLM processor. Install it with `pip install x`.")
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", missing)
+    with pytest.raises(UserError, match=r"its processor cannot load: Package `num2words` is required"):
+        HFCaptioner(str(folders["llava"]))

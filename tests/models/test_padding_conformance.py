@@ -28,8 +28,8 @@ def hf_folders(tmp_path_factory) -> dict[str, Path]:
     return {family: save_tiny_hf(root / family, family) for family in HF_FAMILIES}
 
 
-# no attention weights to read (has_attention): capsal's own without, GIT, BLIP-2 and Qwen2-VL (image tokens are a
-# prefix)
+# no attention weights to read (has_attention): capsal's own without, GIT, BLIP-2, LLaVA, PaliGemma, Idefics3 and
+# Qwen2-VL (image tokens are a prefix)
 WITHOUT_ATTENTION = (
     "s2vt",
     "s2vt_meanpool",
@@ -40,6 +40,9 @@ WITHOUT_ATTENTION = (
     "blip2/encoder_output",
     "qwen2_vl/input",
     "qwen2_vl/prefix",
+    *(f"{family}/{keep}" for family in ("llava", "paligemma") for keep in ("input", "prefix")),
+    "idefics3/input",
+    "idefics3/prefix",
 )
 
 

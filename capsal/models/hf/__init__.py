@@ -7,6 +7,9 @@ Supported families, one adapter each (:class:`~capsal.models.hf.family.Family`):
 with its own ``keep`` modes, ``input`` and ``prefix``, described there) and
 ``Blip2ForConditionalGeneration`` (:mod:`~capsal.models.hf.blip2`: a querying transformer between the tower and an
 OPT language model that reads its outputs as a prefix; ``keep=input`` and ``keep=encoder_output``, described there),
+``LlavaForConditionalGeneration``, ``PaliGemmaForConditionalGeneration``, ``Idefics3ForConditionalGeneration`` and
+``SmolVLMForConditionalGeneration`` (:mod:`~capsal.models.hf.image_text_to_text`: image tokens inside the language
+model's text, written by the model's processor; ``keep=input`` and ``keep=prefix``),
 ``Qwen2VLForConditionalGeneration`` (:mod:`~capsal.models.hf.qwen2_vl`: merged tower tokens in place of the
 language model's image tokens, placed by M-RoPE; ``keep=input`` and ``keep=prefix``, described there) and
 ``Florence2ForConditionalGeneration`` (:mod:`~capsal.models.hf.florence2`: image tokens and a task prompt as a BART
@@ -15,8 +18,8 @@ encoder's input; ``keep=prefix`` and ``keep=encoder_output``, described there).
 
 Items are the image's patch tokens, an ``h x w`` grid read row-major; pixels go through the model's own image
 processor (resize, normalisation: the grid covers the whole image, so ``Saliency.to_image_size`` maps cells back
-to the original pixels; a processor's centre crop is turned off for that reason). ``keep`` says where "keep only
-item i" happens (for the cross-attending families):
+to the original pixels; a processor's centre crop and padding are turned off for that reason). ``keep`` says where
+"keep only item i" happens (for the cross-attending families):
 
 - ``keep=input`` (the paper's Eq. 7 literally, and what its reasoning supports: the model sees nothing of the image
   but item i): ``features`` are the patch embeddings before the encoder; ``encode`` puts the kept patches, each at

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +32,7 @@ class HFCaptioner(LightningCaptioner):
     """A pretrained ``transformers`` captioner (``name_or_path``: a hub id or a ``save_pretrained`` folder).
 
     ``keep``: where "keep only item i" happens, ``input``, ``encoder_output`` (cross-attending families) or
-    ``prefix`` (GIT, Qwen2-VL, Florence-2) (:mod:`capsal.models.hf`);
+    ``prefix`` (GIT, LLaVA, PaliGemma, Idefics3, Qwen2-VL, Florence-2) (:mod:`capsal.models.hf`);
     ``prompt``: text after bos that is part of the prefix (BLIP's conditional captioning, e.g. "a picture of");
     ``from_config``: random weights of the same architecture. ``max_len``/``beam_size``: generation; the optimizer
     and captioning metrics as every capsal model. The model's own parts sit in ``hf`` (its weights, under the
@@ -69,12 +68,13 @@ class HFCaptioner(LightningCaptioner):
         self.hf, tokenizer, processor = load_parts(str(name_or_path), from_config)
         self.hf.train()  # from_pretrained gives eval mode; a LightningModule starts in training mode (dropout on)
         self.family = family_of(self.hf)
+        self.pretrained_processor = processor  # as loaded: what a checkpoint carries
         self.processor = self.family.image_processor(processor)
         self.tokenizer = tokenizer
         bos, eos, pad = self.family.special_ids(tokenizer)
-        size, start = self.decoder.config.vocab_size, self.family.start_ids()
-        self.vocab = PretrainedTokenizer(tokenizer, bos, eos, pad, size, prompt, start)
-        self.feature_size: int = self.family.feature_size
+        size, prefix = self.decoder.config.vocab_size, self.family.prefix_ids(prompt)
+        self.vocab = PretrainedTokenizer(tokenizer, bos, eos, pad, size, prompt, prefix, self.family.start_ids())
+        self.feature_size: int = self.family.feature_size(keep)
         self.family.check_keep(keep)
 
     # ---- the model's parts ------------------------------------------------------------------------------------
@@ -107,16 +107,16 @@ class HFCaptioner(LightningCaptioner):
         if pixels.shape[1] != 1:
             raise UserError(f"{type(self).__name__} explains images; got clips of {pixels.shape[1]} frames")
         tokens = self.family.patch_tokens(self.pixel_values(pixels[:, 0]), self.hparams.keep)
-        side = math.isqrt(tokens.shape[1])
-        if side * side != tokens.shape[1]:
-            raise UserError(f"the encoder gives {tokens.shape[1]} patch tokens, not a square grid")
-        return rearrange(tokens, "b (h w) d -> b 1 h w d", h=side)
+        layout = self.family.layout(tokens.shape[1])
+        rows = layout.grid_size[0] if layout.cells is None else 1  # tiles: the items in one row
+        return rearrange(tokens, "b (h w) d -> b 1 h w d", h=rows)
 
     def item_layout(self, grid_shape: tuple[int, int, int]) -> ItemLayout:
+        """The family's layout of the grid's tokens (tiles and a thumbnail: combined onto one grid of cells)."""
         frames, h, w = (int(v) for v in grid_shape)
         if frames != 1:
             raise UserError(f"{type(self).__name__} explains images; got clips of {frames} frames")
-        return ItemLayout(False, (h, w), h * w)
+        return self.family.layout(h * w)
 
     def encode(
         self, items: torch.Tensor, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None
@@ -200,7 +200,7 @@ class HFCaptioner(LightningCaptioner):
     def pretrained_files(self) -> dict[str, bytes]:
         """Everything ``save_pretrained`` writes but the weights (config, generation config, tokenizer, image
         processor): a capsal checkpoint carries these, its state dict the weights, so it loads alone."""
-        return pretrained_files(self.hf, self.tokenizer, self.processor)
+        return pretrained_files(self.hf, self.tokenizer, self.pretrained_processor)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

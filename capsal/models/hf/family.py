@@ -14,6 +14,7 @@ import contextlib
 import copy
 import functools
 import logging
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
@@ -25,6 +26,7 @@ from torch import nn
 from capsal.errors import UserError
 from capsal.models.protocol import AttentionTrace, on_items, widened
 from capsal.models.tracing import recording
+from capsal.types import ItemLayout
 
 log = logging.getLogger("capsal")
 
@@ -41,7 +43,9 @@ class Family(ABC):
     model_type: ClassVar[str]  # the ``config.model_type`` this family wraps
     attends: ClassVar[bool] = False  # whether :meth:`attention` and :meth:`attention_trace` read attention weights
     model_class: ClassVar[str]  # the ``transformers`` class that loads it
-    processor_class: ClassVar[str] = "AutoImageProcessor"  # the ``transformers`` class that loads its processor
+    # what loads its processor: ``AutoImageProcessor``, or ``AutoProcessor`` for a family whose processor also knows
+    # its image token and chat template (its tokenizer is then the processor's)
+    processor_class: ClassVar[str] = "AutoImageProcessor"
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -61,12 +65,29 @@ class Family(ABC):
         """``(bos, eos, pad)`` the model decodes with."""
 
     def start_ids(self) -> list[int]:
-        """Tokens the decoder reads before bos (none by default): part of every row's prefix, never words."""
+        """Tokens the decoder reads before bos (none by default; BART's decoder start token): part of every row's
+        prefix, never words. A family whose processor writes the whole prefix gives :meth:`prefix_ids` instead."""
         return []
 
     def image_processor(self, processor: Any) -> Any:
         """The processor as capsal uses it: by default the whole image resized (:func:`whole_image`)."""
         return whole_image(processor)
+
+    def layout(self, count: int) -> ItemLayout:
+        """The layout of ``count`` patch tokens: by default a square grid read row-major."""
+        side = math.isqrt(count)
+        if side * side != count:
+            raise UserError(f"the encoder gives {count} patch tokens, not a square grid")
+        return ItemLayout(False, (side, side), count)
+
+    def feature_size(self, keep: str) -> int:
+        """The width of the items ``keep`` gives (:meth:`patch_tokens`): by default the vision encoder's."""
+        return int(self.vision.config.hidden_size)
+
+    def prefix_ids(self, prompt: str | None) -> list[int] | None:
+        """The token ids before a caption's words, when the family writes them (image tokens, a chat template);
+        None: bos then the prompt's tokens (:class:`~capsal.models.hf.tokenizer.PretrainedTokenizer`)."""
+        return None
 
     @abstractmethod
     def check_keep(self, keep: str) -> None:
@@ -101,11 +122,6 @@ class Family(ABC):
     ) -> AttentionTrace:
         """Every attention map of one teacher-forced pass, for a family that ``attends``."""
         raise UserError(f"{type(self.model).__name__}: capsal reads no attention maps of this model")
-
-    @property
-    def feature_size(self) -> int:
-        """The width of the items (``features``' last dimension): by default the vision encoder's."""
-        return int(self.vision.config.hidden_size)
 
     def max_sentence_tokens(self) -> int | None:
         """The decoder's position table: the most tokens (prefix included) it takes."""
@@ -381,8 +397,10 @@ def embed_kept(vision: nn.Module, items: torch.Tensor, positions: torch.Tensor) 
     tokens (class...) then the patches, each plus its own position embedding, as its embeddings would give them."""
     prefix = [rearrange(token.to(items.dtype), "... d -> 1 (...) d") for token in prefix_tokens(vision)]
     table = position_table(vision).to(items.dtype)
-    start = torch.cat(prefix, dim=1) + table[:, : len(prefix)]
     patches = items + table[0, len(prefix) :][positions]
+    if not prefix:  # SigLIP: no class token
+        return patches
+    start = torch.cat(prefix, dim=1) + table[:, : len(prefix)]
     return torch.cat([start.expand(items.shape[0], -1, -1), patches], dim=1)
 
 
@@ -424,14 +442,18 @@ def position_table(vision: nn.Module) -> torch.Tensor | None:
 
 
 def whole_image(processor: Any) -> Any:
-    """The processor resizing the whole image (no centre crop), so the patch grid covers every original pixel and
-    ``Saliency.to_image_size`` maps cells back onto them."""
+    """The processor resizing the whole image (no centre crop, no padding to a square as LLaVA's), so the patch grid
+    covers every original pixel and ``Saliency.to_image_size`` maps cells back onto them."""
     if getattr(processor, "do_center_crop", False):
         log.info("%s: centre crop turned off, so saliency maps cover the whole image", type(processor).__name__)
         processor = copy.deepcopy(processor)
         crop = processor.crop_size
         processor.do_center_crop = False
         processor.size = {"height": crop["height"], "width": crop["width"]}
+    if getattr(processor, "do_pad", False):
+        log.info("%s: padding turned off, so saliency maps cover only the image", type(processor).__name__)
+        processor = copy.deepcopy(processor)
+        processor.do_pad = False
     return processor
 
 

@@ -90,8 +90,7 @@ class Florence2Family(Family):
         """BART's encoder, on the image tokens and the prompt."""
         return self.model.model.language_model.encoder
 
-    @property
-    def feature_size(self) -> int:
+    def feature_size(self, keep: str) -> int:
         """The items are image tokens or encoder outputs, as wide as BART."""
         return int(self.model.config.text_config.d_model)
 

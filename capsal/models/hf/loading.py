@@ -15,16 +15,28 @@ from capsal.models.hf.blip2 import Blip2Family
 from capsal.models.hf.family import Family
 from capsal.models.hf.florence2 import Florence2Family
 from capsal.models.hf.git import GitFamily
+from capsal.models.hf.image_text_to_text import Idefics3Family, LlavaFamily, PaliGemmaFamily, SmolVLMFamily
 from capsal.models.hf.qwen2_vl import Qwen2VLFamily
 from capsal.models.hf.vision_encoder_decoder import VisionEncoderDecoderFamily
 
 # the families capsal explains, by ``config.model_type``
 FAMILIES: dict[str, type[Family]] = {
     family.model_type: family
-    for family in (VisionEncoderDecoderFamily, BlipFamily, GitFamily, Blip2Family, Qwen2VLFamily, Florence2Family)
+    for family in (
+        VisionEncoderDecoderFamily,
+        BlipFamily,
+        GitFamily,
+        Blip2Family,
+        LlavaFamily,
+        PaliGemmaFamily,
+        Idefics3Family,
+        SmolVLMFamily,
+        Qwen2VLFamily,
+        Florence2Family,
+    )
 }
 # what ``save_pretrained`` writes besides the weights: a capsal checkpoint carries these, its state dict the weights
-PRETRAINED_FILE_SUFFIXES = (".json", ".txt", ".model", ".jinja")  # .jinja: a chat template (Qwen2-VL)
+PRETRAINED_FILE_SUFFIXES = (".json", ".txt", ".model", ".jinja")  # .jinja: a chat template
 
 
 def require_transformers():
@@ -48,8 +60,8 @@ def offline_hint(name_or_path: str, error: BaseException) -> str:
 
 
 def load_parts(name_or_path: str, from_config: bool = False):
-    """``(model, tokenizer, image processor)`` of a hub id or a ``save_pretrained`` folder (the processor by the
-    family's ``processor_class``: Florence-2's whole ``Florence2Processor``, which its family reads); ``from_config``:
+    """``(model, tokenizer, processor)`` of a hub id or a ``save_pretrained`` folder (the processor its family's
+    ``processor_class`` loads: the image processor, or the whole processor with the tokenizer inside); ``from_config``:
     the architecture with random weights (benchmarks; capsal checkpoints, whose state dict holds the weights)."""
     transformers = require_transformers()
     folder = Path(name_or_path).expanduser()
@@ -63,9 +75,6 @@ def load_parts(name_or_path: str, from_config: bool = False):
     try:
         # never the code a model repository or a checkpoint's files may name (auto_map): capsal's families are built in
         config = transformers.AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
-        processor_class = getattr(FAMILIES.get(config.model_type), "processor_class", "AutoImageProcessor")
-        processor = getattr(transformers, processor_class).from_pretrained(name_or_path, trust_remote_code=False)
     except (OSError, ValueError) as error:
         raise UserError(offline_hint(name_or_path, error)) from error
     family = FAMILIES.get(config.model_type)
@@ -74,6 +83,16 @@ def load_parts(name_or_path: str, from_config: bool = False):
             f"model.name_or_path={name_or_path} is a {config.model_type!r} model; capsal explains "
             f"{', '.join(f.model_class for f in FAMILIES.values())}"
         )
+    try:
+        processor = getattr(transformers, family.processor_class).from_pretrained(name_or_path, trust_remote_code=False)
+        tokenizer = getattr(processor, "tokenizer", None) or transformers.AutoTokenizer.from_pretrained(
+            name_or_path, trust_remote_code=False
+        )
+    except (OSError, ValueError) as error:
+        raise UserError(offline_hint(name_or_path, error)) from error
+    except ImportError as error:  # a processor needing a package capsal does not install (SmolVLM's num2words)
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"model.name_or_path={name_or_path}: its processor cannot load: {reason}") from error
     model_class = getattr(transformers, family.model_class)
     model = model_class(config) if from_config else model_class.from_pretrained(name_or_path)
     return model, tokenizer, processor

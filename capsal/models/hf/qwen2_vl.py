@@ -111,6 +111,12 @@ class Qwen2VLFamily(Family):
         log.info("Qwen2-VL: images resized to %d x %d pixels, a %s grid (max_pixels=%d)", side, side, grid, most)
         return SquareImages(processor, side)
 
+    def feature_size(self, keep: str) -> int:
+        """``keep=prefix``: the merged tokens' width (the language model's); ``keep=input``: a group's patch embeddings
+        side by side (``merge_size ** 2`` tower widths)."""
+        config = self.vision.config
+        return int(config.embed_dim * config.spatial_merge_size**2 if keep == "input" else config.hidden_size)
+
     def special_ids(self, tokenizer: Any) -> tuple[int, int, int]:
         """The frame's last token as bos (the words follow it), the tokenizer's eos, and its pad (else eos)."""
         self.before, self.after = frame(tokenizer, self.model.config)

@@ -12,11 +12,11 @@ class PretrainedTokenizer(Tokenizer):
     """A Hugging Face tokenizer behind capsal's :class:`~capsal.text.Tokenizer` interface.
 
     Captions are encoded as :func:`~capsal.text.tokenize`'s words (lower case, no punctuation), so word spans mean
-    what the datasets mean. ``prefix``: ``start`` (tokens a decoder reads before bos, e.g. BART's decoder start
-    token), bos, then the prompt's tokens; a caption's tokens follow, then eos. A token belongs to the word it adds
-    characters to: decoding the row's first k tokens and the first k+1 gives :func:`~capsal.text.tokenize`'s words,
-    and the (k+1)-th token belongs to the last word when the words changed, to none when they did not
-    (punctuation).
+    what the datasets mean. ``prefix``: the ids a family writes (image tokens, a chat template), or else ``start``
+    (tokens a decoder reads before bos, e.g. BART's decoder start token), bos, then the prompt's tokens; a caption's
+    tokens follow, then eos. A token belongs to the word it adds characters to: decoding the row's first k tokens
+    and the first k+1 gives :func:`~capsal.text.tokenize`'s words, and the (k+1)-th token belongs to the last word
+    when the words changed, to none when they did not (punctuation).
     """
 
     def __init__(
@@ -27,6 +27,7 @@ class PretrainedTokenizer(Tokenizer):
         pad_id: int,
         size: int,
         prompt: str | None = None,
+        prefix: list[int] | None = None,
         start: Sequence[int] = (),
     ):
         self.tokenizer = tokenizer
@@ -34,7 +35,10 @@ class PretrainedTokenizer(Tokenizer):
         self.size = int(size)
         self.prompt = prompt or None
         prompt_ids = self._ids(" ".join(tokenize(prompt))) if self.prompt else []
-        self.prefix: list[int] = [*(int(i) for i in start), self.bos_id, *prompt_ids]
+        # a family's own prefix (image tokens, a chat template) is text before the words, as a prompt is
+        self.spaced = self.prompt is not None or prefix is not None
+        written = [*(int(i) for i in start), self.bos_id, *prompt_ids]
+        self.prefix: list[int] = [int(i) for i in prefix] if prefix is not None else written
 
     def __len__(self) -> int:
         return self.size
@@ -45,7 +49,7 @@ class PretrainedTokenizer(Tokenizer):
     def _text_of(self, words: list[str]) -> str:
         """The text the words are encoded from: a space before them after a prompt (byte-level BPE marks word starts
         with it; WordPiece ignores it)."""
-        return (" " if self.prompt else "") + " ".join(words)
+        return (" " if self.spaced else "") + " ".join(words)
 
     def encode(self, text: str, add_special: bool = True) -> list[int]:
         ids = self._ids(self._text_of(tokenize(text))) if tokenize(text) else []
