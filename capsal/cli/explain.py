@@ -25,7 +25,7 @@ from capsal.explainers.saliency import Saliency
 from capsal.explorer import ExplorerMaps, write_explorer
 from capsal.maxima import peak_frames, peak_location
 from capsal.types import Box, Caption, Sample
-from capsal.viz import overlay_figure, save_figure, save_png, to_numpy_image, video_panel
+from capsal.viz import page_paths, panel_figures, save_png, to_numpy_image, video_panel
 
 log = logging.getLogger("capsal")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -149,7 +149,7 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
     )
     summary["explorer"] = str(output_dir / "explorer.html")
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"capsal-explain: '{summary['sentence']}' -> {output_dir / 'saliency.png'}")
+    print(f"capsal-explain: '{summary['sentence']}' -> {', '.join(summary['figures'])}")
     print(f"capsal-explain: arrays {output_dir / 'saliency.npz'}, summary {output_dir / 'summary.json'}")
     print(f"capsal-explain: explorer {summary['explorer']} (open it in any browser, offline)")
     return summary
@@ -194,8 +194,10 @@ def _write_image(saliency: Saliency, given: ExplainInput, spans, caption, output
     image = to_numpy_image(given.pixels[0])
     labels = [label for _, _, label in spans]
     sentence, boxes = " ".join(saliency.words[0]), _boxes_for(caption, spans)
-    fig = overlay_figure(image, list(heats), labels, sentence, boxes)
-    save_figure(fig, output_dir / "saliency.png")
+    unit = "words" if all(e - s == 1 for s, e, _ in spans) else "phrases"
+    pages, _ = panel_figures(image, {saliency.explainer: list(heats)}, labels, sentence, boxes, unit)
+    paths = page_paths(output_dir / "saliency.png", len(pages))
+    figures = [save_png(page, path) for page, path in zip(pages, paths, strict=True)]
     h, w = saliency.layout.grid_size
     grids = rearrange(scaled.float().cpu(), "p (h w) -> p 1 h w", h=h, w=w).numpy()
     write_explorer(
@@ -218,6 +220,7 @@ def _write_image(saliency: Saliency, given: ExplainInput, spans, caption, output
     )
     return {
         "kind": "image",
+        "figures": [str(path) for path in figures],
         "grid": list(saliency.layout.grid_size),
         "panels": [
             {"span": [s, e], "text": label, "max_xy": list(peak_location(torch.as_tensor(h)))}
@@ -264,7 +267,8 @@ def _write_video(saliency: Saliency, given: ExplainInput, spans, output_dir: Pat
         if panel.points[k] is not None:
             entry["max_xy"] = list(panel.points[k])
         panels.append(entry)
-    return {"kind": "video", "frames": int(temporal.shape[1]), "panels": panels}
+    figures = [str(output_dir / "saliency.png")]
+    return {"kind": "video", "figures": figures, "frames": int(temporal.shape[1]), "panels": panels}
 
 
 def _frames(given: ExplainInput) -> np.ndarray:

@@ -63,6 +63,23 @@ def test_a_contrastive_explanation_labels_the_words_that_differ(image_checkpoint
     assert_picture(tmp_path / "saliency.png")
 
 
+def test_a_200_word_query_wraps_its_panels_into_rows_and_pages(image_checkpoint, tmp_path):
+    from capsal import viz
+
+    query = " ".join((["a", "big", "red", "circle", "and", "a", "small", "blue", "square", "and"] * 20)[:200])
+    words = query.split()
+    args = (f"ckpt_path={image_checkpoint}", "sample=val:0", f"query='{query}'")
+    summary = explain(compose_app("explain", tmp_path, *args))
+    assert summary["sentence"] == query and len(summary["panels"]) == 200
+    layout = viz.panel_layout(words, ["caption_guided"], (64, 64), query)
+    pages = viz.page_paths(tmp_path / "saliency.png", len(layout.sizes))
+    assert len(pages) > 1 and [Path(p) for p in summary["figures"]] == pages
+    assert [Image.open(page).size for page in pages] == layout.sizes
+    assert all(width <= 1600 and height <= 3500 for width, height in layout.sizes)
+    for page in pages:
+        assert_picture(page)
+
+
 def test_explain_a_video_sample_gives_temporal_and_spatial_maps(video_checkpoint, tmp_path):
     summary = explain(compose_app("explain", tmp_path, f"ckpt_path={video_checkpoint}", "sample=val:0"))
     arrays = np.load(tmp_path / "saliency.npz")
