@@ -72,7 +72,9 @@ def test_image_summary_figure_and_pointing_game_agree_on_the_centre(tmp_path, fi
     saliency = uniform_saliency(tiny_model(), frames=1)
     pixels = torch.randint(0, 256, (1, 3, height, width), dtype=torch.uint8)
     spans = word_spans(saliency)
-    summary = explain_cli._write_image(saliency, explain_cli.ExplainInput(pixels, "test"), spans, None, tmp_path)
+    summary = explain_cli._write_image(
+        {"uniform": saliency}, explain_cli.ExplainInput(pixels, "test"), spans, None, tmp_path
+    )
     maps = saliency.to_image_size(height, width, torch.stack([saliency.phrase(s, e)[0] for s, e, _ in spans]))
     assert torch.all(maps == maps[0, 0, 0])  # a constant map: every pixel ties
 
@@ -114,7 +116,7 @@ def test_video_summary_figure_and_temporal_pointing_agree_on_the_middle_frame(tm
     saliency = uniform_saliency(tiny_model(), frames=frames)
     pixels = torch.randint(0, 256, (frames, 3, height, width), dtype=torch.uint8)
     spans = word_spans(saliency)
-    summary = explain_cli._write_video(saliency, explain_cli.ExplainInput(pixels, "test"), spans, tmp_path)
+    summary = explain_cli._write_video({"uniform": saliency}, explain_cli.ExplainInput(pixels, "test"), spans, tmp_path)
     temporal = torch.stack([saliency.phrase(s, e)[0] for s, e, _ in spans])  # (P, T)
     assert torch.all(temporal == temporal[0, 0])  # every frame ties
     regions = torch.stack([saliency.phrase_regions(s, e)[0] for s, e, _ in spans])  # (P, T, r)
