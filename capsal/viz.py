@@ -571,12 +571,14 @@ def _rgb(color: str) -> tuple[float, float, float]:
     return tuple(float(c) for c in to_rgb(color))  # type: ignore[return-value]
 
 
-def stack_panels(panels: Sequence[np.ndarray], title: str = "") -> np.ndarray:
-    """Panels of one width stacked top to bottom under a title of up to two lines, as one uint8 array."""
+def stack_panels(panels: Sequence[np.ndarray], title: str = "", lines: int = 2) -> np.ndarray:
+    """Panels of one width stacked top to bottom under a title wrapped into up to ``lines`` lines, as one uint8
+    array."""
     from PIL import Image, ImageDraw
 
     width = max(p.shape[1] for p in panels)
-    header = FOOTER if title else 0
+    wrapped = _wrap(ImageDraw.Draw(Image.new("RGB", (1, 1))), title, _font(14), width - 2 * GAP, lines)
+    header = max(FOOTER, len(wrapped) * LINE + 2 * GAP) if title else 0
     height = header + sum(p.shape[0] for p in panels)
     canvas = np.full((height, width, 3), 255, np.uint8)
     top = header
@@ -587,7 +589,6 @@ def stack_panels(panels: Sequence[np.ndarray], title: str = "") -> np.ndarray:
         return canvas
     image = Image.fromarray(canvas)
     draw = ImageDraw.Draw(image)
-    font = _font(14)
-    text = "\n".join(_wrap(draw, title, font, width - 2 * GAP, 2))
-    draw.multiline_text((GAP, header / 2), text, fill="black", font=font, anchor="lm", spacing=2)
+    text = "\n".join(wrapped)
+    draw.multiline_text((GAP, header / 2), text, fill="black", font=_font(14), anchor="lm", spacing=2)
     return np.asarray(image).copy()

@@ -25,7 +25,15 @@ from capsal.explainers.saliency import Saliency
 from capsal.explorer import ExplorerMaps, write_explorer
 from capsal.maxima import peak_frames, peak_location
 from capsal.types import Box, Caption, Sample
-from capsal.viz import page_paths, panel_figures, save_png, stack_panels, to_numpy_image, video_panel
+from capsal.viz import (
+    SENTENCE_LINES,
+    page_paths,
+    panel_figures,
+    save_png,
+    stack_panels,
+    to_numpy_image,
+    video_panel,
+)
 
 log = logging.getLogger("capsal")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -248,22 +256,21 @@ def _by_explainer(arrays: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndar
 
 def _write_video(saliencies: dict[str, Saliency], given: ExplainInput, spans, output_dir: Path) -> dict[str, Any]:
     """Fig. 5 of the explained sentence (per panel the temporal strip and its most salient frame with the spatial
-    map over it; with several explainers one such panel each, stacked), the arrays and the summary (the first
+    map over it; a panel per explainer, stacked under the sentence, wrapped), the arrays and the summary (the first
     explainer's frames and maxima). Only the frames shown are converted, and spatial maps are upsampled for those
     frames only, so a clip of any size fits in memory."""
     frames = given.pixels  # uint8 (T, 3, H, W), the decoded size
     labels = [label for _, _, label in spans]
     sentence = " ".join(next(iter(saliencies.values())).words[0])
-    several = len(saliencies) > 1
     panels, maps, arrays = {}, {}, {}
     for name, saliency in saliencies.items():
         arrays[name], spatial = _video_arrays(saliency, spans, frames.shape[-2:])
         temporal = arrays[name]["temporal"]
         shown = {t: to_numpy_image(frames[t]) for t in set(peak_frames(torch.as_tensor(temporal)).tolist())}
-        panels[name] = video_panel(shown, temporal, labels, spatial, title=name if several else sentence)
+        panels[name] = video_panel(shown, temporal, labels, spatial, title=name)
         maps[name] = ExplorerMaps(arrays[name].get("regions"), temporal)
     images = [panel.image for panel in panels.values()]
-    save_png(stack_panels(images, sentence) if several else images[0], output_dir / "saliency.png")
+    save_png(stack_panels(images, sentence, SENTENCE_LINES), output_dir / "saliency.png")  # the sentence wrapped
     common = {"words": np.array(sentence.split()), "spans": np.array([(s, e) for s, e, _ in spans])}
     np.savez_compressed(output_dir / "saliency.npz", **common, **_by_explainer(arrays))
     write_explorer(output_dir / "explorer.html", _frames(given), labels, maps, None, sentence)
