@@ -132,3 +132,19 @@ def test_figure_pages_are_named_saliency_then_saliency_2(tmp_path):
         tmp_path / "saliency-2.png",
         tmp_path / "saliency-3.png",
     ]
+
+
+def text_lines(header: np.ndarray) -> int:
+    """How many lines of dark text an image strip holds: runs of pixel rows with a dark pixel."""
+    inked = (header.min(axis=(1, 2)) < 100).astype(int)
+    return int(np.count_nonzero(np.diff(inked, prepend=0) == 1))
+
+
+def test_a_video_figure_wraps_a_long_sentence_over_its_panels():
+    panel = np.full((60, viz.VIDEO_WIDTH, 3), 255, np.uint8)  # a blank Fig. 5 panel
+    short = viz.stack_panels([panel], "a red circle moves up", viz.SENTENCE_LINES)
+    long = viz.stack_panels([panel], " ".join(words_of(60)), viz.SENTENCE_LINES)
+    assert text_lines(short[: short.shape[0] - 60]) == 1
+    lines = text_lines(long[: long.shape[0] - 60])
+    assert lines >= 3  # 60 words in 600 pixels: every word shown, not cut after two lines
+    assert long.shape[0] - 60 >= lines * viz.LINE
