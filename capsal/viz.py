@@ -260,6 +260,149 @@ def mosaic_figure(
     return np.asarray(image).copy()
 
 
+# ---- capsal-explain's figure: word panels wrapped into rows, explainer blocks, pages ---------------------------------
+PANEL = 180  # pixels of the longer side of every capsal-explain panel, whatever the sentence's length
+FIGURE_WIDTH = 1600  # a figure is at most this wide: a row holds as many panels as fit
+PAGE_ROWS = 16  # rows of panels per PNG; a longer explanation continues in saliency-2.png, saliency-3.png, ...
+SENTENCE_LINES = 12  # the sentence on top wraps into at most this many lines (all of it is in summary.json)
+LINE = 18  # pixels per line of the sentence
+
+
+@dataclass(frozen=True)
+class PanelBox:
+    """Where one word's (or phrase's) panel of one explainer lies: ``page`` (0 = saliency.png) and its image's pixel
+    box ``(x0, y0, x1, y1)``, end exclusive."""
+
+    block: int
+    index: int
+    label: str
+    page: int
+    box: tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class PanelRow:
+    """One row of panels: explainer ``block``, panels ``first`` to ``stop`` (exclusive), on ``page`` at ``top``."""
+
+    block: int
+    first: int
+    stop: int
+    page: int
+    top: int
+
+
+@dataclass
+class PanelLayout:
+    """The layout of :func:`panel_figures`, computed before any pixel is drawn (tests read it)."""
+
+    columns: int  # panels per row
+    cell_hw: tuple[int, int]
+    sizes: list[tuple[int, int]]  # (width, height) of each page
+    header: int  # pixels above the first row of every page: the input and the sentence
+    sentence: list[str]  # the sentence's lines
+    rows: list[PanelRow]
+    panels: list[PanelBox]
+
+
+def panel_columns(cell_w: int, max_width: int = FIGURE_WIDTH) -> int:
+    """How many panels of ``cell_w`` pixels one row holds in a figure at most ``max_width`` wide."""
+    return max(1, (max_width - LEFT - GAP) // (cell_w + GAP))
+
+
+def panel_layout(
+    labels: Sequence[str],
+    blocks: Sequence[str],
+    image_hw: tuple[int, int],
+    sentence: str = "",
+    panel: int = PANEL,
+    max_width: int = FIGURE_WIDTH,
+    page_rows: int = PAGE_ROWS,
+) -> PanelLayout:
+    """Where :func:`panel_figures` draws each panel: every panel is ``panel`` pixels on its long side (the image's
+    aspect kept); each explainer's panels, in sentence order, wrap into rows of :func:`panel_columns`; the blocks
+    follow one another, and every ``page_rows`` rows start a new page, each page headed by the input and the sentence
+    (wrapped, at most :data:`SENTENCE_LINES` lines). So a page is at most ``max_width`` wide and ``header + page_rows``
+    rows high, whatever the sentence's length."""
+    from PIL import Image, ImageDraw
+
+    cell_h, cell_w = cell_shape(*image_hw, panel)
+    columns = panel_columns(cell_w, max_width)
+    shown = max(1, min(columns, len(labels)))
+    width = max(LEFT + GAP + shown * (cell_w + GAP), LEFT + 2 * GAP + cell_w + 360)
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = _wrap(draw, sentence, _font(14), width - LEFT - cell_w - 3 * GAP, SENTENCE_LINES) if sentence else []
+    header = max(HEADER + cell_h, len(lines) * LINE) + 2 * GAP
+    row_h = HEADER + cell_h + GAP
+    rows, panels = [], []
+    spans = [(b, k, min(k + columns, len(labels))) for b in range(len(blocks)) for k in range(0, len(labels), columns)]
+    for n, (block, first, stop) in enumerate(spans):
+        page, top = n // page_rows, header + (n % page_rows) * row_h
+        rows.append(PanelRow(block, first, stop, page, top))
+        for k in range(first, stop):
+            left = LEFT + GAP + (k - first) * (cell_w + GAP)
+            box = (left, top + HEADER, left + cell_w, top + HEADER + cell_h)
+            panels.append(PanelBox(block, k, labels[k], page, box))
+    pages = max(1, math.ceil(len(spans) / page_rows))
+    sizes = [(width, header + min(page_rows, len(spans) - p * page_rows) * row_h + GAP) for p in range(pages)]
+    return PanelLayout(columns, (cell_h, cell_w), sizes, header, lines, rows, panels)
+
+
+def panel_figures(
+    image: np.ndarray,
+    heats: Mapping[str, Sequence[np.ndarray]],
+    labels: Sequence[str],
+    sentence: str = "",
+    boxes: Sequence[Sequence[Box]] | None = None,
+    unit: str = "words",
+) -> tuple[list[np.ndarray], PanelLayout]:
+    """capsal-explain's figure, one uint8 ``(H, W, 3)`` array per page (:func:`panel_layout`): per explainer (the
+    keys of ``heats``, each ``(H, W)`` maps in [0, 1] at the image's size, one per label) a block of rows, each row
+    labelled with the explainer and its first and last ``unit``; per panel the map over the image (:func:`blend`),
+    its maximum marked and the label's ground-truth ``boxes`` in white, the label above it. Every page starts with the
+    input and the sentence, wrapped."""
+    from PIL import Image, ImageDraw
+
+    names = list(heats)
+    layout = panel_layout(labels, names, image.shape[:2], sentence)
+    (cell_h, cell_w), x0 = layout.cell_hw, LEFT + GAP
+    canvases = [np.ones((h, w, 3)) for w, h in layout.sizes]
+    for canvas in canvases:
+        canvas[HEADER + GAP : HEADER + GAP + cell_h, x0 : x0 + cell_w] = overlay_cell(image, None, layout.cell_hw)
+    for p in layout.panels:
+        heat = heats[names[p.block]][p.index]
+        point = peak_location(torch.as_tensor(heat))
+        cell = overlay_cell(image, heat, layout.cell_hw, point, boxes[p.index] if boxes else ())
+        left, top, right, bottom = p.box
+        canvases[p.page][top:bottom, left:right] = cell
+    pages = [Image.fromarray(to_uint8(canvas)) for canvas in canvases]
+    draws = [ImageDraw.Draw(page) for page in pages]
+    label_font, title_font, sentence_font, small = _font(12, bold=True), _font(13), _font(14), _font(11)
+    for k, draw in enumerate(draws):
+        page = f" ({k + 1}/{len(pages)})" if len(pages) > 1 else ""
+        draw.text((GAP, GAP + HEADER + cell_h / 2), f"input{page}", fill="black", font=label_font, anchor="lm")
+        draw.text((x0 + cell_w / 2, GAP + HEADER - 3), "input", fill="black", font=title_font, anchor="md")
+        for line, text in enumerate(layout.sentence):
+            draw.text((x0 + cell_w + 2 * GAP, GAP + line * LINE), text, fill="black", font=sentence_font)
+    for row in layout.rows:
+        draw, middle = draws[row.page], row.top + HEADER + cell_h / 2
+        if row.first == 0:  # a rule above each explainer's block
+            draw.line([(GAP, row.top), (layout.sizes[row.page][0] - GAP, row.top)], fill="#bbbbbb", width=1)
+        (name,) = _wrap(draw, names[row.block], label_font, LEFT - 2 * GAP, 1)
+        draw.text((GAP, middle - 2), name, fill="black", font=label_font, anchor="ld")
+        span = f"{unit} {row.first + 1}-{row.stop}" if row.stop - row.first > 1 else f"{unit[:-1]} {row.stop}"
+        draw.text((GAP, middle + 2), span, fill="black", font=small, anchor="la")
+    for p in layout.panels:
+        (text,) = _wrap(draws[p.page], p.label, title_font, cell_w, 1)
+        draws[p.page].text(((p.box[0] + p.box[2]) / 2, p.box[1] - 3), text, fill="black", font=title_font, anchor="md")
+    return [np.asarray(page).copy() for page in pages], layout
+
+
+def page_paths(path: str | Path, pages: int) -> list[Path]:
+    """``saliency.png``, then ``saliency-2.png``, ``saliency-3.png``... for the further pages of one figure."""
+    path = Path(path)
+    return [path] + [path.with_name(f"{path.stem}-{k}{path.suffix}") for k in range(2, pages + 1)]
+
+
 def save_png(array: np.ndarray, path: str | Path) -> Path:
     """Write an ``(H, W, 3)`` uint8 array as a PNG (parent folders created)."""
     from PIL import Image
@@ -434,12 +577,14 @@ def _rgb(color: str) -> tuple[float, float, float]:
     return tuple(float(c) for c in to_rgb(color))  # type: ignore[return-value]
 
 
-def stack_panels(panels: Sequence[np.ndarray], title: str = "") -> np.ndarray:
-    """Panels of one width stacked top to bottom under a title of up to two lines, as one uint8 array."""
+def stack_panels(panels: Sequence[np.ndarray], title: str = "", lines: int = 2) -> np.ndarray:
+    """Panels of one width stacked top to bottom under a title wrapped into up to ``lines`` lines, as one uint8
+    array."""
     from PIL import Image, ImageDraw
 
     width = max(p.shape[1] for p in panels)
-    header = FOOTER if title else 0
+    wrapped = _wrap(ImageDraw.Draw(Image.new("RGB", (1, 1))), title, _font(14), width - 2 * GAP, lines)
+    header = max(FOOTER, len(wrapped) * LINE + 2 * GAP) if title else 0
     height = header + sum(p.shape[0] for p in panels)
     canvas = np.full((height, width, 3), 255, np.uint8)
     top = header
@@ -450,7 +595,6 @@ def stack_panels(panels: Sequence[np.ndarray], title: str = "") -> np.ndarray:
         return canvas
     image = Image.fromarray(canvas)
     draw = ImageDraw.Draw(image)
-    font = _font(14)
-    text = "\n".join(_wrap(draw, title, font, width - 2 * GAP, 2))
-    draw.multiline_text((GAP, header / 2), text, fill="black", font=font, anchor="lm", spacing=2)
+    text = "\n".join(wrapped)
+    draw.multiline_text((GAP, header / 2), text, fill="black", font=_font(14), anchor="lm", spacing=2)
     return np.asarray(image).copy()

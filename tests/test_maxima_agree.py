@@ -3,6 +3,7 @@ points at the centre pixel and a flat temporal saliency at the middle frame, eve
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
@@ -37,22 +38,29 @@ def word_spans(saliency) -> list[tuple[int, int, str]]:
 
 @pytest.fixture
 def figures(monkeypatch):
-    """The figures capsal-explain saves, still as matplotlib figures (they are written to disk too)."""
-    saved: list[Figure] = []
-    save = explain_cli.save_figure
+    """The pages and layout of the figure capsal-explain saves (they are written to disk too)."""
+    drawn: list = []
+    draw = explain_cli.panel_figures
 
-    def keep(fig, path, *args, **kwargs):
-        saved.append(fig)
-        return save(fig, path, *args, **kwargs)
+    def keep(*args, **kwargs):
+        drawn.append(draw(*args, **kwargs))
+        return drawn[-1]
 
-    monkeypatch.setattr(explain_cli, "save_figure", keep)
-    return saved
+    monkeypatch.setattr(explain_cli, "panel_figures", keep)
+    return drawn
 
 
 def star_position(ax) -> tuple[float, float]:
     (star,) = [line for line in ax.get_lines() if line.get_marker() == "*"]
     xs, ys = star.get_data()
     return float(xs[0]), float(ys[0])
+
+
+def marker_centre(page: np.ndarray, box: tuple[int, int, int, int]) -> tuple[float, float]:
+    """The centre of the white plus drawn inside a panel's pixel box, in panel pixels."""
+    left, top, right, bottom = box
+    ys, xs = np.nonzero((page[top:bottom, left:right] == 255).all(axis=-1))
+    return (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2
 
 
 # Image sizes are power-of-two multiples of the 2 x 2 grid: bilinear upsampling of a constant is then exactly constant
@@ -64,16 +72,21 @@ def test_image_summary_figure_and_pointing_game_agree_on_the_centre(tmp_path, fi
     saliency = uniform_saliency(tiny_model(), frames=1)
     pixels = torch.randint(0, 256, (1, 3, height, width), dtype=torch.uint8)
     spans = word_spans(saliency)
-    summary = explain_cli._write_image(saliency, explain_cli.ExplainInput(pixels, "test"), spans, None, tmp_path)
+    summary = explain_cli._write_image(
+        {"uniform": saliency}, explain_cli.ExplainInput(pixels, "test"), spans, None, tmp_path
+    )
     maps = saliency.to_image_size(height, width, torch.stack([saliency.phrase(s, e)[0] for s, e, _ in spans]))
     assert torch.all(maps == maps[0, 0, 0])  # a constant map: every pixel ties
 
     # the JSON summary
     assert [tuple(panel["max_xy"]) for panel in summary["panels"]] == [centre] * len(spans)
-    # the figure capsal-explain saved: one star per panel, after the input image
-    (fig,) = figures
-    panels = fig.axes[1 : 1 + len(spans)]
-    assert [star_position(ax) for ax in panels] == [centre] * len(spans)
+    # the figure capsal-explain saved: per panel a white plus on the centre pixel, scaled to the panel's size
+    ((pages, layout),) = figures
+    cell_h, cell_w = layout.cell_hw
+    x, y = centre
+    expected = ((x + 0.5) * cell_w / width - 0.5, (y + 0.5) * cell_h / height - 0.5)
+    for panel in layout.panels:
+        assert marker_centre(pages[panel.page], panel.box) == pytest.approx(expected, abs=0.5)
     # viz.draw_overlay on its own, with the numpy heat
     ax = Figure().subplots()
     viz.draw_overlay(ax, viz.to_numpy_image(pixels[0]), maps[0].numpy())
@@ -103,7 +116,7 @@ def test_video_summary_figure_and_temporal_pointing_agree_on_the_middle_frame(tm
     saliency = uniform_saliency(tiny_model(), frames=frames)
     pixels = torch.randint(0, 256, (frames, 3, height, width), dtype=torch.uint8)
     spans = word_spans(saliency)
-    summary = explain_cli._write_video(saliency, explain_cli.ExplainInput(pixels, "test"), spans, tmp_path)
+    summary = explain_cli._write_video({"uniform": saliency}, explain_cli.ExplainInput(pixels, "test"), spans, tmp_path)
     temporal = torch.stack([saliency.phrase(s, e)[0] for s, e, _ in spans])  # (P, T)
     assert torch.all(temporal == temporal[0, 0])  # every frame ties
     regions = torch.stack([saliency.phrase_regions(s, e)[0] for s, e, _ in spans])  # (P, T, r)

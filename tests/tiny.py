@@ -188,10 +188,13 @@ def _wordpiece_file(folder: Path) -> Path:
     return path
 
 
-def save_tiny_hf(folder: Path, family: str = "vit_gpt2", seed: int = 0, image_size: int = 32, width: int = 32) -> Path:
+def save_tiny_hf(
+    folder: Path, family: str = "vit_gpt2", seed: int = 0, image_size: int = 32, width: int = 32, positions: int = 64
+) -> Path:
     """A tiny random captioner of ``family`` (``HF_FAMILIES``, or ``swin_gpt2``) saved with ``save_pretrained``
     (model, tokenizer, image processor) into ``folder``: ``image_size`` pixels square, 8 x 8 patches (a 4 x 4 grid at
-    32), ``width`` wide, two layers. The GPT-2 ones pad with eos, as ``nlpconnect/vit-gpt2-image-captioning`` does."""
+    32), ``width`` wide, two layers, sentences of up to ``positions`` tokens. The GPT-2 ones pad with eos, as
+    ``nlpconnect/vit-gpt2-image-captioning`` does."""
     import torch
     import transformers as tf
 
@@ -204,7 +207,7 @@ def save_tiny_hf(folder: Path, family: str = "vit_gpt2", seed: int = 0, image_si
     if family == "git":  # CLIP's tower and processor (shortest edge, centre crop), as microsoft/git-base
         tokenizer = tf.BertTokenizer(vocab=str(_wordpiece_file(folder)), do_lower_case=True)
         ids = tokenizer.convert_tokens_to_ids
-        text = {**layers, "vocab_size": len(tokenizer), "max_position_embeddings": 64, "pad_token_id": 0}
+        text = {**layers, "vocab_size": len(tokenizer), "max_position_embeddings": positions, "pad_token_id": 0}
         text.update(bos_token_id=ids("[CLS]"), eos_token_id=ids("[SEP]"))
         model = tf.GitForCausalLM(tf.GitConfig(vision_config=vision, **text))
         processor = tf.CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=size)
@@ -213,7 +216,7 @@ def save_tiny_hf(folder: Path, family: str = "vit_gpt2", seed: int = 0, image_si
         tokenizer = tf.GPT2Tokenizer(vocab=str(vocab_file), merges=str(merges_file), pad_token="<pad>")
         tokenizer.add_tokens(["<image>"], special_tokens=True)
         opt = {"hidden_size": width, "num_hidden_layers": 2, "num_attention_heads": 4, "ffn_dim": 2 * width}
-        opt.update(vocab_size=len(tokenizer), max_position_embeddings=64, word_embed_proj_dim=width)
+        opt.update(vocab_size=len(tokenizer), max_position_embeddings=positions, word_embed_proj_dim=width)
         opt.update(bos_token_id=0, eos_token_id=0, pad_token_id=tokenizer.pad_token_id)
         qformer = {**layers, "encoder_hidden_size": width, "vocab_size": len(tokenizer)}
         config = tf.Blip2Config(vision_config=vision, qformer_config=qformer, text_config=tf.OPTConfig(**opt))
@@ -251,23 +254,22 @@ def save_tiny_hf(folder: Path, family: str = "vit_gpt2", seed: int = 0, image_si
     elif family == "blip":
         tokenizer = tf.BertTokenizer(vocab=str(_wordpiece_file(folder)), do_lower_case=True)
         ids = tokenizer.convert_tokens_to_ids
-        text = {**layers, "vocab_size": len(tokenizer), "max_position_embeddings": 64, "pad_token_id": 0}
+        text = {**layers, "vocab_size": len(tokenizer), "max_position_embeddings": positions, "pad_token_id": 0}
         text.update(bos_token_id=ids("[DEC]"), sep_token_id=ids("[SEP]"), eos_token_id=ids("[SEP]"))
         model = tf.BlipForConditionalGeneration(tf.BlipConfig(text_config=text, vision_config=vision))
         processor = tf.BlipImageProcessor(size=size)
     elif family == "deit_bert":
         tokenizer = tf.BertTokenizer(vocab=str(_wordpiece_file(folder)), do_lower_case=True)
         ids = tokenizer.convert_tokens_to_ids
-        decoder = tf.BertConfig(**layers, vocab_size=len(tokenizer), max_position_embeddings=64, pad_token_id=0)
+        decoder = tf.BertConfig(**layers, vocab_size=len(tokenizer), max_position_embeddings=positions, pad_token_id=0)
         config = tf.VisionEncoderDecoderConfig.from_encoder_decoder_configs(tf.DeiTConfig(**vision), decoder)
         config.decoder_start_token_id, config.eos_token_id, config.pad_token_id = ids("[CLS]"), ids("[SEP]"), 0
         model = tf.VisionEncoderDecoderModel(config)
     elif family in ("vit_gpt2", "swin_gpt2"):
         vocab_file, merges_file = _bpe_files(folder)
         tokenizer = tf.GPT2Tokenizer(vocab=str(vocab_file), merges=str(merges_file))
-        decoder = tf.GPT2Config(
-            vocab_size=len(tokenizer), n_embd=width, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0
-        )
+        gpt2 = {"n_embd": width, "n_layer": 2, "n_head": 4, "n_positions": positions, "bos_token_id": 0}
+        decoder = tf.GPT2Config(vocab_size=len(tokenizer), eos_token_id=0, **gpt2)
         # Swin: 4 x 4 patches, one patch merging: the same 4 x 4 output grid at 32 pixels, as wide as the decoder
         swin = {"embed_dim": width // 2, "depths": [1, 1], "num_heads": [2, 2], "window_size": 2}
         encoder = tf.ViTConfig(**vision) if family == "vit_gpt2" else tf.SwinConfig(image_size=image_size, **swin)

@@ -25,7 +25,15 @@ from capsal.explainers.saliency import Saliency
 from capsal.explorer import saliency_maps, write_explorer
 from capsal.maxima import peak_frames, peak_location
 from capsal.types import Box, Caption, Sample
-from capsal.viz import overlay_figure, save_figure, save_png, to_numpy_image, video_panel
+from capsal.viz import (
+    SENTENCE_LINES,
+    page_paths,
+    panel_figures,
+    save_png,
+    stack_panels,
+    to_numpy_image,
+    video_panel,
+)
 
 log = logging.getLogger("capsal")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -110,9 +118,10 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
     phrases = parse_phrases(cfg.phrases)
     device = resolve_device(cfg.device)
     options = OmegaConf.to_container(cfg.explainer_options, resolve=True) or {}
-    explainer = build_explainers([cfg.explainer], options)[cfg.explainer]
+    explainers = build_explainers(list(cfg.explainers or [cfg.explainer]), options)
     contrast = query_text(cfg.contrast, "contrast")
-    explainer.check_contrast(contrast)
+    for explainer in explainers.values():
+        explainer.check_contrast(contrast)
     model = load_model(cfg, device)
     given = load_input(cfg, model)
     query, caption = choose_sentence(cfg, given)
@@ -122,26 +131,34 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
         grid = cached[None].float().to(device) if cached is not None else model.features(pixels)
         items = model.items(grid)
     sample_ids = [given.sample.sample_id] if given.sample is not None else None
-    saliency = explainer.explain(model, items, grid=grid, tokens=query, sample_ids=sample_ids, contrast=contrast)
-    if not saliency.words[0]:
-        raise UserError(
-            f"the model produced no words for {given.source}: its own caption is empty (it emitted <eos> first), "
-            "so there is nothing to explain; pass query='<a sentence>' to explain a sentence of your own"
+    saliencies: dict[str, Saliency] = {}
+    tokens = query
+    for name, explainer in explainers.items():
+        saliencies[name] = explainer.explain(
+            model, items, grid=grid, tokens=tokens, sample_ids=sample_ids, contrast=contrast
         )
+        saliency = saliencies[next(iter(saliencies))]
+        if not saliency.words[0]:
+            raise UserError(
+                f"the model produced no words for {given.source}: its own caption is empty (it emitted <eos> first),"
+                " so there is nothing to explain; pass query='<a sentence>' to explain a sentence of your own"
+            )
+        tokens = query if query is not None else " ".join(saliency.words[0])  # the model's own caption once
     foil = saliency.foil_words[0] if saliency.foil_words else None
     spans = phrase_spans(phrases, caption, saliency.words[0], foil)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if saliency.layout.is_video:
-        summary = _write_video(saliency, given, spans, output_dir)
+        summary = _write_video(saliencies, given, spans, output_dir)
     else:
-        summary = _write_image(saliency, given, spans, caption, output_dir)
+        summary = _write_image(saliencies, given, spans, caption, output_dir)
     summary.update(
         {
             "checkpoint": model_source(cfg),
             "input": given.source,
             "explainer": saliency.explainer,
-            "explainer_options": repr(explainer),
+            "explainer_options": repr(explainers[saliency.explainer]),
+            "explainers": list(saliencies),
             "sentence": " ".join(saliency.words[0]),
             "contrast": " ".join(foil) if foil else None,
             "unknown_words": model.vocab.unknown_words(query) if query else [],
@@ -149,7 +166,7 @@ def explain(cfg: DictConfig) -> dict[str, Any]:
     )
     summary["explorer"] = str(output_dir / "explorer.html")
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"capsal-explain: '{summary['sentence']}' -> {output_dir / 'saliency.png'}")
+    print(f"capsal-explain: '{summary['sentence']}' -> {', '.join(summary['figures'])}")
     print(f"capsal-explain: arrays {output_dir / 'saliency.npz'}, summary {output_dir / 'summary.json'}")
     print(f"capsal-explain: explorer {summary['explorer']} (open it in any browser, offline)")
     return summary
@@ -187,76 +204,99 @@ def _boxes_for(caption: Caption | None, spans) -> list[list[Box]] | None:
     return [list(by_span.get((s, e), [])) for s, e, _ in spans]
 
 
-def _write_image(saliency: Saliency, given: ExplainInput, spans, caption, output_dir: Path) -> dict[str, Any]:
+def _write_image(
+    saliencies: dict[str, Saliency], given: ExplainInput, spans, caption, output_dir: Path
+) -> dict[str, Any]:
+    """The figure (a block of panels per explainer, :func:`capsal.viz.panel_figures`), the explorer, the arrays and
+    the summary of an image; the summary's maxima are the first explainer's."""
     height, width = given.pixels.shape[-2:]
-    scaled = torch.stack([saliency.phrase(s, e)[0] for s, e, _ in spans])
-    heats = saliency.to_image_size(height, width, scaled).cpu().numpy()
     image = to_numpy_image(given.pixels[0])
     labels = [label for _, _, label in spans]
-    sentence, boxes = " ".join(saliency.words[0]), _boxes_for(caption, spans)
-    fig = overlay_figure(image, list(heats), labels, sentence, boxes)
-    save_figure(fig, output_dir / "saliency.png")
-    maps = saliency_maps(saliency, 0, [(s, e) for s, e, _ in spans])
-    write_explorer(output_dir / "explorer.html", _frames(given), labels, {saliency.explainer: maps}, boxes, sentence)
-    n = len(saliency.words[0])  # one row per word
-    np.savez_compressed(
-        output_dir / "saliency.npz",
-        words=np.array(saliency.words[0]),
-        scores=saliency.scores[0, :n].cpu().numpy(),
-        e=saliency.e[0, :n].cpu().numpy(),
-        losses=saliency.losses[0, :n].cpu().numpy() if saliency.losses is not None else np.array([]),
-        spans=np.array([(s, e) for s, e, _ in spans]),
-        maps=heats,
-    )
+    first = next(iter(saliencies.values()))
+    sentence, boxes = " ".join(first.words[0]), _boxes_for(caption, spans)
+    heats, maps, arrays = {}, {}, {}
+    for name, saliency in saliencies.items():
+        scaled = torch.stack([saliency.phrase(s, e)[0] for s, e, _ in spans])
+        heats[name] = saliency.to_image_size(height, width, scaled).cpu().numpy()
+        maps[name] = saliency_maps(saliency, 0, [(s, e) for s, e, _ in spans])
+        n = len(saliency.words[0])  # one row per word
+        arrays[name] = {
+            "scores": saliency.scores[0, :n].cpu().numpy(),
+            "e": saliency.e[0, :n].cpu().numpy(),
+            "losses": saliency.losses[0, :n].cpu().numpy() if saliency.losses is not None else np.array([]),
+            "maps": heats[name],
+        }
+    unit = "words" if all(e - s == 1 for s, e, _ in spans) else "phrases"
+    pages, _ = panel_figures(image, {name: list(h) for name, h in heats.items()}, labels, sentence, boxes, unit)
+    paths = page_paths(output_dir / "saliency.png", len(pages))
+    figures = [save_png(page, path) for page, path in zip(pages, paths, strict=True)]
+    write_explorer(output_dir / "explorer.html", _frames(given), labels, maps, boxes, sentence)
+    common = {"words": np.array(first.words[0]), "spans": np.array([(s, e) for s, e, _ in spans])}
+    np.savez_compressed(output_dir / "saliency.npz", **common, **_by_explainer(arrays))
     return {
         "kind": "image",
-        "grid": list(saliency.layout.grid_size),
+        "figures": [str(path) for path in figures],
+        "grid": list(first.layout.grid_size),
         "panels": [
             {"span": [s, e], "text": label, "max_xy": list(peak_location(torch.as_tensor(h)))}
-            for (s, e, label), h in zip(spans, heats, strict=True)
+            for (s, e, label), h in zip(spans, heats[first.explainer], strict=True)
         ],
     }
 
 
-def _write_video(saliency: Saliency, given: ExplainInput, spans, output_dir: Path) -> dict[str, Any]:
+def _by_explainer(arrays: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """``saliency.npz``'s per-explainer arrays: the first explainer's under their own names (``maps``), each further
+    explainer's with its name after them (``maps_gradient``)."""
+    first = next(iter(arrays))
+    return {
+        key if name == first else f"{key}_{name}": value for name, own in arrays.items() for key, value in own.items()
+    }
+
+
+def _write_video(saliencies: dict[str, Saliency], given: ExplainInput, spans, output_dir: Path) -> dict[str, Any]:
     """Fig. 5 of the explained sentence (per panel the temporal strip and its most salient frame with the spatial
-    map over it), the arrays and the summary. Only the frames shown are converted, and spatial maps are upsampled
-    for those frames only, so a clip of any size fits in memory."""
+    map over it; a panel per explainer, stacked under the sentence, wrapped), the arrays and the summary (the first
+    explainer's frames and maxima). Only the frames shown are converted, and spatial maps are upsampled for those
+    frames only, so a clip of any size fits in memory."""
     frames = given.pixels  # uint8 (T, 3, H, W), the decoded size
-    height, width = frames.shape[-2:]
-    temporal = torch.stack([saliency.phrase(s, e)[0] for s, e, _ in spans]).float().cpu()  # (P, T)
-    best = peak_frames(temporal).tolist()
-    arrays = {"words": np.array(saliency.words[0]), "temporal": temporal.numpy()}
-    arrays["spans"] = np.array([(s, e) for s, e, _ in spans])
-    spatial = None
-    if saliency.region_scores is not None:
-        regions = torch.stack([saliency.phrase_regions(s, e)[0] for s, e, _ in spans]).float().cpu()  # (P, T, r)
-        h, w = saliency.layout.grid_size
-        arrays["regions"] = rearrange(regions, "p t (h w) -> p t h w", h=h, w=w).numpy()
-        at_best = regions[torch.arange(len(spans)), torch.tensor(best)]  # (P, r): each panel's most salient frame
-        spatial = saliency.to_image_size(height, width, at_best).numpy()  # (P, H, W)
-        arrays["spatial"] = spatial
-    shown = {t: to_numpy_image(frames[t]) for t in set(best)}
     labels = [label for _, _, label in spans]
-    panel = video_panel(shown, temporal.numpy(), labels, spatial, title=" ".join(saliency.words[0]))
-    save_png(panel.image, output_dir / "saliency.png")
-    np.savez_compressed(output_dir / "saliency.npz", **arrays)
-    maps = saliency_maps(saliency, 0, [(s, e) for s, e, _ in spans])
-    write_explorer(
-        output_dir / "explorer.html",
-        _frames(given),
-        labels,
-        {saliency.explainer: maps},
-        None,
-        " ".join(saliency.words[0]),
-    )
-    panels = []
+    sentence = " ".join(next(iter(saliencies.values())).words[0])
+    panels, maps, arrays = {}, {}, {}
+    for name, saliency in saliencies.items():
+        arrays[name], spatial = _video_arrays(saliency, spans, frames.shape[-2:])
+        temporal = arrays[name]["temporal"]
+        shown = {t: to_numpy_image(frames[t]) for t in set(peak_frames(torch.as_tensor(temporal)).tolist())}
+        panels[name] = video_panel(shown, temporal, labels, spatial, title=name)
+        maps[name] = saliency_maps(saliency, 0, [(s, e) for s, e, _ in spans])
+    images = [panel.image for panel in panels.values()]
+    save_png(stack_panels(images, sentence, SENTENCE_LINES), output_dir / "saliency.png")  # the sentence wrapped
+    common = {"words": np.array(sentence.split()), "spans": np.array([(s, e) for s, e, _ in spans])}
+    np.savez_compressed(output_dir / "saliency.npz", **common, **_by_explainer(arrays))
+    write_explorer(output_dir / "explorer.html", _frames(given), labels, maps, None, sentence)
+    panel, entries = next(iter(panels.values())), []
     for k, (s, e, label) in enumerate(spans):
-        entry = {"span": [s, e], "text": label, "best_frame": best[k]}
+        entry = {"span": [s, e], "text": label, "best_frame": panel.frames[k]}
         if panel.points[k] is not None:
             entry["max_xy"] = list(panel.points[k])
-        panels.append(entry)
-    return {"kind": "video", "frames": int(temporal.shape[1]), "panels": panels}
+        entries.append(entry)
+    frames_n = int(next(iter(arrays.values()))["temporal"].shape[1])
+    return {"kind": "video", "figures": [str(output_dir / "saliency.png")], "frames": frames_n, "panels": entries}
+
+
+def _video_arrays(saliency: Saliency, spans, size) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """One explainer's video arrays: ``temporal`` (panels x frames) and, with spatial maps, ``regions`` (panels x
+    frames x grid) and ``spatial`` (each panel's map in its most salient frame at ``size``, also returned)."""
+    temporal = torch.stack([saliency.phrase(s, e)[0] for s, e, _ in spans]).float().cpu()  # (P, T)
+    arrays = {"temporal": temporal.numpy()}
+    if saliency.region_scores is None:
+        return arrays, None
+    best = peak_frames(temporal)
+    regions = torch.stack([saliency.phrase_regions(s, e)[0] for s, e, _ in spans]).float().cpu()  # (P, T, r)
+    h, w = saliency.layout.grid_size
+    arrays["regions"] = rearrange(regions, "p t (h w) -> p t h w", h=h, w=w).numpy()
+    at_best = regions[torch.arange(len(spans)), best]  # (P, r): each panel's most salient frame
+    arrays["spatial"] = saliency.to_image_size(*size, at_best).numpy()  # (P, H, W)
+    return arrays, arrays["spatial"]
 
 
 def _frames(given: ExplainInput) -> np.ndarray:

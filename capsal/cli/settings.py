@@ -89,6 +89,7 @@ class ExplainSettings:
     input: str | None = None
     sample: SampleRef | None = None
     explainer: ExplainerName = "caption_guided"
+    explainers: NamesFrom(registry.available_explainers, non_empty=True) | None = None  # type: ignore[valid-type]
     query: str | None = None
     contrast: str | None = None
     reference: bool = False

@@ -63,6 +63,54 @@ def test_a_contrastive_explanation_labels_the_words_that_differ(image_checkpoint
     assert_picture(tmp_path / "saliency.png")
 
 
+def test_a_200_word_query_wraps_its_panels_into_rows_and_pages(image_checkpoint, tmp_path):
+    from capsal import viz
+
+    query = " ".join((["a", "big", "red", "circle", "and", "a", "small", "blue", "square", "and"] * 20)[:200])
+    words = query.split()
+    args = (f"ckpt_path={image_checkpoint}", "sample=val:0", f"query='{query}'")
+    summary = explain(compose_app("explain", tmp_path, *args))
+    assert summary["sentence"] == query and len(summary["panels"]) == 200
+    layout = viz.panel_layout(words, ["caption_guided"], (64, 64), query)
+    pages = viz.page_paths(tmp_path / "saliency.png", len(layout.sizes))
+    assert len(pages) > 1 and [Path(p) for p in summary["figures"]] == pages
+    assert [Image.open(page).size for page in pages] == layout.sizes
+    assert all(width <= 1600 and height <= 3500 for width, height in layout.sizes)
+    for page in pages:
+        assert_picture(page)
+
+
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_several_explainers_share_one_figure_one_explorer_and_the_arrays(
+    image_checkpoint, video_checkpoint, kind, tmp_path
+):
+    from capsal import viz
+
+    checkpoint = image_checkpoint if kind == "image" else video_checkpoint
+    args = (f"ckpt_path={checkpoint}", "sample=val:0", "explainers=[caption_guided,uniform]")
+    summary = explain(compose_app("explain", tmp_path, *args))
+    single = explain(compose_app("explain", tmp_path / "single", f"ckpt_path={checkpoint}", "sample=val:0"))
+    assert summary["explainers"] == ["caption_guided", "uniform"] and summary["explainer"] == "caption_guided"
+    assert summary["sentence"] == single["sentence"]  # the model's caption, explained by both
+    assert summary["panels"] == single["panels"]  # the summary's maxima: the first explainer's
+    arrays, alone = np.load(tmp_path / "saliency.npz"), np.load(tmp_path / "single" / "saliency.npz")
+    maps = "maps" if kind == "image" else "temporal"
+    np.testing.assert_allclose(arrays[maps], alone[maps], atol=1e-6)  # the first explainer under the usual name
+    uniform = arrays[f"{maps}_uniform"]  # the second under its name: flat, every item as salient
+    assert uniform.shape == arrays[maps].shape and np.ptp(uniform, axis=tuple(range(1, uniform.ndim))).max() < 1e-6
+    page = explorer_data(tmp_path, summary)["samples"][0]
+    assert [e["name"] for e in page["explainers"]] == ["caption_guided", "uniform"]
+    figure = Image.open(tmp_path / "saliency.png")
+    words = summary["sentence"].split()
+    if kind == "image":  # a block of rows per explainer
+        layout = viz.panel_layout(words, summary["explainers"], (64, 64), summary["sentence"])
+        rows = -(-len(words) // layout.columns)  # ceil
+        assert figure.size == layout.sizes[0] and [r.block for r in layout.rows] == [0] * rows + [1] * rows
+    else:  # a Fig. 5 panel per explainer, stacked
+        added = figure.height - Image.open(tmp_path / "single" / "saliency.png").height
+        assert added >= len(words) * viz.STRIP_ROW + viz.FRAME_CELL  # the second explainer's strip and frames
+
+
 def test_explain_a_video_sample_gives_temporal_and_spatial_maps(video_checkpoint, tmp_path):
     summary = explain(compose_app("explain", tmp_path, f"ckpt_path={video_checkpoint}", "sample=val:0"))
     arrays = np.load(tmp_path / "saliency.npz")

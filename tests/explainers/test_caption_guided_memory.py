@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
+from tiny import HF_WORDS, compose_train, save_tiny_hf
 
 from capsal.explainers import build_explainer
-from capsal.explainers.chunking import run_in_chunks
+from capsal.explainers.chunking import peak_bytes, run_in_chunks
 from capsal.models.protocol import OPTIONAL, check_protocol, max_sentence_tokens
 from capsal.models.s2vt import S2VT
 from capsal.models.soft_attention import SoftAttention
@@ -233,3 +235,43 @@ def test_a_cache_filled_by_the_first_probe_counts_as_fixed_not_as_a_negative_slo
     assert info["cost"].per_input_bytes == pytest.approx(4_000, rel=0.01)
     assert info["cost"].fixed_bytes >= 400_000  # the cache stays allocated while the other chunks run
     assert info["chunk"] == (2**20 - info["cost"].fixed_bytes) // info["cost"].per_input_bytes
+
+
+@pytest.mark.parametrize("keep", ["input", "prefix"])
+def test_a_vlms_150_word_description_is_explained_exactly_in_chunks_under_the_budget(tmp_path, keep):
+    """A VLM-style description (GIT: image tokens before the text) of 150 words, 163 tokens: a small budget splits
+    the 16 single-patch passes into chunks whose measured peak stays under it, and gives the one pass's maps."""
+    folder = save_tiny_hf(tmp_path / "git", "git", positions=256)
+    cfg = compose_train("model=hf_captioner", f"model.name_or_path={folder}", f"model.keep={keep}")
+    model = instantiate(cfg.model).double().eval()
+    sentence = " ".join(HF_WORDS[k % len(HF_WORDS)] for k in range(150))
+    pixels = torch.rand(1, 1, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        grid = model.features(pixels)
+    items = model.items(grid)
+    sizes: list[int] = []
+    encode = model.encode
+
+    def recorded(singles, mask=None, positions=None):
+        sizes.append(singles.shape[0])
+        return encode(singles, mask, positions)
+
+    model.encode = recorded
+    results = {}
+    for budget in (1024.0, 8.0):
+        explainer = build_explainer("caption_guided", memory_budget_mb=budget)
+        sizes.clear()
+        saliency, peak, _ = peak_bytes(lambda e=explainer: e.explain(model, items, grid=grid, tokens=sentence), CPU)
+        results[budget] = (saliency, peak / 2**20, list(sizes), explainer.last_chunking)
+    (whole, whole_peak, whole_sizes, _), (chunked, peak, chunk_sizes, info) = results[1024.0], results[8.0]
+    print(f"peak {peak:.2f} MiB under 8 MB ({chunk_sizes}), {whole_peak:.2f} MiB in one pass")
+    assert whole.words[0] == sentence.split() and whole_sizes == [1, 2, 13]  # the probes, then one pass
+    # the small budget: chunks of the size its measured cost allows, all 16 inputs once, the peak within the budget
+    chunk = info["chunk"]
+    assert 1 < chunk < 13 and info["cost"].fixed_bytes + chunk * info["cost"].per_input_bytes <= 8.0 * 2**20
+    assert chunk_sizes[:2] == [1, 2] and set(chunk_sizes[2:-1]) == {chunk} and 0 < chunk_sizes[-1] <= chunk
+    assert sum(chunk_sizes) == 16
+    assert peak <= 8.0 < whole_peak, (peak, whole_peak)
+    # the chunked path is exact: the same losses and maps
+    torch.testing.assert_close(chunked.losses, whole.losses, atol=1e-10, rtol=0)
+    torch.testing.assert_close(chunked.e, whole.e, atol=1e-10, rtol=0)
