@@ -165,27 +165,44 @@ def measured_peak(fn: Callable[[], object], device: torch.device) -> float:
 
 def subprocess_peak(n_words: int) -> float:
     """Peak bytes of a fresh explainer's call on CPU, measured apart from the explainer in a new process of this
-    script (same arguments): the growth of its peak resident size. glibc is told to map every block >= 64 KiB on
-    its own, so freed blocks leave the resident size and it follows the live memory."""
-    argv = [*sys.argv[1:], "--peak-of", str(n_words)]
+    script (same arguments): :func:`script_peak`."""
+    return script_peak(__file__, [*sys.argv[1:], "--peak-of", str(n_words)])
+
+
+def script_peak(script: str, argv: list[str]) -> float:
+    """Bytes: the last line of ``script argv`` (MiB, :func:`peak_growth`) run in a new process. glibc is told to map
+    every block >= 64 KiB on its own, so freed blocks leave the resident size and it follows the live memory."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    done = subprocess.run([sys.executable, __file__, *argv], env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, script, *argv], env=env, capture_output=True, text=True, check=True)
     return float(done.stdout.strip().splitlines()[-1]) * 2**20
 
 
 def print_peak_growth(model: S2VT, grid: torch.Tensor, tokens: torch.Tensor, args) -> None:
-    """In the subprocess: warm the runtime up on a two-item input, reset the peak resident size (``VmHWM``) to the
-    current one, explain with a fresh explainer, print the peak's growth in MiB."""
+    """In the subprocess: warm the runtime up on a two-item input, explain with a fresh explainer, print the peak's
+    growth in MiB (:func:`peak_growth`)."""
+    options = {"memory_budget_mb": args.budget_mb, "precision": args.precision}
+    two = grid[:, :, :1, :2].flatten(1, 3)
+    growth = peak_growth(
+        lambda: build_explainer("caption_guided", **options).explain(model, two, tokens=tokens),
+        lambda: build_explainer("caption_guided", **options).explain(
+            model, model.items(grid), grid=grid, tokens=tokens
+        ),
+    )
+    print(growth)
+
+
+def peak_growth(warm_up: Callable[[], object], run: Callable[[], object]) -> float:
+    """MiB the process's peak resident size grows by during ``run()`` (no gradients), after ``warm_up()`` and the
+    peak (``VmHWM``) reset to the current resident size just before the call."""
     if not Path("/proc/self/clear_refs").exists():
         raise SystemExit("measuring the CPU peak needs Linux /proc (clear_refs, VmHWM)")
-    options = {"memory_budget_mb": args.budget_mb, "precision": args.precision}
     with torch.no_grad():
-        build_explainer("caption_guided", **options).explain(model, grid[:, :, :1, :2].flatten(1, 3), tokens=tokens)
+        warm_up()
         gc.collect()
         Path("/proc/self/clear_refs").write_text("5")
         before = proc_status_kib("VmRSS:")
-        build_explainer("caption_guided", **options).explain(model, model.items(grid), grid=grid, tokens=tokens)
-    print((proc_status_kib("VmHWM:") - before) / 1024)
+        run()
+    return (proc_status_kib("VmHWM:") - before) / 1024
 
 
 def proc_status_kib(key: str) -> int:
@@ -193,14 +210,15 @@ def proc_status_kib(key: str) -> int:
     return next(int(line.split()[1]) for line in lines if line.startswith(key))
 
 
-def naive_run(model, singles, inputs) -> Callable[[], object]:
-    """One call per item and word: the definition, literally."""
+def naive_run(model, singles, inputs, start: int = 0) -> Callable[[], object]:
+    """One call per item and word: the definition, literally (the words' positions from ``start``: after a prefix
+    the model needs whole, as an image-text-to-text model's image tokens)."""
 
     @torch.no_grad()
     def run():
         for i in range(singles.shape[0]):
             state = model.encode(singles[i : i + 1])
-            for t in range(inputs.shape[1]):
+            for t in range(start, inputs.shape[1]):
                 model.token_logprobs(state, inputs[:, : t + 1])
 
     return run

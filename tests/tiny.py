@@ -383,25 +383,35 @@ def _tiny_idefics3(folder: Path, layers: dict, vision: dict, tiles: int = 0, kin
     knowing the processor's image and tile tokens."""
     import transformers as tf
 
+    text = {**layers, "max_position_embeddings": 128, "num_key_value_heads": 2, "head_dim": 8}
+    config, tokenizer, processor = idefics3_parts(folder, text, vision, tiles=tiles, kind=kind)
+    return getattr(tf, f"{kind}ForConditionalGeneration")(config), tokenizer, processor
+
+
+def idefics3_parts(folder: Path, text: dict, vision: dict, tiles: int = 0, kind: str = "Idefics3", scale: int = 2):
+    """The config (Llama options ``text``, vocabulary the tokenizer's unless ``text`` gives one; tower options
+    ``vision``; pixel shuffle by ``scale``), tokenizer and processor of an Idefics3 (``kind="SmolVLM"``: SmolVLM's
+    classes, Idefics3's processor) without building the model: :func:`_tiny_idefics3`, and a benchmark's sized model."""
+    import transformers as tf
+
     vocab_file, merges_file = _bpe_files(folder)
     tokenizer = tf.GPT2Tokenizer(vocab=str(vocab_file), merges=str(merges_file), pad_token="<pad>")
     tiles_tokens = [f"<row_{i + 1}_col_{j + 1}>" for i in range(tiles) for j in range(tiles)]
     tokenizer.add_tokens(["<fake_token_around_image>", "<image>", "<global-img>", *tiles_tokens], special_tokens=True)
-    text = {**layers, "vocab_size": len(tokenizer), "max_position_embeddings": 128, "num_key_value_heads": 2}
-    text.update(bos_token_id=0, eos_token_id=0, pad_token_id=tokenizer.pad_token_id, head_dim=8)
+    text = {"vocab_size": len(tokenizer), **text, "bos_token_id": 0, "eos_token_id": 0}
     config = getattr(tf, f"{kind}Config")(
         vision_config=getattr(tf, f"{kind}VisionConfig")(**vision),
-        text_config=tf.LlamaConfig(**text),
+        text_config=tf.LlamaConfig(**text, pad_token_id=tokenizer.pad_token_id),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        scale_factor=2,
+        scale_factor=scale,
     )
     side = vision["image_size"]
     image_processor = tf.Idefics3ImageProcessor(
         size={"longest_edge": side * max(tiles, 1)}, max_image_size={"longest_edge": side}, do_image_splitting=tiles > 0
     )
-    tokens = (side // vision["patch_size"] // 2) ** 2
+    tokens = (side // vision["patch_size"] // scale) ** 2
     processor = tf.Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=tokens)
-    return getattr(tf, f"{kind}ForConditionalGeneration")(config), tokenizer, processor
+    return config, tokenizer, processor
 
 
 def readme_captioner_class() -> type:
