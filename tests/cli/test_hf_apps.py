@@ -3,6 +3,7 @@ model.name_or_path=<folder>``) in place of a capsal checkpoint: tiny random mode
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 from PIL import Image
-from tiny import compose_app, save_tiny_hf
+from tiny import HF_KEEP, compose_app, save_tiny_hf
 
 from capsal.checkpoints import checkpoint_datamodule, load_captioner
 from capsal.cli.evaluate import evaluate
@@ -151,3 +152,23 @@ def test_explain_and_eval_an_idefics3_folder_with_tiles_map_every_tile_onto_the_
     results = evaluate(compose_app("eval", tmp_path / "eval", *model, *eval_data))
     assert "Table 1: pointing game" in (tmp_path / "eval" / "tables.md").read_text() and results["phrases"] > 0
     assert 0.0 <= results["localisation"]["center"]["pointing_game"]["avg"] <= 1.0
+
+
+@pytest.mark.parametrize("family", ["llava", "paligemma", "idefics3", "florence2", "blip2"])
+def test_capsal_train_fine_tunes_the_family_and_its_checkpoint_loads_alone(tmp_path, family):
+    """``capsal-train model=hf_captioner`` on shapes_image, two steps: the validation loss is finite, and the
+    checkpoint, with the pretrained folder deleted, gives the run's own example captions (weights, processor and
+    prefix in the file)."""
+    folder = save_tiny_hf(tmp_path / family, family)
+    keep = HF_KEEP.get(family, ("input",))[0]
+    data = ["datamodule.num_train=8", "datamodule.num_val=4", "datamodule.num_test=4", "datamodule.batch_size=4"]
+    steps = ["trainer.max_steps=2", "trainer.max_epochs=null", "trainer.num_sanity_val_steps=0"]
+    steps += ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+    model = ["model=hf_captioner", f"model.name_or_path={folder}", f"model.keep={keep}", "model.caption_metrics=[]"]
+    cfg = compose_app("train", tmp_path / "train", *model, *data, *steps, "logger=csv", "seed=0", "summary_examples=1")
+    OmegaConf.resolve(cfg)
+    summary = train(cfg)
+    assert math.isfinite(summary["metrics"]["val/loss"])
+    shutil.rmtree(folder)
+    reloaded = load_captioner(summary["last_checkpoint"])
+    assert example_captions(reloaded, checkpoint_datamodule(reloaded), 1) == summary["examples"]

@@ -662,3 +662,32 @@ def test_a_processor_needing_a_missing_package_stops_with_one_line_naming_it(fol
     monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", missing)
     with pytest.raises(UserError, match=r"its processor cannot load: Package `num2words` is required"):
         HFCaptioner(str(folders["llava"]))
+
+
+@pytest.mark.parametrize("family", [*IMAGE_TEXT, "qwen2_vl", "blip2"])
+def test_generate_never_emits_an_image_placeholder_even_where_the_model_favours_it(folders, family):
+    """The output head pushed toward the image token (+50 on its logit, as a briefly fine-tuned model may): the
+    captions hold no image placeholder, so the model's forward reads them as words (one among the words would be one
+    more image token) and the explainers take them."""
+    model = load(folders[family], family)
+    image = model.family.never_generated()[0]
+
+    def favour(module, args, logits):
+        return logits + 50.0 * torch.nn.functional.one_hot(torch.tensor(image), logits.shape[-1]).to(logits)
+
+    handle = model.hf.get_output_embeddings().register_forward_hook(favour)
+    try:
+        items = model.items(model.features(images()))
+        rows = model.generate(items, max_len=5)
+        body = rows[:, len(model.vocab.prefix) :]
+        assert body.shape[1] > 0 and not bool((body == image).any())
+        saliency = build_explainer("caption_guided").explain(model, items, tokens=rows)
+        assert torch.isfinite(saliency.scores[saliency.word_mask]).all()
+    finally:
+        handle.remove()
+    handle = model.hf.get_output_embeddings().register_forward_hook(favour)
+    model.family.never_generated = lambda: []  # without the suppression the favoured placeholder is generated
+    try:
+        assert bool((model.generate(items, max_len=5)[:, len(model.vocab.prefix) :] == image).any())
+    finally:
+        handle.remove()

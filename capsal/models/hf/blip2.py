@@ -55,6 +55,10 @@ class Blip2Family(Family):
         """The language model (its config gives the vocabulary and the positions)."""
         return self.model.language_model
 
+    def never_generated(self) -> list[int]:
+        image = getattr(self.model.config, "image_token_index", None)
+        return [] if image is None else [int(image)]
+
     def special_ids(self, tokenizer: Any) -> tuple[int, int, int]:
         """The language model's bos / eos / pad, from its text config."""
         text = self.model.config.text_config

@@ -193,6 +193,8 @@ class HFCaptioner(LightningCaptioner):
             bos_token_id=vocab.bos_id,
             decoder_start_token_id=None,
         )
+        if never := self.family.never_generated():  # image placeholders: the forward would read one as an image
+            config.suppress_tokens = sorted({*(config.suppress_tokens or []), *never})
         tokens = self.family.generate(state, prefix, config)
         return _pad_after_eos(tokens, len(vocab.prefix), vocab.eos_id, vocab.pad_id)
 

@@ -89,6 +89,11 @@ class Family(ABC):
         None: bos then the prompt's tokens (:class:`~capsal.models.hf.tokenizer.PretrainedTokenizer`)."""
         return None
 
+    def never_generated(self) -> list[int]:
+        """Token ids the model's own ``generate`` must not emit: placeholders its forward fills with image features
+        (one among the words would be read as one more image token). None by default."""
+        return []
+
     @abstractmethod
     def check_keep(self, keep: str) -> None:
         """Refuse, in one line, a ``keep`` this model cannot do."""

@@ -87,6 +87,9 @@ class ImageTextToTextFamily(Family):
         """The tower's tokens the projector reads (prefix tokens first), from its encoder's hidden states."""
         return hidden_states[-1]
 
+    def never_generated(self) -> list[int]:
+        return [self.image_token_id]
+
     def special_ids(self, tokenizer: Any) -> tuple[int, int, int]:
         """The language model's bos / eos / pad, else the tokenizer's."""
         text = self.model.config.get_text_config()

@@ -117,6 +117,10 @@ class Qwen2VLFamily(Family):
         config = self.vision.config
         return int(config.embed_dim * config.spatial_merge_size**2 if keep == "input" else config.hidden_size)
 
+    def never_generated(self) -> list[int]:
+        config = self.model.config
+        return [int(config.image_token_id), int(config.video_token_id)]
+
     def special_ids(self, tokenizer: Any) -> tuple[int, int, int]:
         """The frame's last token as bos (the words follow it), the tokenizer's eos, and its pad (else eos)."""
         self.before, self.after = frame(tokenizer, self.model.config)
