@@ -145,9 +145,11 @@ def explain_gallery(
     kinds: Sequence[str] = KINDS,
     max_words: int = 12,
     tolerance: float = 0.0,
+    explorer: bool = True,
 ) -> list[GalleryFigure]:
     """Explain ``samples`` (their ``items``/``grid`` on the model's device) for each sentence kind with every explainer
-    (one call per explainer for all samples and sentences) and render one figure per (sample, kind)."""
+    (one call per explainer for all samples and sentences) and render one figure per (sample, kind); ``explorer``:
+    also each sentence's explorer sample (its maps for every selectable run of words), else None."""
     batch = len(samples)
     captions = [sample.captions[0] for sample in samples]
     tokens = sentence_tokens(model, items, captions, kinds)
@@ -189,11 +191,15 @@ def explain_gallery(
                 titles = [["input", *(r.word for r in result_row)] for _, result_row in rows]
                 colors = [["black", *(viz.HIT_COLORS[r.hit] for r in result_row)] for _, result_row in rows]
                 image = viz.mosaic_figure(cells, titles, list(saliencies), f"{kind}: {shown}", columns, colors)
-            explorer = _explorer_sample(saliencies, row, frames_np[b], list(words), truth, results, video)
-            if explorer is not None:
-                explorer.sample_id, explorer.captions = f"{sample.sample_id} ({kind})", [f"{kind}: {sentence}"]
+            page = (
+                _explorer_sample(saliencies, row, frames_np[b], list(words), truth, results, video)
+                if explorer
+                else None
+            )
+            if page is not None:
+                page.sample_id, page.captions = f"{sample.sample_id} ({kind})", [f"{kind}: {sentence}"]
             figures.append(
-                GalleryFigure(b, sample.sample_id, kind, sentence, list(words), image, None, results, explorer=explorer)
+                GalleryFigure(b, sample.sample_id, kind, sentence, list(words), image, None, results, explorer=page)
             )
     return figures
 

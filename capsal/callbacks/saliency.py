@@ -212,7 +212,7 @@ class SaliencyCallback(L.Callback):
             grid = visual_grid(pl_module, batch)
             items = pl_module.items(grid)
         figures = explain_gallery(
-            pl_module, self.explainers, samples, items, grid, self.kinds, self.max_words, self.tolerance
+            pl_module, self.explainers, samples, items, grid, self.kinds, self.max_words, self.tolerance, self.explorer
         )
         epoch, step = trainer.current_epoch, trainer.global_step
         record = self._write_local(figures, epoch, step, metrics)
